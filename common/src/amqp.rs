@@ -1,0 +1,223 @@
+//! A supervised AMQP connection: connects on demand, reconnects with capped
+//! exponential backoff (computed by `backon`) and reports its state.
+//!
+//! hookpost rebuilds its channels, consumers and topology itself after a
+//! reconnect rather than relying on lapin's automatic topology recovery:
+//! delivery tags of a lost channel are void, and redeclaring from config is
+//! idempotent, so a fresh start is the simplest state to reason about. lapin's
+//! own retries are bounded; this loop is not (it stops only on shutdown or a
+//! caller's deadline).
+
+use crate::secret::{Redacted, redact_url};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::{Connection, ConnectionProperties};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What the supervisor is doing, for readiness and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// No connection yet, or trying to reconnect.
+    Connecting,
+    /// A connection is open.
+    Connected,
+    /// The last attempt failed; waiting before the next.
+    Disconnected,
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// The deadline passed before the broker accepted a connection.
+    #[error("broker {url} unreachable for {waited:?}: {last_error}")]
+    Unavailable {
+        /// The broker URL, credentials redacted.
+        url: String,
+        /// How long it was tried.
+        waited: Duration,
+        /// The last connection error.
+        last_error: String,
+    },
+    /// Shutdown was requested while connecting.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// One broker connection shared by a process, re-established when it drops.
+#[derive(Debug, Clone)]
+pub struct AmqpClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    url: Redacted,
+    name: String,
+    max_delay: Duration,
+    current: Mutex<Option<Arc<Connection>>>,
+    state: watch::Sender<ConnState>,
+}
+
+impl AmqpClient {
+    /// A client for `url`, shown as `name` in the broker's connection list.
+    /// Nothing connects until [`AmqpClient::connection`] is called.
+    pub fn new(url: Redacted, name: &str, max_delay: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                url,
+                name: name.to_owned(),
+                max_delay,
+                current: Mutex::new(None),
+                state: watch::Sender::new(ConnState::Connecting),
+            }),
+        }
+    }
+
+    /// Watches the connection state.
+    pub fn state(&self) -> watch::Receiver<ConnState> {
+        self.inner.state.subscribe()
+    }
+
+    /// Whether the current connection is open right now.
+    pub fn is_connected(&self) -> bool {
+        let connected = self
+            .inner
+            .current
+            .try_lock()
+            .map(|c| c.as_ref().is_some_and(|c| c.status().connected()))
+            // Someone is reconnecting: not connected yet.
+            .unwrap_or(false);
+        if !connected && *self.inner.state.borrow() == ConnState::Connected {
+            self.inner.state.send_replace(ConnState::Disconnected);
+        }
+        connected
+    }
+
+    /// The open connection, (re)connecting with backoff if there is none.
+    /// Gives up at `deadline` (if any) or when `shutdown` fires.
+    ///
+    /// # Errors
+    /// [`AmqpError::Unavailable`] at the deadline, [`AmqpError::Shutdown`].
+    pub async fn connection(
+        &self,
+        deadline: Option<Instant>,
+        shutdown: &CancellationToken,
+    ) -> Result<Arc<Connection>, AmqpError> {
+        let mut current = self.inner.current.lock().await;
+        if let Some(conn) = current.as_ref()
+            && conn.status().connected()
+        {
+            return Ok(conn.clone());
+        }
+        if let Some(old) = current.take() {
+            // Best effort: free the broker side of a half-dead connection.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                old.close(320, "reconnecting".into()),
+            )
+            .await;
+        }
+        self.inner.state.send_replace(ConnState::Connecting);
+        let started = Instant::now();
+        let url = redact_url(self.inner.url.expose());
+        let mut delays = backoff(self.inner.max_delay);
+        loop {
+            let attempt = Connection::connect(
+                self.inner.url.expose(),
+                ConnectionProperties::default()
+                    .with_connection_name(self.inner.name.as_str().into()),
+            );
+            let result = match deadline {
+                Some(d) => tokio::time::timeout_at(d, attempt)
+                    .await
+                    .map_err(|_| "connection attempt timed out".to_owned())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+                None => attempt.await.map_err(|e| e.to_string()),
+            };
+            let last_error = match result {
+                Ok(conn) => {
+                    let conn = Arc::new(conn);
+                    *current = Some(conn.clone());
+                    self.inner.state.send_replace(ConnState::Connected);
+                    tracing::info!(url = %url, name = %self.inner.name, "Connected to the broker.");
+                    return Ok(conn);
+                }
+                Err(e) => e,
+            };
+            self.inner.state.send_replace(ConnState::Disconnected);
+            let delay = delays.next().unwrap_or(self.inner.max_delay);
+            if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                return Err(AmqpError::Unavailable {
+                    url,
+                    waited: started.elapsed(),
+                    last_error,
+                });
+            }
+            tracing::warn!(url = %url, error = %last_error, retry_in_ms = delay.as_millis() as u64, "Broker connection failed; retrying.");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return Err(AmqpError::Shutdown),
+            }
+        }
+    }
+
+    /// Closes the current connection (on shutdown).
+    pub async fn close(&self) {
+        if let Some(conn) = self.inner.current.lock().await.take() {
+            let _ = conn.close(200, "shutdown".into()).await;
+        }
+    }
+}
+
+/// Reconnect delays: 100 ms doubling to `max`, with jitter, without end.
+pub fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let delays: Vec<Duration> = backoff(Duration::from_secs(2)).take(12).collect();
+        assert_eq!(delays.len(), 12, "never gives up");
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200));
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(4)),
+            "{delays:?}"
+        );
+        assert!(delays[11] >= Duration::from_secs(2), "{delays:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_broker_fails_at_the_deadline() {
+        // Port 1 on loopback refuses at once; the paused clock skips the waits.
+        let client = AmqpClient::new(
+            Redacted::new("amqp://u:secretpw@127.0.0.1:1/%2f"),
+            "test",
+            Duration::from_secs(1),
+        );
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let err = client
+            .connection(Some(deadline), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("unreachable") && !text.contains("secretpw"),
+            "{text}"
+        );
+        assert_eq!(*client.state().borrow(), ConnState::Disconnected);
+        assert!(!client.is_connected());
+    }
+}

@@ -1,0 +1,402 @@
+//! Configuration: `hookpost.toml`, `${VAR}` interpolation, `HOOKPOST_*`
+//! overrides, and validation into the checked [`Config`].
+//!
+//! Loading is in [`load`]; the file schema (and its documentation) in [`raw`].
+//! Every error names the file and the key; secrets never appear in one.
+
+pub mod load;
+pub mod raw;
+
+pub use load::ConfigError;
+pub use raw::{Method, QueueType};
+
+use crate::envelope::is_valid_type;
+use crate::retry::RetryPolicy;
+use crate::secret::{Redacted, redact_url};
+use crate::signing::SigningSecret;
+use ipnet::IpNet;
+use raw::{EndpointSection, RawConfig};
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Most events one request may batch.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub origin: PathBuf,
+    /// Broker settings.
+    pub amqp: AmqpConfig,
+    /// Metrics and health server address.
+    pub metrics_listen: SocketAddr,
+    /// Outbound HTTP rules.
+    pub http: HttpConfig,
+    /// Ingest server settings.
+    pub ingest: IngestConfig,
+    /// Endpoints, defaults applied, in file order.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Checked `[amqp]`.
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    /// Broker URL (holds the password: shown redacted).
+    pub url: Redacted,
+    /// Name prefix of exchanges and queues.
+    pub prefix: String,
+    /// Queue flavour.
+    pub queue_type: QueueType,
+    /// `x-max-length` of the unrouted queue.
+    pub unrouted_max_length: u32,
+    /// `x-delivery-limit` of endpoint queues.
+    pub delivery_limit: u32,
+    /// Bound on one publish, reconnect included.
+    pub publish_timeout: Duration,
+    /// Prefetch per endpoint consumer.
+    pub prefetch: u16,
+    /// Cap of the reconnect backoff.
+    pub max_reconnect_delay: Duration,
+}
+
+/// Checked `[http]`.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Private networks endpoints may use.
+    pub allowed_networks: Vec<IpNet>,
+    /// Response body read cap.
+    pub max_response_body_bytes: usize,
+    /// Cap on `Retry-After`.
+    pub max_retry_after: Duration,
+}
+
+/// Checked `[ingest]`.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Accepted bearer tokens.
+    pub tokens: Vec<Redacted>,
+    /// Request body cap.
+    pub max_body_bytes: usize,
+    /// Events per request cap.
+    pub max_events: usize,
+}
+
+/// One endpoint with the defaults applied.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// Identifier and queue suffix.
+    pub id: String,
+    /// Target URL.
+    pub url: url::Url,
+    /// Event type patterns (AMQP topic binding keys).
+    pub events: Vec<String>,
+    /// HTTP method.
+    pub method: Method,
+    /// Extra headers; values redacted in `Debug`.
+    pub headers: Vec<(String, Redacted)>,
+    /// Signing secrets.
+    pub secrets: Vec<SigningSecret>,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// Retry schedule.
+    pub retry: RetryPolicy,
+    /// Events per request.
+    pub batch_size: u32,
+    /// Longest wait of a partial batch.
+    pub batch_interval: Duration,
+    /// Concurrent requests.
+    pub max_in_flight: u32,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("url", &redact_url(self.url.as_str()))
+            .field("events", &self.events)
+            .field("method", &self.method)
+            .field("headers", &self.headers)
+            .field("secrets", &self.secrets.len())
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("batch_size", &self.batch_size)
+            .field("batch_interval", &self.batch_interval)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Reads `path`, interpolates `${VAR}`s and applies `HOOKPOST_*` overrides
+    /// from the process environment, then validates.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and the key (or the variable).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_toml_str(&text, path, &env)
+    }
+
+    /// Like [`Config::load`] with the file's text and the environment given.
+    ///
+    /// # Errors
+    /// See [`Config::load`].
+    pub fn from_toml_str(
+        text: &str,
+        origin: &Path,
+        env: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let raw = load::parse(text, origin, env)?;
+        Self::from_raw(raw, origin)
+    }
+
+    /// The default configuration (no endpoints), with `AMQP_URL` honoured.
+    pub fn defaults() -> Self {
+        Self::from_raw(RawConfig::default(), Path::new("<defaults>"))
+            .unwrap_or_else(|e| unreachable!("the defaults are valid: {e}"))
+    }
+
+    /// Validates a parsed file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad key.
+    pub fn from_raw(raw: RawConfig, origin: &Path) -> Result<Self, ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: origin.to_path_buf(),
+            key,
+            message,
+        };
+        let amqp = raw.amqp;
+        if !(amqp.url.starts_with("amqp://") || amqp.url.starts_with("amqps://")) {
+            return Err(invalid(
+                "amqp.url".into(),
+                "must start with amqp:// or amqps://".into(),
+            ));
+        }
+        if amqp.prefix.is_empty()
+            || amqp.prefix.len() > 100
+            || !amqp
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            return Err(invalid(
+                "amqp.prefix".into(),
+                "must be 1 to 100 characters of [A-Za-z0-9_.-]".into(),
+            ));
+        }
+        let allowed_networks = raw
+            .http
+            .allowed_networks
+            .iter()
+            .enumerate()
+            .map(|(i, net)| {
+                net.parse::<IpNet>().map_err(|_| {
+                    invalid(
+                        format!("http.allowed_networks[{i}]"),
+                        format!("{net:?} is not a network in CIDR form (like 10.0.0.0/8)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, token) in raw.ingest.tokens.iter().enumerate() {
+            if token.trim().len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(invalid(
+                    format!("ingest.tokens[{i}]"),
+                    "must be at least 16 characters without spaces (the value is not shown)".into(),
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        let endpoints = raw
+            .endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                let id = ep.id.clone();
+                if !seen.insert(id.clone()) {
+                    return Err(invalid(
+                        format!("endpoints[{i}].id"),
+                        format!("{id:?} is used twice"),
+                    ));
+                }
+                checked_endpoint(ep, &raw.defaults).map_err(|(key, message)| {
+                    invalid(
+                        format!("endpoints[{i}].{key}"),
+                        format!("(endpoint {id:?}) {message}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            origin: origin.to_path_buf(),
+            amqp: AmqpConfig {
+                url: Redacted::new(amqp.url),
+                prefix: amqp.prefix,
+                queue_type: amqp.queue_type,
+                unrouted_max_length: amqp.unrouted_max_length.get(),
+                delivery_limit: amqp.delivery_limit.get(),
+                publish_timeout: Duration::from_millis(amqp.publish_timeout_ms.get()),
+                prefetch: amqp.prefetch.get(),
+                max_reconnect_delay: Duration::from_millis(amqp.max_reconnect_delay_ms.get()),
+            },
+            metrics_listen: raw.metrics.listen,
+            http: HttpConfig {
+                allowed_networks,
+                max_response_body_bytes: raw.http.max_response_body_bytes.get(),
+                max_retry_after: Duration::from_millis(raw.http.max_retry_after_ms.get()),
+            },
+            ingest: IngestConfig {
+                listen: raw.ingest.listen,
+                tokens: raw.ingest.tokens.into_iter().map(Redacted::new).collect(),
+                max_body_bytes: raw.ingest.max_body_bytes.get(),
+                max_events: raw.ingest.max_events.get(),
+            },
+            endpoints,
+        })
+    }
+
+    /// The endpoint with this id.
+    pub fn endpoint(&self, id: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.id == id)
+    }
+}
+
+/// Applies defaults and checks one endpoint; errors are `(key, message)`.
+fn checked_endpoint(
+    ep: EndpointSection,
+    d: &raw::DefaultsSection,
+) -> Result<Endpoint, (String, String)> {
+    let fail = |key: &str, message: String| Err((key.to_owned(), message));
+    if !is_valid_endpoint_id(&ep.id) {
+        return fail("id", "must be 1 to 100 characters of [a-z0-9_-]".into());
+    }
+    let url = match url::Url::parse(&ep.url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
+        Ok(_) => {
+            return fail(
+                "url",
+                "must be an http:// or https:// URL with a host".into(),
+            );
+        }
+        Err(e) => return fail("url", format!("is not a URL: {e}")),
+    };
+    if ep.events.is_empty() {
+        return fail(
+            "events",
+            "is empty: list at least one pattern (\"#\" = all events)".into(),
+        );
+    }
+    for (j, pattern) in ep.events.iter().enumerate() {
+        if !is_valid_pattern(pattern) {
+            return fail(
+                &format!("events[{j}]"),
+                format!(
+                    "{pattern:?} is not a pattern (dot-separated words of [a-z0-9_-], `*` or `#`)"
+                ),
+            );
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, value) in ep.headers {
+        let lower = name.to_ascii_lowercase();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return fail(
+                &format!("headers.{name}"),
+                "is not a valid header name".into(),
+            );
+        }
+        if lower.starts_with("webhook-")
+            || lower.starts_with("hookpost-")
+            || lower == "content-type"
+            || lower == "content-length"
+            || lower == "host"
+        {
+            return fail(
+                &format!("headers.{name}"),
+                "is set by hookpost and cannot be overridden".into(),
+            );
+        }
+        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+            return fail(
+                &format!("headers.{name}"),
+                "has control characters (the value is not shown)".into(),
+            );
+        }
+        headers.push((name, Redacted::new(value)));
+    }
+    let mut secrets = Vec::new();
+    for (j, text) in ep.secrets.iter().enumerate() {
+        secrets.push(
+            SigningSecret::parse(text).map_err(|e| (format!("secrets[{j}]"), e.to_string()))?,
+        );
+    }
+    let retry = RetryPolicy {
+        max_retries: ep.max_retries.unwrap_or(d.max_retries),
+        retry_delay_ms: ep.retry_delay_ms.unwrap_or(d.retry_delay_ms).get(),
+        max_retry_delay_ms: ep.max_retry_delay_ms.unwrap_or(d.max_retry_delay_ms).get(),
+    };
+    if retry.max_retry_delay_ms < retry.retry_delay_ms {
+        return fail(
+            "max_retry_delay_ms",
+            "must not be below retry_delay_ms".into(),
+        );
+    }
+    if retry.max_retries > 100 {
+        return fail("max_retries", "must be at most 100".into());
+    }
+    let batch_size = ep.batch_size.unwrap_or(d.batch_size).get();
+    if batch_size > MAX_BATCH_SIZE {
+        return fail("batch_size", format!("must be at most {MAX_BATCH_SIZE}"));
+    }
+    Ok(Endpoint {
+        id: ep.id,
+        url,
+        events: ep.events,
+        method: ep.method,
+        headers,
+        secrets,
+        timeout: Duration::from_millis(ep.timeout_ms.unwrap_or(d.timeout_ms).get()),
+        retry,
+        batch_size,
+        batch_interval: Duration::from_millis(ep.batch_interval_ms.unwrap_or(d.batch_interval_ms)),
+        max_in_flight: ep.max_in_flight.unwrap_or(d.max_in_flight).get(),
+    })
+}
+
+/// Whether `id` may name an endpoint (and its queue).
+pub fn is_valid_endpoint_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 100
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Whether `pattern` is a topic binding key over event types: words, `*`, `#`.
+pub fn is_valid_pattern(pattern: &str) -> bool {
+    pattern == "#"
+        || pattern == "*"
+        || (pattern.len() <= 255
+            && pattern
+                .split('.')
+                .all(|w| w == "*" || w == "#" || is_valid_type(w)))
+}
+
+#[cfg(test)]
+mod tests;

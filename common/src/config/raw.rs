@@ -1,0 +1,270 @@
+//! The `hookpost.toml` schema as written by users. Every field's `///` is its
+//! user documentation; `deploy/hookpost.toml` shows each one with a comment.
+//! [`super::Config::from_raw`] turns this into the checked [`super::Config`].
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Broker connection and topology settings.
+    #[serde(default)]
+    pub amqp: AmqpSection,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// Outbound HTTP rules shared by all endpoints.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// Delivery defaults every endpoint inherits.
+    #[serde(default)]
+    pub defaults: DefaultsSection,
+    /// The HTTP ingest server (`hookpost-producer serve`).
+    #[serde(default)]
+    pub ingest: IngestSection,
+    /// Webhook endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSection>,
+}
+
+/// `[amqp]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSection {
+    /// Broker URL. Default: the `AMQP_URL` variable, else `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    #[serde(default = "default_amqp_url")]
+    pub url: String,
+    /// Prefix of every exchange and queue name.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// `quorum` (replicated, default) or `classic` queues.
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// Most events kept in the unrouted queue; beyond it publishes of unrouted events are refused.
+    #[serde(default = "default_unrouted_max_length")]
+    pub unrouted_max_length: NonZeroU32,
+    /// Broker-side redelivery limit of endpoint queues (quorum only): a message
+    /// redelivered this often without an ack (a crash loop) is dead-lettered.
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: NonZeroU32,
+    /// Longest a publish waits for the broker (reconnect and confirm) before it fails.
+    #[serde(default = "default_publish_timeout_ms")]
+    pub publish_timeout_ms: NonZeroU64,
+    /// Unacknowledged deliveries a dispatcher holds per endpoint queue.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: NonZeroU16,
+    /// Longest pause between reconnect attempts.
+    #[serde(default = "default_max_reconnect_delay_ms")]
+    pub max_reconnect_delay_ms: NonZeroU64,
+}
+
+/// Queue flavour for endpoint, wait and dead-letter queues.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Raft-replicated queues: delivery limit and at-least-once dead-lettering.
+    #[default]
+    Quorum,
+    /// Single-node queues, for brokers where quorum queues are unavailable.
+    Classic,
+}
+
+/// `[metrics]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address of the metrics and health server.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+/// `[http]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Networks (CIDR) that endpoints may resolve to although private,
+    /// loopback or link-local. Empty: all such addresses are refused.
+    #[serde(default)]
+    pub allowed_networks: Vec<String>,
+    /// Most bytes of a response body read (the rest is discarded).
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_body_bytes: NonZeroUsize,
+    /// Longest `Retry-After` honoured; longer ones are cut to this.
+    #[serde(default = "default_max_retry_after_ms")]
+    pub max_retry_after_ms: NonZeroU64,
+}
+
+/// `[defaults]`: delivery settings every endpoint inherits unless it sets its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsSection {
+    /// Request timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: NonZeroU64,
+    /// Retries after the first attempt before a delivery is dead-lettered.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Delay before the first retry; doubles each retry.
+    #[serde(default = "default_retry_delay_ms")]
+    pub retry_delay_ms: NonZeroU64,
+    /// Upper bound of the retry delay.
+    #[serde(default = "default_max_retry_delay_ms")]
+    pub max_retry_delay_ms: NonZeroU64,
+    /// Events per request; 1 sends the bare envelope.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: NonZeroU32,
+    /// Longest a partial batch waits after its first event; 0 sends at once.
+    #[serde(default)]
+    pub batch_interval_ms: u64,
+    /// Concurrent requests per endpoint.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: NonZeroU32,
+}
+
+/// `[ingest]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSection {
+    /// Address of `hookpost-producer serve`.
+    #[serde(default = "default_ingest_listen")]
+    pub listen: SocketAddr,
+    /// Bearer tokens accepted on `POST /v1/events`. `serve` refuses to start without one.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Largest request body accepted (413 beyond).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: NonZeroUsize,
+    /// Most events in one request (413 beyond).
+    #[serde(default = "default_max_events")]
+    pub max_events: NonZeroUsize,
+}
+
+/// `[[endpoints]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    /// Stable identifier, `[a-z0-9_-]`, names the queue `<prefix>.ep.<id>`.
+    pub id: String,
+    /// Where deliveries go (`http` or `https`).
+    pub url: String,
+    /// Event type patterns: words, `*` for one word, `#` for any number (`#` alone: all events).
+    pub events: Vec<String>,
+    /// `POST` (default) or `PUT`.
+    #[serde(default)]
+    pub method: Method,
+    /// Extra request headers (values are treated as secrets in logs).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Signing secrets, `whsec_` + base64; every one signs each request.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Overrides `[defaults] timeout_ms`.
+    pub timeout_ms: Option<NonZeroU64>,
+    /// Overrides `[defaults] max_retries`.
+    pub max_retries: Option<u32>,
+    /// Overrides `[defaults] retry_delay_ms`.
+    pub retry_delay_ms: Option<NonZeroU64>,
+    /// Overrides `[defaults] max_retry_delay_ms`.
+    pub max_retry_delay_ms: Option<NonZeroU64>,
+    /// Overrides `[defaults] batch_size`.
+    pub batch_size: Option<NonZeroU32>,
+    /// Overrides `[defaults] batch_interval_ms`.
+    pub batch_interval_ms: Option<u64>,
+    /// Overrides `[defaults] max_in_flight`.
+    pub max_in_flight: Option<NonZeroU32>,
+}
+
+/// HTTP method of deliveries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    /// `POST`
+    #[default]
+    Post,
+    /// `PUT`
+    Put,
+}
+
+/// The broker URL used when the config names none.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn default_amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
+}
+fn default_prefix() -> String {
+    "hookpost".to_owned()
+}
+fn default_unrouted_max_length() -> NonZeroU32 {
+    const { NonZeroU32::new(100_000).unwrap() }
+}
+fn default_delivery_limit() -> NonZeroU32 {
+    const { NonZeroU32::new(20).unwrap() }
+}
+fn default_publish_timeout_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(10_000).unwrap() }
+}
+fn default_prefetch() -> NonZeroU16 {
+    const { NonZeroU16::new(200).unwrap() }
+}
+fn default_max_reconnect_delay_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(10_000).unwrap() }
+}
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_max_response_bytes() -> NonZeroUsize {
+    const { NonZeroUsize::new(64 * 1024).unwrap() }
+}
+fn default_max_retry_after_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(3_600_000).unwrap() }
+}
+fn default_timeout_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(5_000).unwrap() }
+}
+fn default_max_retries() -> u32 {
+    5
+}
+fn default_retry_delay_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(1_000).unwrap() }
+}
+fn default_max_retry_delay_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(3_600_000).unwrap() }
+}
+fn default_batch_size() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
+fn default_max_in_flight() -> NonZeroU32 {
+    const { NonZeroU32::new(8).unwrap() }
+}
+fn default_ingest_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body_bytes() -> NonZeroUsize {
+    const { NonZeroUsize::new(1024 * 1024).unwrap() }
+}
+fn default_max_events() -> NonZeroUsize {
+    const { NonZeroUsize::new(1000).unwrap() }
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                // An empty table takes every field's serde default.
+                <$t as Deserialize>::deserialize(toml::Value::Table(toml::Table::new()))
+                    .unwrap_or_else(|e| unreachable!("defaults of {} are valid: {e}", stringify!($t)))
+            }
+        }
+    )*};
+}
+default_from_serde!(
+    AmqpSection,
+    MetricsSection,
+    HttpSection,
+    DefaultsSection,
+    IngestSection
+);

@@ -1,0 +1,267 @@
+//! The event envelope: the JSON document producers publish and endpoints
+//! receive (DESIGN.md, "Wire contract").
+//!
+//! [`Event`] is the checked form. Parsing ([`Event::from_slice`]) and building
+//! ([`Event::new`], [`EventDraft::into_event`]) both validate, so an `Event`
+//! value always satisfies the contract: a non-empty `id`, a `type` matching
+//! `[a-z0-9_-]+(\.[a-z0-9_-]+)*`, an RFC 3339 `timestamp` and any JSON `data`.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Longest accepted event type, in bytes (AMQP routing keys stop at 255).
+pub const MAX_TYPE_LEN: usize = 255;
+/// Longest accepted event id, in bytes (it becomes the AMQP `message_id`, a short string).
+pub const MAX_ID_LEN: usize = 255;
+
+/// Why an envelope was refused. Each variant names the field at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    /// The body is not a JSON object of the expected shape.
+    #[error("invalid envelope JSON: {0}")]
+    Json(String),
+    /// `type` does not match the pattern.
+    #[error(
+        "field `type`: {0:?} is not a valid event type (expected lowercase words of [a-z0-9_-] separated by dots, at most 255 bytes)"
+    )]
+    Type(String),
+    /// `id` is empty, too long or has control characters.
+    #[error("field `id`: must be 1 to 255 printable characters")]
+    Id,
+    /// `source` is too long or has control characters.
+    #[error("field `source`: must be at most 255 printable characters")]
+    Source,
+    /// `timestamp` is not RFC 3339.
+    #[error("field `timestamp`: {0:?} is not an RFC 3339 date-time")]
+    Timestamp(String),
+}
+
+/// A validated event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique event id; becomes `webhook-id` and the AMQP `message_id`.
+    pub id: String,
+    /// Dotted event type, the AMQP routing key (`order.created`).
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// When the event happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+    /// The publishing service, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The payload, any JSON value.
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// An envelope as a publisher may hand it in: every field but `type` optional.
+///
+/// `id` defaults to a fresh [`new_event_id`], `timestamp` to now, `data` to `null`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventDraft {
+    /// Optional id; generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Required event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Optional RFC 3339 timestamp; now when absent.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// Optional source.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Payload.
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl EventDraft {
+    /// Validates the draft and fills in what is missing.
+    ///
+    /// # Errors
+    /// An [`EnvelopeError`] naming the first bad field.
+    pub fn into_event(self) -> Result<Event, EnvelopeError> {
+        let timestamp = match self.timestamp {
+            Some(text) => OffsetDateTime::parse(&text, &Rfc3339)
+                .map_err(|_| EnvelopeError::Timestamp(text))?,
+            None => OffsetDateTime::now_utc(),
+        };
+        let event = Event {
+            id: self.id.unwrap_or_else(new_event_id),
+            event_type: self.event_type,
+            timestamp,
+            source: self.source,
+            data: self.data,
+        };
+        event.validate()?;
+        Ok(event)
+    }
+}
+
+impl Event {
+    /// A new event of `event_type` with a fresh id and the current time.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::Type`] when the type does not match the pattern.
+    pub fn new(event_type: &str, data: serde_json::Value) -> Result<Self, EnvelopeError> {
+        EventDraft {
+            event_type: event_type.to_owned(),
+            data,
+            ..EventDraft::default()
+        }
+        .into_event()
+    }
+
+    /// Sets the `source` field.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Parses and validates a complete envelope (as a dispatcher receives it).
+    ///
+    /// # Errors
+    /// [`EnvelopeError`] when the bytes are not JSON, miss a field or break a rule.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let event: Event =
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Json(e.to_string()))?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// Checks every rule of the contract.
+    ///
+    /// # Errors
+    /// The first rule broken.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        if !is_valid_type(&self.event_type) {
+            return Err(EnvelopeError::Type(self.event_type.clone()));
+        }
+        if !is_printable(&self.id, MAX_ID_LEN) || self.id.is_empty() {
+            return Err(EnvelopeError::Id);
+        }
+        if let Some(source) = &self.source
+            && !is_printable(source, 255)
+        {
+            return Err(EnvelopeError::Source);
+        }
+        Ok(())
+    }
+
+    /// The envelope as JSON bytes, the AMQP body and the single-delivery HTTP body.
+    pub fn to_vec(&self) -> Vec<u8> {
+        // Serializing a struct of strings and a `Value` cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A fresh, time-ordered event id: `evt_` + UUIDv7 (sortable by creation time).
+pub fn new_event_id() -> String {
+    format!("evt_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Whether `t` is a valid event type: `[a-z0-9_-]+(\.[a-z0-9_-]+)*`, at most 255 bytes.
+pub fn is_valid_type(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_TYPE_LEN
+        && t.split('.').all(|word| {
+            !word.is_empty()
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        })
+}
+
+fn is_printable(s: &str, max: usize) -> bool {
+    s.len() <= max && !s.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn type_pattern() {
+        for ok in ["order", "order.created", "a-b_c.9", "x.y.z"] {
+            assert!(is_valid_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "order.",
+            ".order",
+            "Order.created",
+            "order..x",
+            "order created",
+            "order.*",
+            "ä",
+        ] {
+            assert!(!is_valid_type(bad), "{bad}");
+        }
+        assert!(!is_valid_type(&"a".repeat(256)));
+    }
+
+    #[test]
+    fn draft_fills_id_and_timestamp() {
+        let draft: EventDraft =
+            serde_json::from_str(r#"{"type":"order.created","data":{"n":1}}"#).unwrap();
+        let event = draft.into_event().unwrap();
+        assert!(event.id.starts_with("evt_"));
+        assert_eq!(event.data["n"], 1);
+        let second = Event::new("order.created", serde_json::Value::Null).unwrap();
+        assert!(second.id > event.id, "ids are time-ordered");
+    }
+
+    #[test]
+    fn draft_rejects_unknown_fields_and_bad_timestamp() {
+        assert!(serde_json::from_str::<EventDraft>(r#"{"type":"a","extra":1}"#).is_err());
+        let draft: EventDraft =
+            serde_json::from_str(r#"{"type":"a","timestamp":"yesterday"}"#).unwrap();
+        assert_eq!(
+            draft.into_event(),
+            Err(EnvelopeError::Timestamp("yesterday".into()))
+        );
+    }
+
+    #[test]
+    fn parse_requires_all_fields() {
+        assert!(matches!(
+            Event::from_slice(b"not json"),
+            Err(EnvelopeError::Json(_))
+        ));
+        assert!(matches!(
+            Event::from_slice(br#"{"type":"a"}"#),
+            Err(EnvelopeError::Json(_))
+        ));
+        let ok = br#"{"id":"e1","type":"a.b","timestamp":"2026-11-22T10:00:00Z","data":[1]}"#;
+        let event = Event::from_slice(ok).unwrap();
+        assert_eq!(event.source, None);
+        assert_eq!(Event::from_slice(&event.to_vec()).unwrap(), event);
+        let bad_type = br#"{"id":"e1","type":"A","timestamp":"2026-11-22T10:00:00Z","data":1}"#;
+        assert!(matches!(
+            Event::from_slice(bad_type),
+            Err(EnvelopeError::Type(_))
+        ));
+        let empty_id = br#"{"id":"","type":"a","timestamp":"2026-11-22T10:00:00Z","data":1}"#;
+        assert_eq!(Event::from_slice(empty_id), Err(EnvelopeError::Id));
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Event::from_slice(&bytes);
+        }
+
+        #[test]
+        fn valid_events_round_trip(t in "[a-z0-9_-]{1,8}(\\.[a-z0-9_-]{1,8}){0,3}", n in any::<i64>(), s in "[a-zA-Z ]{0,20}") {
+            let event = Event::new(&t, serde_json::json!({"n": n})).unwrap().with_source(s);
+            prop_assert_eq!(Event::from_slice(&event.to_vec()).unwrap(), event);
+        }
+    }
+}

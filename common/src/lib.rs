@@ -1,0 +1,18 @@
+//! Pieces every hookpost binary shares: the event envelope, configuration,
+//! RabbitMQ topology, Standard Webhooks signing, the supervised AMQP
+//! connection and the metrics/health server. See DESIGN.md for the contracts
+//! these modules implement.
+#![forbid(unsafe_code)]
+
+pub mod amqp;
+pub mod config;
+pub mod envelope;
+pub mod metrics;
+pub mod retry;
+pub mod secret;
+pub mod server;
+pub mod signing;
+pub mod topology;
+
+pub use config::Config;
+pub use envelope::{Event, EventDraft};

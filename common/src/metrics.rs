@@ -1,0 +1,175 @@
+//! Every hookpost metric, declared once with its help text (DESIGN.md,
+//! "Metrics"). Call sites use the typed handles; each process builds its own
+//! [`Registry`] so tests can run several instances in one process.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Buckets for HTTP and publish latencies: 1 ms to 1 min.
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Metrics every process has: build info and broker connection state.
+#[derive(Debug, Clone)]
+pub struct ProcessMetrics {
+    /// `hookpost_broker_connected`: 1 while the broker connection is open.
+    pub broker_connected: IntGauge,
+}
+
+impl ProcessMetrics {
+    /// Registers the process metrics; `component` labels `hookpost_build_info`.
+    ///
+    /// # Errors
+    /// A registration conflict (the same metric registered twice).
+    pub fn register(registry: &Registry, component: &str) -> prometheus::Result<Self> {
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "hookpost_build_info",
+                "Always 1; labels carry the version and component.",
+            ),
+            &["version", "component"],
+        )?;
+        registry.register(Box::new(build.clone()))?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), component])
+            .set(1);
+        let broker_connected = IntGauge::new(
+            "hookpost_broker_connected",
+            "1 while this process has an open broker connection, else 0.",
+        )?;
+        registry.register(Box::new(broker_connected.clone()))?;
+        Ok(Self { broker_connected })
+    }
+}
+
+/// Metrics of the producer library and the ingest server.
+#[derive(Debug, Clone)]
+pub struct ProducerMetrics {
+    /// `hookpost_events_published_total{outcome}`: `confirmed` or `failed`.
+    pub events_published: IntCounterVec,
+    /// `hookpost_publish_duration_seconds`: one `publish_many` call, to the last confirm.
+    pub publish_duration: Histogram,
+    /// `hookpost_ingest_requests_total{status}`: ingest responses by HTTP status code.
+    pub ingest_requests: IntCounterVec,
+    /// `hookpost_ingest_events_total{outcome}`: `accepted` or `rejected` events.
+    pub ingest_events: IntCounterVec,
+    /// `hookpost_ingest_request_duration_seconds{status_class}`.
+    pub ingest_duration: HistogramVec,
+}
+
+impl ProducerMetrics {
+    /// Registers the producer metrics.
+    ///
+    /// # Errors
+    /// A registration conflict.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let events_published = IntCounterVec::new(
+            Opts::new(
+                "hookpost_events_published_total",
+                "Events published, by outcome (confirmed by the broker, or failed).",
+            ),
+            &["outcome"],
+        )?;
+        let publish_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "hookpost_publish_duration_seconds",
+                "Time from publish call to the last broker confirm.",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+        )?;
+        let ingest_requests = IntCounterVec::new(
+            Opts::new(
+                "hookpost_ingest_requests_total",
+                "Ingest HTTP requests, by response status code.",
+            ),
+            &["status"],
+        )?;
+        let ingest_events = IntCounterVec::new(
+            Opts::new(
+                "hookpost_ingest_events_total",
+                "Events received by the ingest server, by outcome (accepted or rejected).",
+            ),
+            &["outcome"],
+        )?;
+        let ingest_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "hookpost_ingest_request_duration_seconds",
+                "Ingest request handling time, by status class.",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+            &["status_class"],
+        )?;
+        registry.register(Box::new(events_published.clone()))?;
+        registry.register(Box::new(publish_duration.clone()))?;
+        registry.register(Box::new(ingest_requests.clone()))?;
+        registry.register(Box::new(ingest_events.clone()))?;
+        registry.register(Box::new(ingest_duration.clone()))?;
+        for outcome in ["confirmed", "failed"] {
+            events_published.with_label_values(&[outcome]);
+        }
+        for outcome in ["accepted", "rejected"] {
+            ingest_events.with_label_values(&[outcome]);
+        }
+        Ok(Self {
+            events_published,
+            publish_duration,
+            ingest_requests,
+            ingest_events,
+            ingest_duration,
+        })
+    }
+}
+
+/// `2xx`, `4xx`, ... for a status code: a bounded label value.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// The registry in Prometheus text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Text encoding into a String only fails on invalid metric families,
+    // which registration already refused.
+    let _ = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_registered_metrics() {
+        let registry = Registry::new();
+        let process = ProcessMetrics::register(&registry, "test").unwrap();
+        let producer = ProducerMetrics::register(&registry).unwrap();
+        process.broker_connected.set(1);
+        producer
+            .events_published
+            .with_label_values(&["confirmed"])
+            .inc_by(3);
+        let text = encode(&registry);
+        assert!(
+            text.contains("hookpost_events_published_total{outcome=\"confirmed\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("hookpost_broker_connected 1"), "{text}");
+        assert!(
+            text.contains("hookpost_build_info{component=\"test\",version=\""),
+            "{text}"
+        );
+        assert!(
+            ProducerMetrics::register(&registry).is_err(),
+            "double registration is refused"
+        );
+    }
+}

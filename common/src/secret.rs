@@ -1,0 +1,76 @@
+//! Values that must never reach a log line, a metric or an error message.
+
+use std::fmt;
+
+/// A string that prints as `***` in `Debug` and `Display`.
+///
+/// Read the real value with [`Redacted::expose`] at the one place it is used
+/// (signing, an `Authorization` header, a broker login).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(String);
+
+impl Redacted {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself. Call it only where the value is used, never to print it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `url` with any password (and user) replaced by `***`, for logs and listings.
+///
+/// Works on any `scheme://user:pass@host/...` string without parsing it fully,
+/// so that even a malformed URL never leaks its credentials.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}://***@{}", &url[..scheme_end], &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_hide_the_value() {
+        let s = Redacted::new("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "\"***\" ***");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("https://h.example/p?q=a@b"),
+            "https://h.example/p?q=a@b"
+        );
+        assert_eq!(redact_url("https://u:p@h/x"), "https://***@h/x");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

@@ -1,0 +1,343 @@
+//! RabbitMQ names and declarations (DESIGN.md, "Topology").
+//!
+//! Every declaration is idempotent: declaring twice with the same settings is
+//! a no-op, so every process declares what it uses at start. Declaring an
+//! existing queue with *different* arguments (say, `queue_type` changed) is
+//! refused by the broker; [`TopologyError::Conflict`] says which queue.
+
+use crate::config::{AmqpConfig, QueueType};
+use lapin::options::{
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+/// A declaration the broker refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The object exists with other arguments (PRECONDITION_FAILED).
+    #[error(
+        "{object} already exists with different settings (was `queue_type` or a limit changed?); delete it or keep the old settings: {source}"
+    )]
+    Conflict {
+        /// Exchange or queue name.
+        object: String,
+        /// The broker's answer.
+        #[source]
+        source: lapin::Error,
+    },
+    /// Any other broker error (connection lost, access refused, ...).
+    #[error("declaring {object}: {source}")]
+    Broker {
+        /// Exchange or queue name.
+        object: String,
+        /// The broker's answer.
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+impl TopologyError {
+    fn from_lapin(object: &str, source: lapin::Error) -> Self {
+        let text = source.to_string();
+        if text.contains("PRECONDITION_FAILED") || text.contains("inequivalent arg") {
+            Self::Conflict {
+                object: object.to_owned(),
+                source,
+            }
+        } else {
+            Self::Broker {
+                object: object.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+/// Names and declaration of hookpost's exchanges and queues under one prefix.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    queue_type: QueueType,
+    unrouted_max_length: u32,
+    delivery_limit: u32,
+}
+
+impl Topology {
+    /// The topology the `[amqp]` section describes.
+    pub fn new(amqp: &AmqpConfig) -> Self {
+        Self {
+            prefix: amqp.prefix.clone(),
+            queue_type: amqp.queue_type,
+            unrouted_max_length: amqp.unrouted_max_length,
+            delivery_limit: amqp.delivery_limit,
+        }
+    }
+
+    /// The name prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Topic exchange producers publish to (routing key = event type).
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// Fanout exchange and queue (same name) holding events nobody subscribes to.
+    pub fn unrouted(&self) -> String {
+        format!("{}.unrouted", self.prefix)
+    }
+
+    /// Direct exchange for retries and replays (routing key = endpoint id).
+    pub fn endpoints_exchange(&self) -> String {
+        format!("{}.endpoints", self.prefix)
+    }
+
+    /// One endpoint's queue.
+    pub fn endpoint_queue(&self, endpoint_id: &str) -> String {
+        format!("{}.ep.{endpoint_id}", self.prefix)
+    }
+
+    /// Fanout exchange in front of one wait tier.
+    pub fn retry_exchange(&self, delay_ms: u64) -> String {
+        format!("{}.retry.{delay_ms}", self.prefix)
+    }
+
+    /// The wait queue of one tier.
+    pub fn wait_queue(&self, delay_ms: u64) -> String {
+        format!("{}.wait.{delay_ms}", self.prefix)
+    }
+
+    /// Fanout exchange and queue (same name) of parked deliveries.
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Declares the exchanges and queues every process needs: events,
+    /// unrouted, endpoints, dead.
+    ///
+    /// # Errors
+    /// [`TopologyError`] naming the object the broker refused.
+    pub async fn declare_base(&self, ch: &Channel) -> Result<(), TopologyError> {
+        let mut events_args = FieldTable::default();
+        // Events that match no binding go to the unrouted exchange instead of
+        // being dropped; a `mandatory` publish then counts as routed.
+        events_args.insert("alternate-exchange".into(), long_string(&self.unrouted()));
+        declare_exchange(
+            ch,
+            &self.unrouted(),
+            ExchangeKind::Fanout,
+            FieldTable::default(),
+        )
+        .await?;
+        declare_exchange(
+            ch,
+            &self.events_exchange(),
+            ExchangeKind::Topic,
+            events_args,
+        )
+        .await?;
+        declare_exchange(
+            ch,
+            &self.endpoints_exchange(),
+            ExchangeKind::Direct,
+            FieldTable::default(),
+        )
+        .await?;
+        declare_exchange(
+            ch,
+            &self.dead(),
+            ExchangeKind::Fanout,
+            FieldTable::default(),
+        )
+        .await?;
+
+        let mut unrouted_args = self.queue_args();
+        unrouted_args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(self.unrouted_max_length.into()),
+        );
+        // When full, refuse new unrouted events (the publisher sees a nack)
+        // rather than silently dropping the oldest.
+        unrouted_args.insert("x-overflow".into(), long_string("reject-publish"));
+        self.declare_queue(ch, &self.unrouted(), unrouted_args)
+            .await?;
+        bind(ch, &self.unrouted(), &self.unrouted(), "").await?;
+
+        self.declare_queue(ch, &self.dead(), self.queue_args())
+            .await?;
+        bind(ch, &self.dead(), &self.dead(), "").await?;
+        Ok(())
+    }
+
+    /// Declares one endpoint's queue, dead-lettering to `dead`, bound to the
+    /// events exchange with each pattern and to the endpoints exchange with its id.
+    ///
+    /// # Errors
+    /// [`TopologyError`] naming the object the broker refused.
+    pub async fn declare_endpoint(
+        &self,
+        ch: &Channel,
+        endpoint_id: &str,
+        patterns: &[String],
+    ) -> Result<(), TopologyError> {
+        let queue = self.endpoint_queue(endpoint_id);
+        let mut args = self.dead_lettering_args(&self.dead());
+        if self.queue_type == QueueType::Quorum {
+            // A message redelivered this often without an ack (a crash loop on
+            // it) is dead-lettered instead of blocking the queue forever.
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(self.delivery_limit.into()),
+            );
+        }
+        self.declare_queue(ch, &queue, args).await?;
+        for pattern in patterns {
+            bind(ch, &queue, &self.events_exchange(), pattern).await?;
+        }
+        bind(ch, &queue, &self.endpoints_exchange(), endpoint_id).await
+    }
+
+    /// Declares one wait tier: a fanout exchange and a queue whose messages
+    /// expire after `delay_ms` back into the endpoints exchange, keeping their
+    /// routing key (the endpoint id).
+    ///
+    /// # Errors
+    /// [`TopologyError`] naming the object the broker refused.
+    pub async fn declare_wait_tier(
+        &self,
+        ch: &Channel,
+        delay_ms: u64,
+    ) -> Result<(), TopologyError> {
+        let exchange = self.retry_exchange(delay_ms);
+        let queue = self.wait_queue(delay_ms);
+        declare_exchange(ch, &exchange, ExchangeKind::Fanout, FieldTable::default()).await?;
+        let mut args = self.dead_lettering_args(&self.endpoints_exchange());
+        // One TTL for the whole queue: messages expire in order, none waits
+        // behind a longer one.
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::try_from(delay_ms).unwrap_or(i64::MAX)),
+        );
+        self.declare_queue(ch, &queue, args).await?;
+        bind(ch, &queue, &exchange, "").await
+    }
+
+    /// Deletes an endpoint's queue. Without `force` only when it is empty.
+    ///
+    /// # Errors
+    /// The broker's error (a non-empty queue without `force` is one).
+    pub async fn delete_endpoint_queue(
+        &self,
+        ch: &Channel,
+        endpoint_id: &str,
+        force: bool,
+    ) -> Result<u32, lapin::Error> {
+        ch.queue_delete(
+            self.endpoint_queue(endpoint_id).as_str().into(),
+            QueueDeleteOptions {
+                if_empty: !force,
+                ..QueueDeleteOptions::default()
+            },
+        )
+        .await
+    }
+
+    fn queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        let kind = match self.queue_type {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        };
+        args.insert("x-queue-type".into(), long_string(kind));
+        args
+    }
+
+    fn dead_lettering_args(&self, exchange: &str) -> FieldTable {
+        let mut args = self.queue_args();
+        args.insert("x-dead-letter-exchange".into(), long_string(exchange));
+        if self.queue_type == QueueType::Quorum {
+            // Quorum queues dead-letter at most once (a message can vanish if
+            // the target is unavailable) unless told at-least-once, which in
+            // turn requires reject-publish overflow.
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
+            args.insert("x-overflow".into(), long_string("reject-publish"));
+        }
+        args
+    }
+
+    async fn declare_queue(
+        &self,
+        ch: &Channel,
+        name: &str,
+        args: FieldTable,
+    ) -> Result<(), TopologyError> {
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .map(drop)
+        .map_err(|e| TopologyError::from_lapin(&format!("queue {name}"), e))
+    }
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+async fn declare_exchange(
+    ch: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+    args: FieldTable,
+) -> Result<(), TopologyError> {
+    ch.exchange_declare(
+        name.into(),
+        kind,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .map_err(|e| TopologyError::from_lapin(&format!("exchange {name}"), e))
+}
+
+async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), TopologyError> {
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| TopologyError::from_lapin(&format!("binding {queue} <- {exchange} ({key})"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_design_table() {
+        let t = Topology::new(&crate::Config::defaults().amqp);
+        assert_eq!(t.events_exchange(), "hookpost.events");
+        assert_eq!(t.unrouted(), "hookpost.unrouted");
+        assert_eq!(t.endpoints_exchange(), "hookpost.endpoints");
+        assert_eq!(t.endpoint_queue("crm"), "hookpost.ep.crm");
+        assert_eq!(t.retry_exchange(1000), "hookpost.retry.1000");
+        assert_eq!(t.wait_queue(1000), "hookpost.wait.1000");
+        assert_eq!(t.dead(), "hookpost.dead");
+    }
+}
