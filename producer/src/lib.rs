@@ -1,1 +1,79 @@
-//! placeholder
+//! Publish events into hookpost.
+//!
+//! Three ways in, all with the same guarantee (an event is reported published
+//! only after the broker confirmed it to disk):
+//! - [`Publisher`], for Rust services;
+//! - the `hookpost-producer publish` command;
+//! - the HTTP ingest, `hookpost-producer serve` ([`ingest`]).
+//!
+//! ```no_run
+//! use common::{Config, Event};
+//! use producer::Publisher;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::load("hookpost.toml".as_ref())?;
+//! let publisher = Publisher::connect(&config).await?;
+//! let event = Event::new("order.created", serde_json::json!({ "order_id": 42 }))?;
+//! publisher.publish(&event).await?; // returns once the broker confirmed it
+//! println!("published {}", event.id);
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod ingest;
+pub mod publisher;
+
+pub use publisher::{PublishError, Publisher};
+
+use common::Config;
+use common::metrics::{ProcessMetrics, ProducerMetrics};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the ingest server on `listener` and the metrics/health server on
+/// `metrics_listener` until `shutdown` fires.
+///
+/// # Errors
+/// When `[ingest] tokens` is empty (the server never runs unauthenticated) or
+/// metrics cannot be registered.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.ingest.tokens.is_empty(),
+        "{}: key `ingest.tokens`: set at least one bearer token (for example \"${{HOOKPOST_INGEST_TOKEN}}\") before serving",
+        config.origin.display()
+    );
+    let registry = prometheus::Registry::new();
+    let process = ProcessMetrics::register(&registry, "ingest")?;
+    let metrics = ProducerMetrics::register(&registry)?;
+    let publisher = Arc::new(Publisher::new(&config).with_metrics(metrics.clone()));
+    // Connect in the background so the server answers (503) even while the broker is down.
+    {
+        let publisher = publisher.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = publisher.connect_in_background(&shutdown).await {
+                tracing::debug!(error = %e, "Initial broker connection ended.");
+            }
+        });
+    }
+    let ready_client = publisher.client().clone();
+    let ready: common::server::Readiness = Arc::new(move || {
+        let connected = ready_client.is_connected();
+        process.broker_connected.set(i64::from(connected));
+        connected
+    });
+    tracing::info!(listen = %listener.local_addr()?, metrics = %metrics_listener.local_addr()?, "Ingest server started.");
+    let ingest = Arc::new(ingest::Ingest::new(config.ingest.clone(), publisher.clone(), metrics));
+    let metrics_server = tokio::spawn(common::server::serve_metrics(metrics_listener, registry, ready, shutdown.clone()));
+    ingest.serve(listener, shutdown).await;
+    let _ = metrics_server.await;
+    publisher.close().await;
+    tracing::info!("Ingest server stopped.");
+    Ok(())
+}

@@ -1,1 +1,175 @@
-//! placeholder
+//! Helpers for hookpost's end-to-end tests: a per-test broker scope (own
+//! prefix, everything deleted afterwards), a TCP proxy in front of the broker
+//! that a test can take down and bring back, and polling with a deadline.
+//!
+//! Tests talk to the broker at `AMQP_URL` (default the local one).
+#![forbid(unsafe_code)]
+
+pub mod proxy;
+
+use common::Config;
+use common::topology::Topology;
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The broker tests use.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| common::config::raw::DEFAULT_AMQP_URL.to_owned())
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout`
+/// with `what` (end-to-end tests wait for outcomes, never for fixed times).
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One test's corner of the broker: a unique prefix, a channel, and cleanup
+/// of every exchange and queue under the prefix when dropped (even on panic).
+#[derive(Debug)]
+pub struct Scope {
+    /// The unique prefix (`hpt-<random>`).
+    pub prefix: String,
+    /// A connection for the test's own checks.
+    pub connection: Connection,
+    /// A channel on it.
+    pub channel: Channel,
+    queues: Mutex<Vec<String>>,
+    exchanges: Mutex<Vec<String>>,
+}
+
+impl Scope {
+    /// Connects and picks a fresh prefix.
+    ///
+    /// # Panics
+    /// When the broker is unreachable: start it (README, "Troubleshooting").
+    pub async fn new() -> Self {
+        let prefix = format!("hpt-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ at {} is unreachable ({e}); start it with `rabbitmq-server -detached`", amqp_url()));
+        let channel = connection.create_channel().await.expect("channel");
+        Self { prefix, connection, channel, queues: Mutex::new(Vec::new()), exchanges: Mutex::new(Vec::new()) }
+    }
+
+    /// A config for this scope: `toml` plus `[amqp] url` and `prefix`.
+    /// `toml` must not have an `[amqp]` table of its own (use `amqp_extra`).
+    pub fn config(&self, toml: &str) -> Config {
+        self.config_with(toml, "", &amqp_url())
+    }
+
+    /// Like [`Scope::config`], with extra `[amqp]` keys and another broker URL.
+    pub fn config_with(&self, toml: &str, amqp_extra: &str, url: &str) -> Config {
+        let text = format!("[amqp]\nurl = \"{url}\"\nprefix = \"{}\"\n{amqp_extra}\n{toml}", self.prefix);
+        let config = Config::from_toml_str(&text, "test.toml".as_ref(), &[]).expect("test config is valid");
+        self.track_config(&config);
+        config
+    }
+
+    /// Registers everything `config` declares for cleanup.
+    pub fn track_config(&self, config: &Config) {
+        let t = Topology::new(&config.amqp);
+        let mut queues = self.queues.lock().expect("lock");
+        let mut exchanges = self.exchanges.lock().expect("lock");
+        queues.extend([t.unrouted(), t.dead()]);
+        exchanges.extend([t.events_exchange(), t.unrouted(), t.endpoints_exchange(), t.dead()]);
+        for ep in &config.endpoints {
+            queues.push(t.endpoint_queue(&ep.id));
+            for tier in ep.retry.tiers_ms() {
+                queues.push(t.wait_queue(tier));
+                exchanges.push(t.retry_exchange(tier));
+            }
+        }
+    }
+
+    /// Declares a queue of the test's own (deleted at the end) bound to
+    /// `exchange` with `key`, and returns its name.
+    pub async fn observe(&self, exchange: &str, key: &str) -> String {
+        let name = format!("{}.observe.{}", self.prefix, uuid::Uuid::new_v4().simple());
+        self.channel
+            .queue_declare(name.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .await
+            .expect("declare observer queue");
+        self.channel
+            .queue_bind(name.as_str().into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .expect("bind observer queue");
+        self.queues.lock().expect("lock").push(name.clone());
+        name
+    }
+
+    /// Takes every message now in `queue` (acking them), oldest first.
+    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+        let mut out = Vec::new();
+        while let Some(msg) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic_get")
+        {
+            out.push(msg);
+        }
+        out
+    }
+
+    /// Waits until `queue` holds `n` messages, then takes them.
+    pub async fn take(&self, queue: &str, n: usize) -> Vec<lapin::message::BasicGetMessage> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.extend(self.drain(queue).await);
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {n} messages in {queue}; got {}", got.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        got
+    }
+
+    /// Messages ready in `queue` (passive declare).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let exchanges = std::mem::take(&mut *self.exchanges.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        // Drop cannot await: clean up from a thread with its own runtime.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
+                for queue in queues {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                    }
+                }
+                for exchange in exchanges {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+                    }
+                }
+                let _ = conn.close(200, "test done".into()).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}

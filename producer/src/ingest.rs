@@ -1,0 +1,209 @@
+//! HTTP ingest (`hookpost-producer serve`): `POST /v1/events` takes one
+//! envelope or an array of them and answers `202 {"ids": [...]}` only after
+//! the broker confirmed every event.
+//!
+//! | status | when |
+//! |---|---|
+//! | 202 | all events confirmed by the broker |
+//! | 400 | body not JSON, empty array, or an event breaks the contract (`field` names it) |
+//! | 401 | missing or unknown bearer token |
+//! | 404 / 405 | other paths / methods |
+//! | 413 | body over `max_body_bytes` or more than `max_events` events |
+//! | 415 | a `content-type` other than JSON |
+//! | 503 | broker unavailable or refusing; retry later (`retry-after` set) |
+
+use crate::publisher::{PublishError, Publisher};
+use bytes::Bytes;
+use common::config::IngestConfig;
+use common::metrics::{ProducerMetrics, status_class};
+use common::server::{HttpResponse, json};
+use common::{Event, EventDraft};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::{Method, Request, StatusCode};
+use serde_json::json;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct Ingest {
+    config: IngestConfig,
+    publisher: Arc<Publisher>,
+    metrics: ProducerMetrics,
+}
+
+impl Ingest {
+    /// An ingest service publishing through `publisher`.
+    pub fn new(config: IngestConfig, publisher: Arc<Publisher>, metrics: ProducerMetrics) -> Self {
+        Self { config, publisher, metrics }
+    }
+
+    /// Serves on `listener` until `shutdown`; in-flight requests finish first.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        common::server::serve(
+            listener,
+            move |req| {
+                let this = self.clone();
+                Box::pin(async move { this.handle(req).await })
+            },
+            shutdown,
+        )
+        .await;
+    }
+
+    /// Handles one request and counts it.
+    pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
+        let started = Instant::now();
+        let response = self.route(req).await;
+        let status = response.status().as_u16();
+        self.metrics.ingest_requests.with_label_values(&[&status.to_string()]).inc();
+        self.metrics
+            .ingest_duration
+            .with_label_values(&[status_class(status)])
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> HttpResponse {
+        if req.uri().path() != "/v1/events" {
+            return error(StatusCode::NOT_FOUND, "not found; events go to POST /v1/events", None);
+        }
+        if req.method() != Method::POST {
+            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None);
+            r.headers_mut().insert("allow", HeaderValue::from_static("POST"));
+            return r;
+        }
+        if !self.authorized(req.headers().get(AUTHORIZATION)) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token", None);
+            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        if let Some(ct) = req.headers().get(CONTENT_TYPE)
+            && !ct.to_str().is_ok_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"))
+        {
+            return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content-type must be application/json", None);
+        }
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let limit = self.config.max_body_bytes;
+        if declared.is_some_and(|n| n > limit as u64) {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body over {limit} bytes"), None);
+        }
+        let body: Bytes = match Limited::new(req.into_body(), limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body over {limit} bytes"), None);
+            }
+            Err(_) => return error(StatusCode::BAD_REQUEST, "could not read the request body", None),
+        };
+        let events = match self.parse(&body) {
+            Ok(events) => events,
+            Err(response) => {
+                self.metrics.ingest_events.with_label_values(&["rejected"]).inc();
+                return response;
+            }
+        };
+        match self.publisher.publish_many(&events).await {
+            Ok(()) => {
+                self.metrics.ingest_events.with_label_values(&["accepted"]).inc_by(events.len() as u64);
+                let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+                json(StatusCode::ACCEPTED, &json!({ "ids": ids }))
+            }
+            Err(e) => {
+                self.metrics.ingest_events.with_label_values(&["rejected"]).inc_by(events.len() as u64);
+                tracing::warn!(error = %e, events = events.len(), "Publish failed; answering 503.");
+                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &unavailable_message(&e), None);
+                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            }
+        }
+    }
+
+    fn authorized(&self, header: Option<&HeaderValue>) -> bool {
+        let Some(token) = header
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        else {
+            return false;
+        };
+        // Compare every token in full so timing does not reveal a prefix.
+        self.config
+            .tokens
+            .iter()
+            .fold(false, |found, t| found | constant_time_eq(t.expose().as_bytes(), token.trim().as_bytes()))
+    }
+
+    fn parse(&self, body: &[u8]) -> Result<Vec<Event>, HttpResponse> {
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}"), None))?;
+        let (drafts, is_array) = match value {
+            serde_json::Value::Array(items) => (items, true),
+            other => (vec![other], false),
+        };
+        if drafts.is_empty() {
+            return Err(error(StatusCode::BAD_REQUEST, "empty array: send at least one event", None));
+        }
+        if drafts.len() > self.config.max_events {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("{} events in one request; at most {}", drafts.len(), self.config.max_events),
+                None,
+            ));
+        }
+        drafts
+            .into_iter()
+            .enumerate()
+            .map(|(i, draft)| {
+                let at = |field: &str| match (is_array, field.is_empty()) {
+                    (true, true) => format!("[{i}]"),
+                    (true, false) => format!("[{i}].{field}"),
+                    (false, _) => field.to_owned(),
+                };
+                let draft: EventDraft = serde_path_to_error::deserialize(draft).map_err(|e| {
+                    let path = e.path().to_string();
+                    let field = if path == "." { String::new() } else { path };
+                    let message = e.into_inner().to_string();
+                    error(StatusCode::BAD_REQUEST, &message, Some(&at(&field)))
+                })?;
+                draft.into_event().map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string(), Some(&at(field_of(&e)))))
+            })
+            .collect()
+    }
+}
+
+fn field_of(e: &common::envelope::EnvelopeError) -> &'static str {
+    use common::envelope::EnvelopeError as E;
+    match e {
+        E::Type(_) => "type",
+        E::Id => "id",
+        E::Source => "source",
+        E::Timestamp(_) => "timestamp",
+        E::Json(_) => "",
+    }
+}
+
+fn unavailable_message(e: &PublishError) -> String {
+    match e {
+        PublishError::Unavailable(_) => "broker unavailable; retry later".into(),
+        other => format!("not stored: {other}; retry later"),
+    }
+}
+
+fn error(status: StatusCode, message: &str, field: Option<&str>) -> HttpResponse {
+    let body = match field {
+        Some(field) => json!({ "error": message, "field": field }),
+        None => json!({ "error": message }),
+    };
+    json(status, &body)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

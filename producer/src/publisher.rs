@@ -1,0 +1,298 @@
+//! [`Publisher`]: publish events to `<prefix>.events` and return only once the
+//! broker has confirmed them.
+//!
+//! Every publish is `mandatory` and persistent, on a channel in confirm mode.
+//! Publishes are pipelined (up to [`WINDOW`] unconfirmed at once). A nack or a
+//! returned message is an error, never a success. When the connection drops,
+//! the unconfirmed events are published again on a new connection until the
+//! configured `publish_timeout_ms` runs out; so an event may reach the broker
+//! twice (at-least-once), and none is reported confirmed without a confirm.
+
+use common::amqp::{AmqpClient, AmqpError};
+use common::config::Config;
+use common::metrics::ProducerMetrics;
+use common::topology::{Topology, TopologyError};
+use common::Event;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{Confirmation, PublisherConfirm};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Most publishes awaiting their confirm at once.
+pub const WINDOW: usize = 1000;
+
+/// Why events were not (or not surely) stored by the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No broker connection within the publish timeout. Nothing was confirmed
+    /// from the unconfirmed events; publishing them again is safe.
+    #[error("broker unavailable: {0}")]
+    Unavailable(#[from] AmqpError),
+    /// The broker refused to store an event (for example the unrouted queue is full).
+    #[error("event {id}: the broker refused it (nack)")]
+    Nacked {
+        /// The event id.
+        id: String,
+    },
+    /// The broker could not route an event even to the unrouted queue.
+    #[error("event {id}: unroutable ({reply}); is the topology declared?")]
+    Unroutable {
+        /// The event id.
+        id: String,
+        /// The broker's reply text.
+        reply: String,
+    },
+    /// No confirm arrived in time (broker overloaded or blocked): the event may
+    /// or may not be stored.
+    #[error("event {id}: not confirmed within {timeout:?}; it may or may not have been stored")]
+    Timeout {
+        /// The event id.
+        id: String,
+        /// The publish timeout.
+        timeout: Duration,
+    },
+    /// Declaring the exchanges failed.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// A channel could not be opened or set up.
+    #[error("broker channel: {0}")]
+    Channel(#[source] lapin::Error),
+}
+
+impl PublishError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Unroutable { .. } | Self::Topology(TopologyError::Conflict { .. }))
+    }
+}
+
+/// A connection to the broker for publishing events. Cheap to share behind an
+/// `Arc`; concurrent publishes share one channel.
+#[derive(Debug)]
+pub struct Publisher {
+    client: AmqpClient,
+    topology: Topology,
+    timeout: Duration,
+    channel: Mutex<Option<Channel>>,
+    metrics: Option<ProducerMetrics>,
+    never: CancellationToken,
+}
+
+impl Publisher {
+    /// A publisher for the broker and prefix in `config`. Connects lazily, on
+    /// the first publish (see [`Publisher::connect`] to fail fast).
+    pub fn new(config: &Config) -> Self {
+        Self {
+            client: AmqpClient::new(config.amqp.url.clone(), "hookpost-producer", config.amqp.max_reconnect_delay),
+            topology: Topology::new(&config.amqp),
+            timeout: config.amqp.publish_timeout,
+            channel: Mutex::new(None),
+            metrics: None,
+            never: CancellationToken::new(),
+        }
+    }
+
+    /// Connects and declares the exchanges now.
+    ///
+    /// # Errors
+    /// [`PublishError::Unavailable`] when the broker cannot be reached within
+    /// the publish timeout, [`PublishError::Topology`] when it refuses a declaration.
+    pub async fn connect(config: &Config) -> Result<Self, PublishError> {
+        let publisher = Self::new(config);
+        publisher.channel(Instant::now() + publisher.timeout).await?;
+        Ok(publisher)
+    }
+
+    /// Counts publishes in these metrics.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: ProducerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The underlying connection supervisor (for readiness checks).
+    pub fn client(&self) -> &AmqpClient {
+        &self.client
+    }
+
+    /// Publishes one event; returns once the broker confirmed it.
+    ///
+    /// # Errors
+    /// See [`PublishError`].
+    pub async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        self.publish_many(std::slice::from_ref(event)).await
+    }
+
+    /// Publishes events pipelined; returns once the broker confirmed all of
+    /// them. On error, some may have been stored: publishing them again is
+    /// safe (receivers dedupe on `webhook-id`).
+    ///
+    /// # Errors
+    /// See [`PublishError`].
+    pub async fn publish_many(&self, events: &[Event]) -> Result<(), PublishError> {
+        let started = Instant::now();
+        let result = self.publish_until(events, started + self.timeout).await;
+        if let Some(m) = &self.metrics {
+            let outcome = if result.is_ok() { "confirmed" } else { "failed" };
+            m.events_published.with_label_values(&[outcome]).inc_by(events.len() as u64);
+            m.publish_duration.observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    async fn publish_until(&self, events: &[Event], deadline: Instant) -> Result<(), PublishError> {
+        let mut pending: Vec<&Event> = events.iter().collect();
+        while !pending.is_empty() {
+            let channel = self.channel(deadline).await?;
+            let retry = self.publish_window(&channel, pending, deadline).await?;
+            if let Some(first) = retry.first() {
+                if Instant::now() >= deadline {
+                    return Err(PublishError::Timeout { id: first.id.clone(), timeout: self.timeout });
+                }
+                tracing::warn!(unconfirmed = retry.len(), "Broker channel lost while publishing; publishing again.");
+                self.forget_channel(&channel).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            pending = retry;
+        }
+        Ok(())
+    }
+
+    /// Publishes `events` on `channel`; returns those to publish again because
+    /// the channel failed before their confirm.
+    async fn publish_window<'a>(
+        &self,
+        channel: &Channel,
+        events: Vec<&'a Event>,
+        deadline: Instant,
+    ) -> Result<Vec<&'a Event>, PublishError> {
+        let mut in_flight: VecDeque<(&Event, PublisherConfirm)> = VecDeque::with_capacity(WINDOW.min(events.len()));
+        let mut to_send = events.into_iter();
+        let mut retry = Vec::new();
+        let mut broken = false;
+        loop {
+            while !broken && in_flight.len() < WINDOW {
+                let Some(event) = to_send.next() else { break };
+                match self.send(channel, event).await {
+                    Ok(confirm) => in_flight.push_back((event, confirm)),
+                    Err(_) => {
+                        broken = true;
+                        retry.push(event);
+                    }
+                }
+            }
+            let Some((event, confirm)) = in_flight.pop_front() else { break };
+            match tokio::time::timeout_at(deadline, confirm).await {
+                Err(_) => return Err(PublishError::Timeout { id: event.id.clone(), timeout: self.timeout }),
+                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
+                Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                    return Err(PublishError::Unroutable { id: event.id.clone(), reply: returned.reply_text.to_string() });
+                }
+                Ok(Ok(Confirmation::Nack(_))) => return Err(PublishError::Nacked { id: event.id.clone() }),
+                Ok(Err(_)) => {
+                    broken = true;
+                    retry.push(event);
+                }
+            }
+        }
+        retry.extend(to_send);
+        Ok(retry)
+    }
+
+    async fn send(&self, channel: &Channel, event: &Event) -> Result<PublisherConfirm, lapin::Error> {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            // 2 = persistent: written to disk before the confirm.
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(event.id.as_str()))
+            .with_timestamp(u64::try_from(event.timestamp.unix_timestamp()).unwrap_or(0))
+            .with_type(ShortString::from(event.event_type.as_str()))
+            .with_app_id("hookpost".into());
+        channel
+            .basic_publish(
+                self.topology.events_exchange().into(),
+                event.event_type.as_str().into(),
+                // mandatory: an event no queue takes comes back as an error
+                // instead of vanishing (the alternate exchange normally takes it).
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                &event.to_vec(),
+                properties,
+            )
+            .await
+    }
+
+    /// The publishing channel, opening (and declaring the exchanges) if needed.
+    async fn channel(&self, deadline: Instant) -> Result<Channel, PublishError> {
+        let mut slot = self.channel.lock().await;
+        if let Some(channel) = slot.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        *slot = None;
+        loop {
+            let connection = self.client.connection(Some(deadline), &self.never).await?;
+            let opened = async {
+                let channel = connection.create_channel().await.map_err(PublishError::Channel)?;
+                channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(PublishError::Channel)?;
+                self.topology.declare_base(&channel).await?;
+                Ok::<_, PublishError>(channel)
+            };
+            match tokio::time::timeout_at(deadline, opened).await {
+                Ok(Ok(channel)) => {
+                    *slot = Some(channel.clone());
+                    return Ok(channel);
+                }
+                Ok(Err(e)) if !e.is_retryable() => return Err(e),
+                // The connection died between connect and setup: try again.
+                Ok(Err(e)) if Instant::now() < deadline && !connection.status().connected() => {
+                    tracing::warn!(error = %e, "Broker channel setup failed; reconnecting.");
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(PublishError::Unavailable(AmqpError::Unavailable {
+                        url: "broker".into(),
+                        waited: self.timeout,
+                        last_error: "channel setup timed out".into(),
+                    }));
+                }
+            }
+        }
+    }
+
+    async fn forget_channel(&self, broken: &Channel) {
+        let mut slot = self.channel.lock().await;
+        if slot.as_ref().is_some_and(|c| c.id() == broken.id() && !c.status().connected()) {
+            *slot = None;
+        }
+    }
+
+    /// Connects (retrying without deadline) and declares the exchanges, until
+    /// `shutdown`; used by servers that must start while the broker is down.
+    ///
+    /// # Errors
+    /// [`PublishError::Topology`] on a conflicting declaration, or shutdown.
+    pub async fn connect_in_background(&self, shutdown: &CancellationToken) -> Result<(), PublishError> {
+        loop {
+            self.client.connection(None, shutdown).await?;
+            match self.channel(Instant::now() + self.timeout).await {
+                Ok(_) => return Ok(()),
+                Err(e) if !e.is_retryable() => {
+                    tracing::error!(error = %e, "Broker refused the topology.");
+                    return Err(e);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        self.client.close().await;
+    }
+}
