@@ -168,8 +168,16 @@ impl Ingest {
                 };
                 let draft: EventDraft = serde_path_to_error::deserialize(draft).map_err(|e| {
                     let path = e.path().to_string();
-                    let field = if path == "." { String::new() } else { path };
                     let message = e.into_inner().to_string();
+                    // A missing field is reported at its parent; name the field itself.
+                    let missing = message
+                        .strip_prefix("missing field `")
+                        .and_then(|rest| rest.split('`').next());
+                    let field = match (path.as_str(), missing) {
+                        (_, Some(name)) => name.to_owned(),
+                        (".", None) => String::new(),
+                        (p, None) => p.to_owned(),
+                    };
                     error(StatusCode::BAD_REQUEST, &message, Some(&at(&field)))
                 })?;
                 draft.into_event().map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string(), Some(&at(field_of(&e)))))

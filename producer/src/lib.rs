@@ -62,11 +62,10 @@ pub async fn serve(
             }
         });
     }
-    let ready_client = publisher.client().clone();
+    let ready_publisher = publisher.clone();
     let ready: common::server::Readiness = Arc::new(move || {
-        let connected = ready_client.is_connected();
-        process.broker_connected.set(i64::from(connected));
-        connected
+        process.broker_connected.set(i64::from(ready_publisher.client().is_connected()));
+        ready_publisher.is_ready()
     });
     tracing::info!(listen = %listener.local_addr()?, metrics = %metrics_listener.local_addr()?, "Ingest server started.");
     let ingest = Arc::new(ingest::Ingest::new(config.ingest.clone(), publisher.clone(), metrics));

@@ -120,6 +120,15 @@ impl Publisher {
         &self.client
     }
 
+    /// Whether a confirm-mode channel with the exchanges declared is open now.
+    pub fn is_ready(&self) -> bool {
+        self.client.is_connected()
+            && self
+                .channel
+                .try_lock()
+                .is_ok_and(|c| c.as_ref().is_some_and(|c| c.status().connected()))
+    }
+
     /// Publishes one event; returns once the broker confirmed it.
     ///
     /// # Errors
