@@ -20,7 +20,9 @@ use common::server::{HttpResponse, json};
 use common::{Event, EventDraft};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 use std::sync::Arc;
@@ -39,7 +41,11 @@ pub struct Ingest {
 impl Ingest {
     /// An ingest service publishing through `publisher`.
     pub fn new(config: IngestConfig, publisher: Arc<Publisher>, metrics: ProducerMetrics) -> Self {
-        Self { config, publisher, metrics }
+        Self {
+            config,
+            publisher,
+            metrics,
+        }
     }
 
     /// Serves on `listener` until `shutdown`; in-flight requests finish first.
@@ -60,7 +66,10 @@ impl Ingest {
         let started = Instant::now();
         let response = self.route(req).await;
         let status = response.status().as_u16();
-        self.metrics.ingest_requests.with_label_values(&[&status.to_string()]).inc();
+        self.metrics
+            .ingest_requests
+            .with_label_values(&[&status.to_string()])
+            .inc();
         self.metrics
             .ingest_duration
             .with_label_values(&[status_class(status)])
@@ -70,22 +79,40 @@ impl Ingest {
 
     async fn route(&self, req: Request<Incoming>) -> HttpResponse {
         if req.uri().path() != "/v1/events" {
-            return error(StatusCode::NOT_FOUND, "not found; events go to POST /v1/events", None);
+            return error(
+                StatusCode::NOT_FOUND,
+                "not found; events go to POST /v1/events",
+                None,
+            );
         }
         if req.method() != Method::POST {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None);
-            r.headers_mut().insert("allow", HeaderValue::from_static("POST"));
+            r.headers_mut()
+                .insert("allow", HeaderValue::from_static("POST"));
             return r;
         }
         if !self.authorized(req.headers().get(AUTHORIZATION)) {
-            let mut r = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token", None);
-            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid bearer token",
+                None,
+            );
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
         if let Some(ct) = req.headers().get(CONTENT_TYPE)
-            && !ct.to_str().is_ok_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"))
+            && !ct.to_str().is_ok_and(|ct| {
+                ct.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            })
         {
-            return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content-type must be application/json", None);
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "content-type must be application/json",
+                None,
+            );
         }
         let declared = req
             .headers()
@@ -94,66 +121,113 @@ impl Ingest {
             .and_then(|v| v.parse::<u64>().ok());
         let limit = self.config.max_body_bytes;
         if declared.is_some_and(|n| n > limit as u64) {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body over {limit} bytes"), None);
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body over {limit} bytes"),
+                None,
+            );
         }
         let body: Bytes = match Limited::new(req.into_body(), limit).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body over {limit} bytes"), None);
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("body over {limit} bytes"),
+                    None,
+                );
             }
-            Err(_) => return error(StatusCode::BAD_REQUEST, "could not read the request body", None),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "could not read the request body",
+                    None,
+                );
+            }
         };
         let events = match self.parse(&body) {
             Ok(events) => events,
-            Err(response) => {
-                self.metrics.ingest_events.with_label_values(&["rejected"]).inc();
-                return response;
+            Err(rejection) => {
+                self.metrics
+                    .ingest_events
+                    .with_label_values(&["rejected"])
+                    .inc();
+                return error(
+                    rejection.status,
+                    &rejection.message,
+                    rejection.field.as_deref(),
+                );
             }
         };
         match self.publisher.publish_many(&events).await {
             Ok(()) => {
-                self.metrics.ingest_events.with_label_values(&["accepted"]).inc_by(events.len() as u64);
+                self.metrics
+                    .ingest_events
+                    .with_label_values(&["accepted"])
+                    .inc_by(events.len() as u64);
                 let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
                 json(StatusCode::ACCEPTED, &json!({ "ids": ids }))
             }
             Err(e) => {
-                self.metrics.ingest_events.with_label_values(&["rejected"]).inc_by(events.len() as u64);
+                self.metrics
+                    .ingest_events
+                    .with_label_values(&["rejected"])
+                    .inc_by(events.len() as u64);
                 tracing::warn!(error = %e, events = events.len(), "Publish failed; answering 503.");
-                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &unavailable_message(&e), None);
-                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &unavailable_message(&e),
+                    None,
+                );
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
                 r
             }
         }
     }
 
     fn authorized(&self, header: Option<&HeaderValue>) -> bool {
-        let Some(token) = header
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-        else {
+        let Some(token) = header.and_then(|h| h.to_str().ok()).and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        }) else {
             return false;
         };
         // Compare every token in full so timing does not reveal a prefix.
-        self.config
-            .tokens
-            .iter()
-            .fold(false, |found, t| found | constant_time_eq(t.expose().as_bytes(), token.trim().as_bytes()))
+        self.config.tokens.iter().fold(false, |found, t| {
+            found | constant_time_eq(t.expose().as_bytes(), token.trim().as_bytes())
+        })
     }
 
-    fn parse(&self, body: &[u8]) -> Result<Vec<Event>, HttpResponse> {
-        let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}"), None))?;
+    fn parse(&self, body: &[u8]) -> Result<Vec<Event>, Rejection> {
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+            Rejection::new(
+                StatusCode::BAD_REQUEST,
+                &format!("body is not JSON: {e}"),
+                None,
+            )
+        })?;
         let (drafts, is_array) = match value {
             serde_json::Value::Array(items) => (items, true),
             other => (vec![other], false),
         };
         if drafts.is_empty() {
-            return Err(error(StatusCode::BAD_REQUEST, "empty array: send at least one event", None));
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "empty array: send at least one event",
+                None,
+            ));
         }
         if drafts.len() > self.config.max_events {
-            return Err(error(
+            return Err(Rejection::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("{} events in one request; at most {}", drafts.len(), self.config.max_events),
+                &format!(
+                    "{} events in one request; at most {}",
+                    drafts.len(),
+                    self.config.max_events
+                ),
                 None,
             ));
         }
@@ -178,11 +252,35 @@ impl Ingest {
                         (".", None) => String::new(),
                         (p, None) => p.to_owned(),
                     };
-                    error(StatusCode::BAD_REQUEST, &message, Some(&at(&field)))
+                    Rejection::new(StatusCode::BAD_REQUEST, &message, Some(&at(&field)))
                 })?;
-                draft.into_event().map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string(), Some(&at(field_of(&e)))))
+                draft.into_event().map_err(|e| {
+                    Rejection::new(
+                        StatusCode::BAD_REQUEST,
+                        &e.to_string(),
+                        Some(&at(field_of(&e))),
+                    )
+                })
             })
             .collect()
+    }
+}
+
+/// Why a request body was refused, before any publish.
+#[derive(Debug)]
+struct Rejection {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, message: &str, field: Option<&str>) -> Self {
+        Self {
+            status,
+            message: message.to_owned(),
+            field: field.map(str::to_owned),
+        }
     }
 }
 

@@ -45,7 +45,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         !config.ingest.tokens.is_empty(),
-        "{}: key `ingest.tokens`: set at least one bearer token (for example \"${{HOOKPOST_INGEST_TOKEN}}\") before serving",
+        "{}: key `ingest.tokens`: set at least one bearer token (for example \"${{INGEST_TOKEN}}\") before serving",
         config.origin.display()
     );
     let registry = prometheus::Registry::new();
@@ -64,12 +64,23 @@ pub async fn serve(
     }
     let ready_publisher = publisher.clone();
     let ready: common::server::Readiness = Arc::new(move || {
-        process.broker_connected.set(i64::from(ready_publisher.client().is_connected()));
+        process
+            .broker_connected
+            .set(i64::from(ready_publisher.client().is_connected()));
         ready_publisher.is_ready()
     });
     tracing::info!(listen = %listener.local_addr()?, metrics = %metrics_listener.local_addr()?, "Ingest server started.");
-    let ingest = Arc::new(ingest::Ingest::new(config.ingest.clone(), publisher.clone(), metrics));
-    let metrics_server = tokio::spawn(common::server::serve_metrics(metrics_listener, registry, ready, shutdown.clone()));
+    let ingest = Arc::new(ingest::Ingest::new(
+        config.ingest.clone(),
+        publisher.clone(),
+        metrics,
+    ));
+    let metrics_server = tokio::spawn(common::server::serve_metrics(
+        metrics_listener,
+        registry,
+        ready,
+        shutdown.clone(),
+    ));
     ingest.serve(listener, shutdown).await;
     let _ = metrics_server.await;
     publisher.close().await;

@@ -8,15 +8,15 @@
 //! configured `publish_timeout_ms` runs out; so an event may reach the broker
 //! twice (at-least-once), and none is reported confirmed without a confirm.
 
+use common::Event;
 use common::amqp::{AmqpClient, AmqpError};
 use common::config::Config;
 use common::metrics::ProducerMetrics;
 use common::topology::{Topology, TopologyError};
-use common::Event;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
+use lapin::{Confirmation, PublisherConfirm};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -67,7 +67,10 @@ pub enum PublishError {
 impl PublishError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Unroutable { .. } | Self::Topology(TopologyError::Conflict { .. }))
+        !matches!(
+            self,
+            Self::Unroutable { .. } | Self::Topology(TopologyError::Conflict { .. })
+        )
     }
 }
 
@@ -88,7 +91,11 @@ impl Publisher {
     /// the first publish (see [`Publisher::connect`] to fail fast).
     pub fn new(config: &Config) -> Self {
         Self {
-            client: AmqpClient::new(config.amqp.url.clone(), "hookpost-producer", config.amqp.max_reconnect_delay),
+            client: AmqpClient::new(
+                config.amqp.url.clone(),
+                "hookpost-producer",
+                config.amqp.max_reconnect_delay,
+            ),
             topology: Topology::new(&config.amqp),
             timeout: config.amqp.publish_timeout,
             channel: Mutex::new(None),
@@ -104,7 +111,9 @@ impl Publisher {
     /// the publish timeout, [`PublishError::Topology`] when it refuses a declaration.
     pub async fn connect(config: &Config) -> Result<Self, PublishError> {
         let publisher = Self::new(config);
-        publisher.channel(Instant::now() + publisher.timeout).await?;
+        publisher
+            .channel(Instant::now() + publisher.timeout)
+            .await?;
         Ok(publisher)
     }
 
@@ -147,8 +156,14 @@ impl Publisher {
         let started = Instant::now();
         let result = self.publish_until(events, started + self.timeout).await;
         if let Some(m) = &self.metrics {
-            let outcome = if result.is_ok() { "confirmed" } else { "failed" };
-            m.events_published.with_label_values(&[outcome]).inc_by(events.len() as u64);
+            let outcome = if result.is_ok() {
+                "confirmed"
+            } else {
+                "failed"
+            };
+            m.events_published
+                .with_label_values(&[outcome])
+                .inc_by(events.len() as u64);
             m.publish_duration.observe(started.elapsed().as_secs_f64());
         }
         result
@@ -161,9 +176,15 @@ impl Publisher {
             let retry = self.publish_window(&channel, pending, deadline).await?;
             if let Some(first) = retry.first() {
                 if Instant::now() >= deadline {
-                    return Err(PublishError::Timeout { id: first.id.clone(), timeout: self.timeout });
+                    return Err(PublishError::Timeout {
+                        id: first.id.clone(),
+                        timeout: self.timeout,
+                    });
                 }
-                tracing::warn!(unconfirmed = retry.len(), "Broker channel lost while publishing; publishing again.");
+                tracing::warn!(
+                    unconfirmed = retry.len(),
+                    "Broker channel lost while publishing; publishing again."
+                );
                 self.forget_channel(&channel).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -180,7 +201,8 @@ impl Publisher {
         events: Vec<&'a Event>,
         deadline: Instant,
     ) -> Result<Vec<&'a Event>, PublishError> {
-        let mut in_flight: VecDeque<(&Event, PublisherConfirm)> = VecDeque::with_capacity(WINDOW.min(events.len()));
+        let mut in_flight: VecDeque<(&Event, PublisherConfirm)> =
+            VecDeque::with_capacity(WINDOW.min(events.len()));
         let mut to_send = events.into_iter();
         let mut retry = Vec::new();
         let mut broken = false;
@@ -195,14 +217,28 @@ impl Publisher {
                     }
                 }
             }
-            let Some((event, confirm)) = in_flight.pop_front() else { break };
+            let Some((event, confirm)) = in_flight.pop_front() else {
+                break;
+            };
             match tokio::time::timeout_at(deadline, confirm).await {
-                Err(_) => return Err(PublishError::Timeout { id: event.id.clone(), timeout: self.timeout }),
+                Err(_) => {
+                    return Err(PublishError::Timeout {
+                        id: event.id.clone(),
+                        timeout: self.timeout,
+                    });
+                }
                 Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
                 Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-                    return Err(PublishError::Unroutable { id: event.id.clone(), reply: returned.reply_text.to_string() });
+                    return Err(PublishError::Unroutable {
+                        id: event.id.clone(),
+                        reply: returned.reply_text.to_string(),
+                    });
                 }
-                Ok(Ok(Confirmation::Nack(_))) => return Err(PublishError::Nacked { id: event.id.clone() }),
+                Ok(Ok(Confirmation::Nack(_))) => {
+                    return Err(PublishError::Nacked {
+                        id: event.id.clone(),
+                    });
+                }
                 Ok(Err(_)) => {
                     broken = true;
                     retry.push(event);
@@ -213,7 +249,11 @@ impl Publisher {
         Ok(retry)
     }
 
-    async fn send(&self, channel: &Channel, event: &Event) -> Result<PublisherConfirm, lapin::Error> {
+    async fn send(
+        &self,
+        channel: &Channel,
+        event: &Event,
+    ) -> Result<PublisherConfirm, lapin::Error> {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             // 2 = persistent: written to disk before the confirm.
@@ -228,7 +268,10 @@ impl Publisher {
                 event.event_type.as_str().into(),
                 // mandatory: an event no queue takes comes back as an error
                 // instead of vanishing (the alternate exchange normally takes it).
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 &event.to_vec(),
                 properties,
             )
@@ -247,8 +290,14 @@ impl Publisher {
         loop {
             let connection = self.client.connection(Some(deadline), &self.never).await?;
             let opened = async {
-                let channel = connection.create_channel().await.map_err(PublishError::Channel)?;
-                channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(PublishError::Channel)?;
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(PublishError::Channel)?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(PublishError::Channel)?;
                 self.topology.declare_base(&channel).await?;
                 Ok::<_, PublishError>(channel)
             };
@@ -276,7 +325,10 @@ impl Publisher {
 
     async fn forget_channel(&self, broken: &Channel) {
         let mut slot = self.channel.lock().await;
-        if slot.as_ref().is_some_and(|c| c.id() == broken.id() && !c.status().connected()) {
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.id() == broken.id() && !c.status().connected())
+        {
             *slot = None;
         }
     }
@@ -286,7 +338,10 @@ impl Publisher {
     ///
     /// # Errors
     /// [`PublishError::Topology`] on a conflicting declaration, or shutdown.
-    pub async fn connect_in_background(&self, shutdown: &CancellationToken) -> Result<(), PublishError> {
+    pub async fn connect_in_background(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PublishError> {
         loop {
             self.client.connection(None, shutdown).await?;
             match self.channel(Instant::now() + self.timeout).await {

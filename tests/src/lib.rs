@@ -9,7 +9,10 @@ pub mod proxy;
 
 use common::Config;
 use common::topology::Topology;
-use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use std::future::Future;
@@ -33,7 +36,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -63,7 +69,13 @@ impl Scope {
             .await
             .unwrap_or_else(|e| panic!("RabbitMQ at {} is unreachable ({e}); start it with `rabbitmq-server -detached`", amqp_url()));
         let channel = connection.create_channel().await.expect("channel");
-        Self { prefix, connection, channel, queues: Mutex::new(Vec::new()), exchanges: Mutex::new(Vec::new()) }
+        Self {
+            prefix,
+            connection,
+            channel,
+            queues: Mutex::new(Vec::new()),
+            exchanges: Mutex::new(Vec::new()),
+        }
     }
 
     /// A config for this scope: `toml` plus `[amqp] url` and `prefix`.
@@ -74,8 +86,12 @@ impl Scope {
 
     /// Like [`Scope::config`], with extra `[amqp]` keys and another broker URL.
     pub fn config_with(&self, toml: &str, amqp_extra: &str, url: &str) -> Config {
-        let text = format!("[amqp]\nurl = \"{url}\"\nprefix = \"{}\"\n{amqp_extra}\n{toml}", self.prefix);
-        let config = Config::from_toml_str(&text, "test.toml".as_ref(), &[]).expect("test config is valid");
+        let text = format!(
+            "[amqp]\nurl = \"{url}\"\nprefix = \"{}\"\n{amqp_extra}\n{toml}",
+            self.prefix
+        );
+        let config =
+            Config::from_toml_str(&text, "test.toml".as_ref(), &[]).expect("test config is valid");
         self.track_config(&config);
         config
     }
@@ -86,7 +102,12 @@ impl Scope {
         let mut queues = self.queues.lock().expect("lock");
         let mut exchanges = self.exchanges.lock().expect("lock");
         queues.extend([t.unrouted(), t.dead()]);
-        exchanges.extend([t.events_exchange(), t.unrouted(), t.endpoints_exchange(), t.dead()]);
+        exchanges.extend([
+            t.events_exchange(),
+            t.unrouted(),
+            t.endpoints_exchange(),
+            t.dead(),
+        ]);
         for ep in &config.endpoints {
             queues.push(t.endpoint_queue(&ep.id));
             for tier in ep.retry.tiers_ms() {
@@ -101,11 +122,24 @@ impl Scope {
     pub async fn observe(&self, exchange: &str, key: &str) -> String {
         let name = format!("{}.observe.{}", self.prefix, uuid::Uuid::new_v4().simple());
         self.channel
-            .queue_declare(name.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .expect("declare observer queue");
         self.channel
-            .queue_bind(name.as_str().into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                name.as_str().into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .expect("bind observer queue");
         self.queues.lock().expect("lock").push(name.clone());
@@ -132,7 +166,11 @@ impl Scope {
         let mut got = Vec::new();
         while got.len() < n {
             got.extend(self.drain(queue).await);
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {n} messages in {queue}; got {}", got.len());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {n} messages in {queue}; got {}",
+                got.len()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         got
@@ -141,7 +179,14 @@ impl Scope {
     /// Messages ready in `queue` (passive declare).
     pub async fn depth(&self, queue: &str) -> u32 {
         self.channel
-            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .map(|q| q.message_count())
             .unwrap_or(0)
@@ -150,21 +195,47 @@ impl Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        let exchanges = std::mem::take(&mut *self.exchanges.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let queues = std::mem::take(
+            &mut *self
+                .queues
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let exchanges = std::mem::take(
+            &mut *self
+                .exchanges
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         // Drop cannot await: clean up from a thread with its own runtime.
         let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async {
-                let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
+                let Ok(conn) =
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+                else {
+                    return;
+                };
                 for queue in queues {
                     if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                        let _ = ch
+                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                            .await;
                     }
                 }
                 for exchange in exchanges {
                     if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+                        let _ = ch
+                            .exchange_delete(
+                                exchange.as_str().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
+                            .await;
                     }
                 }
                 let _ = conn.close(200, "test done".into()).await;

@@ -43,7 +43,9 @@ impl Proxy {
                 let token = cut2.lock().expect("lock").clone();
                 let target = target.clone();
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(&target).await else { return };
+                    let Ok(server) = TcpStream::connect(&target).await else {
+                        return;
+                    };
                     let (mut client, mut server) = (client, server);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
@@ -52,7 +54,12 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, up, cut, stop }
+        Self {
+            addr,
+            up,
+            cut,
+            stop,
+        }
     }
 
     /// An AMQP URL through this proxy, with `base`'s credentials and vhost.
@@ -60,7 +67,11 @@ impl Proxy {
         let rest = base.split_once("://").map_or(base, |(_, r)| r);
         let (creds, after) = rest.rsplit_once('@').map_or(("", rest), |(c, a)| (c, a));
         let path = after.find('/').map_or("/%2f", |i| &after[i..]);
-        let creds = if creds.is_empty() { String::new() } else { format!("{creds}@") };
+        let creds = if creds.is_empty() {
+            String::new()
+        } else {
+            format!("{creds}@")
+        };
         format!("amqp://{creds}{}{path}", self.addr)
     }
 
@@ -90,5 +101,9 @@ pub fn broker_addr(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let after = rest.rsplit_once('@').map_or(rest, |(_, a)| a);
     let host = after.split('/').next().unwrap_or("127.0.0.1");
-    if host.contains(':') { host.to_owned() } else { format!("{host}:5672") }
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5672")
+    }
 }

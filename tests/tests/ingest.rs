@@ -27,18 +27,36 @@ async fn start(scope: &Scope, url: &str, extra_ingest: &str) -> Server {
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let metrics = format!("http://{}", metrics_listener.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(producer::serve(config, listener, metrics_listener, shutdown.clone()));
-    let server = Server { base, metrics, shutdown, task };
+    let task = tokio::spawn(producer::serve(
+        config,
+        listener,
+        metrics_listener,
+        shutdown.clone(),
+    ));
+    let server = Server {
+        base,
+        metrics,
+        shutdown,
+        task,
+    };
     let client = reqwest::Client::new();
     eventually(Duration::from_secs(10), "ingest ready", || async {
-        let r = client.get(format!("{}/readyz", server.metrics)).send().await.ok()?;
+        let r = client
+            .get(format!("{}/readyz", server.metrics))
+            .send()
+            .await
+            .ok()?;
         (r.status() == 200).then_some(())
     })
     .await;
     server
 }
 
-async fn post(server: &Server, token: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+async fn post(
+    server: &Server,
+    token: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (u16, serde_json::Value) {
     let mut req = reqwest::Client::new()
         .post(format!("{}/v1/events", server.base))
         .header("content-type", "application/json")
@@ -57,9 +75,16 @@ async fn post(server: &Server, token: Option<&str>, body: impl Into<reqwest::Bod
 async fn accepted_events_are_in_the_broker() {
     let scope = Scope::new().await;
     let server = start(&scope, &amqp_url(), "").await;
-    let all = scope.observe(&format!("{}.events", scope.prefix), "#").await;
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
 
-    let (status, body) = post(&server, Some(TOKEN), r#"{"type":"order.created","data":{"n":1},"source":"shop"}"#).await;
+    let (status, body) = post(
+        &server,
+        Some(TOKEN),
+        r#"{"type":"order.created","data":{"n":1},"source":"shop"}"#,
+    )
+    .await;
     assert_eq!(status, 202, "{body}");
     let single = body["ids"][0].as_str().expect("an id").to_owned();
 
@@ -74,18 +99,41 @@ async fn accepted_events_are_in_the_broker() {
     assert_eq!(body["ids"][0], "mine-1");
 
     let got = scope.take(&all, 3).await;
-    let events: Vec<Event> = got.iter().map(|m| Event::from_slice(&m.delivery.data).expect("envelope")).collect();
-    let first = events.iter().find(|e| e.id == single).expect("single event stored");
+    let events: Vec<Event> = got
+        .iter()
+        .map(|m| Event::from_slice(&m.delivery.data).expect("envelope"))
+        .collect();
+    let first = events
+        .iter()
+        .find(|e| e.id == single)
+        .expect("single event stored");
     assert_eq!(first.event_type, "order.created");
     assert_eq!(first.source.as_deref(), Some("shop"));
     assert_eq!(first.data["n"], 1);
-    let second = events.iter().find(|e| e.event_type == "a.two").expect("batch event stored");
+    let second = events
+        .iter()
+        .find(|e| e.event_type == "a.two")
+        .expect("batch event stored");
     assert_eq!(second.timestamp.unix_timestamp(), 1_767_323_045);
 
-    let text = reqwest::get(format!("{}/metrics", server.metrics)).await.expect("metrics").text().await.expect("text");
-    assert!(text.contains("hookpost_ingest_events_total{outcome=\"accepted\"} 3"), "{text}");
-    assert!(text.contains("hookpost_ingest_requests_total{status=\"202\"} 2"), "{text}");
-    assert!(text.contains("hookpost_events_published_total{outcome=\"confirmed\"} 3"), "{text}");
+    let text = reqwest::get(format!("{}/metrics", server.metrics))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("hookpost_ingest_events_total{outcome=\"accepted\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hookpost_ingest_requests_total{status=\"202\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hookpost_events_published_total{outcome=\"confirmed\"} 3"),
+        "{text}"
+    );
     server.shutdown.cancel();
     server.task.await.expect("join").expect("clean shutdown");
 }
@@ -94,7 +142,9 @@ async fn accepted_events_are_in_the_broker() {
 async fn bad_requests_get_the_promised_status() {
     let scope = Scope::new().await;
     let server = start(&scope, &amqp_url(), "max_body_bytes = 2048\nmax_events = 3").await;
-    let all = scope.observe(&format!("{}.events", scope.prefix), "#").await;
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
 
     let (status, body) = post(&server, None, r#"{"type":"a"}"#).await;
     assert_eq!(status, 401, "{body}");
@@ -103,27 +153,60 @@ async fn bad_requests_get_the_promised_status() {
 
     let (status, body) = post(&server, Some(TOKEN), "not json").await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().expect("error").contains("not JSON"), "{body}");
+    assert!(
+        body["error"].as_str().expect("error").contains("not JSON"),
+        "{body}"
+    );
 
     let (status, body) = post(&server, Some(TOKEN), r#"{"type":"Bad Type"}"#).await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("type")), "{body}");
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("type")),
+        "{body}"
+    );
 
-    let (status, body) = post(&server, Some(TOKEN), r#"[{"type":"ok"},{"type":"ok","timestamp":"noon"}]"#).await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("[1].timestamp")), "{body}");
+    let (status, body) = post(
+        &server,
+        Some(TOKEN),
+        r#"[{"type":"ok"},{"type":"ok","timestamp":"noon"}]"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("[1].timestamp")),
+        "{body}"
+    );
 
     let (status, body) = post(&server, Some(TOKEN), r#"{"data":1}"#).await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("type")), "{body}");
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("type")),
+        "{body}"
+    );
 
     let (status, body) = post(&server, Some(TOKEN), r#"{"type":"a","colour":"red"}"#).await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("colour")), "{body}");
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("colour")),
+        "{body}"
+    );
 
     let (status, body) = post(&server, Some(TOKEN), r#"{"type":"a","id":7}"#).await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("id")), "{body}");
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("id")),
+        "{body}"
+    );
 
     let (status, _) = post(&server, Some(TOKEN), "[]").await;
     assert_eq!(status, 400);
 
-    let (status, body) = post(&server, Some(TOKEN), r#"[{"type":"a"},{"type":"a"},{"type":"a"},{"type":"a"}]"#).await;
+    let (status, body) = post(
+        &server,
+        Some(TOKEN),
+        r#"[{"type":"a"},{"type":"a"},{"type":"a"},{"type":"a"}]"#,
+    )
+    .await;
     assert_eq!(status, 413, "{body}");
 
     let big = format!(r#"{{"type":"a","data":"{}"}}"#, "x".repeat(4096));
@@ -131,11 +214,26 @@ async fn bad_requests_get_the_promised_status() {
     assert_eq!(status, 413);
 
     let client = reqwest::Client::new();
-    let r = client.post(format!("{}/v1/events", server.base)).bearer_auth(TOKEN).header("content-type", "text/plain").body("{}").send().await.expect("send");
+    let r = client
+        .post(format!("{}/v1/events", server.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 415);
-    let r = client.get(format!("{}/v1/events", server.base)).send().await.expect("send");
+    let r = client
+        .get(format!("{}/v1/events", server.base))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 405);
-    let r = client.post(format!("{}/v2/things", server.base)).send().await.expect("send");
+    let r = client
+        .post(format!("{}/v2/things", server.base))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 404);
 
     // Nothing of that reached the broker.
@@ -160,18 +258,34 @@ async fn broker_down_is_503_and_readiness_follows() {
     let (status, body) = post(&server, Some(TOKEN), r#"{"type":"during"}"#).await;
     assert_eq!(status, 503, "{body}");
     let client = reqwest::Client::new();
-    let ready = client.get(format!("{}/readyz", server.metrics)).send().await.expect("readyz");
+    let ready = client
+        .get(format!("{}/readyz", server.metrics))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 503);
-    let health = client.get(format!("{}/healthz", server.metrics)).send().await.expect("healthz");
+    let health = client
+        .get(format!("{}/healthz", server.metrics))
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(health.status(), 200, "alive while the broker is away");
 
     proxy.up();
-    eventually(Duration::from_secs(10), "a 202 after the broker returns", || async {
-        let (status, _) = post(&server, Some(TOKEN), r#"{"type":"after"}"#).await;
-        (status == 202).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a 202 after the broker returns",
+        || async {
+            let (status, _) = post(&server, Some(TOKEN), r#"{"type":"after"}"#).await;
+            (status == 202).then_some(())
+        },
+    )
     .await;
-    let ready = client.get(format!("{}/readyz", server.metrics)).send().await.expect("readyz");
+    let ready = client
+        .get(format!("{}/readyz", server.metrics))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 200);
     server.shutdown.cancel();
     server.task.await.expect("join").expect("clean shutdown");

@@ -24,9 +24,15 @@ async fn published_event_arrives_with_its_properties() {
     let msg = &got[0];
     assert_eq!(msg.delivery.routing_key.as_str(), "order.created");
     let props = &msg.delivery.properties;
-    assert_eq!(props.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+    assert_eq!(
+        props.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
     assert_eq!(props.delivery_mode(), &Some(2), "persistent");
-    assert_eq!(props.message_id().as_ref().map(|s| s.as_str()), Some(event.id.as_str()));
+    assert_eq!(
+        props.message_id().as_ref().map(|s| s.as_str()),
+        Some(event.id.as_str())
+    );
     let body = Event::from_slice(&msg.delivery.data).expect("body is an envelope");
     assert_eq!(body, event);
     publisher.close().await;
@@ -38,9 +44,17 @@ async fn unrouted_events_are_kept() {
     let config = scope.config("");
     let publisher = Publisher::connect(&config).await.expect("connect");
     let event = Event::new("nobody.listens", serde_json::Value::Null).expect("valid");
-    publisher.publish(&event).await.expect("an unrouted event is still confirmed");
+    publisher
+        .publish(&event)
+        .await
+        .expect("an unrouted event is still confirmed");
     let got = scope.take(&format!("{}.unrouted", scope.prefix), 1).await;
-    assert_eq!(Event::from_slice(&got[0].delivery.data).expect("envelope").id, event.id);
+    assert_eq!(
+        Event::from_slice(&got[0].delivery.data)
+            .expect("envelope")
+            .id,
+        event.id
+    );
 }
 
 #[tokio::test]
@@ -48,15 +62,29 @@ async fn publish_many_confirms_a_thousand() {
     let scope = Scope::new().await;
     let config = scope.config("");
     let publisher = Publisher::connect(&config).await.expect("connect");
-    let all = scope.observe(&format!("{}.events", scope.prefix), "#").await;
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
     let events: Vec<Event> = (0..1000)
         .map(|i| Event::new("bulk.item", serde_json::json!({ "i": i })).expect("valid"))
         .collect();
-    publisher.publish_many(&events).await.expect("all confirmed");
+    publisher
+        .publish_many(&events)
+        .await
+        .expect("all confirmed");
     // Confirmed means stored: the queue holds every one of them at once.
     assert_eq!(scope.depth(&all).await, 1000);
     let got = scope.take(&all, 1000).await;
-    let mut ids: Vec<String> = got.iter().filter_map(|m| m.delivery.properties.message_id().as_ref().map(|s| s.to_string())).collect();
+    let mut ids: Vec<String> = got
+        .iter()
+        .filter_map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+        })
+        .collect();
     ids.sort();
     let mut want: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     want.sort();
@@ -67,29 +95,59 @@ async fn publish_many_confirms_a_thousand() {
 async fn broker_outage_fails_after_a_bounded_wait_then_recovers() {
     let scope = Scope::new().await;
     let proxy = Proxy::start(broker_addr(&amqp_url())).await;
-    let config = scope.config_with("", "publish_timeout_ms = 1500\nmax_reconnect_delay_ms = 200", &proxy.amqp_url(&amqp_url()));
+    let config = scope.config_with(
+        "",
+        "publish_timeout_ms = 1500\nmax_reconnect_delay_ms = 200",
+        &proxy.amqp_url(&amqp_url()),
+    );
     let publisher = Publisher::connect(&config).await.expect("connect");
-    let all = scope.observe(&format!("{}.events", scope.prefix), "#").await;
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
     let first = Event::new("outage.before", serde_json::Value::Null).expect("valid");
-    publisher.publish(&first).await.expect("confirmed before the outage");
+    publisher
+        .publish(&first)
+        .await
+        .expect("confirmed before the outage");
 
     proxy.down();
     let during = Event::new("outage.during", serde_json::Value::Null).expect("valid");
     let started = std::time::Instant::now();
-    let err = publisher.publish(&during).await.expect_err("no broker, no confirm");
+    let err = publisher
+        .publish(&during)
+        .await
+        .expect_err("no broker, no confirm");
     let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(5), "bounded wait, took {waited:?}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "bounded wait, took {waited:?}"
+    );
     assert!(err.is_retryable(), "{err}");
-    assert!(matches!(err, PublishError::Unavailable(_) | PublishError::Timeout { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PublishError::Unavailable(_) | PublishError::Timeout { .. }
+        ),
+        "{err}"
+    );
     assert!(!publisher.client().is_connected());
 
     proxy.up();
     let after = Event::new("outage.after", serde_json::Value::Null).expect("valid");
-    publisher.publish(&after).await.expect("reconnected transparently");
+    publisher
+        .publish(&after)
+        .await
+        .expect("reconnected transparently");
 
     let got = scope.take(&all, 2).await;
-    let ids: Vec<String> = got.iter().map(|m| Event::from_slice(&m.delivery.data).expect("envelope").id).collect();
-    assert!(ids.contains(&first.id) && ids.contains(&after.id), "{ids:?}");
+    let ids: Vec<String> = got
+        .iter()
+        .map(|m| Event::from_slice(&m.delivery.data).expect("envelope").id)
+        .collect();
+    assert!(
+        ids.contains(&first.id) && ids.contains(&after.id),
+        "{ids:?}"
+    );
     // What failed was reported failed; it did not reach the broker.
     assert!(!ids.contains(&during.id));
 }
@@ -97,9 +155,21 @@ async fn broker_outage_fails_after_a_bounded_wait_then_recovers() {
 #[tokio::test]
 async fn unreachable_broker_is_a_clear_error() {
     let scope = Scope::new().await;
-    let config = scope.config_with("", "publish_timeout_ms = 500", "amqp://guest:guest@127.0.0.1:1/%2f");
-    let err = Publisher::connect(&config).await.expect_err("nothing listens on port 1");
+    let config = scope.config_with(
+        "",
+        "publish_timeout_ms = 500",
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+    );
+    let err = Publisher::connect(&config)
+        .await
+        .expect_err("nothing listens on port 1");
     let text = err.to_string();
-    assert!(text.contains("unreachable") && text.contains("127.0.0.1:1"), "{text}");
-    assert!(!text.contains("guest:guest"), "credentials redacted: {text}");
+    assert!(
+        text.contains("unreachable") && text.contains("127.0.0.1:1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("guest:guest"),
+        "credentials redacted: {text}"
+    );
 }

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "hookpost-producer", version, about = "Publish events to hookpost")]
+#[command(
+    name = "hookpost-producer",
+    version,
+    about = "Publish events to hookpost"
+)]
 struct Cli {
     /// Config file. Without one, defaults and HOOKPOST_* variables apply.
     #[arg(long, global = true, env = "HOOKPOST_CONFIG")]
@@ -64,7 +68,10 @@ fn main() -> std::process::ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKPOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -80,14 +87,29 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(cli.config.as_ref())?;
     match cli.command {
-        Command::Publish { event_type, data, source, id, count } => {
+        Command::Publish {
+            event_type,
+            data,
+            source,
+            id,
+            count,
+        } => {
             anyhow::ensure!(count >= 1, "--count must be at least 1");
-            anyhow::ensure!(id.is_none() || count == 1, "--id can only be used with --count 1");
+            anyhow::ensure!(
+                id.is_none() || count == 1,
+                "--id can only be used with --count 1"
+            );
             let data = read_data(&data)?;
             let events = (0..count)
                 .map(|_| {
-                    EventDraft { id: id.clone(), event_type: event_type.clone(), timestamp: None, source: source.clone(), data: data.clone() }
-                        .into_event()
+                    EventDraft {
+                        id: id.clone(),
+                        event_type: event_type.clone(),
+                        timestamp: None,
+                        source: source.clone(),
+                        data: data.clone(),
+                    }
+                    .into_event()
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .context("invalid event")?;
@@ -103,10 +125,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(config.ingest.listen)
                 .await
-                .with_context(|| format!("cannot listen on {} (ingest.listen)", config.ingest.listen))?;
+                .with_context(|| {
+                    format!("cannot listen on {} (ingest.listen)", config.ingest.listen)
+                })?;
             let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
                 .await
-                .with_context(|| format!("cannot listen on {} (metrics.listen)", config.metrics_listen))?;
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} (metrics.listen)",
+                        config.metrics_listen
+                    )
+                })?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             producer::serve(config, listener, metrics_listener, shutdown).await
@@ -118,10 +147,14 @@ fn read_data(arg: &str) -> anyhow::Result<serde_json::Value> {
     let text = match arg.strip_prefix('@') {
         Some("-") => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading --data from standard input")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading --data from standard input")?;
             s
         }
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading --data file {path}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading --data file {path}"))?
+        }
         None => arg.to_owned(),
     };
     serde_json::from_str(&text).context("--data is not valid JSON")
@@ -132,14 +165,15 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                shutdown.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

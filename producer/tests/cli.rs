@@ -1,0 +1,180 @@
+//! `hookpost-producer publish` as a user runs it, against the real broker.
+
+use common::Event;
+use std::process::Command;
+use tests::{Scope, amqp_url};
+
+fn producer(scope: &Scope) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookpost-producer"));
+    cmd.env_remove("HOOKPOST_CONFIG")
+        .env("HOOKPOST_AMQP_URL", amqp_url())
+        .env("HOOKPOST_AMQP_PREFIX", &scope.prefix)
+        .env("HOOKPOST_LOG", "warn");
+    cmd
+}
+
+#[tokio::test]
+async fn publish_prints_the_ids_it_published() {
+    let scope = Scope::new().await;
+    scope.track_config(&scope.config(""));
+    // Declare the exchanges first so the observer queue can bind.
+    producer::Publisher::connect(&scope.config(""))
+        .await
+        .expect("connect");
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
+
+    let out = producer(&scope)
+        .args([
+            "publish",
+            "--type",
+            "order.created",
+            "--data",
+            r#"{"order_id":7}"#,
+            "--source",
+            "cli",
+            "--count",
+            "3",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Vec<String> = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(printed.len(), 3);
+
+    let got = scope.take(&all, 3).await;
+    let mut stored: Vec<Event> = got
+        .iter()
+        .map(|m| Event::from_slice(&m.delivery.data).expect("envelope"))
+        .collect();
+    stored.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut want = printed.clone();
+    want.sort();
+    assert_eq!(
+        stored.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        want
+    );
+    assert!(
+        stored
+            .iter()
+            .all(|e| e.data["order_id"] == 7 && e.source.as_deref() == Some("cli"))
+    );
+
+    let file = std::env::temp_dir().join(format!("{}.json", scope.prefix));
+    std::fs::write(&file, r#"{"from":"file"}"#).expect("write");
+    let out = producer(&scope)
+        .args([
+            "publish",
+            "--type",
+            "order.created",
+            "--data",
+            &format!("@{}", file.display()),
+            "--id",
+            "fixed-id-1",
+        ])
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "fixed-id-1");
+    let got = scope.take(&all, 1).await;
+    assert_eq!(
+        Event::from_slice(&got[0].delivery.data)
+            .expect("envelope")
+            .data["from"],
+        "file"
+    );
+}
+
+/// Arguments, environment, and what standard error must say.
+type Case = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+#[tokio::test]
+async fn failures_exit_non_zero_with_a_clear_message() {
+    let scope = Scope::new().await;
+    let cases: [Case; 5] = [
+        (&["publish", "--type", "Bad Type"], &[], "field `type`"),
+        (
+            &["publish", "--type", "a", "--data", "{oops"],
+            &[],
+            "--data is not valid JSON",
+        ),
+        (
+            &[
+                "publish",
+                "--type",
+                "a",
+                "--data",
+                "@/nonexistent/file.json",
+            ],
+            &[],
+            "/nonexistent/file.json",
+        ),
+        (
+            &["publish", "--type", "a"],
+            &[
+                ("HOOKPOST_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+                ("HOOKPOST_AMQP_PUBLISH_TIMEOUT_MS", "300"),
+            ],
+            "unreachable",
+        ),
+        (
+            &["publish", "--type", "a"],
+            &[("HOOKPOST_DEFAULTS_BATCH_SIZE", "0")],
+            "HOOKPOST_DEFAULTS_BATCH_SIZE",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut cmd = producer(&scope);
+        cmd.args(args).envs(env.iter().copied());
+        let out = cmd.output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} printed ids: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
+        assert!(
+            !stderr.contains("guest:guest"),
+            "credentials leaked: {stderr}"
+        );
+    }
+
+    let config = std::env::temp_dir().join(format!("{}.toml", scope.prefix));
+    std::fs::write(&config, "[amqp]\nurll = \"x\"\n").expect("write");
+    let out = producer(&scope)
+        .arg("--config")
+        .arg(&config)
+        .args(["publish", "--type", "a"])
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_file(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&config.display().to_string()) && stderr.contains("amqp.urll"),
+        "{stderr}"
+    );
+}
