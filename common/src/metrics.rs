@@ -122,6 +122,124 @@ impl ProducerMetrics {
     }
 }
 
+/// Buckets for end-to-end latency (event timestamp to 2xx): 5 ms to 6 h,
+/// since retries stretch it to minutes and hours.
+pub const END_TO_END_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    3600.0, 21600.0,
+];
+
+/// Buckets for events per request.
+pub const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 10000.0,
+];
+
+/// Metrics of the dispatcher. Every label set is bounded: endpoint ids come
+/// from the config, the other labels from fixed lists.
+#[derive(Debug, Clone)]
+pub struct DispatcherMetrics {
+    /// `hookpost_delivery_attempts_total{endpoint, status_class}`: HTTP requests
+    /// by result (`2xx`..`5xx`, `timeout`, `error` for no answer, `blocked`).
+    pub attempts: IntCounterVec,
+    /// `hookpost_deliveries_total{endpoint, outcome}`: events by outcome
+    /// (`delivered`, `retried`, `dead_lettered`).
+    pub deliveries: IntCounterVec,
+    /// `hookpost_retries_total{endpoint, tier}`: retries scheduled, by wait tier (ms).
+    pub retries: IntCounterVec,
+    /// `hookpost_dead_letters_total{endpoint, reason}`.
+    pub dead_letters: IntCounterVec,
+    /// `hookpost_http_request_duration_seconds{endpoint}`.
+    pub request_duration: HistogramVec,
+    /// `hookpost_end_to_end_latency_seconds{endpoint}`: event timestamp to 2xx.
+    pub end_to_end: HistogramVec,
+    /// `hookpost_batch_size{endpoint}`: events per request.
+    pub batch_size: HistogramVec,
+    /// `hookpost_in_flight_requests{endpoint}`.
+    pub in_flight: IntGaugeVec,
+    /// `hookpost_endpoint_paused{endpoint}`: 1 while paused (after a 410).
+    pub paused: IntGaugeVec,
+    /// `hookpost_consuming{endpoint}`: 1 while this process consumes the endpoint's queue.
+    pub consuming: IntGaugeVec,
+}
+
+impl DispatcherMetrics {
+    /// Registers the dispatcher metrics.
+    ///
+    /// # Errors
+    /// A registration conflict.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, buckets: &[f64]| -> prometheus::Result<HistogramVec> {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                    &["endpoint"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["endpoint"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        Ok(Self {
+            attempts: counter(
+                "hookpost_delivery_attempts_total",
+                "HTTP delivery requests, by endpoint and result (2xx..5xx, timeout, error, blocked).",
+                &["endpoint", "status_class"],
+            )?,
+            deliveries: counter(
+                "hookpost_deliveries_total",
+                "Events handled, by endpoint and outcome (delivered, retried, dead_lettered).",
+                &["endpoint", "outcome"],
+            )?,
+            retries: counter(
+                "hookpost_retries_total",
+                "Retries scheduled, by endpoint and wait tier in ms.",
+                &["endpoint", "tier"],
+            )?,
+            dead_letters: counter(
+                "hookpost_dead_letters_total",
+                "Events dead-lettered, by endpoint and reason.",
+                &["endpoint", "reason"],
+            )?,
+            request_duration: histogram(
+                "hookpost_http_request_duration_seconds",
+                "Duration of delivery requests, response body included.",
+                REQUEST_BUCKETS,
+            )?,
+            end_to_end: histogram(
+                "hookpost_end_to_end_latency_seconds",
+                "Time from an event's timestamp to its successful delivery.",
+                END_TO_END_BUCKETS,
+            )?,
+            batch_size: histogram(
+                "hookpost_batch_size",
+                "Events per delivery request.",
+                BATCH_BUCKETS,
+            )?,
+            in_flight: gauge(
+                "hookpost_in_flight_requests",
+                "Delivery requests in progress.",
+            )?,
+            paused: gauge(
+                "hookpost_endpoint_paused",
+                "1 while delivery to the endpoint is paused (after a 410 Gone).",
+            )?,
+            consuming: gauge(
+                "hookpost_consuming",
+                "1 while this process consumes the endpoint's queue.",
+            )?,
+        })
+    }
+}
+
 /// `2xx`, `4xx`, ... for a status code: a bounded label value.
 pub fn status_class(status: u16) -> &'static str {
     match status {

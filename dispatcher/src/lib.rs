@@ -1,1 +1,250 @@
-//! placeholder
+//! The hookpost dispatcher: delivers every event to every endpoint subscribed
+//! to it (DESIGN.md). [`run`] supervises the broker connection, declares the
+//! topology, runs one [`worker`] pipeline per endpoint, applies config
+//! reloads, and serves `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Delivery is at-least-once: a message leaves its queue only once it was
+//! delivered (2xx) or replaced by a confirmed retry or dead letter.
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod classify;
+pub mod guard;
+pub mod request;
+pub mod route;
+pub mod send;
+pub mod worker;
+
+use common::Config;
+use common::amqp::{AmqpClient, AmqpError};
+use common::metrics::{DispatcherMetrics, ProcessMetrics};
+use common::topology::{Topology, TopologyError};
+use lapin::Connection;
+use lapin::types::FieldTable;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Checks what the dispatcher needs beyond [`Config`]'s own validation:
+/// endpoints given as literal IP addresses must be allowed by `http.allowed_networks`.
+///
+/// # Errors
+/// A message naming the file and the endpoint's key.
+pub fn validate(config: &Config) -> anyhow::Result<()> {
+    let guard = guard::AddressGuard::new(config.http.allowed_networks.clone());
+    for (i, ep) in config.endpoints.iter().enumerate() {
+        let ip = match ep.url.host() {
+            Some(url::Host::Ipv4(ip)) => std::net::IpAddr::from(ip),
+            Some(url::Host::Ipv6(ip)) => std::net::IpAddr::from(ip),
+            _ => continue,
+        };
+        anyhow::ensure!(
+            guard.permits(ip),
+            "{}: key `endpoints[{i}].url`: (endpoint {:?}) {ip} is a private, loopback or link-local address; add its network to http.allowed_networks to allow it",
+            config.origin.display(),
+            ep.id
+        );
+    }
+    Ok(())
+}
+
+/// Runs the dispatcher until `shutdown` fires: stops consuming, lets
+/// in-flight requests finish (each within its endpoint's timeout), and
+/// returns. New configs sent on `reloads` replace the running one.
+///
+/// # Errors
+/// Invalid config, metrics registration, or a topology conflict the broker
+/// reports (an existing queue with other arguments), which needs an operator.
+pub async fn run(
+    config: Config,
+    metrics_listener: TcpListener,
+    mut reloads: mpsc::Receiver<Config>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    validate(&config)?;
+    let registry = prometheus::Registry::new();
+    let process = ProcessMetrics::register(&registry, "dispatcher")?;
+    let metrics = DispatcherMetrics::register(&registry)?;
+    let client = AmqpClient::new(
+        config.amqp.url.clone(),
+        "hookpost-dispatcher",
+        config.amqp.max_reconnect_delay,
+    );
+    let consuming = Arc::new(AtomicBool::new(false));
+    let ready: common::server::Readiness = {
+        let (client, consuming) = (client.clone(), consuming.clone());
+        Arc::new(move || {
+            let connected = client.is_connected();
+            process.broker_connected.set(i64::from(connected));
+            connected && consuming.load(Ordering::SeqCst)
+        })
+    };
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(common::server::serve_metrics(
+        metrics_listener,
+        registry,
+        ready,
+        server_stop.clone(),
+    ));
+    let paused = Arc::default();
+    let mut config = config;
+    let result = loop {
+        let conn = match client.connection(None, &shutdown).await {
+            Ok(conn) => conn,
+            Err(AmqpError::Shutdown) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        };
+        let shared = worker::Shared {
+            topology: Topology::new(&config.amqp),
+            sender: send::Sender::new(&config.http)?,
+            metrics: metrics.clone(),
+            max_retry_after: config.http.max_retry_after,
+            prefetch: config.amqp.prefetch,
+            paused: Arc::clone(&paused),
+        };
+        if let Err(e) = declare(&conn, &config, &shared.topology).await {
+            if matches!(e, TopologyError::Conflict { .. }) {
+                break Err(e.into());
+            }
+            tracing::warn!(error = %e, "Declaring the topology failed; reconnecting.");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
+        }
+        let generation = shutdown.child_token();
+        let tracker = TaskTracker::new();
+        let (lost_tx, mut lost_rx) =
+            mpsc::channel::<(String, String)>(config.endpoints.len().max(1));
+        for endpoint in &config.endpoints {
+            let (endpoint, shared, conn, stop, lost_tx) = (
+                Arc::new(endpoint.clone()),
+                shared.clone(),
+                conn.clone(),
+                generation.clone(),
+                lost_tx.clone(),
+            );
+            tracker.spawn(async move {
+                if let worker::Exit::Lost(why) =
+                    worker::run(endpoint.clone(), shared, conn, stop).await
+                {
+                    let _ = lost_tx.send((endpoint.id.clone(), why)).await;
+                }
+            });
+        }
+        drop(lost_tx);
+        consuming.store(true, Ordering::SeqCst);
+        tracing::info!(endpoints = config.endpoints.len(), "Dispatcher running.");
+        let next = tokio::select! {
+            () = shutdown.cancelled() => None,
+            Some((endpoint, why)) = lost_rx.recv() => {
+                tracing::warn!(endpoint = %endpoint, error = %why, "Broker channel lost; restarting the workers.");
+                Some(None)
+            }
+            Some(new) = reloads.recv() => Some(Some(new)),
+        };
+        consuming.store(false, Ordering::SeqCst);
+        generation.cancel();
+        tracker.close();
+        tracker.wait().await;
+        match next {
+            None => break Ok(()),
+            Some(None) => {}
+            Some(Some(new)) => match apply_reload(&conn, &config, &new).await {
+                Ok(()) => {
+                    tracing::info!(endpoints = new.endpoints.len(), "Config reloaded.");
+                    forget_changed_pauses(&paused, &new);
+                    config = new;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Applying the new config failed; keeping the old one.")
+                }
+            },
+        }
+    };
+    client.close().await;
+    server_stop.cancel();
+    let _ = server.await;
+    tracing::info!("Dispatcher stopped.");
+    result
+}
+
+/// Declares everything `config` needs: base objects, wait tiers, endpoint queues and bindings.
+async fn declare(
+    conn: &Connection,
+    config: &Config,
+    topology: &Topology,
+) -> Result<(), TopologyError> {
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(|source| TopologyError::Broker {
+            object: "channel".into(),
+            source,
+        })?;
+    topology.declare_base(&channel).await?;
+    let tiers: BTreeSet<u64> = config
+        .endpoints
+        .iter()
+        .flat_map(|e| e.retry.tiers_ms())
+        .collect();
+    for tier in tiers {
+        topology.declare_wait_tier(&channel, tier).await?;
+    }
+    for endpoint in &config.endpoints {
+        topology
+            .declare_endpoint(&channel, &endpoint.id, &endpoint.events)
+            .await?;
+    }
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// Removes bindings the new config dropped. A removed endpoint's queue is
+/// kept (it may hold messages): only its event bindings go, so it stops
+/// filling; retries still in wait queues still reach it.
+async fn apply_reload(conn: &Connection, old: &Config, new: &Config) -> anyhow::Result<()> {
+    validate(new)?;
+    anyhow::ensure!(
+        old.amqp.url == new.amqp.url
+            && old.amqp.prefix == new.amqp.prefix
+            && old.amqp.queue_type == new.amqp.queue_type,
+        "amqp.url, amqp.prefix and amqp.queue_type cannot change on reload; restart instead"
+    );
+    let topology = Topology::new(&old.amqp);
+    let channel = conn.create_channel().await?;
+    let wanted: HashMap<&str, &[String]> = new
+        .endpoints
+        .iter()
+        .map(|e| (e.id.as_str(), e.events.as_slice()))
+        .collect();
+    for endpoint in &old.endpoints {
+        let keep = wanted.get(endpoint.id.as_str()).copied().unwrap_or(&[]);
+        for pattern in endpoint.events.iter().filter(|p| !keep.contains(p)) {
+            channel
+                .queue_unbind(
+                    topology.endpoint_queue(&endpoint.id).as_str().into(),
+                    topology.events_exchange().as_str().into(),
+                    pattern.as_str().into(),
+                    FieldTable::default(),
+                )
+                .await?;
+            tracing::info!(endpoint = %endpoint.id, pattern = %pattern, "Binding removed.");
+        }
+        if !wanted.contains_key(endpoint.id.as_str()) {
+            tracing::warn!(endpoint = %endpoint.id, queue = %topology.endpoint_queue(&endpoint.id), "Endpoint removed; its queue is kept with whatever it holds.");
+        }
+    }
+    let _ = channel.close(200, "reloaded".into()).await;
+    Ok(())
+}
+
+/// A paused endpoint resumes when its URL changes (or it is removed).
+fn forget_changed_pauses(paused: &std::sync::Mutex<HashMap<String, url::Url>>, new: &Config) {
+    let mut paused = paused
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    paused.retain(|id, url| new.endpoint(id).is_some_and(|e| e.url == *url));
+}

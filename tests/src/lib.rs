@@ -5,7 +5,9 @@
 //! Tests talk to the broker at `AMQP_URL` (default the local one).
 #![forbid(unsafe_code)]
 
+pub mod dispatcher_harness;
 pub mod proxy;
+pub mod receiver;
 
 use common::Config;
 use common::topology::Topology;

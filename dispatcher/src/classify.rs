@@ -1,0 +1,212 @@
+//! What an HTTP result means for a delivery (DESIGN.md, "Outcomes"): a pure
+//! function, so every status class is unit-tested here.
+
+use std::time::Duration;
+
+/// Why a delivery was dead-lettered (`hookpost-reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `max_retries` retries failed.
+    Exhausted,
+    /// The endpoint answered a non-retryable 3xx/4xx.
+    Rejected,
+    /// The endpoint answered 410 Gone (the endpoint is paused).
+    Gone,
+    /// The message is not a valid envelope.
+    Malformed,
+}
+
+impl Reason {
+    /// The header and label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exhausted => "exhausted",
+            Self::Rejected => "rejected",
+            Self::Gone => "gone",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// What came back from one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// An HTTP status, with `Retry-After` if the endpoint sent one.
+    Status {
+        /// The status code.
+        code: u16,
+        /// `Retry-After`, parsed.
+        retry_after: Option<Duration>,
+    },
+    /// No HTTP answer: timeout, connection refused or reset, TLS error, DNS.
+    Failed {
+        /// The error, for `hookpost-last-error`.
+        error: String,
+        /// Whether it was the timeout.
+        timeout: bool,
+    },
+    /// The endpoint's address is not allowed (`http.allowed_networks`).
+    Blocked {
+        /// Why.
+        error: String,
+    },
+}
+
+/// The verdict on a request, before the retry budget is considered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx.
+    Delivered,
+    /// Worth another try, no sooner than `after` if set.
+    Retry {
+        /// The endpoint's `Retry-After`, capped.
+        after: Option<Duration>,
+    },
+    /// Not worth another try.
+    DeadLetter(Reason),
+}
+
+/// Classifies a response. `Retry-After` counts on 429 and 503 only, capped at `max_retry_after`.
+pub fn classify(response: &Response, max_retry_after: Duration) -> Verdict {
+    match response {
+        Response::Status {
+            code: 200..=299, ..
+        } => Verdict::Delivered,
+        Response::Status {
+            code: 429 | 503,
+            retry_after,
+        } => Verdict::Retry {
+            after: retry_after.map(|d| d.min(max_retry_after)),
+        },
+        Response::Status {
+            code: 408 | 425 | 500..=599,
+            ..
+        } => Verdict::Retry { after: None },
+        Response::Status { code: 410, .. } => Verdict::DeadLetter(Reason::Gone),
+        Response::Status { .. } => Verdict::DeadLetter(Reason::Rejected),
+        Response::Failed { .. } => Verdict::Retry { after: None },
+        Response::Blocked { .. } => Verdict::DeadLetter(Reason::Rejected),
+    }
+}
+
+/// Parses `Retry-After`: delay-seconds, or an HTTP date (relative to `now`).
+pub fn parse_retry_after(value: &str, now: time::OffsetDateTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(value, &format)
+        .ok()?
+        .assume_utc();
+    let delta = at - now;
+    Some(if delta.is_positive() {
+        delta.unsigned_abs()
+    } else {
+        Duration::ZERO
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CAP: Duration = Duration::from_secs(60);
+
+    fn status(code: u16) -> Verdict {
+        classify(
+            &Response::Status {
+                code,
+                retry_after: None,
+            },
+            CAP,
+        )
+    }
+
+    #[test]
+    fn every_status_class() {
+        for code in [200, 201, 202, 204, 299] {
+            assert_eq!(status(code), Verdict::Delivered, "{code}");
+        }
+        for code in [408, 425, 429, 500, 502, 503, 504, 599] {
+            assert_eq!(status(code), Verdict::Retry { after: None }, "{code}");
+        }
+        assert_eq!(status(410), Verdict::DeadLetter(Reason::Gone));
+        for code in [
+            100, 301, 302, 307, 308, 400, 401, 403, 404, 405, 409, 413, 422, 451,
+        ] {
+            assert_eq!(
+                status(code),
+                Verdict::DeadLetter(Reason::Rejected),
+                "{code}"
+            );
+        }
+        let timeout = Response::Failed {
+            error: "timed out".into(),
+            timeout: true,
+        };
+        assert_eq!(classify(&timeout, CAP), Verdict::Retry { after: None });
+        let blocked = Response::Blocked {
+            error: "private".into(),
+        };
+        assert_eq!(
+            classify(&blocked, CAP),
+            Verdict::DeadLetter(Reason::Rejected)
+        );
+    }
+
+    #[test]
+    fn retry_after_on_429_and_503_only_and_capped() {
+        let with = |code, secs| {
+            classify(
+                &Response::Status {
+                    code,
+                    retry_after: Some(Duration::from_secs(secs)),
+                },
+                CAP,
+            )
+        };
+        assert_eq!(
+            with(429, 5),
+            Verdict::Retry {
+                after: Some(Duration::from_secs(5))
+            }
+        );
+        assert_eq!(with(503, 3600), Verdict::Retry { after: Some(CAP) });
+        assert_eq!(with(500, 5), Verdict::Retry { after: None });
+    }
+
+    #[test]
+    fn retry_after_formats() {
+        let now = time::macros::datetime!(2026-11-29 12:00:00 UTC);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 29 Nov 2026 12:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 29 Nov 2026 11:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    proptest! {
+        #[test]
+        fn retry_after_never_panics(s in "\\PC{0,40}") {
+            let _ = parse_retry_after(&s, time::OffsetDateTime::UNIX_EPOCH);
+        }
+
+        #[test]
+        fn seconds_round_trip(n in 0u64..10_000_000) {
+            prop_assert_eq!(parse_retry_after(&n.to_string(), time::OffsetDateTime::UNIX_EPOCH), Some(Duration::from_secs(n)));
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Running the dispatcher inside a test: its `run` on a metrics listener
+//! bound to port 0, with a reload channel and a shutdown token.
+
+use common::Config;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A dispatcher running in this process.
+#[derive(Debug)]
+pub struct Running {
+    /// `http://127.0.0.1:<port>` of its metrics server.
+    pub metrics: String,
+    /// Cancels it.
+    pub shutdown: CancellationToken,
+    /// Sends it a new config.
+    pub reload: mpsc::Sender<Config>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Starts a dispatcher and waits until it is ready (connected and consuming).
+    ///
+    /// # Panics
+    /// When it is not ready within 20 s.
+    pub async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let metrics = format!("http://{}", listener.local_addr().expect("addr"));
+        let shutdown = CancellationToken::new();
+        let (reload, reloads) = mpsc::channel(4);
+        let task = tokio::spawn(dispatcher::run(config, listener, reloads, shutdown.clone()));
+        let running = Self {
+            metrics,
+            shutdown,
+            reload,
+            task,
+        };
+        running.wait_ready().await;
+        running
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        crate::eventually(Duration::from_secs(20), "dispatcher ready", || async {
+            let r = client
+                .get(format!("{}/readyz", self.metrics))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// `/readyz` status now.
+    pub async fn ready_status(&self) -> u16 {
+        reqwest::get(format!("{}/readyz", self.metrics))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.metrics))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// The value of the sample `series` (name with labels exactly as exposed), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Stops it and returns what `run` returned.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.expect("dispatcher task")
+    }
+}
