@@ -1,0 +1,238 @@
+//! `hookpost-dispatcher` as a process: SIGKILL loses nothing, SIGTERM drains
+//! and exits 0, SIGHUP reloads (and rejects an invalid config).
+
+use common::Event;
+use producer::Publisher;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tests::receiver::{Receiver, Reply};
+use tests::{Scope, amqp_url, eventually};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Dispatcher {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Dispatcher {
+    fn start(config: &std::path::Path, log: PathBuf) -> Self {
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_hookpost-dispatcher"))
+            .arg("--config")
+            .arg(config)
+            .env_remove("HOOKPOST_CONFIG")
+            .env("HOOKPOST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn dispatcher");
+        Self { child, log }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dispatcher did not exit within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(scope: &Scope, name: &str, endpoints: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{}-{name}.toml", scope.prefix));
+    let text = format!(
+        "[amqp]\nurl = \"{}\"\nprefix = \"{}\"\nmax_reconnect_delay_ms = 500\n[metrics]\nlisten = \"127.0.0.1:0\"\n[http]\nallowed_networks = [\"127.0.0.0/8\"]\n[defaults]\nretry_delay_ms = 100\nmax_retry_delay_ms = 400\ntimeout_ms = 2000\n{endpoints}",
+        amqp_url(),
+        scope.prefix
+    );
+    std::fs::write(&path, &text).expect("write config");
+    scope.track_config(
+        &common::Config::from_toml_str(&text, &path, &[]).expect("valid test config"),
+    );
+    path
+}
+
+fn endpoint(id: &str, url: &str, extra: &str) -> String {
+    format!("[[endpoints]]\nid = \"{id}\"\nurl = \"{url}\"\nevents = [\"#\"]\n{extra}\n")
+}
+
+async fn publish(config: &std::path::Path, n: usize) -> Vec<String> {
+    let config = common::Config::load(config).expect("config");
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let events: Vec<Event> = (0..n)
+        .map(|i| Event::new("a.b", serde_json::json!({ "i": i })).expect("valid"))
+        .collect();
+    publisher.publish_many(&events).await.expect("published");
+    publisher.close().await;
+    events.into_iter().map(|e| e.id).collect()
+}
+
+/// Waits until the endpoint queue exists with a consumer (the dispatcher declared it).
+async fn wait_consuming(scope: &Scope, endpoint: &str) {
+    let queue = format!("{}.ep.{endpoint}", scope.prefix);
+    eventually(WAIT, "dispatcher consuming", || async {
+        let ch = scope.connection.create_channel().await.ok()?;
+        let q = ch
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .ok()?;
+        (q.consumer_count() > 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigkill_mid_batch_loses_nothing() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::with(Arc::new(|_, _| {
+        Reply::Delay(Duration::from_millis(30), 200)
+    }))
+    .await;
+    let config = write_config(
+        &scope,
+        "kill",
+        &endpoint(
+            "ep",
+            &receiver.url,
+            "batch_size = 10\nbatch_interval_ms = 50\nmax_in_flight = 2",
+        ),
+    );
+    let log = std::env::temp_dir().join(format!("{}-kill.log", scope.prefix));
+    let mut first = Dispatcher::start(&config, log.clone());
+    wait_consuming(&scope, "ep").await;
+    let ids = publish(&config, 300).await;
+    receiver.wait_requests(3, WAIT).await;
+    first.signal("KILL");
+    first.wait_exit(WAIT).await;
+    let delivered_before = receiver.ids().len();
+    assert!(
+        delivered_before < 300,
+        "killed mid-way ({delivered_before} delivered)"
+    );
+
+    let _second = Dispatcher::start(&config, log);
+    receiver.wait_ids(&ids, WAIT).await;
+    let _ = std::fs::remove_file(&config);
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::with(Arc::new(|_, _| {
+        Reply::Delay(Duration::from_millis(400), 200)
+    }))
+    .await;
+    let config = write_config(
+        &scope,
+        "term",
+        &endpoint("ep", &receiver.url, "max_in_flight = 4"),
+    );
+    let log = std::env::temp_dir().join(format!("{}-term.log", scope.prefix));
+    let mut first = Dispatcher::start(&config, log.clone());
+    wait_consuming(&scope, "ep").await;
+    let ids = publish(&config, 40).await;
+    receiver.wait_requests(1, WAIT).await;
+    let asked = Instant::now();
+    first.signal("TERM");
+    let status = first.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        first.log()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_millis(2000 + 1500),
+        "within the longest request timeout: {:?}",
+        asked.elapsed()
+    );
+    let after_exit = receiver.received().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.received().len(),
+        after_exit,
+        "nothing sent after exit"
+    );
+
+    let _second = Dispatcher::start(&config, log);
+    receiver.wait_ids(&ids, WAIT).await;
+    let _ = std::fs::remove_file(&config);
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_rejects_an_invalid_config() {
+    let scope = Scope::new().await;
+    let (one, two) = (Receiver::start().await, Receiver::start().await);
+    let config = write_config(&scope, "hup", &endpoint("one", &one.url, ""));
+    let log = std::env::temp_dir().join(format!("{}-hup.log", scope.prefix));
+    let dispatcher = Dispatcher::start(&config, log.clone());
+    wait_consuming(&scope, "one").await;
+
+    let both = format!(
+        "{}{}",
+        endpoint("one", &one.url, ""),
+        endpoint("two", &two.url, "")
+    );
+    write_config(&scope, "hup", &both);
+    dispatcher.signal("HUP");
+    wait_consuming(&scope, "two").await;
+    let ids = publish(&config, 3).await;
+    two.wait_ids(&ids, WAIT).await;
+    one.wait_ids(&ids, WAIT).await;
+
+    std::fs::write(&config, "[amqp]\nnot_a_key = 1\n").expect("write");
+    dispatcher.signal("HUP");
+    eventually(WAIT, "the rejection logged", || async {
+        dispatcher
+            .log()
+            .contains("keeping the running one")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        dispatcher.log().contains("amqp.not_a_key"),
+        "{}",
+        dispatcher.log()
+    );
+    write_config(&scope, "hup", &both);
+    let ids = publish(&config, 2).await;
+    two.wait_ids(&ids, WAIT).await;
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&log);
+}
