@@ -64,9 +64,13 @@ mod tests {
 
     /// An mpsc receiver as a `Stream`.
     fn receiver_stream(rx: mpsc::UnboundedReceiver<u32>) -> impl Stream<Item = u32> + Unpin {
-        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|v| (v, rx))
-        }))
+        Box::pin(
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|v| (v, rx)) },
+            )
+            .fuse(),
+        )
     }
 
     #[tokio::test(start_paused = true)]

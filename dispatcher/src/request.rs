@@ -139,17 +139,17 @@ mod tests {
                 .map(|(_, v)| v.clone())
         };
         assert_eq!(header("hookpost-attempt").as_deref(), Some("3"));
-        assert_eq!(header("webhook-timestamp").as_deref(), Some("1796040000"));
+        assert_eq!(header("webhook-timestamp").as_deref(), Some("1795953600"));
         let secret =
             common::signing::SigningSecret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
                 .unwrap();
         common::signing::verify(
             &[secret],
             "e1",
-            1_796_040_000,
+            1_795_953_600,
             body,
             &header("webhook-signature").unwrap(),
-            1_796_040_000,
+            1_795_953_600,
         )
         .unwrap();
     }

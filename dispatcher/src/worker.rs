@@ -121,7 +121,8 @@ async fn consume(
                 }
                 std::future::ready(r.is_ok())
             })
-            .filter_map(|r| std::future::ready(r.ok())),
+            .filter_map(|r| std::future::ready(r.ok()))
+            .fuse(),
     );
     let pause = CancellationToken::new();
     let consuming = stop.child_token();
