@@ -134,6 +134,7 @@ impl Scope {
             )
             .await
             .expect("declare observer queue");
+        self.queues.lock().expect("lock").push(name.clone());
         self.channel
             .queue_bind(
                 name.as_str().into(),
@@ -144,7 +145,6 @@ impl Scope {
             )
             .await
             .expect("bind observer queue");
-        self.queues.lock().expect("lock").push(name.clone());
         name
     }
 
