@@ -114,6 +114,24 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// Queue holding one message: the event patterns each endpoint queue was
+    /// last bound with, so a dispatcher started on a new config can remove
+    /// bindings the old config made (AMQP cannot list bindings).
+    pub fn bindings_state(&self) -> String {
+        format!("{}.state.bindings", self.prefix)
+    }
+
+    /// Declares the bindings-state queue (keeps only the newest message).
+    ///
+    /// # Errors
+    /// [`TopologyError`] naming the queue.
+    pub async fn declare_bindings_state(&self, ch: &Channel) -> Result<(), TopologyError> {
+        let mut args = self.queue_args();
+        // Only the newest record matters: older ones are dropped from the head.
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        self.declare_queue(ch, &self.bindings_state(), args).await
+    }
+
     /// Declares the exchanges and queues every process needs: events,
     /// unrouted, endpoints, dead.
     ///

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod bindings;
 pub mod classify;
 pub mod guard;
 pub mod request;
@@ -20,7 +21,6 @@ use common::amqp::{AmqpClient, AmqpError};
 use common::metrics::{DispatcherMetrics, ProcessMetrics};
 use common::topology::{Topology, TopologyError};
 use lapin::Connection;
-use lapin::types::FieldTable;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,7 +152,7 @@ pub async fn run(
         match next {
             None => break Ok(()),
             Some(None) => {}
-            Some(Some(new)) => match apply_reload(&conn, &config, &new).await {
+            Some(Some(new)) => match check_reload(&config, &new) {
                 Ok(()) => {
                     tracing::info!(endpoints = new.endpoints.len(), "Config reloaded.");
                     forget_changed_pauses(&paused, &new);
@@ -198,14 +198,20 @@ async fn declare(
             .declare_endpoint(&channel, &endpoint.id, &endpoint.events)
             .await?;
     }
+    bindings::sync(conn, topology, config)
+        .await
+        .map_err(|source| TopologyError::Broker {
+            object: topology.bindings_state(),
+            source,
+        })?;
     let _ = channel.close(200, "declared".into()).await;
     Ok(())
 }
 
-/// Removes bindings the new config dropped. A removed endpoint's queue is
-/// kept (it may hold messages): only its event bindings go, so it stops
-/// filling; retries still in wait queues still reach it.
-async fn apply_reload(conn: &Connection, old: &Config, new: &Config) -> anyhow::Result<()> {
+/// Checks that `new` can replace `old` without a restart, and logs what a
+/// removed endpoint leaves behind. Bindings are synced when the workers
+/// restart ([`bindings::sync`]).
+fn check_reload(old: &Config, new: &Config) -> anyhow::Result<()> {
     validate(new)?;
     anyhow::ensure!(
         old.amqp.url == new.amqp.url
@@ -214,30 +220,13 @@ async fn apply_reload(conn: &Connection, old: &Config, new: &Config) -> anyhow::
         "amqp.url, amqp.prefix and amqp.queue_type cannot change on reload; restart instead"
     );
     let topology = Topology::new(&old.amqp);
-    let channel = conn.create_channel().await?;
-    let wanted: HashMap<&str, &[String]> = new
+    for endpoint in old
         .endpoints
         .iter()
-        .map(|e| (e.id.as_str(), e.events.as_slice()))
-        .collect();
-    for endpoint in &old.endpoints {
-        let keep = wanted.get(endpoint.id.as_str()).copied().unwrap_or(&[]);
-        for pattern in endpoint.events.iter().filter(|p| !keep.contains(p)) {
-            channel
-                .queue_unbind(
-                    topology.endpoint_queue(&endpoint.id).as_str().into(),
-                    topology.events_exchange().as_str().into(),
-                    pattern.as_str().into(),
-                    FieldTable::default(),
-                )
-                .await?;
-            tracing::info!(endpoint = %endpoint.id, pattern = %pattern, "Binding removed.");
-        }
-        if !wanted.contains_key(endpoint.id.as_str()) {
-            tracing::warn!(endpoint = %endpoint.id, queue = %topology.endpoint_queue(&endpoint.id), "Endpoint removed; its queue is kept with whatever it holds.");
-        }
+        .filter(|e| new.endpoint(&e.id).is_none())
+    {
+        tracing::warn!(endpoint = %endpoint.id, queue = %topology.endpoint_queue(&endpoint.id), "Endpoint removed; its queue is kept with whatever it holds, and gets no new events.");
     }
-    let _ = channel.close(200, "reloaded".into()).await;
     Ok(())
 }
 

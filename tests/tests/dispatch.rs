@@ -602,3 +602,38 @@ async fn reload_adds_and_removes_endpoints() {
     );
     dispatcher.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn restart_on_a_new_config_removes_stale_bindings() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let old = scope.config(&format!(
+        "{FAST}{}",
+        endpoint("ep", &receiver.url, &["a.*", "b.*"], "")
+    ));
+    Running::start(old.clone())
+        .await
+        .stop()
+        .await
+        .expect("clean stop");
+
+    let new = scope.config(&format!(
+        "{FAST}{}",
+        endpoint("ep", &receiver.url, &["b.*"], "")
+    ));
+    let dispatcher = Running::start(new.clone()).await;
+    let publisher = Publisher::connect(&new).await.expect("connect");
+    let wanted = publish(&publisher, "b.x", 1).await;
+    let dropped = publish(&publisher, "a.x", 1).await;
+    receiver.wait_ids(&wanted, WAIT).await;
+    let unrouted = scope.take(&format!("{}.unrouted", scope.prefix), 1).await;
+    assert_eq!(
+        Event::from_slice(&unrouted[0].delivery.data)
+            .expect("envelope")
+            .id,
+        dropped[0],
+        "a.x no longer routes to ep"
+    );
+    assert!(!receiver.ids().contains(&dropped[0]));
+    dispatcher.stop().await.expect("clean stop");
+}
