@@ -7,6 +7,7 @@
 //! delivered (2xx) or replaced by a confirmed retry or dead letter.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod batch;
 pub mod bindings;
 pub mod classify;
@@ -172,7 +173,7 @@ pub async fn run(
 }
 
 /// Declares everything `config` needs: base objects, wait tiers, endpoint queues and bindings.
-async fn declare(
+pub(crate) async fn declare(
     conn: &Connection,
     config: &Config,
     topology: &Topology,

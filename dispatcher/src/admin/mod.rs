@@ -1,0 +1,456 @@
+//! `hookpost-admin`: inspect, replay, purge, export and import the dead-letter
+//! queue; endpoint and topology status.
+//!
+//! Reading (`list`, `stats`, `show`, `export`, dry runs) takes messages with
+//! manual acknowledgement and never acks them: closing the channel returns
+//! every one to the queue. Changing (`replay`, `purge`) walks the messages
+//! present at the start once, and for each one first publishes what replaces
+//! it (the replay, or the same message back to the dead-letter queue when it
+//! does not match) and waits for the broker's confirm, then acks it. A crash
+//! or Ctrl-C at any point therefore loses nothing; at worst one message is
+//! both replayed and still in the queue.
+
+pub mod record;
+pub mod view;
+
+use anyhow::{Context, bail};
+use common::Config;
+use common::secret::redact_url;
+use common::topology::Topology;
+use lapin::message::BasicGetMessage;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use record::Record;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::Duration;
+use view::{DeadLetterView, Filter};
+
+/// Headers a dead letter carries that a replay removes (it starts afresh).
+const DEAD_LETTER_HEADERS: [&str; 7] = [
+    "hookpost-attempt",
+    "hookpost-reason",
+    "hookpost-endpoint",
+    "hookpost-last-status",
+    "hookpost-last-error",
+    "hookpost-failed-at",
+    "x-death",
+];
+
+/// What to do with matching dead letters.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Send back to their endpoint (or `to`), at most `rate` per second.
+    Replay {
+        /// Another endpoint to send them to.
+        to: Option<String>,
+        /// Messages per second.
+        rate: Option<f64>,
+    },
+    /// Delete.
+    Purge,
+}
+
+/// What a replay or purge did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Messages that matched and were acted on.
+    pub done: usize,
+    /// Messages kept (not matching, over the limit, or failed).
+    pub kept: usize,
+    /// Matching messages that could not be replayed (kept in the queue).
+    pub failed: usize,
+}
+
+/// A connection to the broker for admin commands.
+#[derive(Debug)]
+pub struct Admin {
+    config: Config,
+    topology: Topology,
+    conn: Connection,
+}
+
+impl Admin {
+    /// Connects, giving up after `amqp.publish_timeout_ms`.
+    ///
+    /// # Errors
+    /// A one-line message naming the broker (credentials redacted).
+    pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        let url = redact_url(config.amqp.url.expose());
+        let conn = tokio::time::timeout(
+            config.amqp.publish_timeout,
+            Connection::connect(
+                config.amqp.url.expose(),
+                ConnectionProperties::default().with_connection_name("hookpost-admin".into()),
+            ),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "broker {url} unreachable: no answer within {:?}",
+                config.amqp.publish_timeout
+            )
+        })?
+        .map_err(|e| anyhow::anyhow!("broker {url} unreachable: {e}"))?;
+        let topology = Topology::new(&config.amqp);
+        Ok(Self {
+            config,
+            topology,
+            conn,
+        })
+    }
+
+    /// The names in use.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Messages ready in a queue and its consumers, or `None` when it does not exist.
+    pub async fn queue_status(&self, queue: &str) -> Option<(u32, u32)> {
+        let ch = self.conn.create_channel().await.ok()?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let _ = ch.close(200, "status".into()).await;
+        Some((q.message_count(), q.consumer_count()))
+    }
+
+    async fn dead_depth(&self) -> anyhow::Result<u32> {
+        self.queue_status(&self.topology.dead())
+            .await
+            .map(|(n, _)| n)
+            .with_context(|| {
+                format!(
+                    "queue {} does not exist; run `hookpost-admin topology declare`",
+                    self.topology.dead()
+                )
+            })
+    }
+
+    /// Calls `visit` for each dead letter present now (without removing any).
+    ///
+    /// # Errors
+    /// A broker error.
+    pub async fn browse(
+        &self,
+        mut visit: impl FnMut(&BasicGetMessage, &DeadLetterView),
+    ) -> anyhow::Result<()> {
+        let total = self.dead_depth().await?;
+        let ch = self.conn.create_channel().await?;
+        let queue = self.topology.dead();
+        for _ in 0..total {
+            let Some(msg) = ch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+            else {
+                break;
+            };
+            let view = DeadLetterView::of(
+                &msg.delivery.properties,
+                &msg.delivery.data,
+                self.topology.prefix(),
+            );
+            visit(&msg, &view);
+        }
+        // Never acked: closing the channel returns every message to the queue.
+        ch.close(200, "browsed".into()).await?;
+        Ok(())
+    }
+
+    /// Dead letters matching `filter`, at most `limit`.
+    ///
+    /// # Errors
+    /// A broker error.
+    pub async fn list(
+        &self,
+        filter: &Filter,
+        limit: Option<usize>,
+    ) -> anyhow::Result<Vec<DeadLetterView>> {
+        let mut out = Vec::new();
+        self.browse(|_, view| {
+            if filter.matches(view) && limit.is_none_or(|l| out.len() < l) {
+                out.push(view.clone());
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Export records of the dead letters matching `filter`.
+    ///
+    /// # Errors
+    /// A broker error.
+    pub async fn export(
+        &self,
+        filter: &Filter,
+        limit: Option<usize>,
+    ) -> anyhow::Result<Vec<Record>> {
+        let mut out = Vec::new();
+        self.browse(|msg, view| {
+            if filter.matches(view) && limit.is_none_or(|l| out.len() < l) {
+                out.push(Record::new(
+                    view.id.clone(),
+                    msg.delivery.routing_key.to_string(),
+                    msg.delivery.properties.clone(),
+                    &msg.delivery.data,
+                ));
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Publishes records into the dead-letter queue, each confirmed.
+    ///
+    /// # Errors
+    /// A broker error or refusal, naming the record; earlier ones stay imported.
+    pub async fn import(&self, records: &[Record]) -> anyhow::Result<usize> {
+        let ch = self.confirm_channel().await?;
+        for (i, record) in records.iter().enumerate() {
+            let body = record.body().with_context(|| {
+                format!(
+                    "record {} ({}): body_base64 is not base64",
+                    i + 1,
+                    record.id
+                )
+            })?;
+            publish(
+                &ch,
+                &self.topology.dead(),
+                &record.routing_key,
+                &body,
+                record.properties.clone(),
+            )
+            .await
+            .with_context(|| format!("importing record {} ({})", i + 1, record.id))?;
+        }
+        ch.close(200, "imported".into()).await?;
+        Ok(records.len())
+    }
+
+    /// Replays or purges the dead letters matching `filter` (at most `limit`),
+    /// writing a line per message acted on to `out`.
+    ///
+    /// # Errors
+    /// An unknown `--to-endpoint`, or a broker error (nothing is lost: the
+    /// message being handled stays in the queue).
+    pub async fn apply(
+        &self,
+        filter: &Filter,
+        limit: Option<usize>,
+        action: &Action,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<Report> {
+        if let Action::Replay { to: Some(to), .. } = action
+            && self.config.endpoint(to).is_none()
+        {
+            bail!(
+                "unknown endpoint {to:?} (--to-endpoint): it is not in {}",
+                self.config.origin.display()
+            );
+        }
+        let total = self.dead_depth().await?;
+        let ch = self.confirm_channel().await?;
+        let queue = self.topology.dead();
+        let mut report = Report::default();
+        let mut pace = match action {
+            Action::Replay {
+                rate: Some(rate), ..
+            } => {
+                let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Some(i)
+            }
+            _ => None,
+        };
+        for _ in 0..total {
+            let Some(msg) = ch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+            else {
+                break;
+            };
+            let view = DeadLetterView::of(
+                &msg.delivery.properties,
+                &msg.delivery.data,
+                self.topology.prefix(),
+            );
+            let selected = filter.matches(&view) && limit.is_none_or(|l| report.done < l);
+            let handled = match (selected, action) {
+                (false, _) => false,
+                (true, Action::Purge) => {
+                    writeln!(
+                        out,
+                        "purged {} ({}, {})",
+                        view.id, view.endpoint, view.reason
+                    )?;
+                    true
+                }
+                (true, Action::Replay { to, .. }) => {
+                    let target = to.clone().unwrap_or_else(|| view.endpoint.clone());
+                    if let Some(pace) = pace.as_mut() {
+                        pace.tick().await;
+                    }
+                    match self.replay_one(&ch, &msg, &target).await {
+                        Ok(()) => {
+                            writeln!(out, "replayed {} -> {target}", view.id)?;
+                            true
+                        }
+                        Err(e) => {
+                            writeln!(out, "kept {}: {e:#}", view.id)?;
+                            report.failed += 1;
+                            false
+                        }
+                    }
+                }
+            };
+            if handled {
+                report.done += 1;
+            } else {
+                // Not for us: back to the end of the queue, in the order met.
+                publish(
+                    &ch,
+                    &queue,
+                    msg.delivery.routing_key.as_str(),
+                    &msg.delivery.data,
+                    msg.delivery.properties.clone(),
+                )
+                .await?;
+                report.kept += 1;
+            }
+            msg.delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        ch.close(200, "done".into()).await?;
+        Ok(report)
+    }
+
+    async fn replay_one(
+        &self,
+        ch: &Channel,
+        msg: &BasicGetMessage,
+        endpoint: &str,
+    ) -> anyhow::Result<()> {
+        if endpoint.is_empty() {
+            bail!("the message names no endpoint; use --to-endpoint");
+        }
+        let mut headers = msg
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        let kept: FieldTable = {
+            let mut t = FieldTable::default();
+            for (k, v) in headers.inner() {
+                if !DEAD_LETTER_HEADERS.contains(&k.as_str()) {
+                    t.insert(k.clone(), v.clone());
+                }
+            }
+            t
+        };
+        headers = kept;
+        let properties = msg.delivery.properties.clone().with_headers(headers);
+        publish(
+            ch,
+            &self.topology.endpoints_exchange(),
+            endpoint,
+            &msg.delivery.data,
+            properties,
+        )
+        .await
+        .with_context(|| {
+            format!("no queue for endpoint {endpoint:?} (is a dispatcher declaring it?)")
+        })
+    }
+
+    async fn confirm_channel(&self) -> anyhow::Result<Channel> {
+        let ch = self.conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(ch)
+    }
+
+    /// Declares everything the config needs (what a dispatcher declares at start).
+    ///
+    /// # Errors
+    /// The broker's refusal, naming the object.
+    pub async fn declare(&self) -> anyhow::Result<()> {
+        crate::declare(&self.conn, &self.config, &self.topology).await?;
+        Ok(())
+    }
+
+    /// Every hookpost exchange-backed queue the config implies, with depth and consumers.
+    pub async fn topology_status(&self) -> Vec<(String, &'static str, Option<(u32, u32)>)> {
+        let t = &self.topology;
+        let mut rows = vec![(t.unrouted(), "unrouted"), (t.dead(), "dead letters")];
+        for ep in &self.config.endpoints {
+            rows.push((t.endpoint_queue(&ep.id), "endpoint"));
+        }
+        let tiers: BTreeSet<u64> = self
+            .config
+            .endpoints
+            .iter()
+            .flat_map(|e| e.retry.tiers_ms())
+            .collect();
+        for tier in tiers {
+            rows.push((t.wait_queue(tier), "wait tier"));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for (name, kind) in rows {
+            let status = self.queue_status(&name).await;
+            out.push((name, kind, status));
+        }
+        out
+    }
+
+    /// The config this admin reads.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        let _ = self.conn.close(200, "bye".into()).await;
+    }
+}
+
+/// Publishes with `mandatory` and waits for the confirm; a nack or a return is an error.
+async fn publish(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> anyhow::Result<()> {
+    let confirm = ch
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(returned)) => {
+            bail!("the broker returned it ({})", returned.reply_text)
+        }
+        Confirmation::Nack(_) => bail!("the broker refused it (nack)"),
+    }
+}

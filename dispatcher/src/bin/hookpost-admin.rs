@@ -1,0 +1,527 @@
+//! `hookpost-admin`: operate the dead-letter queue, endpoints and topology.
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use common::Config;
+use common::secret::redact_url;
+use dispatcher::admin::record::Record;
+use dispatcher::admin::view::{DeadLetterView, Filter, parse_time};
+use dispatcher::admin::{Action, Admin};
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hookpost-admin",
+    version,
+    about = "Inspect and replay hookpost's dead-letter queue"
+)]
+struct Cli {
+    /// Config file (the dispatcher's). Without one, defaults and HOOKPOST_* variables apply.
+    #[arg(long, global = true, env = "HOOKPOST_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The dead-letter queue.
+    #[command(subcommand)]
+    Dlq(Dlq),
+    /// Each endpoint: URL, patterns, queue depth, consumers.
+    Endpoints,
+    /// Declare the topology, or show every hookpost queue with its depth.
+    Topology {
+        #[arg(value_parser = ["declare", "status"])]
+        action: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Dlq {
+    /// List dead letters (nothing is removed).
+    List {
+        #[command(flatten)]
+        filters: Filters,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts by endpoint and reason.
+    Stats {
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// One dead letter in full: properties, headers and body.
+    Show {
+        /// The event id.
+        event_id: String,
+    },
+    /// Send matching dead letters back to their endpoint (fresh attempt count).
+    Replay {
+        #[command(flatten)]
+        filters: Filters,
+        /// Only print what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many messages per second.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Send them to this endpoint instead of their own.
+        #[arg(long)]
+        to_endpoint: Option<String>,
+    },
+    /// Delete matching dead letters.
+    Purge {
+        #[command(flatten)]
+        filters: Filters,
+        /// Only print what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Copy matching dead letters to a JSON-lines file (nothing is removed).
+    Export {
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Put the messages of an export file into the dead-letter queue.
+    Import {
+        /// The file to read.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Filters {
+    /// Only this endpoint's.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Only event types matching this pattern (`order.*`, `#`).
+    #[arg(long = "type")]
+    type_pattern: Option<String>,
+    /// Only this reason (exhausted, rejected, gone, malformed, ...).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Failed at or after: RFC 3339, or a duration ago (30m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Failed before: RFC 3339, or a duration ago.
+    #[arg(long)]
+    until: Option<String>,
+    /// At most this many messages.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl Filters {
+    fn build(&self, config: &Config) -> anyhow::Result<(Filter, Option<usize>)> {
+        let now = time::OffsetDateTime::now_utc();
+        if let Some(ep) = &self.endpoint
+            && config.endpoint(ep).is_none()
+        {
+            bail!(
+                "unknown endpoint {ep:?} (--endpoint): it is not in {}",
+                config.origin.display()
+            );
+        }
+        if let Some(p) = &self.type_pattern
+            && !common::config::is_valid_pattern(p)
+        {
+            bail!("--type {p:?} is not a pattern (dot-separated words, `*` or `#`)");
+        }
+        let time =
+            |t: &Option<String>, flag: &str| -> anyhow::Result<Option<time::OffsetDateTime>> {
+                t.as_deref()
+                    .map(|t| parse_time(t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+                    .transpose()
+            };
+        let filter = Filter {
+            endpoint: self.endpoint.clone(),
+            type_pattern: self.type_pattern.clone(),
+            reason: self.reason.clone(),
+            since: time(&self.since, "--since")?,
+            until: time(&self.until, "--until")?,
+        };
+        Ok((filter, self.limit))
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKPOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = tokio::runtime::Runtime::new()
+        .context("cannot start the runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => {
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            Config::from_toml_str("", "<no config file>".as_ref(), &env)?
+        }
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(cli.config.as_ref())?;
+    // Validate flags before touching the broker.
+    let filters = match &cli.command {
+        Command::Dlq(
+            Dlq::List { filters, .. }
+            | Dlq::Stats { filters }
+            | Dlq::Replay { filters, .. }
+            | Dlq::Purge { filters, .. }
+            | Dlq::Export { filters, .. },
+        ) => Some(filters.build(&config)?),
+        _ => None,
+    };
+    if let Command::Dlq(Dlq::Purge {
+        yes: false,
+        dry_run: false,
+        ..
+    }) = &cli.command
+    {
+        bail!(
+            "purge deletes messages for good: add --yes (or --dry-run to see what it would delete)"
+        );
+    }
+    if let Command::Dlq(Dlq::Replay {
+        rate: Some(rate), ..
+    }) = &cli.command
+        && !(rate.is_finite() && *rate > 0.0)
+    {
+        bail!("--rate must be a positive number of messages per second");
+    }
+    let records = match &cli.command {
+        Command::Dlq(Dlq::Import { file }) => Some(read_records(file)?),
+        _ => None,
+    };
+    let admin = Admin::connect(config).await?;
+    let mut stdout = std::io::stdout().lock();
+    let (filter, limit) = filters.unwrap_or_default();
+    let result = match cli.command {
+        Command::Dlq(Dlq::List { json, .. }) => {
+            let views = admin.list(&filter, limit).await?;
+            if json {
+                for v in &views {
+                    writeln!(stdout, "{}", serde_json::to_string(v)?)?;
+                }
+            } else {
+                print_table(&mut stdout, &views)?;
+            }
+            Ok(())
+        }
+        Command::Dlq(Dlq::Stats { .. }) => {
+            let views = admin.list(&filter, limit).await?;
+            let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+            for v in &views {
+                *counts
+                    .entry((v.endpoint.clone(), v.reason.clone()))
+                    .or_default() += 1;
+            }
+            let rows: Vec<Vec<String>> = counts
+                .iter()
+                .map(|((e, r), n)| vec![e.clone(), r.clone(), n.to_string()])
+                .collect();
+            write_table(&mut stdout, &["ENDPOINT", "REASON", "COUNT"], &rows)?;
+            writeln!(stdout, "total: {}", views.len())?;
+            Ok(())
+        }
+        Command::Dlq(Dlq::Show { event_id }) => {
+            let mut found = Vec::new();
+            admin
+                .browse(|msg, view| {
+                    if view.id == event_id {
+                        found.push((
+                            msg.delivery.routing_key.to_string(),
+                            msg.delivery.properties.clone(),
+                            msg.delivery.data.clone(),
+                        ));
+                    }
+                })
+                .await?;
+            if found.is_empty() {
+                bail!("no dead letter has event id {event_id:?}");
+            }
+            for (routing_key, properties, body) in found {
+                let body = match std::str::from_utf8(&body) {
+                    Ok(text) => serde_json::from_str::<serde_json::Value>(text)
+                        .unwrap_or_else(|_| serde_json::Value::String(text.to_owned())),
+                    Err(_) => {
+                        serde_json::json!({ "base64": Record::new(String::new(), String::new(), Default::default(), &body).body_base64 })
+                    }
+                };
+                let shown = serde_json::json!({ "routing_key": routing_key, "properties": properties, "body": body });
+                writeln!(stdout, "{}", serde_json::to_string_pretty(&shown)?)?;
+            }
+            Ok(())
+        }
+        Command::Dlq(Dlq::Replay {
+            dry_run: true,
+            to_endpoint,
+            ..
+        }) => {
+            let views = admin.list(&filter, limit).await?;
+            for v in &views {
+                writeln!(
+                    stdout,
+                    "would replay {} -> {}",
+                    v.id,
+                    to_endpoint.as_deref().unwrap_or(&v.endpoint)
+                )?;
+            }
+            summary(&mut stdout, "would replay", views.len())
+        }
+        Command::Dlq(Dlq::Purge { dry_run: true, .. }) => {
+            let views = admin.list(&filter, limit).await?;
+            for v in &views {
+                writeln!(
+                    stdout,
+                    "would purge {} ({}, {})",
+                    v.id, v.endpoint, v.reason
+                )?;
+            }
+            summary(&mut stdout, "would purge", views.len())
+        }
+        Command::Dlq(Dlq::Replay {
+            rate, to_endpoint, ..
+        }) => {
+            let report = admin
+                .apply(
+                    &filter,
+                    limit,
+                    &Action::Replay {
+                        to: to_endpoint,
+                        rate,
+                    },
+                    &mut stdout,
+                )
+                .await?;
+            writeln!(
+                stdout,
+                "replayed {}, kept {} in the dead-letter queue",
+                report.done, report.kept
+            )?;
+            if report.failed > 0 {
+                bail!(
+                    "{} matching messages could not be replayed and stay in the dead-letter queue",
+                    report.failed
+                );
+            }
+            summary(&mut stdout, "replayed", report.done)
+        }
+        Command::Dlq(Dlq::Purge { .. }) => {
+            let report = admin
+                .apply(&filter, limit, &Action::Purge, &mut stdout)
+                .await?;
+            writeln!(stdout, "purged {}, kept {}", report.done, report.kept)?;
+            summary(&mut stdout, "purged", report.done)
+        }
+        Command::Dlq(Dlq::Export { out, .. }) => {
+            let records = admin.export(&filter, limit).await?;
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(&out)
+                    .with_context(|| format!("cannot create {}", out.display()))?,
+            );
+            for record in &records {
+                writeln!(file, "{}", serde_json::to_string(record)?)?;
+            }
+            file.flush()
+                .with_context(|| format!("writing {}", out.display()))?;
+            writeln!(
+                stdout,
+                "exported {} dead letters to {}",
+                records.len(),
+                out.display()
+            )?;
+            summary(&mut stdout, "exported", records.len())
+        }
+        Command::Dlq(Dlq::Import { file }) => {
+            let records = records.unwrap_or_default();
+            let n = admin.import(&records).await?;
+            writeln!(stdout, "imported {n} dead letters from {}", file.display())?;
+            Ok(())
+        }
+        Command::Endpoints => {
+            let mut rows = Vec::new();
+            for ep in &admin.config().endpoints {
+                let status = admin
+                    .queue_status(&admin.topology().endpoint_queue(&ep.id))
+                    .await;
+                let (depth, consumers) = status
+                    .map_or(("-".to_owned(), "-".to_owned()), |(d, c)| {
+                        (d.to_string(), c.to_string())
+                    });
+                let state = match status {
+                    None => "not declared",
+                    Some((_, 0)) => "not consumed (no dispatcher, or paused)",
+                    Some(_) => "consumed",
+                };
+                rows.push(vec![
+                    ep.id.clone(),
+                    redact_url(ep.url.as_str()),
+                    ep.events.join(","),
+                    depth,
+                    consumers,
+                    state.to_owned(),
+                ]);
+            }
+            write_table(
+                &mut stdout,
+                &["ID", "URL", "EVENTS", "QUEUED", "CONSUMERS", "STATE"],
+                &rows,
+            )?;
+            Ok(())
+        }
+        Command::Topology { action } if action == "declare" => {
+            admin.declare().await?;
+            writeln!(
+                stdout,
+                "declared the topology for {} endpoints under prefix {}",
+                admin.config().endpoints.len(),
+                admin.topology().prefix()
+            )?;
+            Ok(())
+        }
+        Command::Topology { .. } => {
+            let rows: Vec<Vec<String>> = admin
+                .topology_status()
+                .await
+                .into_iter()
+                .map(|(name, kind, status)| match status {
+                    Some((depth, consumers)) => vec![
+                        name,
+                        kind.to_owned(),
+                        depth.to_string(),
+                        consumers.to_string(),
+                    ],
+                    None => vec![name, kind.to_owned(), "missing".into(), "-".into()],
+                })
+                .collect();
+            write_table(
+                &mut stdout,
+                &["QUEUE", "KIND", "MESSAGES", "CONSUMERS"],
+                &rows,
+            )?;
+            Ok(())
+        }
+    };
+    admin.close().await;
+    result
+}
+
+/// Fails (non-zero exit) when nothing matched, after saying so.
+fn summary(out: &mut dyn Write, verb: &str, n: usize) -> anyhow::Result<()> {
+    if n == 0 {
+        bail!(
+            "no dead letter matches the filters; nothing {}",
+            verb.trim_start_matches("would ")
+        );
+    }
+    let _ = out.flush();
+    Ok(())
+}
+
+fn read_records(path: &PathBuf) -> anyhow::Result<Vec<Record>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut records = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: Record = serde_json::from_str(&line)
+            .with_context(|| format!("{}: line {}: not an export record", path.display(), i + 1))?;
+        record.body().with_context(|| {
+            format!(
+                "{}: line {}: body_base64 is not base64",
+                path.display(),
+                i + 1
+            )
+        })?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+fn print_table(out: &mut dyn Write, views: &[DeadLetterView]) -> anyhow::Result<()> {
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|v| {
+            vec![
+                v.id.clone(),
+                v.event_type.clone(),
+                v.endpoint.clone(),
+                v.reason.clone(),
+                v.attempts.to_string(),
+                v.last_status.map_or_else(|| "-".into(), |s| s.to_string()),
+                v.failed_at
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    write_table(
+        out,
+        &[
+            "EVENT ID",
+            "TYPE",
+            "ENDPOINT",
+            "REASON",
+            "ATTEMPTS",
+            "LAST STATUS",
+            "FAILED AT",
+        ],
+        &rows,
+    )
+}
+
+fn write_table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
