@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::receiver::{Receiver, Reply};
-use tests::{Scope, amqp_url, eventually};
+use tests::{Scope, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -69,18 +69,15 @@ impl Drop for Dispatcher {
 }
 
 fn write_config(scope: &Scope, name: &str, endpoints: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("{}-{name}.toml", scope.prefix));
-    let text = format!(
-        "[amqp]\nurl = \"{}\"\nprefix = \"{}\"\nmax_reconnect_delay_ms = 500\n[metrics]\nlisten = \"127.0.0.1:0\"\n[http]\nallowed_networks = [\"127.0.0.0/8\"]\n[defaults]\nretry_delay_ms = 100\nmax_retry_delay_ms = 400\ntimeout_ms = 2000\n{endpoints}",
-        amqp_url(),
-        scope.prefix
-    );
-    std::fs::write(&path, &text).expect("write config");
-    scope.track_config(
-        &common::Config::from_toml_str(&text, &path, &[]).expect("valid test config"),
-    );
-    path
+    scope.write_config(
+        name,
+        "max_reconnect_delay_ms = 500",
+        &format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{FAST}{endpoints}"),
+    )
 }
+
+/// Loopback receivers allowed; fast retries.
+pub const FAST: &str = "[http]\nallowed_networks = [\"127.0.0.0/8\"]\n[defaults]\nretry_delay_ms = 100\nmax_retry_delay_ms = 400\ntimeout_ms = 2000\n";
 
 fn endpoint(id: &str, url: &str, extra: &str) -> String {
     format!("[[endpoints]]\nid = \"{id}\"\nurl = \"{url}\"\nevents = [\"#\"]\n{extra}\n")

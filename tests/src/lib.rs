@@ -58,6 +58,7 @@ pub struct Scope {
     pub channel: Channel,
     queues: Mutex<Vec<String>>,
     exchanges: Mutex<Vec<String>>,
+    files: Mutex<Vec<std::path::PathBuf>>,
 }
 
 impl Scope {
@@ -77,6 +78,7 @@ impl Scope {
             channel,
             queues: Mutex::new(Vec::new()),
             exchanges: Mutex::new(Vec::new()),
+            files: Mutex::new(Vec::new()),
         }
     }
 
@@ -96,6 +98,23 @@ impl Scope {
             Config::from_toml_str(&text, "test.toml".as_ref(), &[]).expect("test config is valid");
         self.track_config(&config);
         config
+    }
+
+    /// Writes a config file for this scope (`[amqp]` url and prefix, then
+    /// `amqp_extra` inside `[amqp]`, then `toml`), registers it for cleanup and
+    /// returns its path. The file is removed when the scope drops.
+    pub fn write_config(&self, name: &str, amqp_extra: &str, toml: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("{}-{name}.toml", self.prefix));
+        let text = format!(
+            "[amqp]\nurl = \"{}\"\nprefix = \"{}\"\n{amqp_extra}\n{toml}",
+            amqp_url(),
+            self.prefix
+        );
+        std::fs::write(&path, &text).expect("write config");
+        let config = Config::from_toml_str(&text, &path, &[]).expect("test config is valid");
+        self.track_config(&config);
+        self.files.lock().expect("lock").push(path.clone());
+        path
     }
 
     /// Registers everything `config` declares for cleanup.
@@ -197,6 +216,14 @@ impl Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
+        for file in self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+        {
+            let _ = std::fs::remove_file(file);
+        }
         let queues = std::mem::take(
             &mut *self
                 .queues

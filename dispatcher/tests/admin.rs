@@ -1,0 +1,458 @@
+//! `hookpost-admin` against a dead-letter queue filled by real failed deliveries.
+
+use common::Event;
+use producer::Publisher;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tests::dispatcher_harness::Running;
+use tests::receiver::{Receiver, Reply};
+use tests::{Scope, eventually};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn admin(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hookpost-admin"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("HOOKPOST_CONFIG")
+        .output()
+        .expect("run hookpost-admin")
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn failed(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "should fail: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one-line message: {stderr}"
+    );
+    stderr
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// Two endpoints: `shop` answers 400 (rejected at once), `billing` 500 with
+/// no retries (exhausted at once). Returns the scope, config path, receivers,
+/// the running dispatcher, and the ids dead-lettered per endpoint.
+struct Fixture {
+    scope: Scope,
+    config: PathBuf,
+    shop: Receiver,
+    billing: Receiver,
+    dispatcher: Running,
+    shop_ids: Vec<String>,
+    billing_ids: Vec<String>,
+}
+
+async fn fixture(shop_events: usize, billing_events: usize) -> Fixture {
+    let scope = Scope::new().await;
+    let shop = Receiver::with(Arc::new(|_, _| Reply::Status(400, vec![]))).await;
+    let billing = Receiver::with(Arc::new(|_, _| Reply::Status(500, vec![]))).await;
+    let endpoints = format!(
+        "[http]\nallowed_networks = [\"127.0.0.0/8\"]\n[[endpoints]]\nid = \"shop\"\nurl = \"{}\"\nevents = [\"order.*\"]\n[[endpoints]]\nid = \"billing\"\nurl = \"{}\"\nevents = [\"invoice.*\"]\nmax_retries = 0\n",
+        shop.url, billing.url
+    );
+    let config = scope.write_config("admin", "", &endpoints);
+    let loaded = common::Config::load(&config).expect("config");
+    let dispatcher = Running::start(loaded.clone()).await;
+    let publisher = Publisher::connect(&loaded).await.expect("connect");
+    let publish = |t: &'static str, n: usize| {
+        let events: Vec<Event> = (0..n)
+            .map(|i| Event::new(t, serde_json::json!({ "i": i, "text": "héllo" })).expect("valid"))
+            .collect();
+        events
+    };
+    let shop_events = publish("order.created", shop_events);
+    let billing_events = publish("invoice.paid", billing_events);
+    publisher
+        .publish_many(&shop_events)
+        .await
+        .expect("published");
+    publisher
+        .publish_many(&billing_events)
+        .await
+        .expect("published");
+    let total = (shop_events.len() + billing_events.len()) as u32;
+    let dead = format!("{}.dead", scope.prefix);
+    eventually(WAIT, "the dead-letter queue filled", || async {
+        (scope.depth(&dead).await == total).then_some(())
+    })
+    .await;
+    Fixture {
+        scope,
+        config,
+        shop,
+        billing,
+        dispatcher,
+        shop_ids: shop_events.into_iter().map(|e| e.id).collect(),
+        billing_ids: billing_events.into_iter().map(|e| e.id).collect(),
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn ids_of(lines: &[serde_json::Value]) -> Vec<String> {
+    sorted(
+        lines
+            .iter()
+            .map(|l| l["id"].as_str().expect("id").to_owned())
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn list_filter_show_and_stats_change_nothing() {
+    let f = fixture(3, 2).await;
+    let dead = format!("{}.dead", f.scope.prefix);
+
+    let table = ok(&admin(&f.config, &["dlq", "list"]));
+    assert!(table.starts_with("EVENT ID"), "{table}");
+    assert_eq!(table.lines().count(), 6, "{table}");
+    let all = json_lines(&ok(&admin(&f.config, &["dlq", "list", "--json"])));
+    assert_eq!(
+        ids_of(&all),
+        sorted([f.shop_ids.clone(), f.billing_ids.clone()].concat())
+    );
+    let shop_line = all.iter().find(|l| l["endpoint"] == "shop").expect("shop");
+    assert_eq!(
+        (
+            shop_line["reason"].as_str(),
+            shop_line["last_status"].as_u64(),
+            shop_line["attempts"].as_u64()
+        ),
+        (Some("rejected"), Some(400), Some(1))
+    );
+    assert_eq!(shop_line["type"], "order.created");
+
+    let by_endpoint = json_lines(&ok(&admin(
+        &f.config,
+        &["dlq", "list", "--json", "--endpoint", "shop"],
+    )));
+    assert_eq!(ids_of(&by_endpoint), sorted(f.shop_ids.clone()));
+    let by_type = json_lines(&ok(&admin(
+        &f.config,
+        &["dlq", "list", "--json", "--type", "invoice.*"],
+    )));
+    assert_eq!(ids_of(&by_type), sorted(f.billing_ids.clone()));
+    let by_reason = json_lines(&ok(&admin(
+        &f.config,
+        &["dlq", "list", "--json", "--reason", "exhausted"],
+    )));
+    assert_eq!(ids_of(&by_reason), sorted(f.billing_ids.clone()));
+    assert_eq!(
+        json_lines(&ok(&admin(
+            &f.config,
+            &["dlq", "list", "--json", "--since", "1h"]
+        )))
+        .len(),
+        5
+    );
+    assert_eq!(
+        json_lines(&ok(&admin(
+            &f.config,
+            &["dlq", "list", "--json", "--until", "1h"]
+        )))
+        .len(),
+        0
+    );
+    assert_eq!(
+        json_lines(&ok(&admin(
+            &f.config,
+            &["dlq", "list", "--json", "--limit", "2"]
+        )))
+        .len(),
+        2
+    );
+
+    let stats = ok(&admin(&f.config, &["dlq", "stats"]));
+    assert!(
+        stats.contains("shop") && stats.contains("rejected") && stats.contains("total: 5"),
+        "{stats}"
+    );
+    assert!(
+        stats.lines().any(|l| l.starts_with("billing")
+            && l.contains("exhausted")
+            && l.trim_end().ends_with('2')),
+        "{stats}"
+    );
+
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&admin(&f.config, &["dlq", "show", &f.shop_ids[0]])))
+            .expect("json");
+    assert_eq!(shown["body"]["id"], f.shop_ids[0].as_str());
+    assert_eq!(shown["body"]["data"]["text"], "héllo");
+    assert!(
+        shown["properties"].to_string().contains("hookpost-reason"),
+        "{shown}"
+    );
+
+    let dry = ok(&admin(
+        &f.config,
+        &["dlq", "replay", "--dry-run", "--endpoint", "shop"],
+    ));
+    assert_eq!(
+        dry.lines()
+            .filter(|l| l.starts_with("would replay"))
+            .count(),
+        3,
+        "{dry}"
+    );
+    let dry = ok(&admin(&f.config, &["dlq", "purge", "--dry-run"]));
+    assert_eq!(
+        dry.lines().filter(|l| l.starts_with("would purge")).count(),
+        5,
+        "{dry}"
+    );
+    assert_eq!(f.scope.depth(&dead).await, 5, "reading changed nothing");
+    assert_eq!(f.shop.received().len(), 3, "dry runs sent nothing");
+    f.dispatcher.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn replay_with_a_filter_delivers_exactly_the_matching_ones() {
+    let f = fixture(3, 2).await;
+    let dead = format!("{}.dead", f.scope.prefix);
+    f.shop.set(Arc::new(|_, _| Reply::Status(200, vec![])));
+    let before = f.shop.received().len();
+
+    let out = ok(&admin(&f.config, &["dlq", "replay", "--endpoint", "shop"]));
+    assert!(out.contains("replayed 3, kept 2"), "{out}");
+    eventually(WAIT, "the replayed events delivered", || async {
+        (f.shop.received().len() == before + 3).then_some(())
+    })
+    .await;
+    let replayed = &f.shop.received()[before..];
+    assert_eq!(
+        sorted(replayed.iter().flat_map(|r| r.ids()).collect()),
+        sorted(f.shop_ids.clone())
+    );
+    assert!(
+        replayed
+            .iter()
+            .all(|r| r.header("hookpost-attempt").as_deref() == Some("1")),
+        "fresh attempt count"
+    );
+    assert!(
+        replayed
+            .iter()
+            .all(|r| r.header("webhook-id") == r.ids().first().cloned()),
+        "original webhook-id"
+    );
+    let left = json_lines(&ok(&admin(&f.config, &["dlq", "list", "--json"])));
+    assert_eq!(
+        ids_of(&left),
+        sorted(f.billing_ids.clone()),
+        "the rest stays"
+    );
+    assert_eq!(f.scope.depth(&dead).await, 2);
+
+    // --to-endpoint: billing's failures go to the healthy shop endpoint.
+    let out = ok(&admin(
+        &f.config,
+        &["dlq", "replay", "--to-endpoint", "shop"],
+    ));
+    assert!(out.contains("replayed 2"), "{out}");
+    f.shop.wait_ids(&f.billing_ids, WAIT).await;
+    assert_eq!(
+        f.billing.received().len(),
+        2,
+        "nothing more went to billing"
+    );
+    f.dispatcher.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn replay_rate_is_honoured() {
+    let f = fixture(10, 0).await;
+    f.shop.set(Arc::new(|_, _| Reply::Status(200, vec![])));
+    let started = Instant::now();
+    let out = ok(&admin(&f.config, &["dlq", "replay", "--rate", "5"]));
+    let took = started.elapsed();
+    assert!(out.contains("replayed 10"), "{out}");
+    // 10 messages at 5/s: the first goes at once, the last after 9 intervals of 200 ms.
+    assert!(took >= Duration::from_millis(1700), "took {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    f.shop.wait_ids(&f.shop_ids, WAIT).await;
+    f.dispatcher.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn purge_needs_yes_and_deletes_only_matches() {
+    let f = fixture(2, 2).await;
+    let dead = format!("{}.dead", f.scope.prefix);
+    let err = failed(&admin(
+        &f.config,
+        &["dlq", "purge", "--reason", "exhausted"],
+    ));
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(f.scope.depth(&dead).await, 4);
+    let out = ok(&admin(
+        &f.config,
+        &["dlq", "purge", "--reason", "exhausted", "--yes"],
+    ));
+    assert!(out.contains("purged 2, kept 2"), "{out}");
+    let left = json_lines(&ok(&admin(&f.config, &["dlq", "list", "--json"])));
+    assert_eq!(ids_of(&left), sorted(f.shop_ids.clone()));
+    f.dispatcher.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn export_then_import_round_trips_exactly() {
+    let f = fixture(2, 1).await;
+    let dead = format!("{}.dead", f.scope.prefix);
+    let first = std::env::temp_dir().join(format!("{}-first.jsonl", f.scope.prefix));
+    let second = std::env::temp_dir().join(format!("{}-second.jsonl", f.scope.prefix));
+    let out = ok(&admin(
+        &f.config,
+        &["dlq", "export", "--out", first.to_str().expect("path")],
+    ));
+    assert!(out.contains("exported 3"), "{out}");
+    assert_eq!(f.scope.depth(&dead).await, 3, "export removes nothing");
+    ok(&admin(&f.config, &["dlq", "purge", "--yes"]));
+    assert_eq!(f.scope.depth(&dead).await, 0);
+    let out = ok(&admin(
+        &f.config,
+        &["dlq", "import", first.to_str().expect("path")],
+    ));
+    assert!(out.contains("imported 3"), "{out}");
+    ok(&admin(
+        &f.config,
+        &["dlq", "export", "--out", second.to_str().expect("path")],
+    ));
+    let read = |p: &Path| -> Vec<serde_json::Value> {
+        let mut lines = json_lines(&std::fs::read_to_string(p).expect("read"));
+        lines.sort_by_key(|l| l["id"].as_str().unwrap_or_default().to_owned());
+        lines
+    };
+    assert_eq!(
+        read(&first),
+        read(&second),
+        "bodies and properties byte-identical"
+    );
+    let _ = std::fs::remove_file(first);
+    let _ = std::fs::remove_file(second);
+    f.dispatcher.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn admin_killed_mid_replay_loses_nothing() {
+    let f = fixture(30, 0).await;
+    f.shop.set(Arc::new(|_, _| Reply::Status(200, vec![])));
+    let before = f.shop.received().len();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookpost-admin"))
+        .arg("--config")
+        .arg(&f.config)
+        .args(["dlq", "replay", "--rate", "10"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    eventually(WAIT, "some replayed", || async {
+        (f.shop.received().len() >= before + 5).then_some(())
+    })
+    .await;
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    let replayed_before_kill = f.shop.received().len() - before;
+    assert!(replayed_before_kill < 30, "killed mid-way");
+    // Every event is delivered (replays already in the endpoint queue get
+    // through) or still in the dead-letter queue.
+    eventually(WAIT, "every event accounted for", || async {
+        let delivered: std::collections::HashSet<String> = f.shop.received()[before..]
+            .iter()
+            .flat_map(|r| r.ids())
+            .collect();
+        let left = json_lines(&ok(&admin(&f.config, &["dlq", "list", "--json"])));
+        let in_dlq: std::collections::HashSet<String> = ids_of(&left).into_iter().collect();
+        f.shop_ids
+            .iter()
+            .all(|id| delivered.contains(id) || in_dlq.contains(id))
+            .then_some(())
+    })
+    .await;
+    f.dispatcher.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn clear_errors() {
+    let f = fixture(1, 0).await;
+    let err = failed(&admin(
+        &f.config,
+        &["dlq", "replay", "--to-endpoint", "nope"],
+    ));
+    assert!(err.contains("unknown endpoint \"nope\""), "{err}");
+    let err = failed(&admin(&f.config, &["dlq", "list", "--endpoint", "nope"]));
+    assert!(err.contains("unknown endpoint"), "{err}");
+    let err = failed(&admin(
+        &f.config,
+        &["dlq", "list", "--since", "last tuesday"],
+    ));
+    assert!(err.contains("--since") && err.contains("RFC 3339"), "{err}");
+    let err = failed(&admin(&f.config, &["dlq", "replay", "--reason", "gone"]));
+    assert!(err.contains("no dead letter matches"), "{err}");
+    let err = failed(&admin(&f.config, &["dlq", "show", "evt_missing"]));
+    assert!(err.contains("evt_missing"), "{err}");
+    let output = Command::new(env!("CARGO_BIN_EXE_hookpost-admin"))
+        .args(["dlq", "list"])
+        .env_remove("HOOKPOST_CONFIG")
+        .env("HOOKPOST_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .env("HOOKPOST_AMQP_PUBLISH_TIMEOUT_MS", "500")
+        .output()
+        .expect("run");
+    let err = failed(&output);
+    assert!(
+        err.contains("unreachable") && !err.contains("guest:guest"),
+        "{err}"
+    );
+    f.dispatcher.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn endpoints_and_topology_status() {
+    let f = fixture(1, 0).await;
+    let out = ok(&admin(&f.config, &["endpoints"]));
+    let shop = out
+        .lines()
+        .find(|l| l.starts_with("shop"))
+        .expect("shop row");
+    assert!(
+        shop.contains("order.*") && shop.contains("consumed"),
+        "{out}"
+    );
+    let out = ok(&admin(&f.config, &["topology", "status"]));
+    assert!(
+        out.contains(&format!("{}.dead", f.scope.prefix)) && out.contains("dead letters"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{}.ep.billing", f.scope.prefix)),
+        "{out}"
+    );
+    let out = ok(&admin(&f.config, &["topology", "declare"]));
+    assert!(out.contains("declared"), "{out}");
+    f.dispatcher.stop().await.expect("stop");
+}
