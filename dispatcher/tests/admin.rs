@@ -149,6 +149,15 @@ async fn list_filter_show_and_stats_change_nothing() {
     );
     assert_eq!(shop_line["type"], "order.created");
 
+    let again = json_lines(&ok(&admin(&f.config, &["dlq", "list", "--json"])));
+    let order = |lines: &[serde_json::Value]| {
+        lines
+            .iter()
+            .map(|l| l["id"].to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(order(&again), order(&all), "listing keeps the queue order");
+
     let by_endpoint = json_lines(&ok(&admin(
         &f.config,
         &["dlq", "list", "--json", "--endpoint", "shop"],
