@@ -84,7 +84,9 @@ pub async fn sync(
             }
         }
     }
-    if recorded != wanted || previous.is_none() {
+    // Always write the record before acking the old one: acking without a
+    // new record would leave none.
+    {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;

@@ -128,10 +128,22 @@ pub async fn run(
                 lost_tx.clone(),
             );
             tracker.spawn(async move {
-                if let worker::Exit::Lost(why) =
-                    worker::run(endpoint.clone(), shared, conn, stop).await
-                {
-                    let _ = lost_tx.send((endpoint.id.clone(), why)).await;
+                // A worker whose channel failed on a live connection restarts
+                // alone, with backoff; a dead connection rebuilds everything.
+                let mut delays = common::amqp::backoff(std::time::Duration::from_secs(10));
+                loop {
+                    let exit = worker::run(endpoint.clone(), shared.clone(), conn.clone(), stop.clone()).await;
+                    let worker::Exit::Lost(why) = exit else { break };
+                    if !conn.status().connected() {
+                        let _ = lost_tx.send((endpoint.id.clone(), why)).await;
+                        break;
+                    }
+                    let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
+                    tracing::warn!(endpoint = %endpoint.id, error = %why, retry_in_ms = delay.as_millis() as u64, "Endpoint channel failed; restarting its worker.");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = stop.cancelled() => break,
+                    }
                 }
             });
         }

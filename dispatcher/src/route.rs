@@ -10,6 +10,10 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 
+/// Longest wait for a publish confirm or an ack before the message is given
+/// back to the broker (which redelivers it).
+pub const BROKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Header carrying the attempt number of the next try (1 on the first).
 pub const ATTEMPT_HEADER: &str = "hookpost-attempt";
 
@@ -19,6 +23,9 @@ pub enum RouteError {
     /// The channel or connection failed.
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    /// No confirm within [`BROKER_TIMEOUT`] (broker blocked or without quorum).
+    #[error("no answer from the broker within {BROKER_TIMEOUT:?}")]
+    Timeout,
     /// The broker nacked or returned the message.
     #[error("the broker did not take the message ({0})")]
     Refused(&'static str),
@@ -59,23 +66,34 @@ impl Router {
     ///
     /// # Errors
     /// When the channel is gone (the broker then redelivers the message).
-    pub async fn ack(&self, delivery: &Delivery) -> Result<(), lapin::Error> {
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map(drop)
+    pub async fn ack(&self, delivery: &Delivery) -> Result<(), RouteError> {
+        let acked = tokio::time::timeout(
+            BROKER_TIMEOUT,
+            delivery.acker.ack(BasicAckOptions::default()),
+        )
+        .await
+        .map_err(|_| RouteError::Timeout)??;
+        // `false`: the acker was used already or its channel is gone.
+        if acked {
+            Ok(())
+        } else {
+            Err(RouteError::Refused("ack not sent: the channel is gone"))
+        }
     }
 
     /// Returns a message to its queue untouched (attempt count unchanged).
     pub async fn requeue(&self, delivery: &Delivery) {
-        let _ = delivery
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await;
+        let nack = delivery.acker.nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        });
+        // If even this fails, the channel is gone and the broker requeues it.
+        let _ = tokio::time::timeout(BROKER_TIMEOUT, nack).await;
+    }
+
+    /// Whether the publishing channel is still open.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
     }
 
     /// Sends the message to wait `tier_ms`, then back to its endpoint as
@@ -139,27 +157,27 @@ impl Router {
         exchange: &str,
         headers: FieldTable,
     ) -> Result<(), RouteError> {
-        let properties: BasicProperties = delivery
-            .properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2);
-        let confirm = self
-            .channel
-            .basic_publish(
-                ShortString::from(exchange),
-                ShortString::from(self.endpoint_id.as_str()),
-                // mandatory: a missing wait queue or dead-letter queue is an
-                // error here, not a silently dropped message.
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &delivery.data,
-                properties,
-            )
-            .await?
-            .await?;
+        let properties = republished_properties(&delivery.properties, headers);
+        let publish = async {
+            self.channel
+                .basic_publish(
+                    ShortString::from(exchange),
+                    ShortString::from(self.endpoint_id.as_str()),
+                    // mandatory: a missing wait queue or dead-letter queue is an
+                    // error here, not a silently dropped message.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &delivery.data,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let confirm = tokio::time::timeout(BROKER_TIMEOUT, publish)
+            .await
+            .map_err(|_| RouteError::Timeout)??;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
             Confirmation::Ack(Some(_)) => {
@@ -170,6 +188,43 @@ impl Router {
         self.ack(delivery).await?;
         Ok(())
     }
+}
+
+/// The properties of a republished message: the original's, with `headers`,
+/// persistent, and without `user_id` (the broker refuses a user id other than
+/// the dispatcher's login) or `expiration` (a parked message must not expire).
+fn republished_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut p = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    if let Some(v) = original.content_type() {
+        p = p.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        p = p.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.priority() {
+        p = p.with_priority(*v);
+    }
+    if let Some(v) = original.correlation_id() {
+        p = p.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.reply_to() {
+        p = p.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        p = p.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        p = p.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        p = p.with_type(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        p = p.with_app_id(v.clone());
+    }
+    p
 }
 
 /// The attempt number of this delivery: `hookpost-attempt`, else 1.

@@ -124,39 +124,52 @@ async fn consume(
             .filter_map(|r| std::future::ready(r.ok()))
             .fuse(),
     );
-    let pause = CancellationToken::new();
+    // `consuming` ends the loop (shutdown or pause); `pause` says it was a 410.
     let consuming = stop.child_token();
+    let pause = CancellationToken::new();
     let in_flight = Arc::new(Semaphore::new(endpoint.max_in_flight as usize));
     let tracker = TaskTracker::new();
     let batch_size = endpoint.batch_size as usize;
-    let mut ended_by_stream = false;
+    let mut lost_publisher = false;
     loop {
-        let batch = tokio::select! {
-            b = next_batch(&mut deliveries, batch_size, endpoint.batch_interval, &consuming) => b,
-            () = pause.cancelled() => None,
-        };
-        let Some(batch) = batch else {
-            ended_by_stream = !consuming.is_cancelled() && !pause.is_cancelled();
+        let Some(batch) = next_batch(
+            &mut deliveries,
+            batch_size,
+            endpoint.batch_interval,
+            &consuming,
+        )
+        .await
+        else {
             break;
         };
-        let permit = tokio::select! {
-            p = in_flight.clone().acquire_owned() => p.ok(),
-            () = consuming.cancelled() => None,
+        let permit = if consuming.is_cancelled() || !router.is_open() {
+            None
+        } else {
+            tokio::select! {
+                p = in_flight.clone().acquire_owned() => p.ok(),
+                () = consuming.cancelled() => None,
+            }
         };
         let Some(permit) = permit else {
+            // Shutting down, pausing, or the publish channel died: hand the
+            // batch back untouched.
+            lost_publisher = !router.is_open();
             for d in &batch {
                 router.requeue(d).await;
             }
             break;
         };
-        let (endpoint, shared, router, pause) = (
+        let (endpoint, shared, router, stops) = (
             endpoint.clone(),
             shared.clone(),
             router.clone(),
-            pause.clone(),
+            Stops {
+                consuming: consuming.clone(),
+                pause: pause.clone(),
+            },
         );
         tracker.spawn(async move {
-            process(&endpoint, &shared, &router, batch, &pause).await;
+            process(&endpoint, &shared, &router, batch, &stops).await;
             drop(permit);
         });
     }
@@ -176,7 +189,10 @@ async fn consume(
         stop.cancelled().await;
         return Ok(Exit::Stopped);
     }
-    if ended_by_stream {
+    if lost_publisher {
+        return Ok(Exit::Lost("the publishing channel closed".to_owned()));
+    }
+    if !consuming.is_cancelled() {
         let why = lost
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -196,6 +212,14 @@ fn is_paused(shared: &Shared, endpoint: &Endpoint) -> bool {
         .is_some_and(|url| *url == endpoint.url)
 }
 
+/// The tokens a batch task may cancel.
+struct Stops {
+    /// Ends the consume loop.
+    consuming: CancellationToken,
+    /// Marks the endpoint paused (410).
+    pause: CancellationToken,
+}
+
 /// A delivery with its parsed envelope.
 struct Valid {
     delivery: Delivery,
@@ -210,7 +234,7 @@ async fn process(
     shared: &Shared,
     router: &Router,
     batch: Vec<Delivery>,
-    pause: &CancellationToken,
+    stops: &Stops,
 ) {
     let id = endpoint.id.as_str();
     let mut valid = Vec::with_capacity(batch.len());
@@ -236,7 +260,7 @@ async fn process(
     if valid.is_empty() {
         return;
     }
-    if pause.is_cancelled() {
+    if stops.pause.is_cancelled() {
         for v in &valid {
             router.requeue(&v.delivery).await;
         }
@@ -344,7 +368,8 @@ async fn process(
                     .insert(endpoint.id.clone(), endpoint.url.clone());
                 shared.metrics.paused.with_label_values(&[id]).set(1);
                 tracing::error!(endpoint = %id, "Endpoint answered 410 Gone; pausing it. Its messages wait in its queue.");
-                pause.cancel();
+                stops.pause.cancel();
+                stops.consuming.cancel();
             }
             for v in &valid {
                 let why = DeadLetter {
