@@ -193,7 +193,7 @@ impl Router {
 /// The properties of a republished message: the original's, with `headers`,
 /// persistent, and without `user_id` (the broker refuses a user id other than
 /// the dispatcher's login) or `expiration` (a parked message must not expire).
-fn republished_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+pub fn republished_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
     let mut p = BasicProperties::default()
         .with_headers(headers)
         .with_delivery_mode(2);

@@ -57,7 +57,7 @@ pub async fn serve(
         let publisher = publisher.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = publisher.connect_in_background(&shutdown).await {
+            if let Err(e) = publisher.keep_connected(&shutdown).await {
                 tracing::debug!(error = %e, "Initial broker connection ended.");
             }
         });

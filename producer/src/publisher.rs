@@ -82,6 +82,8 @@ pub struct Publisher {
     topology: Topology,
     timeout: Duration,
     channel: Mutex<Option<Channel>>,
+    /// The current channel, readable without waiting for `channel`'s lock.
+    current: std::sync::Mutex<Option<Channel>>,
     metrics: Option<ProducerMetrics>,
     never: CancellationToken,
 }
@@ -99,6 +101,7 @@ impl Publisher {
             topology: Topology::new(&config.amqp),
             timeout: config.amqp.publish_timeout,
             channel: Mutex::new(None),
+            current: std::sync::Mutex::new(None),
             metrics: None,
             never: CancellationToken::new(),
         }
@@ -133,9 +136,11 @@ impl Publisher {
     pub fn is_ready(&self) -> bool {
         self.client.is_connected()
             && self
-                .channel
-                .try_lock()
-                .is_ok_and(|c| c.as_ref().is_some_and(|c| c.status().connected()))
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
     }
 
     /// Publishes one event; returns once the broker confirmed it.
@@ -209,9 +214,17 @@ impl Publisher {
         loop {
             while !broken && in_flight.len() < WINDOW {
                 let Some(event) = to_send.next() else { break };
-                match self.send(channel, event).await {
-                    Ok(confirm) => in_flight.push_back((event, confirm)),
+                // Sending is bounded too: a broker that blocked the connection
+                // (memory or disk alarm) stops reading frames.
+                match tokio::time::timeout_at(deadline, self.send(channel, event)).await {
                     Err(_) => {
+                        return Err(PublishError::Timeout {
+                            id: event.id.clone(),
+                            timeout: self.timeout,
+                        });
+                    }
+                    Ok(Ok(confirm)) => in_flight.push_back((event, confirm)),
+                    Ok(Err(_)) => {
                         broken = true;
                         retry.push(event);
                     }
@@ -304,6 +317,10 @@ impl Publisher {
             match tokio::time::timeout_at(deadline, opened).await {
                 Ok(Ok(channel)) => {
                     *slot = Some(channel.clone());
+                    *self
+                        .current
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel.clone());
                     return Ok(channel);
                 }
                 Ok(Err(e)) if !e.is_retryable() => return Err(e),
@@ -333,26 +350,35 @@ impl Publisher {
         }
     }
 
-    /// Connects (retrying without deadline) and declares the exchanges, until
-    /// `shutdown`; used by servers that must start while the broker is down.
+    /// Keeps a channel open until `shutdown`: connects (retrying without
+    /// deadline) and declares the exchanges, then checks every second and
+    /// reconnects when the broker went away, so readiness recovers even when
+    /// no publish comes. Used by servers that start while the broker is down.
     ///
     /// # Errors
-    /// [`PublishError::Topology`] on a conflicting declaration, or shutdown.
-    pub async fn connect_in_background(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Result<(), PublishError> {
-        loop {
-            self.client.connection(None, shutdown).await?;
-            match self.channel(Instant::now() + self.timeout).await {
-                Ok(_) => return Ok(()),
-                Err(e) if !e.is_retryable() => {
-                    tracing::error!(error = %e, "Broker refused the topology.");
-                    return Err(e);
+    /// [`PublishError::Topology`] on a conflicting declaration.
+    pub async fn keep_connected(&self, shutdown: &CancellationToken) -> Result<(), PublishError> {
+        while !shutdown.is_cancelled() {
+            if !self.is_ready() {
+                match self.client.connection(None, shutdown).await {
+                    Err(AmqpError::Shutdown) => break,
+                    Err(e) => tracing::warn!(error = %e, "Broker connection failed."),
+                    Ok(_) => match self.channel(Instant::now() + self.timeout).await {
+                        Ok(_) => {}
+                        Err(e) if !e.is_retryable() => {
+                            tracing::error!(error = %e, "Broker refused the topology.");
+                            return Err(e);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "Broker channel setup failed."),
+                    },
                 }
-                Err(_) => {}
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = shutdown.cancelled() => {}
             }
         }
+        Ok(())
     }
 
     /// Closes the connection.

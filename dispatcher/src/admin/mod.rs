@@ -345,23 +345,19 @@ impl Admin {
         if endpoint.is_empty() {
             bail!("the message names no endpoint; use --to-endpoint");
         }
-        let mut headers = msg
+        let mut headers = FieldTable::default();
+        let original = msg
             .delivery
             .properties
             .headers()
             .clone()
             .unwrap_or_default();
-        let kept: FieldTable = {
-            let mut t = FieldTable::default();
-            for (k, v) in headers.inner() {
-                if !DEAD_LETTER_HEADERS.contains(&k.as_str()) {
-                    t.insert(k.clone(), v.clone());
-                }
+        for (k, v) in original.inner() {
+            if !DEAD_LETTER_HEADERS.contains(&k.as_str()) {
+                headers.insert(k.clone(), v.clone());
             }
-            t
-        };
-        headers = kept;
-        let properties = msg.delivery.properties.clone().with_headers(headers);
+        }
+        let properties = crate::route::republished_properties(&msg.delivery.properties, headers);
         publish(
             ch,
             &self.topology.endpoints_exchange(),
