@@ -65,7 +65,7 @@ pub fn parse(
         text.parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax {
                 file: origin.to_path_buf(),
-                message: e.to_string().trim_end().to_owned(),
+                message: syntax_message(text, &e),
             })?;
     let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     for (key, value) in &mut table {
@@ -103,9 +103,52 @@ pub fn parse(
                 || origin.to_path_buf(),
                 |(_, var)| PathBuf::from(format!("environment variable {var}")),
             );
-        let message = e.into_inner().to_string().trim_end().to_owned();
+        let message = redact_strings(e.into_inner().to_string().trim_end());
         ConfigError::Invalid { file, key, message }
     })
+}
+
+/// The parser's message with line and column, without the source line
+/// (which may hold a password or a token).
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
+    }
+}
+
+/// Replaces every string value serde quotes in a message (`string "..."`)
+/// with `string (value not shown)`: the value may be a secret.
+pub fn redact_strings(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("string \"") {
+        out.push_str(&rest[..at]);
+        out.push_str("string (value not shown)");
+        let after = &rest[at + "string \"".len()..];
+        // serde writes the value with Rust escapes, so the first unescaped quote ends it.
+        let mut end = after.len();
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = i + 1;
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `HOOKPOST_DEFAULTS_MAX_RETRIES` → `("defaults", "max_retries")`.

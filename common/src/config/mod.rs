@@ -22,6 +22,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Longest retry delay (a wait queue's TTL), 30 days.
+pub const MAX_DELAY_MS: u64 = 30 * 24 * 3_600_000;
+/// Longest request timeout or batch interval, 15 minutes.
+pub const MAX_HOLD_MS: u64 = 15 * 60_000;
+
 /// Most events one request may batch.
 pub const MAX_BATCH_SIZE: u32 = 10_000;
 
@@ -360,6 +365,28 @@ fn checked_endpoint(
     if retry.max_retries > 100 {
         return fail("max_retries", "must be at most 100".into());
     }
+    if retry.max_retry_delay_ms > MAX_DELAY_MS {
+        return fail(
+            "max_retry_delay_ms",
+            format!("must be at most {MAX_DELAY_MS} (30 days)"),
+        );
+    }
+    // A delivery held longer than the broker's consumer_timeout (30 min by
+    // default) closes the channel: keep what a dispatcher holds well below.
+    let timeout_ms = ep.timeout_ms.unwrap_or(d.timeout_ms).get();
+    if timeout_ms > MAX_HOLD_MS {
+        return fail(
+            "timeout_ms",
+            format!("must be at most {MAX_HOLD_MS} (15 minutes)"),
+        );
+    }
+    let batch_interval_ms = ep.batch_interval_ms.unwrap_or(d.batch_interval_ms);
+    if batch_interval_ms > MAX_HOLD_MS {
+        return fail(
+            "batch_interval_ms",
+            format!("must be at most {MAX_HOLD_MS} (15 minutes)"),
+        );
+    }
     let batch_size = ep.batch_size.unwrap_or(d.batch_size).get();
     if batch_size > MAX_BATCH_SIZE {
         return fail("batch_size", format!("must be at most {MAX_BATCH_SIZE}"));
@@ -371,10 +398,10 @@ fn checked_endpoint(
         method: ep.method,
         headers,
         secrets,
-        timeout: Duration::from_millis(ep.timeout_ms.unwrap_or(d.timeout_ms).get()),
+        timeout: Duration::from_millis(timeout_ms),
         retry,
         batch_size,
-        batch_interval: Duration::from_millis(ep.batch_interval_ms.unwrap_or(d.batch_interval_ms)),
+        batch_interval: Duration::from_millis(batch_interval_ms),
         max_in_flight: ep.max_in_flight.unwrap_or(d.max_in_flight).get(),
     })
 }

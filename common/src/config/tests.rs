@@ -112,6 +112,19 @@ fn bad_values_name_the_key() {
         &[],
     );
     assert!(e.contains("key `endpoints[0].max_retry_delay_ms`"), "{e}");
+    let ep = "[[endpoints]]\nid = \"a\"\nurl = \"http://a\"\nevents = [\"#\"]\n";
+    let e = err(&format!("{ep}timeout_ms = 3600000\n"), &[]);
+    assert!(
+        e.contains("key `endpoints[0].timeout_ms`") && e.contains("15 minutes"),
+        "{e}"
+    );
+    let e = err(&format!("{ep}batch_interval_ms = 3600000\n"), &[]);
+    assert!(e.contains("key `endpoints[0].batch_interval_ms`"), "{e}");
+    let e = err(&format!("{ep}max_retry_delay_ms = 99999999999\n"), &[]);
+    assert!(
+        e.contains("key `endpoints[0].max_retry_delay_ms`") && e.contains("30 days"),
+        "{e}"
+    );
     let e = err("[ingest]\ntokens = [\"short\"]\n", &[]);
     assert!(
         e.contains("key `ingest.tokens[0]`") && !e.contains("short\""),
@@ -125,6 +138,29 @@ fn syntax_errors_name_the_file_and_line() {
     assert!(
         e.starts_with("/etc/hookpost.toml: not valid TOML") && e.contains("line 1"),
         "{e}"
+    );
+}
+
+#[test]
+fn values_never_reach_error_messages() {
+    let e = err(
+        "[[endpoints]]\nid = \"a\"\nurl = \"http://a\"\nevents = [\"#\"]\nsecrets = \"${S}\"\n",
+        &[("S", "whsec_topsecretvalue")],
+    );
+    assert!(
+        e.contains("key `endpoints[0].secrets`") && !e.contains("topsecret"),
+        "{e}"
+    );
+    let e = err("", &[("HOOKPOST_INGEST_TOKENS", "tok-en-value-0123")]);
+    assert!(
+        e.contains("HOOKPOST_INGEST_TOKENS") && !e.contains("tok-en-value"),
+        "{e}"
+    );
+    let e = err("[amqp]\nurl = \"amqp://u:hunter2pass@h/%2f\n", &[]);
+    assert!(e.contains("line 2") && !e.contains("hunter2pass"), "{e}");
+    assert_eq!(
+        load::redact_strings(r#"invalid type: string "a\"b", expected u64"#),
+        "invalid type: string (value not shown), expected u64"
     );
 }
 
