@@ -160,6 +160,14 @@ pub struct DispatcherMetrics {
     pub paused: IntGaugeVec,
     /// `hookpost_consuming{endpoint}`: 1 while this process consumes the endpoint's queue.
     pub consuming: IntGaugeVec,
+    /// `hookpost_queue_messages{kind, name}`: messages ready in each hookpost
+    /// queue, polled from the broker (`kind` = endpoint, wait, dead, unrouted).
+    pub queue_messages: IntGaugeVec,
+    /// `hookpost_queue_consumers{kind, name}`: consumers of each hookpost queue.
+    pub queue_consumers: IntGaugeVec,
+    /// `hookpost_queue_head_age_seconds{endpoint}`: age of the oldest event in
+    /// the last batch taken from the endpoint's queue (its head: the backlog's age).
+    pub head_age: prometheus::GaugeVec,
 }
 
 impl DispatcherMetrics {
@@ -236,6 +244,33 @@ impl DispatcherMetrics {
                 "hookpost_consuming",
                 "1 while this process consumes the endpoint's queue.",
             )?,
+            queue_messages: {
+                let g = IntGaugeVec::new(
+                    Opts::new("hookpost_queue_messages", "Messages ready in a hookpost queue, polled from the broker."),
+                    &["kind", "name"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            queue_consumers: {
+                let g = IntGaugeVec::new(
+                    Opts::new("hookpost_queue_consumers", "Consumers of a hookpost queue, polled from the broker."),
+                    &["kind", "name"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            head_age: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "hookpost_queue_head_age_seconds",
+                        "Age of the oldest event in the last batch taken from the endpoint's queue.",
+                    ),
+                    &["endpoint"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
         })
     }
 }

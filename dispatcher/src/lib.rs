@@ -12,6 +12,7 @@ pub mod batch;
 pub mod bindings;
 pub mod classify;
 pub mod guard;
+pub mod poll;
 pub mod request;
 pub mod route;
 pub mod send;
@@ -148,6 +149,7 @@ pub async fn run(
             });
         }
         drop(lost_tx);
+        tracker.spawn(poll::run(conn.clone(), Arc::new(config.clone()), metrics.clone(), generation.clone()));
         consuming.store(true, Ordering::SeqCst);
         tracing::info!(endpoints = config.endpoints.len(), "Dispatcher running.");
         let next = tokio::select! {

@@ -39,6 +39,8 @@ pub struct Config {
     pub amqp: AmqpConfig,
     /// Metrics and health server address.
     pub metrics_listen: SocketAddr,
+    /// How often queue depths are polled.
+    pub queue_poll_interval: Duration,
     /// Outbound HTTP rules.
     pub http: HttpConfig,
     /// Ingest server settings.
@@ -257,6 +259,7 @@ impl Config {
                 max_reconnect_delay: Duration::from_millis(amqp.max_reconnect_delay_ms.get()),
             },
             metrics_listen: raw.metrics.listen,
+            queue_poll_interval: Duration::from_millis(raw.metrics.queue_poll_interval_ms.get()),
             http: HttpConfig {
                 allowed_networks,
                 max_response_body_bytes: raw.http.max_response_body_bytes.get(),

@@ -80,6 +80,9 @@ pub struct MetricsSection {
     /// Address of the metrics and health server.
     #[serde(default = "default_metrics_listen")]
     pub listen: SocketAddr,
+    /// How often the dispatcher polls queue depths from the broker.
+    #[serde(default = "default_queue_poll_interval_ms")]
+    pub queue_poll_interval_ms: NonZeroU64,
 }
 
 /// `[http]`
@@ -215,6 +218,9 @@ fn default_max_reconnect_delay_ms() -> NonZeroU64 {
 }
 fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_queue_poll_interval_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(5_000).unwrap() }
 }
 fn default_max_response_bytes() -> NonZeroUsize {
     const { NonZeroUsize::new(64 * 1024).unwrap() }
