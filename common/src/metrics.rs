@@ -246,7 +246,10 @@ impl DispatcherMetrics {
             )?,
             queue_messages: {
                 let g = IntGaugeVec::new(
-                    Opts::new("hookpost_queue_messages", "Messages ready in a hookpost queue, polled from the broker."),
+                    Opts::new(
+                        "hookpost_queue_messages",
+                        "Messages ready in a hookpost queue, polled from the broker.",
+                    ),
                     &["kind", "name"],
                 )?;
                 registry.register(Box::new(g.clone()))?;
@@ -254,7 +257,10 @@ impl DispatcherMetrics {
             },
             queue_consumers: {
                 let g = IntGaugeVec::new(
-                    Opts::new("hookpost_queue_consumers", "Consumers of a hookpost queue, polled from the broker."),
+                    Opts::new(
+                        "hookpost_queue_consumers",
+                        "Consumers of a hookpost queue, polled from the broker.",
+                    ),
                     &["kind", "name"],
                 )?;
                 registry.register(Box::new(g.clone()))?;

@@ -149,7 +149,12 @@ pub async fn run(
             });
         }
         drop(lost_tx);
-        tracker.spawn(poll::run(conn.clone(), Arc::new(config.clone()), metrics.clone(), generation.clone()));
+        tracker.spawn(poll::run(
+            conn.clone(),
+            Arc::new(config.clone()),
+            metrics.clone(),
+            generation.clone(),
+        ));
         consuming.store(true, Ordering::SeqCst);
         tracing::info!(endpoints = config.endpoints.len(), "Dispatcher running.");
         let next = tokio::select! {

@@ -15,11 +15,18 @@ use tokio_util::sync::CancellationToken;
 /// The queues to poll: `(kind, name label, queue)`.
 pub fn queues(config: &Config) -> Vec<(&'static str, String, String)> {
     let t = Topology::new(&config.amqp);
-    let mut out = vec![("dead", "dead".to_owned(), t.dead()), ("unrouted", "unrouted".to_owned(), t.unrouted())];
+    let mut out = vec![
+        ("dead", "dead".to_owned(), t.dead()),
+        ("unrouted", "unrouted".to_owned(), t.unrouted()),
+    ];
     for ep in &config.endpoints {
         out.push(("endpoint", ep.id.clone(), t.endpoint_queue(&ep.id)));
     }
-    let tiers: BTreeSet<u64> = config.endpoints.iter().flat_map(|e| e.retry.tiers_ms()).collect();
+    let tiers: BTreeSet<u64> = config
+        .endpoints
+        .iter()
+        .flat_map(|e| e.retry.tiers_ms())
+        .collect();
     for tier in tiers {
         out.push(("wait", tier.to_string(), t.wait_queue(tier)));
     }
@@ -27,7 +34,12 @@ pub fn queues(config: &Config) -> Vec<(&'static str, String, String)> {
 }
 
 /// Polls until `stop`, every `config.queue_poll_interval`.
-pub async fn run(conn: Arc<Connection>, config: Arc<Config>, metrics: DispatcherMetrics, stop: CancellationToken) {
+pub async fn run(
+    conn: Arc<Connection>,
+    config: Arc<Config>,
+    metrics: DispatcherMetrics,
+    stop: CancellationToken,
+) {
     metrics.queue_messages.reset();
     metrics.queue_consumers.reset();
     let queues = queues(&config);
@@ -47,14 +59,23 @@ pub async fn run(conn: Arc<Connection>, config: Arc<Config>, metrics: Dispatcher
             let declared = ch
                 .queue_declare(
                     queue.as_str().into(),
-                    QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
                     FieldTable::default(),
                 )
                 .await;
             // A missing queue closes the channel; the next one opens a new channel.
             if let Ok(q) = declared {
-                metrics.queue_messages.with_label_values(&[*kind, name.as_str()]).set(i64::from(q.message_count()));
-                metrics.queue_consumers.with_label_values(&[*kind, name.as_str()]).set(i64::from(q.consumer_count()));
+                metrics
+                    .queue_messages
+                    .with_label_values(&[*kind, name.as_str()])
+                    .set(i64::from(q.message_count()));
+                metrics
+                    .queue_consumers
+                    .with_label_values(&[*kind, name.as_str()])
+                    .set(i64::from(q.consumer_count()));
             }
         }
     }

@@ -267,7 +267,10 @@ async fn process(
         return;
     }
     let now = time::OffsetDateTime::now_utc();
-    let oldest = valid.iter().map(|v| (now - v.event.timestamp).as_seconds_f64()).fold(0.0, f64::max);
+    let oldest = valid
+        .iter()
+        .map(|v| (now - v.event.timestamp).as_seconds_f64())
+        .fold(0.0, f64::max);
     shared.metrics.head_age.with_label_values(&[id]).set(oldest);
     let parts: Vec<Part<'_>> = valid
         .iter()

@@ -17,6 +17,7 @@ fn example_env() -> Vec<(String, String)> {
             "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
         ),
         ("INGEST_TOKEN", "ingest-token-0123456789"),
+        ("WEBHOOK_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -40,6 +41,12 @@ fn example_configs_parse() {
         config.ingest.tokens[0].expose(),
         "local-dev-token-change-me"
     );
+
+    let path = root().join("deploy/compose/hookpost.toml");
+    let text = std::fs::read_to_string(&path).expect("read compose config");
+    let config = common::Config::from_toml_str(&text, &path, &example_env())
+        .expect("compose config is valid");
+    assert_eq!(config.endpoints[0].id, "receiver");
 
     // Without its variables, the example names the first one missing.
     let err = common::Config::from_toml_str(&text_of("deploy/hookpost.toml"), &path, &[])

@@ -1,0 +1,182 @@
+//! The exposition passes `promtool check metrics`, and every metric the
+//! Grafana dashboard and the alert rules query is one hookpost exports.
+
+use common::Event;
+use producer::Publisher;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tests::dispatcher_harness::Running;
+use tests::receiver::{Receiver, Reply};
+use tests::{Scope, eventually};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+}
+
+fn promtool_check_metrics(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool is needed for this test: apt-get install prometheus (Debian), or see README",
+        );
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Metric names in an exposition (histogram series folded into their family).
+fn exported(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `hookpost_*` names a PromQL expression uses, without histogram suffixes.
+fn queried(expr: &str, families: &BTreeSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("hookpost_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|base| families.contains(*base)))
+            .map_or(name.clone(), str::to_owned);
+        out.push(family);
+    }
+    out
+}
+
+#[tokio::test]
+async fn exposition_is_valid_and_covers_the_dashboard_and_alerts() {
+    let scope = Scope::new().await;
+    let ok = Receiver::start().await;
+    let failing = Receiver::with(Arc::new(|_, _| Reply::Status(500, vec![]))).await;
+    let config = scope.config(&format!(
+        "[metrics]\nqueue_poll_interval_ms = 100\n[http]\nallowed_networks = [\"127.0.0.0/8\"]\n[ingest]\ntokens = [\"observability-token-0123\"]\n[[endpoints]]\nid = \"ok\"\nurl = \"{}\"\nevents = [\"#\"]\n[[endpoints]]\nid = \"failing\"\nurl = \"{}\"\nevents = [\"#\"]\nmax_retries = 1\nretry_delay_ms = 50\n",
+        ok.url, failing.url
+    ));
+    let dispatcher = Running::start(config.clone()).await;
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let event = Event::new("order.created", serde_json::Value::Null).expect("valid");
+    publisher.publish(&event).await.expect("published");
+    ok.wait_ids(std::slice::from_ref(&event.id), WAIT).await;
+    eventually(WAIT, "a retry and a dead letter counted", || async {
+        let text = dispatcher.metrics_text().await;
+        (text.contains("hookpost_dead_letters_total{endpoint=\"failing\",reason=\"exhausted\"} 1")
+            && text.contains("hookpost_retries_total")
+            && text.contains("hookpost_queue_messages{kind=\"dead\",name=\"dead\"}"))
+        .then_some(())
+    })
+    .await;
+    let dispatcher_text = dispatcher.metrics_text().await;
+
+    let (listener, metrics_listener) = (
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+    );
+    let (ingest, ingest_metrics) = (
+        listener.local_addr().expect("addr"),
+        metrics_listener.local_addr().expect("addr"),
+    );
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(producer::serve(
+        config.clone(),
+        listener,
+        metrics_listener,
+        stop.clone(),
+    ));
+    let client = reqwest::Client::new();
+    eventually(WAIT, "an accepted ingest request", || async {
+        let r = client
+            .post(format!("http://{ingest}/v1/events"))
+            .bearer_auth("observability-token-0123")
+            .header("content-type", "application/json")
+            .body(r#"{"type":"a.b"}"#)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 202).then_some(())
+    })
+    .await;
+    let ingest_text = client
+        .get(format!("http://{ingest_metrics}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+
+    promtool_check_metrics(&dispatcher_text);
+    promtool_check_metrics(&ingest_text);
+
+    let mut families = exported(&dispatcher_text);
+    families.extend(exported(&ingest_text));
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/grafana/dashboards/hookpost.json"))
+            .expect("dashboard"),
+    )
+    .expect("json");
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    exprs.push(
+        dashboard["templating"]["list"][0]["definition"]
+            .as_str()
+            .expect("variable")
+            .to_owned(),
+    );
+    let alerts = std::fs::read_to_string(root().join("deploy/alerts.yml")).expect("alerts");
+    exprs.push(alerts);
+    let mut used = BTreeSet::new();
+    for expr in &exprs {
+        used.extend(queried(expr, &families));
+    }
+    assert!(
+        used.len() >= 12,
+        "the dashboard and alerts query hookpost metrics: {used:?}"
+    );
+    let missing: Vec<&String> = used.iter().filter(|m| !families.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "queried but not exported: {missing:?}\nexported: {families:?}"
+    );
+
+    stop.cancel();
+    server.await.expect("join").expect("ingest stopped");
+    dispatcher.stop().await.expect("clean stop");
+}
