@@ -128,8 +128,17 @@ impl Event {
     /// # Errors
     /// [`EnvelopeError`] when the bytes are not JSON, miss a field or break a rule.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let event: Event =
-            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Json(e.to_string()))?;
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let event: Event = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                EnvelopeError::Json(inner.to_string())
+            } else {
+                EnvelopeError::Json(format!("field `{path}`: {inner}"))
+            }
+        })?;
+        de.end().map_err(|e| EnvelopeError::Json(e.to_string()))?;
         event.validate()?;
         Ok(event)
     }

@@ -106,6 +106,7 @@ pub async fn run(
             metrics: metrics.clone(),
             max_retry_after: config.http.max_retry_after,
             prefetch: config.amqp.prefetch,
+            max_message_bytes: config.amqp.max_message_bytes,
             paused: Arc::clone(&paused),
         };
         if let Err(e) = declare(&conn, &config, &shared.topology).await {

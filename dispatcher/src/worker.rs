@@ -36,6 +36,8 @@ pub struct Shared {
     pub max_retry_after: Duration,
     /// Prefetch per consumer (raised to the batch size if smaller).
     pub prefetch: u16,
+    /// Largest message delivered; larger ones are dead-lettered.
+    pub max_message_bytes: usize,
     /// Endpoints paused after a 410, until their config changes.
     pub paused: Arc<std::sync::Mutex<std::collections::HashMap<String, url::Url>>>,
 }
@@ -240,7 +242,16 @@ async fn process(
     let mut valid = Vec::with_capacity(batch.len());
     for delivery in batch {
         let attempt = attempt_of(&delivery);
-        match Event::from_slice(&delivery.data) {
+        let parsed = if delivery.data.len() > shared.max_message_bytes {
+            Err(format!(
+                "message of {} bytes is over amqp.max_message_bytes ({})",
+                delivery.data.len(),
+                shared.max_message_bytes
+            ))
+        } else {
+            Event::from_slice(&delivery.data).map_err(|e| e.to_string())
+        };
+        match parsed {
             Ok(event) => valid.push(Valid {
                 delivery,
                 event,

@@ -170,6 +170,13 @@ impl Ingest {
                 let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
                 json(StatusCode::ACCEPTED, &json!({ "ids": ids }))
             }
+            Err(e @ PublishError::TooLarge { .. }) => {
+                self.metrics
+                    .ingest_events
+                    .with_label_values(&["rejected"])
+                    .inc_by(events.len() as u64);
+                error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None)
+            }
             Err(e) => {
                 self.metrics
                     .ingest_events

@@ -56,6 +56,16 @@ pub enum PublishError {
         /// The publish timeout.
         timeout: Duration,
     },
+    /// The event is larger than `amqp.max_message_bytes`; nothing was published.
+    #[error("event {id}: {size} bytes, over amqp.max_message_bytes ({max})")]
+    TooLarge {
+        /// The event id.
+        id: String,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// Declaring the exchanges failed.
     #[error(transparent)]
     Topology(#[from] TopologyError),
@@ -69,7 +79,9 @@ impl PublishError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            Self::Unroutable { .. } | Self::Topology(TopologyError::Conflict { .. })
+            Self::Unroutable { .. }
+                | Self::TooLarge { .. }
+                | Self::Topology(TopologyError::Conflict { .. })
         )
     }
 }
@@ -86,6 +98,14 @@ pub struct Publisher {
     current: std::sync::Mutex<Option<Channel>>,
     metrics: Option<ProducerMetrics>,
     never: CancellationToken,
+    events_exchange: String,
+    max_bytes: usize,
+}
+
+/// An event with its serialized body.
+struct Outgoing<'e> {
+    event: &'e Event,
+    body: Vec<u8>,
 }
 
 impl Publisher {
@@ -104,6 +124,8 @@ impl Publisher {
             current: std::sync::Mutex::new(None),
             metrics: None,
             never: CancellationToken::new(),
+            events_exchange: Topology::new(&config.amqp).events_exchange(),
+            max_bytes: config.amqp.max_message_bytes,
         }
     }
 
@@ -175,14 +197,29 @@ impl Publisher {
     }
 
     async fn publish_until(&self, events: &[Event], deadline: Instant) -> Result<(), PublishError> {
-        let mut pending: Vec<&Event> = events.iter().collect();
+        // Serialize once: retries after a reconnect send the same bytes.
+        let outgoing = events
+            .iter()
+            .map(|event| {
+                let body = event.to_vec();
+                if body.len() > self.max_bytes {
+                    return Err(PublishError::TooLarge {
+                        id: event.id.clone(),
+                        size: body.len(),
+                        max: self.max_bytes,
+                    });
+                }
+                Ok(Outgoing { event, body })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut pending: Vec<&Outgoing<'_>> = outgoing.iter().collect();
         while !pending.is_empty() {
             let channel = self.channel(deadline).await?;
             let retry = self.publish_window(&channel, pending, deadline).await?;
             if let Some(first) = retry.first() {
                 if Instant::now() >= deadline {
                     return Err(PublishError::Timeout {
-                        id: first.id.clone(),
+                        id: first.event.id.clone(),
                         timeout: self.timeout,
                     });
                 }
@@ -200,13 +237,13 @@ impl Publisher {
 
     /// Publishes `events` on `channel`; returns those to publish again because
     /// the channel failed before their confirm.
-    async fn publish_window<'a>(
+    async fn publish_window<'a, 'e>(
         &self,
         channel: &Channel,
-        events: Vec<&'a Event>,
+        events: Vec<&'a Outgoing<'e>>,
         deadline: Instant,
-    ) -> Result<Vec<&'a Event>, PublishError> {
-        let mut in_flight: VecDeque<(&Event, PublisherConfirm)> =
+    ) -> Result<Vec<&'a Outgoing<'e>>, PublishError> {
+        let mut in_flight: VecDeque<(&Outgoing<'e>, PublisherConfirm)> =
             VecDeque::with_capacity(WINDOW.min(events.len()));
         let mut to_send = events.into_iter();
         let mut retry = Vec::new();
@@ -219,7 +256,7 @@ impl Publisher {
                 match tokio::time::timeout_at(deadline, self.send(channel, event)).await {
                     Err(_) => {
                         return Err(PublishError::Timeout {
-                            id: event.id.clone(),
+                            id: event.event.id.clone(),
                             timeout: self.timeout,
                         });
                     }
@@ -236,20 +273,20 @@ impl Publisher {
             match tokio::time::timeout_at(deadline, confirm).await {
                 Err(_) => {
                     return Err(PublishError::Timeout {
-                        id: event.id.clone(),
+                        id: event.event.id.clone(),
                         timeout: self.timeout,
                     });
                 }
                 Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
                 Ok(Ok(Confirmation::Ack(Some(returned)))) => {
                     return Err(PublishError::Unroutable {
-                        id: event.id.clone(),
+                        id: event.event.id.clone(),
                         reply: returned.reply_text.to_string(),
                     });
                 }
                 Ok(Ok(Confirmation::Nack(_))) => {
                     return Err(PublishError::Nacked {
-                        id: event.id.clone(),
+                        id: event.event.id.clone(),
                     });
                 }
                 Ok(Err(_)) => {
@@ -265,8 +302,9 @@ impl Publisher {
     async fn send(
         &self,
         channel: &Channel,
-        event: &Event,
+        outgoing: &Outgoing<'_>,
     ) -> Result<PublisherConfirm, lapin::Error> {
+        let event = outgoing.event;
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             // 2 = persistent: written to disk before the confirm.
@@ -277,7 +315,7 @@ impl Publisher {
             .with_app_id("hookpost".into());
         channel
             .basic_publish(
-                self.topology.events_exchange().into(),
+                self.events_exchange.as_str().into(),
                 event.event_type.as_str().into(),
                 // mandatory: an event no queue takes comes back as an error
                 // instead of vanishing (the alternate exchange normally takes it).
@@ -285,7 +323,7 @@ impl Publisher {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                &event.to_vec(),
+                &outgoing.body,
                 properties,
             )
             .await

@@ -2,7 +2,8 @@
 //! records every request and answers as the test's [`Behaviour`] says.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -58,6 +59,10 @@ pub enum Reply {
     Status(u16, Vec<(&'static str, String)>),
     /// Wait, then answer.
     Delay(Duration, u16),
+    /// 200 with a body that never ends.
+    Endless,
+    /// Close the connection without answering (a reset, to the client).
+    Abort,
 }
 
 /// Answers request number `n` (0-based, counted across all requests).
@@ -113,7 +118,12 @@ impl Receiver {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let this = this.clone();
-                        async move { Ok::<_, std::convert::Infallible>(this.handle(req).await) }
+                        // An `Err` makes hyper drop the connection unanswered.
+                        async move {
+                            this.handle(req)
+                                .await
+                                .ok_or_else(|| std::io::Error::other("abort"))
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -129,7 +139,10 @@ impl Receiver {
         *self.behaviour.lock().expect("lock") = behaviour;
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> Option<Response<BoxBody<Bytes, std::convert::Infallible>>> {
         let (parts, body) = req.into_parts();
         let body = body
             .collect()
@@ -148,21 +161,33 @@ impl Receiver {
             log.len() - 1
         };
         let behaviour = self.behaviour.lock().expect("lock").clone();
-        let (status, headers) = match behaviour(n, &received) {
-            Reply::Status(status, headers) => (status, headers),
+        let (status, headers, body) = match behaviour(n, &received) {
+            Reply::Status(status, headers) => (
+                status,
+                headers,
+                Full::new(Bytes::from_static(b"ok")).boxed(),
+            ),
             Reply::Delay(delay, status) => {
                 tokio::time::sleep(delay).await;
-                (status, vec![])
+                (status, vec![], Full::new(Bytes::from_static(b"ok")).boxed())
             }
+            Reply::Endless => {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                let stream = futures_util::stream::repeat_with(move || {
+                    Ok(hyper::body::Frame::data(chunk.clone()))
+                });
+                (200, vec![], StreamBody::new(stream).boxed())
+            }
+            Reply::Abort => return None,
         };
-        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+        let mut response = Response::new(body);
         *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
         for (name, value) in headers {
             response
                 .headers_mut()
                 .insert(name, value.parse().expect("header value"));
         }
-        response
+        Some(response)
     }
 
     /// Every request so far.

@@ -68,6 +68,8 @@ pub struct AmqpConfig {
     pub prefetch: u16,
     /// Cap of the reconnect backoff.
     pub max_reconnect_delay: Duration,
+    /// Largest event published or delivered, in bytes.
+    pub max_message_bytes: usize,
 }
 
 /// Checked `[http]`.
@@ -257,6 +259,7 @@ impl Config {
                 publish_timeout: Duration::from_millis(amqp.publish_timeout_ms.get()),
                 prefetch: amqp.prefetch.get(),
                 max_reconnect_delay: Duration::from_millis(amqp.max_reconnect_delay_ms.get()),
+                max_message_bytes: amqp.max_message_bytes.get(),
             },
             metrics_listen: raw.metrics.listen,
             queue_poll_interval: Duration::from_millis(raw.metrics.queue_poll_interval_ms.get()),

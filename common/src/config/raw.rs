@@ -60,6 +60,10 @@ pub struct AmqpSection {
     /// Longest pause between reconnect attempts.
     #[serde(default = "default_max_reconnect_delay_ms")]
     pub max_reconnect_delay_ms: NonZeroU64,
+    /// Largest event (JSON bytes) published or delivered; larger ones are
+    /// refused by publishers and dead-lettered (`malformed`) by dispatchers.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: NonZeroUsize,
 }
 
 /// Queue flavour for endpoint, wait and dead-letter queues.
@@ -215,6 +219,9 @@ fn default_prefetch() -> NonZeroU16 {
 }
 fn default_max_reconnect_delay_ms() -> NonZeroU64 {
     const { NonZeroU64::new(10_000).unwrap() }
+}
+fn default_max_message_bytes() -> NonZeroUsize {
+    const { NonZeroUsize::new(1024 * 1024).unwrap() }
 }
 fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
