@@ -23,6 +23,8 @@ pub struct Received {
     pub at: Instant,
     /// Method.
     pub method: String,
+    /// The status answered (`None`: the connection was dropped unanswered).
+    pub answered: Option<u16>,
 }
 
 impl Received {
@@ -149,19 +151,26 @@ impl Receiver {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        let received = Received {
+        let mut received = Received {
             headers: parts.headers,
             body,
             at: Instant::now(),
             method: parts.method.to_string(),
-        };
-        let n = {
-            let mut log = self.log.lock().expect("lock");
-            log.push(received.clone());
-            log.len() - 1
+            answered: None,
         };
         let behaviour = self.behaviour.lock().expect("lock").clone();
-        let (status, headers, body) = match behaviour(n, &received) {
+        let reply = {
+            let mut log = self.log.lock().expect("lock");
+            let reply = behaviour(log.len(), &received);
+            received.answered = match &reply {
+                Reply::Status(status, _) | Reply::Delay(_, status) => Some(*status),
+                Reply::Endless => Some(200),
+                Reply::Abort => None,
+            };
+            log.push(received);
+            reply
+        };
+        let (status, headers, body) = match reply {
             Reply::Status(status, headers) => (
                 status,
                 headers,
@@ -193,6 +202,15 @@ impl Receiver {
     /// Every request so far.
     pub fn received(&self) -> Vec<Received> {
         self.log.lock().expect("lock").clone()
+    }
+
+    /// Every event id answered with a 2xx so far (duplicates kept).
+    pub fn delivered_ids(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .filter(|r| r.answered.is_some_and(|s| (200..300).contains(&s)))
+            .flat_map(Received::ids)
+            .collect()
     }
 
     /// Every event id received so far (duplicates kept).
