@@ -23,7 +23,10 @@ use tests::receiver::{Receiver, Reply};
 use tests::{Scope, eventually};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn dispatcher(config: &Path, log: &Path) -> Child {
@@ -33,13 +36,24 @@ fn dispatcher(config: &Path, log: &Path) -> Child {
         .env_remove("HOOKPOST_CONFIG")
         .env("HOOKPOST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log"))
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("log"),
+        )
         .spawn()
         .expect("spawn dispatcher")
 }
 
 fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("rabbitmqctl");
+    let status = Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("rabbitmqctl");
     assert!(status.success(), "rabbitmqctl {args:?} failed");
 }
 
@@ -58,12 +72,19 @@ async fn nothing_is_lost_under_faults() {
     // steady: answers slowly (5-25 ms). flaky: 500s for its first 4 s of
     // traffic. rough: every 5th request hangs past the timeout, every 7th
     // has its connection reset.
-    let steady = Receiver::with(Arc::new(|n, _| Reply::Delay(Duration::from_millis(5 + (n as u64 % 5) * 5), 200))).await;
+    let steady = Receiver::with(Arc::new(|n, _| {
+        Reply::Delay(Duration::from_millis(5 + (n as u64 % 5) * 5), 200)
+    }))
+    .await;
     let flaky_since = Arc::new(std::sync::OnceLock::<Instant>::new());
     let flaky_clock = flaky_since.clone();
     let flaky = Receiver::with(Arc::new(move |_, _| {
         let first = *flaky_clock.get_or_init(Instant::now);
-        if first.elapsed() < Duration::from_secs(4) { Reply::Status(500, vec![]) } else { Reply::Status(200, vec![]) }
+        if first.elapsed() < Duration::from_secs(4) {
+            Reply::Status(500, vec![])
+        } else {
+            Reply::Status(200, vec![])
+        }
     }))
     .await;
     let rough = Receiver::with(Arc::new(|n, _| match n % 35 {
@@ -72,7 +93,9 @@ async fn nothing_is_lost_under_faults() {
         _ => Reply::Status(200, vec![]),
     }))
     .await;
-    let endpoint = |id: &str, url: &str, extra: &str| format!("[[endpoints]]\nid = \"{id}\"\nurl = \"{url}\"\nevents = [\"#\"]\n{extra}\n");
+    let endpoint = |id: &str, url: &str, extra: &str| {
+        format!("[[endpoints]]\nid = \"{id}\"\nurl = \"{url}\"\nevents = [\"#\"]\n{extra}\n")
+    };
     let config = scope.write_config(
         "chaos",
         "max_reconnect_delay_ms = 1000\npublish_timeout_ms = 5000",
@@ -90,7 +113,14 @@ async fn nothing_is_lost_under_faults() {
     eventually(Duration::from_secs(30), "dispatchers consuming", || async {
         let ch = scope.connection.create_channel().await.ok()?;
         let q = ch
-            .queue_declare(ep_queue.as_str().into(), lapin::options::QueueDeclareOptions { passive: true, ..Default::default() }, Default::default())
+            .queue_declare(
+                ep_queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
             .await
             .ok()?;
         (q.consumer_count() >= 2).then_some(())
@@ -104,14 +134,19 @@ async fn nothing_is_lost_under_faults() {
         let loaded = loaded.clone();
         let done = publishing_done.clone();
         // Spread the publishing over the fault rounds (about 14 s each).
-        let pause = Duration::from_millis((14_000 * rounds as u64) / (events_total as u64 / 50).max(1));
+        let pause =
+            Duration::from_millis((14_000 * rounds as u64) / (events_total as u64 / 50).max(1));
         tokio::spawn(async move {
             let publisher = Publisher::new(&loaded);
             let mut confirmed = Vec::with_capacity(events_total);
             let mut failures = 0usize;
             while confirmed.len() < events_total {
                 let n = 50.min(events_total - confirmed.len());
-                let batch: Vec<Event> = (0..n).map(|i| Event::new("chaos.event", serde_json::json!({ "i": i })).expect("valid")).collect();
+                let batch: Vec<Event> = (0..n)
+                    .map(|i| {
+                        Event::new("chaos.event", serde_json::json!({ "i": i })).expect("valid")
+                    })
+                    .collect();
                 loop {
                     match publisher.publish_many(&batch).await {
                         Ok(()) => break,
@@ -164,18 +199,42 @@ async fn nothing_is_lost_under_faults() {
         receivers.iter().all(|(id, r)| {
             let delivered: HashSet<String> = r.delivered_ids().into_iter().collect();
             let parked = dead.get(*id);
-            confirmed.iter().all(|e| delivered.contains(e) || parked.is_some_and(|p| p.contains(e)))
+            confirmed
+                .iter()
+                .all(|e| delivered.contains(e) || parked.is_some_and(|p| p.contains(e)))
         })
     };
     let deadline = Instant::now() + Duration::from_secs(180);
     while !accounted(&dead_letters) && Instant::now() < deadline {
         for msg in checker.drain(&dead_queue).await {
-            let endpoint = match msg.delivery.properties.headers().as_ref().and_then(|h| h.inner().get("hookpost-endpoint").cloned()) {
-                Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            let endpoint = match msg
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("hookpost-endpoint").cloned())
+            {
+                Some(AMQPValue::LongString(s)) => {
+                    String::from_utf8_lossy(s.as_bytes()).into_owned()
+                }
                 // Dead-lettered by the broker's delivery limit: the endpoint is in x-death.
-                _ => format!("{:?}", msg.delivery.properties.headers()).split(&format!("{}.ep.", scope.prefix)).nth(1).map(|s| s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect()).unwrap_or_default(),
+                _ => format!("{:?}", msg.delivery.properties.headers())
+                    .split(&format!("{}.ep.", scope.prefix))
+                    .nth(1)
+                    .map(|s| {
+                        s.chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             };
-            let id = msg.delivery.properties.message_id().as_ref().map(ToString::to_string).unwrap_or_default();
+            let id = msg
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
             dead_letters.entry(endpoint).or_default().insert(id);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -184,18 +243,40 @@ async fn nothing_is_lost_under_faults() {
         kill(child);
     }
 
-    println!("\nchaos: {} events, {rounds} fault rounds, {:?}, {publish_failures} publish calls failed (and were retried)", confirmed.len(), started.elapsed());
-    println!("{:<8} {:>9} {:>9} {:>10} {:>13} {:>5}", "endpoint", "published", "delivered", "duplicates", "dead-lettered", "lost");
+    println!(
+        "\nchaos: {} events, {rounds} fault rounds, {:?}, {publish_failures} publish calls failed (and were retried)",
+        confirmed.len(),
+        started.elapsed()
+    );
+    println!(
+        "{:<8} {:>9} {:>9} {:>10} {:>13} {:>5}",
+        "endpoint", "published", "delivered", "duplicates", "dead-lettered", "lost"
+    );
     let mut total_lost = 0;
     for (id, receiver) in receivers {
         let all = receiver.delivered_ids();
         let unique: HashSet<&String> = all.iter().collect();
         let confirmed_set: HashSet<&String> = confirmed.iter().collect();
-        let delivered = unique.iter().filter(|e| confirmed_set.contains(**e)).count();
-        let parked = dead_letters.get(id).map(|p| p.iter().filter(|e| !unique.contains(e)).count()).unwrap_or(0);
-        let lost = confirmed.iter().filter(|e| !unique.contains(e) && !dead_letters.get(id).is_some_and(|p| p.contains(*e))).count();
+        let delivered = unique
+            .iter()
+            .filter(|e| confirmed_set.contains(**e))
+            .count();
+        let parked = dead_letters
+            .get(id)
+            .map(|p| p.iter().filter(|e| !unique.contains(e)).count())
+            .unwrap_or(0);
+        let lost = confirmed
+            .iter()
+            .filter(|e| {
+                !unique.contains(e) && !dead_letters.get(id).is_some_and(|p| p.contains(*e))
+            })
+            .count();
         total_lost += lost;
-        println!("{id:<8} {:>9} {delivered:>9} {:>10} {parked:>13} {lost:>5}", confirmed.len(), all.len() - unique.len());
+        println!(
+            "{id:<8} {:>9} {delivered:>9} {:>10} {parked:>13} {lost:>5}",
+            confirmed.len(),
+            all.len() - unique.len()
+        );
     }
     if total_lost > 0 {
         eprintln!("dispatcher log: {}", log.display());

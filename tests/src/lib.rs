@@ -167,6 +167,56 @@ impl Scope {
         name
     }
 
+    /// Declares a durable topic exchange `exchange` and a quorum queue bound
+    /// to it with `#` (both deleted at the end); returns the queue's name.
+    pub async fn quorum_queue_behind(&self, exchange: &str) -> String {
+        self.channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+        self.exchanges
+            .lock()
+            .expect("lock")
+            .push(exchange.to_owned());
+        let queue = format!("{exchange}.q");
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        self.channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .expect("declare queue");
+        self.queues.lock().expect("lock").push(queue.clone());
+        self.channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+        queue
+    }
+
     /// Takes every message now in `queue` (acking them), oldest first.
     pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
         let mut out = Vec::new();

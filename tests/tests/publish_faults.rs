@@ -1,0 +1,172 @@
+//! Publishing while the broker comes and goes: every publish is either
+//! confirmed or reported failed to its caller, and nothing reported
+//! confirmed is missing afterwards. The broker "goes away" behind a TCP proxy
+//! so that tests running beside this one are not disturbed.
+
+use common::Event;
+use producer::Publisher;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tests::proxy::{Proxy, broker_addr};
+use tests::{Scope, amqp_url};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Takes the proxy down and up until `stop`.
+fn flap(proxy: Arc<Proxy>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut outages = 0;
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            proxy.down();
+            outages += 1;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            proxy.up();
+        }
+        outages
+    })
+}
+
+async fn stored_ids(scope: &Scope, queue: &str, at_least: &HashSet<String>) -> HashSet<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut stored = HashSet::new();
+    while !at_least.is_subset(&stored) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} events reported confirmed are not in the broker",
+            at_least.difference(&stored).count()
+        );
+        for msg in scope.drain(queue).await {
+            if let Some(id) = msg.delivery.properties.message_id().as_ref() {
+                stored.insert(id.to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stored
+}
+
+#[tokio::test]
+async fn publish_many_during_outages_never_reports_a_lost_event_confirmed() {
+    let scope = Scope::new().await;
+    let proxy = Arc::new(Proxy::start(broker_addr(&amqp_url())).await);
+    let config = scope.config_with(
+        "",
+        "publish_timeout_ms = 1500\nmax_reconnect_delay_ms = 200",
+        &proxy.amqp_url(&amqp_url()),
+    );
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flapper = flap(proxy.clone(), stop.clone());
+
+    let (mut confirmed, mut failed) = (HashSet::new(), 0usize);
+    for round in 0..30 {
+        let events: Vec<Event> = (0..100)
+            .map(|i| {
+                Event::new("fault.test", serde_json::json!({ "round": round, "i": i }))
+                    .expect("valid")
+            })
+            .collect();
+        match publisher.publish_many(&events).await {
+            Ok(()) => confirmed.extend(events.into_iter().map(|e| e.id)),
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                failed += events.len();
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let outages = flapper.await.expect("flapper");
+    proxy.up();
+    assert!(outages >= 3, "the broker went away {outages} times");
+    assert!(!confirmed.is_empty(), "some batches got through");
+    let stored = stored_ids(&scope, &all, &confirmed).await;
+    assert!(confirmed.is_subset(&stored));
+    println!(
+        "publish_many: {} confirmed, {failed} reported failed, {outages} outages",
+        confirmed.len()
+    );
+}
+
+#[tokio::test]
+async fn ingest_under_load_during_outages_never_answers_202_for_a_lost_event() {
+    let scope = Scope::new().await;
+    let proxy = Arc::new(Proxy::start(broker_addr(&amqp_url())).await);
+    let config = scope.config_with(
+        "[ingest]\ntokens = [\"faults-token-0123456789\"]\n",
+        "publish_timeout_ms = 1500\nmax_reconnect_delay_ms = 200",
+        &proxy.amqp_url(&amqp_url()),
+    );
+    // Declare the exchanges (directly) so the observer can bind before the first request.
+    Publisher::connect(&scope.config(""))
+        .await
+        .expect("connect");
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
+    let (listener, metrics) = (
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+    );
+    let url = format!("http://{}/v1/events", listener.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(producer::serve(config, listener, metrics, shutdown.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flapper = flap(proxy.clone(), stop.clone());
+
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let (mut accepted, mut refused) = (Vec::new(), 0usize);
+                for i in 0..40 {
+                    let body = serde_json::json!([{ "type": "fault.ingest", "data": { "c": c, "i": i } }, { "type": "fault.ingest" }]);
+                    let Ok(r) = client
+                        .post(&url)
+                        .bearer_auth("faults-token-0123456789")
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                    else {
+                        refused += 1;
+                        continue;
+                    };
+                    let status = r.status().as_u16();
+                    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or_default();
+                    match status {
+                        202 => accepted.extend(body["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned))),
+                        503 => refused += 1,
+                        other => panic!("unexpected status {other}: {body}"),
+                    }
+                }
+                (accepted, refused)
+            })
+        })
+        .collect();
+    let (mut accepted, mut refused) = (HashSet::new(), 0usize);
+    for client in clients {
+        let (a, r) = client.await.expect("client");
+        accepted.extend(a);
+        refused += r;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let outages = flapper.await.expect("flapper");
+    proxy.up();
+    assert!(outages >= 1);
+    assert!(!accepted.is_empty());
+    let stored = stored_ids(&scope, &all, &accepted).await;
+    assert!(accepted.is_subset(&stored));
+    println!(
+        "ingest: {} events accepted (202), {refused} requests refused (503), {outages} outages",
+        accepted.len()
+    );
+    shutdown.cancel();
+    server.await.expect("join").expect("stopped");
+}
