@@ -121,16 +121,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if wanted(&args, "raw-broker") {
         let row = raw_broker(args.events, args.size).await?;
         raw = Some(row.events_per_s);
+        progress(&row);
         rows.push(row);
     }
     if wanted(&args, "raw-http") {
-        rows.push(raw_http(args.events, args.size).await?);
+        rows.push(progress_of(raw_http(args.events, args.size).await?));
     }
     if wanted(&args, "batch1") {
-        rows.push(hookpost("hookpost batch 1, 1 endpoint", args.events, args.size, 1, 1).await?);
+        rows.push(progress_of(
+            hookpost("hookpost batch 1, 1 endpoint", args.events, args.size, 1, 1).await?,
+        ));
     }
     if wanted(&args, "batch") {
-        rows.push(
+        rows.push(progress_of(
             hookpost(
                 &format!("hookpost batch {}, 1 endpoint", args.batch_size),
                 args.events,
@@ -139,11 +142,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 1,
             )
             .await?,
-        );
+        ));
     }
     if wanted(&args, "fanout") {
         let n = (args.events / args.endpoints.max(1)).max(1);
-        rows.push(
+        rows.push(progress_of(
             hookpost(
                 &format!("hookpost batch 1, fan-out to {}", args.endpoints),
                 n,
@@ -152,18 +155,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.endpoints,
             )
             .await?,
-        );
+        ));
     }
     if wanted(&args, "latency") {
-        rows.push(latency(args.rate, args.latency_seconds, args.size).await?);
+        rows.push(progress_of(
+            latency(args.rate, args.latency_seconds, args.size).await?,
+        ));
     }
     if wanted(&args, "memory") {
         for &k in &args.memory_endpoints {
-            rows.push(memory(k, args.size).await?);
+            rows.push(progress_of(memory(k, args.size).await?));
         }
     }
     for row in &mut rows {
-        if row.scenario != "raw broker" {
+        if row.scenario != "raw broker" && row.events_per_s > 0.0 {
             row.ratio_to_raw_broker = raw
                 .map(|r| row.events_per_s / r)
                 .filter(|_| row.events_per_s > 0.0);
@@ -175,6 +180,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn progress(row: &Row) {
+    eprintln!(
+        "  {}: {:.0} events/s, p99 {:?} ms, RSS {:?} MiB ({:.1} s)",
+        row.scenario, row.events_per_s, row.p99_ms, row.dispatcher_peak_rss_mib, row.seconds
+    );
+}
+
+fn progress_of(row: Row) -> Row {
+    progress(&row);
+    row
 }
 
 fn print_table(rows: &[Row]) {
@@ -595,15 +612,32 @@ async fn latency(rate: u32, seconds: u64, size: usize) -> anyhow::Result<Row> {
     })
 }
 
-/// Peak RSS of a dispatcher with `k` endpoints, each delivering a few events.
+/// Peak RSS of a dispatcher with `k` endpoints. Each endpoint subscribes to
+/// its own event type and gets `per` events (a single publish fanned out to
+/// 1,000 quorum queues at once is a broker benchmark, not a dispatcher one).
 async fn memory(k: usize, size: usize) -> anyhow::Result<Row> {
     let scope = Scope::new().await;
     let (url, sink) = sink().await?;
-    let dispatcher = start_dispatcher(&scope, &endpoints_toml(k, &url, 1), "memory").await?;
+    let endpoints: String = (0..k)
+        .map(|i| {
+            format!("[[endpoints]]\nid = \"e{i}\"\nurl = \"{url}\"\nevents = [\"bench.e{i}\"]\n")
+        })
+        .collect();
+    let dispatcher = start_dispatcher(&scope, &endpoints, "memory").await?;
     let config = scope.config("");
     let publisher = Publisher::connect(&config).await?;
     let per = 5;
-    let events: Vec<Event> = (0..per).map(|_| event(size)).collect();
+    let pad = "x".repeat(size.saturating_sub(150));
+    let events: Vec<Event> = (0..k)
+        .flat_map(|i| (0..per).map(move |_| i))
+        .map(|i| {
+            Event::new(
+                &format!("bench.e{i}"),
+                serde_json::json!({ "t": now_nanos(), "pad": pad }),
+            )
+            .expect("valid")
+        })
+        .collect();
     let started = Instant::now();
     publisher.publish_many(&events).await?;
     sink.wait_for((per * k) as u64, Duration::from_secs(300))
@@ -613,8 +647,8 @@ async fn memory(k: usize, size: usize) -> anyhow::Result<Row> {
     dispatcher.stop();
     publisher.close().await;
     Ok(Row {
-        scenario: format!("memory: {k} endpoints"),
-        events: per,
+        scenario: format!("memory: {k} endpoints, {per} events each"),
+        events: per * k,
         deliveries: per * k,
         seconds,
         events_per_s: 0.0,
