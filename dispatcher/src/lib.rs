@@ -7,6 +7,7 @@
 //! delivered (2xx) or replaced by a confirmed retry or dead letter.
 #![forbid(unsafe_code)]
 
+pub mod acks;
 pub mod admin;
 pub mod batch;
 pub mod bindings;

@@ -6,7 +6,7 @@
 use crate::classify::Reason;
 use common::topology::Topology;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 
@@ -50,45 +50,38 @@ pub struct Router {
     channel: Channel,
     topology: Topology,
     endpoint_id: String,
+    acks: std::sync::Arc<crate::acks::AckTracker>,
 }
 
 impl Router {
     /// A router publishing on `channel`, which must be in confirm mode.
-    pub fn new(channel: Channel, topology: Topology, endpoint_id: String) -> Self {
+    /// Acks go through `acks`, the consumer channel's tracker.
+    pub fn new(
+        channel: Channel,
+        topology: Topology,
+        endpoint_id: String,
+        acks: std::sync::Arc<crate::acks::AckTracker>,
+    ) -> Self {
         Self {
             channel,
             topology,
             endpoint_id,
+            acks,
         }
     }
 
-    /// Acknowledges a delivered message.
+    /// Settles a delivered message: it is acked soon, in a range with others
+    /// ([`crate::acks`]).
     ///
     /// # Errors
-    /// When the channel is gone (the broker then redelivers the message).
+    /// When a range ack failed (the channel is gone; the broker redelivers).
     pub async fn ack(&self, delivery: &Delivery) -> Result<(), RouteError> {
-        let acked = tokio::time::timeout(
-            BROKER_TIMEOUT,
-            delivery.acker.ack(BasicAckOptions::default()),
-        )
-        .await
-        .map_err(|_| RouteError::Timeout)??;
-        // `false`: the acker was used already or its channel is gone.
-        if acked {
-            Ok(())
-        } else {
-            Err(RouteError::Refused("ack not sent: the channel is gone"))
-        }
+        Ok(self.acks.settle(delivery).await?)
     }
 
     /// Returns a message to its queue untouched (attempt count unchanged).
     pub async fn requeue(&self, delivery: &Delivery) {
-        let nack = delivery.acker.nack(BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        });
-        // If even this fails, the channel is gone and the broker requeues it.
-        let _ = tokio::time::timeout(BROKER_TIMEOUT, nack).await;
+        self.acks.requeue(delivery).await;
     }
 
     /// Whether the publishing channel is still open.

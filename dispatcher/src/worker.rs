@@ -1,6 +1,7 @@
 //! One endpoint's pipeline: consume its queue → batch → build and sign →
 //! send → classify → ack, retry or dead-letter.
 
+use crate::acks::AckTracker;
 use crate::batch::next_batch;
 use crate::classify::{Reason, Response, Verdict, classify};
 use crate::request::{Part, build};
@@ -84,10 +85,12 @@ async fn consume(
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    let acks = Arc::new(AckTracker::default());
     let router = Router::new(
         publish.clone(),
         shared.topology.clone(),
         endpoint.id.clone(),
+        acks.clone(),
     );
     let consume = conn.create_channel().await?;
     let prefetch = shared
@@ -131,6 +134,24 @@ async fn consume(
     let pause = CancellationToken::new();
     let in_flight = Arc::new(Semaphore::new(endpoint.max_in_flight as usize));
     let tracker = TaskTracker::new();
+    // Settled deliveries are acked in ranges at least this often.
+    let flusher_stop = CancellationToken::new();
+    let flusher = {
+        let (acks, stop) = (acks.clone(), flusher_stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::acks::FLUSH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                if acks.flush().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let batch_size = endpoint.batch_size as usize;
     let mut lost_publisher = false;
     loop {
@@ -144,6 +165,7 @@ async fn consume(
         else {
             break;
         };
+        acks.register(&batch).await;
         let permit = if consuming.is_cancelled() || !router.is_open() {
             None
         } else {
@@ -182,6 +204,12 @@ async fn consume(
         .await;
     tracker.close();
     tracker.wait().await;
+    // Stop the flusher between flushes (never in the middle of one), then ack the rest.
+    flusher_stop.cancel();
+    let _ = flusher.await;
+    if let Err(e) = acks.flush().await {
+        tracing::warn!(endpoint = %id, error = %e, "Final acks failed; the broker redelivers those messages.");
+    }
     drop(deliveries);
     let _ = consume.close(200, "stopping".into()).await;
     let _ = publish.close(200, "stopping".into()).await;
