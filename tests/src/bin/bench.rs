@@ -483,6 +483,7 @@ async fn start_dispatcher(
     scope: &Scope,
     endpoints: &str,
     name: &str,
+    amqp_extra: &str,
 ) -> anyhow::Result<DispatcherChild> {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -490,7 +491,7 @@ async fn start_dispatcher(
     };
     let path = scope.write_config(
         name,
-        "prefetch = 1000",
+        &format!("prefetch = 1000\n{amqp_extra}"),
         &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\nqueue_poll_interval_ms = 60000\n[http]\nallowed_networks = [\"127.0.0.0/8\"]\n{endpoints}"),
     );
     let child = Command::new(std::env::current_exe()?)
@@ -524,7 +525,7 @@ fn endpoints_toml(k: usize, url: &str, batch: u32) -> String {
 async fn hookpost(name: &str, n: usize, size: usize, batch: u32, k: usize) -> anyhow::Result<Row> {
     let scope = Scope::new().await;
     let (url, sink) = sink().await?;
-    let dispatcher = start_dispatcher(&scope, &endpoints_toml(k, &url, batch), "bench").await?;
+    let dispatcher = start_dispatcher(&scope, &endpoints_toml(k, &url, batch), "bench", "").await?;
     let config = scope.config("");
     let publisher = Arc::new(Publisher::connect(&config).await?);
     let p = publisher.clone();
@@ -562,7 +563,7 @@ async fn hookpost(name: &str, n: usize, size: usize, batch: u32, k: usize) -> an
 async fn latency(rate: u32, seconds: u64, size: usize) -> anyhow::Result<Row> {
     let scope = Scope::new().await;
     let (url, sink) = sink().await?;
-    let dispatcher = start_dispatcher(&scope, &endpoints_toml(1, &url, 1), "latency").await?;
+    let dispatcher = start_dispatcher(&scope, &endpoints_toml(1, &url, 1), "latency", "").await?;
     let config = scope.config("");
     let publisher = Arc::new(Publisher::connect(&config).await?);
     let n = rate as usize * seconds as usize;
@@ -618,8 +619,12 @@ async fn memory(k: usize, size: usize) -> anyhow::Result<Row> {
             format!("[[endpoints]]\nid = \"e{i}\"\nurl = \"{url}\"\nevents = [\"bench.e{i}\"]\n")
         })
         .collect();
-    let dispatcher = start_dispatcher(&scope, &endpoints, "memory").await?;
-    let config = scope.config("");
+    // Classic queues here: a single RabbitMQ node with the default open-file
+    // limit (1024) stalls with 1,000 quorum queues; the dispatcher's memory
+    // does not depend on the queue type.
+    let dispatcher =
+        start_dispatcher(&scope, &endpoints, "memory", "queue_type = \"classic\"").await?;
+    let config = scope.config_with("", "queue_type = \"classic\"", &amqp_url());
     let publisher = Publisher::connect(&config).await?;
     let per = 5;
     let pad = "x".repeat(size.saturating_sub(150));
@@ -642,7 +647,7 @@ async fn memory(k: usize, size: usize) -> anyhow::Result<Row> {
     dispatcher.stop();
     publisher.close().await;
     Ok(Row {
-        scenario: format!("memory: {k} endpoints, {per} events each"),
+        scenario: format!("memory: {k} endpoints, {per} events each (classic queues)"),
         events: per * k,
         deliveries: per * k,
         seconds,
