@@ -7,6 +7,7 @@
 pub mod amqp;
 pub mod config;
 pub mod envelope;
+pub mod logging;
 pub mod metrics;
 pub mod retry;
 pub mod secret;

@@ -19,8 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tests::Scope;
 use tests::receiver::{Receiver, Reply};
-use tests::{Scope, eventually};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -109,23 +109,7 @@ async fn nothing_is_lost_under_faults() {
     let log = std::env::temp_dir().join(format!("{}-chaos.log", scope.prefix));
     let mut dispatchers = [dispatcher(&config, &log), dispatcher(&config, &log)];
     let loaded = common::Config::load(&config).expect("config");
-    let ep_queue = format!("{}.ep.rough", scope.prefix);
-    eventually(Duration::from_secs(30), "dispatchers consuming", || async {
-        let ch = scope.connection.create_channel().await.ok()?;
-        let q = ch
-            .queue_declare(
-                ep_queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .ok()?;
-        (q.consumer_count() >= 2).then_some(())
-    })
-    .await;
+    scope.wait_consumers("rough", 2).await;
 
     // Publisher: batches of 50; a failed batch is published again until
     // confirmed, as a careful caller would. Only confirmed ids count.

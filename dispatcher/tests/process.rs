@@ -94,27 +94,6 @@ async fn publish(config: &std::path::Path, n: usize) -> Vec<String> {
     events.into_iter().map(|e| e.id).collect()
 }
 
-/// Waits until the endpoint queue exists with a consumer (the dispatcher declared it).
-async fn wait_consuming(scope: &Scope, endpoint: &str) {
-    let queue = format!("{}.ep.{endpoint}", scope.prefix);
-    eventually(WAIT, "dispatcher consuming", || async {
-        let ch = scope.connection.create_channel().await.ok()?;
-        let q = ch
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .ok()?;
-        (q.consumer_count() > 0).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn sigkill_mid_batch_loses_nothing() {
     let scope = Scope::new().await;
@@ -133,7 +112,7 @@ async fn sigkill_mid_batch_loses_nothing() {
     );
     let log = std::env::temp_dir().join(format!("{}-kill.log", scope.prefix));
     let mut first = Dispatcher::start(&config, log.clone());
-    wait_consuming(&scope, "ep").await;
+    scope.wait_consumers("ep", 1).await;
     let ids = publish(&config, 300).await;
     receiver.wait_requests(3, WAIT).await;
     first.signal("KILL");
@@ -163,7 +142,7 @@ async fn sigterm_drains_and_exits_zero() {
     );
     let log = std::env::temp_dir().join(format!("{}-term.log", scope.prefix));
     let mut first = Dispatcher::start(&config, log.clone());
-    wait_consuming(&scope, "ep").await;
+    scope.wait_consumers("ep", 1).await;
     let ids = publish(&config, 40).await;
     receiver.wait_requests(1, WAIT).await;
     let asked = Instant::now();
@@ -199,7 +178,7 @@ async fn sighup_reloads_and_rejects_an_invalid_config() {
     let config = write_config(&scope, "hup", &endpoint("one", &one.url, ""));
     let log = std::env::temp_dir().join(format!("{}-hup.log", scope.prefix));
     let dispatcher = Dispatcher::start(&config, log.clone());
-    wait_consuming(&scope, "one").await;
+    scope.wait_consumers("one", 1).await;
 
     let both = format!(
         "{}{}",
@@ -208,7 +187,7 @@ async fn sighup_reloads_and_rejects_an_invalid_config() {
     );
     write_config(&scope, "hup", &both);
     dispatcher.signal("HUP");
-    wait_consuming(&scope, "two").await;
+    scope.wait_consumers("two", 1).await;
     let ids = publish(&config, 3).await;
     two.wait_ids(&ids, WAIT).await;
     one.wait_ids(&ids, WAIT).await;

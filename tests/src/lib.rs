@@ -247,6 +247,36 @@ impl Scope {
         got
     }
 
+    /// Waits until the queue of endpoint `endpoint` exists with at least
+    /// `consumers` consumers (dispatchers declared it and consume it).
+    ///
+    /// # Panics
+    /// After 30 s.
+    pub async fn wait_consumers(&self, endpoint: &str, consumers: u32) {
+        let queue = format!("{}.ep.{endpoint}", self.prefix);
+        eventually(
+            Duration::from_secs(30),
+            &format!("{consumers} consumers on {queue}"),
+            || async {
+                // Its own channel: a passive declare of a missing queue closes it.
+                let ch = self.connection.create_channel().await.ok()?;
+                let q = ch
+                    .queue_declare(
+                        queue.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .ok()?;
+                (q.consumer_count() >= consumers).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Messages ready in `queue` (passive declare).
     pub async fn depth(&self, queue: &str) -> u32 {
         self.channel

@@ -156,6 +156,21 @@ impl Config {
         Self::from_toml_str(&text, path, &env)
     }
 
+    /// [`Config::load`] on `path`, or without a file: the defaults with the
+    /// environment's `HOOKPOST_*` overrides (what the CLIs do without `--config`).
+    ///
+    /// # Errors
+    /// See [`Config::load`].
+    pub fn load_optional(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => Self::load(path),
+            None => {
+                let env: Vec<(String, String)> = std::env::vars().collect();
+                Self::from_toml_str("", Path::new("<no config file>"), &env)
+            }
+        }
+    }
+
     /// Like [`Config::load`] with the file's text and the environment given.
     ///
     /// # Errors

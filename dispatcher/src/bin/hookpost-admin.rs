@@ -155,12 +155,7 @@ impl Filters {
 }
 
 fn main() -> std::process::ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKPOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    common::logging::init("warn");
     let cli = Cli::parse();
     let result = tokio::runtime::Runtime::new()
         .context("cannot start the runtime")
@@ -174,18 +169,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    Ok(match path {
-        Some(path) => Config::load(path)?,
-        None => {
-            let env: Vec<(String, String)> = std::env::vars().collect();
-            Config::from_toml_str("", "<no config file>".as_ref(), &env)?
-        }
-    })
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = load_config(cli.config.as_ref())?;
+    let config = Config::load_optional(cli.config.as_deref())?;
     // Validate flags before touching the broker.
     let filters = match &cli.command {
         Command::Dlq(

@@ -21,12 +21,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKPOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    common::logging::init("info");
     let cli = Cli::parse();
     let result = tokio::runtime::Runtime::new()
         .context("cannot start the runtime")

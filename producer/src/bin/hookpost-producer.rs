@@ -47,7 +47,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    init_tracing();
+    common::logging::init("info");
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -65,27 +65,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKPOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    Ok(match path {
-        Some(path) => Config::load(path)?,
-        None => {
-            let env: Vec<(String, String)> = std::env::vars().collect();
-            Config::from_toml_str("", "<no config file>".as_ref(), &env)?
-        }
-    })
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = load_config(cli.config.as_ref())?;
+    let config = Config::load_optional(cli.config.as_deref())?;
     match cli.command {
         Command::Publish {
             event_type,

@@ -89,6 +89,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn dispatcher_child(path: PathBuf) -> anyhow::Result<()> {
+    common::logging::init("error");
     let config = Config::load(&path)?;
     let listener = tokio::net::TcpListener::bind(config.metrics_listen).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
