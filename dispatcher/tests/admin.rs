@@ -111,6 +111,18 @@ async fn fixture(shop_events: usize, billing_events: usize) -> Fixture {
     }
 }
 
+/// Waits until `queue` holds exactly `n` ready messages. Messages a reader
+/// took without acking return when its channel closes, a moment after the
+/// command exits, so the count is awaited, not read once.
+async fn settles_at(scope: &Scope, queue: &str, n: u32) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{n} messages in {queue}"),
+        || async { (scope.depth(queue).await == n).then_some(()) },
+    )
+    .await;
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -237,7 +249,7 @@ async fn list_filter_show_and_stats_change_nothing() {
         5,
         "{dry}"
     );
-    assert_eq!(f.scope.depth(&dead).await, 5, "reading changed nothing");
+    settles_at(&f.scope, &dead, 5).await; // reading changed nothing
     assert_eq!(f.shop.received().len(), 3, "dry runs sent nothing");
     f.dispatcher.stop().await.expect("stop");
 }
@@ -278,7 +290,7 @@ async fn replay_with_a_filter_delivers_exactly_the_matching_ones() {
         sorted(f.billing_ids.clone()),
         "the rest stays"
     );
-    assert_eq!(f.scope.depth(&dead).await, 2);
+    settles_at(&f.scope, &dead, 2).await;
 
     // --to-endpoint: billing's failures go to the healthy shop endpoint.
     let out = ok(&admin(
@@ -319,7 +331,7 @@ async fn purge_needs_yes_and_deletes_only_matches() {
         &["dlq", "purge", "--reason", "exhausted"],
     ));
     assert!(err.contains("--yes"), "{err}");
-    assert_eq!(f.scope.depth(&dead).await, 4);
+    settles_at(&f.scope, &dead, 4).await;
     let out = ok(&admin(
         &f.config,
         &["dlq", "purge", "--reason", "exhausted", "--yes"],
@@ -341,7 +353,7 @@ async fn export_then_import_round_trips_exactly() {
         &["dlq", "export", "--out", first.to_str().expect("path")],
     ));
     assert!(out.contains("exported 3"), "{out}");
-    assert_eq!(f.scope.depth(&dead).await, 3, "export removes nothing");
+    settles_at(&f.scope, &dead, 3).await; // export removes nothing
     ok(&admin(&f.config, &["dlq", "purge", "--yes"]));
     assert_eq!(f.scope.depth(&dead).await, 0);
     let out = ok(&admin(
