@@ -53,6 +53,10 @@ struct Args {
     /// Endpoint counts of the memory scenarios.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     memory_endpoints: Vec<usize>,
+    /// Queue type of the memory scenarios: classic (default; safe on a broker
+    /// with the default open-file limit) or quorum (needs a raised limit).
+    #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
+    memory_queue_type: String,
     /// Only these scenarios (comma-separated: raw-broker, raw-http, batch1, batch, fanout, latency, memory).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -165,7 +169,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if wanted(&args, "memory") {
         for &k in &args.memory_endpoints {
-            rows.push(progress_of(memory(k, args.size).await?));
+            rows.push(progress_of(
+                memory(k, args.size, &args.memory_queue_type).await?,
+            ));
         }
     }
     for row in &mut rows {
@@ -612,7 +618,7 @@ async fn latency(rate: u32, seconds: u64, size: usize) -> anyhow::Result<Row> {
 /// Peak RSS of a dispatcher with `k` endpoints. Each endpoint subscribes to
 /// its own event type and gets `per` events (a single publish fanned out to
 /// 1,000 quorum queues at once is a broker benchmark, not a dispatcher one).
-async fn memory(k: usize, size: usize) -> anyhow::Result<Row> {
+async fn memory(k: usize, size: usize, queue_type: &str) -> anyhow::Result<Row> {
     let scope = Scope::new().await;
     let (url, sink) = sink().await?;
     let endpoints: String = (0..k)
@@ -620,12 +626,11 @@ async fn memory(k: usize, size: usize) -> anyhow::Result<Row> {
             format!("[[endpoints]]\nid = \"e{i}\"\nurl = \"{url}\"\nevents = [\"bench.e{i}\"]\n")
         })
         .collect();
-    // Classic queues here: a single RabbitMQ node with the default open-file
-    // limit (1024) stalls with 1,000 quorum queues; the dispatcher's memory
-    // does not depend on the queue type.
-    let dispatcher =
-        start_dispatcher(&scope, &endpoints, "memory", "queue_type = \"classic\"").await?;
-    let config = scope.config_with("", "queue_type = \"classic\"", &amqp_url());
+    // Classic queues by default: a single RabbitMQ node with the default
+    // open-file limit (1024) stalls with 1,000 quorum queues.
+    let queue_setting = format!("queue_type = \"{queue_type}\"");
+    let dispatcher = start_dispatcher(&scope, &endpoints, "memory", &queue_setting).await?;
+    let config = scope.config_with("", &queue_setting, &amqp_url());
     let publisher = Publisher::connect(&config).await?;
     let per = 5;
     let pad = "x".repeat(size.saturating_sub(150));
@@ -648,7 +653,7 @@ async fn memory(k: usize, size: usize) -> anyhow::Result<Row> {
     dispatcher.stop();
     publisher.close().await;
     Ok(Row {
-        scenario: format!("memory: {k} endpoints, {per} events each (classic queues)"),
+        scenario: format!("memory: {k} endpoints, {per} events each ({queue_type} queues)"),
         events: per * k,
         deliveries: per * k,
         seconds,
