@@ -14,6 +14,7 @@ pub mod secret;
 pub mod server;
 pub mod signing;
 pub mod topology;
+pub mod transform;
 
 pub use config::Config;
 pub use envelope::{Event, EventDraft};

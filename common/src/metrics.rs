@@ -142,7 +142,8 @@ pub struct DispatcherMetrics {
     /// by result (`2xx`..`5xx`, `timeout`, `error` for no answer, `blocked`).
     pub attempts: IntCounterVec,
     /// `hookpost_deliveries_total{endpoint, outcome}`: events by outcome
-    /// (`delivered`, `retried`, `dead_lettered`).
+    /// (`delivered`, `retried`, `dead_lettered`, `filtered` by a transform,
+    /// `dropped` after the last retry with `on_exhausted = "drop"`).
     pub deliveries: IntCounterVec,
     /// `hookpost_retries_total{endpoint, tier}`: retries scheduled, by wait tier (ms).
     pub retries: IntCounterVec,
@@ -160,6 +161,8 @@ pub struct DispatcherMetrics {
     pub paused: IntGaugeVec,
     /// `hookpost_consuming{endpoint}`: 1 while this process consumes the endpoint's queue.
     pub consuming: IntGaugeVec,
+    /// `hookpost_circuit_breaker_state{endpoint}`: 0 closed, 1 open (suspended), 2 half-open (probing).
+    pub breaker_state: IntGaugeVec,
     /// `hookpost_queue_messages{kind, name}`: messages ready in each hookpost
     /// queue, polled from the broker (`kind` = endpoint, wait, dead, unrouted).
     pub queue_messages: IntGaugeVec,
@@ -243,6 +246,10 @@ impl DispatcherMetrics {
             consuming: gauge(
                 "hookpost_consuming",
                 "1 while this process consumes the endpoint's queue.",
+            )?,
+            breaker_state: gauge(
+                "hookpost_circuit_breaker_state",
+                "Circuit breaker of the endpoint: 0 closed, 1 open (suspended), 2 half-open (probing).",
             )?,
             queue_messages: {
                 let g = IntGaugeVec::new(

@@ -17,6 +17,8 @@ pub const SECRET_PREFIX: &str = "whsec_";
 pub const MIN_KEY_BYTES: usize = 24;
 /// Longest key the spec allows, in bytes.
 pub const MAX_KEY_BYTES: usize = 64;
+/// Shortest secret of the `hex` scheme, in characters.
+pub const MIN_RAW_SECRET_CHARS: usize = 16;
 /// How far a receiver tolerates a timestamp from its clock, in seconds.
 pub const TOLERANCE_SECS: i64 = 5 * 60;
 
@@ -28,6 +30,9 @@ pub enum SigningError {
         "secret must be \"whsec_\" followed by base64 of 24 to 64 bytes ({0}); the value is not shown"
     )]
     BadSecret(&'static str),
+    /// A `hex` scheme secret is too short or holds spaces.
+    #[error("{0}; the value is not shown")]
+    BadRawSecret(&'static str),
     /// No signature in the header matched any secret.
     #[error("no signature matches")]
     NoMatch,
@@ -62,6 +67,41 @@ impl SigningSecret {
             return Err(SigningError::BadSecret("wrong key length"));
         }
         Ok(Self(key))
+    }
+
+    /// A secret for the `hex` scheme: the key is the text's bytes as written
+    /// (at least [`MIN_RAW_SECRET_CHARS`] characters, no spaces).
+    ///
+    /// # Errors
+    /// [`SigningError::BadRawSecret`], never echoing the value.
+    pub fn raw(text: &str) -> Result<Self, SigningError> {
+        if text.chars().count() < MIN_RAW_SECRET_CHARS {
+            return Err(SigningError::BadRawSecret(
+                "hex scheme secrets need at least 16 characters",
+            ));
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(SigningError::BadRawSecret(
+                "hex scheme secrets cannot hold spaces",
+            ));
+        }
+        Ok(Self(text.as_bytes().to_vec()))
+    }
+
+    /// Hex HMAC-SHA256 of `"{timestamp}.{body}"` (the `hex` scheme).
+    pub fn sign_hex(&self, timestamp: i64, body: &[u8]) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let digest = mac.finalize().into_bytes();
+        let mut out = String::with_capacity(64);
+        for byte in digest {
+            use fmt::Write as _;
+            let _ = write!(out, "{byte:02x}");
+        }
+        out
     }
 
     /// A fresh random secret in `whsec_` form (for docs, tests and rotation).
@@ -104,6 +144,16 @@ pub fn signature_header(
         .map(|s| format!("v1,{}", s.sign(id, timestamp, body)))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The `x-webhook-signature` header of the `hex` scheme: one hex signature
+/// per secret, comma-separated (one, unless secrets are rotating).
+pub fn hex_signature_header(secrets: &[SigningSecret], timestamp: i64, body: &[u8]) -> String {
+    secrets
+        .iter()
+        .map(|s| s.sign_hex(timestamp, body))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Verifies a request as a receiver would: any `v1` signature in `header`

@@ -14,6 +14,8 @@ pub enum Reason {
     Gone,
     /// The message is not a valid envelope.
     Malformed,
+    /// The endpoint's transform failed on the event.
+    TransformError,
 }
 
 impl Reason {
@@ -24,6 +26,7 @@ impl Reason {
             Self::Rejected => "rejected",
             Self::Gone => "gone",
             Self::Malformed => "malformed",
+            Self::TransformError => "transform_error",
         }
     }
 }
@@ -66,8 +69,40 @@ pub enum Verdict {
     DeadLetter(Reason),
 }
 
-/// Classifies a response. `Retry-After` counts on 429 and 503 only, capped at `max_retry_after`.
-pub fn classify(response: &Response, max_retry_after: Duration) -> Verdict {
+/// An endpoint's `retry_on_status`: codes to retry and codes never to retry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides<'a> {
+    /// Retried although the built-in rules would dead-letter them.
+    pub add: &'a [u16],
+    /// Dead-lettered (`rejected`) although the built-in rules would retry them.
+    pub remove: &'a [u16],
+}
+
+impl Overrides<'_> {
+    /// No overrides: the built-in rules.
+    pub const NONE: Overrides<'static> = Overrides {
+        add: &[],
+        remove: &[],
+    };
+}
+
+/// Classifies a response. `Retry-After` counts on 429 and 503 (and on codes
+/// in `overrides.add`) only, capped at `max_retry_after`.
+pub fn classify(
+    response: &Response,
+    max_retry_after: Duration,
+    overrides: &Overrides<'_>,
+) -> Verdict {
+    if let Response::Status { code, retry_after } = response {
+        if overrides.add.contains(code) {
+            return Verdict::Retry {
+                after: retry_after.map(|d| d.min(max_retry_after)),
+            };
+        }
+        if overrides.remove.contains(code) {
+            return Verdict::DeadLetter(Reason::Rejected);
+        }
+    }
     match response {
         Response::Status {
             code: 200..=299, ..
@@ -123,6 +158,7 @@ mod tests {
                 retry_after: None,
             },
             CAP,
+            &Overrides::NONE,
         )
     }
 
@@ -148,12 +184,15 @@ mod tests {
             error: "timed out".into(),
             timeout: true,
         };
-        assert_eq!(classify(&timeout, CAP), Verdict::Retry { after: None });
+        assert_eq!(
+            classify(&timeout, CAP, &Overrides::NONE),
+            Verdict::Retry { after: None }
+        );
         let blocked = Response::Blocked {
             error: "private".into(),
         };
         assert_eq!(
-            classify(&blocked, CAP),
+            classify(&blocked, CAP, &Overrides::NONE),
             Verdict::DeadLetter(Reason::Rejected)
         );
     }
@@ -167,6 +206,7 @@ mod tests {
                     retry_after: Some(Duration::from_secs(secs)),
                 },
                 CAP,
+                &Overrides::NONE,
             )
         };
         assert_eq!(
@@ -196,6 +236,41 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn overrides_add_and_remove_retryable_codes() {
+        let rules = Overrides {
+            add: &[409, 410],
+            remove: &[500, 503],
+        };
+        let of = |code| {
+            classify(
+                &Response::Status {
+                    code,
+                    retry_after: Some(Duration::from_secs(5)),
+                },
+                CAP,
+                &rules,
+            )
+        };
+        assert_eq!(
+            of(409),
+            Verdict::Retry {
+                after: Some(Duration::from_secs(5))
+            }
+        );
+        assert_eq!(
+            of(410),
+            Verdict::Retry {
+                after: Some(Duration::from_secs(5))
+            }
+        );
+        assert_eq!(of(500), Verdict::DeadLetter(Reason::Rejected));
+        assert_eq!(of(503), Verdict::DeadLetter(Reason::Rejected));
+        assert_eq!(of(502), Verdict::Retry { after: None });
+        assert_eq!(of(404), Verdict::DeadLetter(Reason::Rejected));
+        assert_eq!(of(200), Verdict::Delivered);
     }
 
     proptest! {

@@ -11,8 +11,10 @@ pub mod acks;
 pub mod admin;
 pub mod batch;
 pub mod bindings;
+pub mod breaker;
 pub mod classify;
 pub mod guard;
+pub mod limit;
 pub mod poll;
 pub mod request;
 pub mod route;
@@ -134,9 +136,20 @@ pub async fn run(
                 // A worker whose channel failed on a live connection restarts
                 // alone, with backoff; a dead connection rebuilds everything.
                 let mut delays = common::amqp::backoff(std::time::Duration::from_secs(10));
+                let breaker = Arc::new(breaker::Breaker::new(endpoint.breaker));
                 loop {
-                    let exit = worker::run(endpoint.clone(), shared.clone(), conn.clone(), stop.clone()).await;
-                    let worker::Exit::Lost(why) = exit else { break };
+                    let exit = worker::run(endpoint.clone(), shared.clone(), conn.clone(), stop.clone(), breaker.clone()).await;
+                    let why = match exit {
+                        worker::Exit::Stopped => break,
+                        worker::Exit::Suspended => {
+                            worker::cool_down(&shared, &endpoint, &breaker, &stop).await;
+                            if stop.is_cancelled() {
+                                break;
+                            }
+                            continue;
+                        }
+                        worker::Exit::Lost(why) => why,
+                    };
                     if !conn.status().connected() {
                         let _ = lost_tx.send((endpoint.id.clone(), why)).await;
                         break;

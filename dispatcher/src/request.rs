@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use common::config::Endpoint;
-use common::signing::signature_header;
+use common::config::SignatureScheme;
+use common::signing::{hex_signature_header, signature_header};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
@@ -54,14 +55,27 @@ pub fn build(
         ("content-type", "application/json".to_owned()),
         ("user-agent", USER_AGENT.to_owned()),
         ("webhook-id", webhook_id.clone()),
-        ("webhook-timestamp", timestamp.to_string()),
         ("hookpost-attempt", attempt.to_string()),
     ];
-    if !endpoint.secrets.is_empty() {
-        headers.push((
-            "webhook-signature",
-            signature_header(&endpoint.secrets, &webhook_id, timestamp, &body),
-        ));
+    match endpoint.signature {
+        SignatureScheme::Standard => {
+            headers.push(("webhook-timestamp", timestamp.to_string()));
+            if !endpoint.secrets.is_empty() {
+                headers.push((
+                    "webhook-signature",
+                    signature_header(&endpoint.secrets, &webhook_id, timestamp, &body),
+                ));
+            }
+        }
+        SignatureScheme::Hex => {
+            headers.push(("x-webhook-timestamp", timestamp.to_string()));
+            if !endpoint.secrets.is_empty() {
+                headers.push((
+                    "x-webhook-signature",
+                    hex_signature_header(&endpoint.secrets, timestamp, &body),
+                ));
+            }
+        }
     }
     Prepared {
         body,
@@ -152,6 +166,45 @@ mod tests {
             1_795_953_600,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn hex_scheme_signs_timestamp_dot_body() {
+        let text = "[[endpoints]]\nid = \"e\"\nurl = \"https://example.com/\"\nevents = [\"#\"]\nsignature = \"hex\"\nsecrets = [\"a-plain-secret-of-the-saas-kind\", \"second-secret-0123456789\"]\n";
+        let endpoint = Config::from_toml_str(text, "t.toml".as_ref(), &[])
+            .unwrap()
+            .endpoints
+            .remove(0);
+        let body = br#"{"id":"e1","type":"a","timestamp":"2026-11-29T12:00:00Z","data":null}"#;
+        let prepared = build(&endpoint, &[Part { id: "e1", body }], 1, NOW);
+        let header = |name| {
+            prepared
+                .headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(header("x-webhook-timestamp").as_deref(), Some("1795953600"));
+        assert_eq!(header("webhook-signature"), None);
+        assert_eq!(header("webhook-timestamp"), None);
+        let expected: Vec<String> = [
+            "a-plain-secret-of-the-saas-kind",
+            "second-secret-0123456789",
+        ]
+        .iter()
+        .map(|key| {
+            use hmac::{KeyInit, Mac};
+            let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
+            mac.update(b"1795953600.");
+            mac.update(body);
+            mac.finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .collect();
+        assert_eq!(header("x-webhook-signature"), Some(expected.join(",")));
     }
 
     #[test]

@@ -105,8 +105,25 @@ impl Router {
             ATTEMPT_HEADER.into(),
             AMQPValue::LongLongInt(next_attempt.into()),
         );
-        self.republish(delivery, &self.topology.retry_exchange(tier_ms), headers)
-            .await
+        self.republish(
+            delivery,
+            &self.topology.retry_exchange(tier_ms),
+            &self.endpoint_id,
+            headers,
+        )
+        .await
+    }
+
+    /// Puts the message back at the tail of its endpoint's queue, untouched
+    /// (same attempt), and acks it once that is confirmed. Unlike a requeue,
+    /// this does not count toward the quorum queue's delivery limit.
+    ///
+    /// # Errors
+    /// [`RouteError`]; the message is then requeued (or redelivered by the broker).
+    pub async fn park(&self, delivery: &Delivery) -> Result<(), RouteError> {
+        let headers = headers_of(delivery);
+        let queue = self.topology.endpoint_queue(&self.endpoint_id);
+        self.republish(delivery, "", &queue, headers).await
     }
 
     /// Parks the message in the dead-letter queue with why; acks it once confirmed.
@@ -140,7 +157,7 @@ impl Router {
         if let Some(event_type) = original_type(delivery) {
             headers.insert("hookpost-event-type".into(), text(&event_type));
         }
-        self.republish(delivery, &self.topology.dead(), headers)
+        self.republish(delivery, &self.topology.dead(), &self.endpoint_id, headers)
             .await
     }
 
@@ -148,6 +165,7 @@ impl Router {
         &self,
         delivery: &Delivery,
         exchange: &str,
+        routing_key: &str,
         headers: FieldTable,
     ) -> Result<(), RouteError> {
         let properties = republished_properties(&delivery.properties, headers);
@@ -155,7 +173,7 @@ impl Router {
             self.channel
                 .basic_publish(
                     ShortString::from(exchange),
-                    ShortString::from(self.endpoint_id.as_str()),
+                    ShortString::from(routing_key),
                     // mandatory: a missing wait queue or dead-letter queue is an
                     // error here, not a silently dropped message.
                     BasicPublishOptions {

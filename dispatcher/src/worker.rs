@@ -3,19 +3,22 @@
 
 use crate::acks::AckTracker;
 use crate::batch::next_batch;
-use crate::classify::{Reason, Response, Verdict, classify};
+use crate::breaker::{Breaker, State as BreakerState};
+use crate::classify::{Overrides, Reason, Response, Verdict, classify};
+use crate::limit::Limiter;
 use crate::request::{Part, build};
 use crate::route::{DeadLetter, Router, attempt_of};
 use crate::send::Sender;
 use common::Event;
-use common::config::Endpoint;
+use common::config::{Endpoint, OnExhausted};
 use common::metrics::{DispatcherMetrics, status_class};
 use common::topology::Topology;
+use common::transform::Outcome;
 use futures_util::StreamExt;
 use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use std::sync::Arc;
@@ -48,30 +51,37 @@ pub struct Shared {
 pub enum Exit {
     /// `stop` fired; in-flight batches finished.
     Stopped,
+    /// The circuit breaker opened: wait for its cooldown, then run again (to probe).
+    Suspended,
     /// The channel or connection failed; the supervisor should rebuild.
     Lost(String),
 }
 
-/// Runs the pipeline for `endpoint` on `conn` until `stop` fires or the
-/// channel fails. In-flight requests finish before it returns; deliveries not
-/// yet acked go back to the queue when the channel closes.
+/// Runs the pipeline for `endpoint` on `conn` until `stop` fires, the
+/// breaker opens, or the channel fails. In-flight requests finish before it
+/// returns; deliveries not yet acked go back to the queue when the channel
+/// closes.
 pub async fn run(
     endpoint: Arc<Endpoint>,
     shared: Shared,
     conn: Arc<Connection>,
     stop: CancellationToken,
+    breaker: Arc<Breaker>,
 ) -> Exit {
-    match consume(&endpoint, &shared, &conn, &stop).await {
+    match consume(&endpoint, &shared, &conn, &stop, &breaker).await {
         Ok(exit) => exit,
         Err(e) => Exit::Lost(e.to_string()),
     }
 }
+
+type Deliveries = std::pin::Pin<Box<dyn futures_util::Stream<Item = Delivery> + Send>>;
 
 async fn consume(
     endpoint: &Arc<Endpoint>,
     shared: &Shared,
     conn: &Connection,
     stop: &CancellationToken,
+    breaker: &Arc<Breaker>,
 ) -> Result<Exit, lapin::Error> {
     let id = endpoint.id.as_str();
     if is_paused(shared, endpoint) {
@@ -81,6 +91,15 @@ async fn consume(
         return Ok(Exit::Stopped);
     }
     shared.metrics.paused.with_label_values(&[id]).set(0);
+    let state = breaker.state();
+    shared
+        .metrics
+        .breaker_state
+        .with_label_values(&[id])
+        .set(state.gauge());
+    if matches!(state, BreakerState::Open { .. }) {
+        return Ok(Exit::Suspended);
+    }
     let publish = conn.create_channel().await?;
     publish
         .confirm_select(ConfirmSelectOptions::default())
@@ -93,46 +112,28 @@ async fn consume(
         acks.clone(),
     );
     let consume = conn.create_channel().await?;
-    let prefetch = shared
-        .prefetch
-        .max(u16::try_from(endpoint.batch_size).unwrap_or(u16::MAX));
+    let prefetch = crate::limit::capped_prefetch(
+        shared
+            .prefetch
+            .max(u16::try_from(endpoint.batch_size).unwrap_or(u16::MAX)),
+        endpoint.rate_limit,
+        endpoint.batch_size,
+    );
     // Bounded prefetch: a slow endpoint holds at most this many messages.
     consume
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
     let queue = shared.topology.endpoint_queue(id);
-    let consumer = consume
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let tag = consumer.tag();
-    shared.metrics.consuming.with_label_values(&[id]).set(1);
-    tracing::info!(endpoint = %id, queue = %queue, prefetch, "Consuming.");
 
     // A consumer error (channel or connection lost) ends the stream.
     let lost: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-    let lost_in_stream = lost.clone();
-    let mut deliveries = Box::pin(
-        consumer
-            .take_while(move |r| {
-                if let Err(e) = r {
-                    *lost_in_stream
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
-                }
-                std::future::ready(r.is_ok())
-            })
-            .filter_map(|r| std::future::ready(r.ok()))
-            .fuse(),
-    );
-    // `consuming` ends the loop (shutdown or pause); `pause` says it was a 410.
+    // `consuming` ends the loop (shutdown, pause or suspension); `pause` says
+    // it was a 410, `suspend` that the breaker opened.
     let consuming = stop.child_token();
     let pause = CancellationToken::new();
+    let suspend = CancellationToken::new();
     let in_flight = Arc::new(Semaphore::new(endpoint.max_in_flight as usize));
+    let mut limiter = endpoint.rate_limit.map(Limiter::new);
     let tracker = TaskTracker::new();
     // Settled deliveries are acked in ranges at least this often.
     let flusher_stop = CancellationToken::new();
@@ -152,20 +153,50 @@ async fn consume(
             }
         })
     };
+    let stops = Stops {
+        consuming: consuming.clone(),
+        pause: pause.clone(),
+        suspend: suspend.clone(),
+        breaker: breaker.clone(),
+    };
     let batch_size = endpoint.batch_size as usize;
     let mut lost_publisher = false;
+    // The consumer starts once the breaker is closed; while it is half-open,
+    // single messages are fetched as probes instead (nothing is prefetched).
+    let mut consumer: Option<(Deliveries, lapin::types::ShortString)> = None;
     loop {
-        let Some(batch) = next_batch(
-            &mut deliveries,
-            batch_size,
-            endpoint.batch_interval,
-            &consuming,
-        )
-        .await
-        else {
+        if consuming.is_cancelled() {
             break;
+        }
+        let probing = breaker.state() == BreakerState::HalfOpen;
+        let batch = if probing {
+            match get_one(&consume, &queue, &consuming).await? {
+                Some(delivery) => vec![delivery],
+                None => break,
+            }
+        } else {
+            if consumer.is_none() {
+                consumer = Some(start_consumer(&consume, &queue, &lost).await?);
+                shared.metrics.consuming.with_label_values(&[id]).set(1);
+                tracing::info!(endpoint = %id, queue = %queue, prefetch, "Consuming.");
+            }
+            let Some((deliveries, _)) = consumer.as_mut() else {
+                break;
+            };
+            let Some(batch) =
+                next_batch(deliveries, batch_size, endpoint.batch_interval, &consuming).await
+            else {
+                break;
+            };
+            batch
         };
         acks.register(&batch).await;
+        if let Some(limiter) = limiter.as_mut() {
+            tokio::select! {
+                () = limiter.acquire() => {}
+                () = consuming.cancelled() => {}
+            }
+        }
         let permit = if consuming.is_cancelled() || !router.is_open() {
             None
         } else {
@@ -175,22 +206,23 @@ async fn consume(
             }
         };
         let Some(permit) = permit else {
-            // Shutting down, pausing, or the publish channel died: hand the
-            // batch back untouched.
+            // Shutting down, pausing, suspending, or the publish channel died:
+            // hand the batch back untouched.
             lost_publisher = !router.is_open();
-            for d in &batch {
-                router.requeue(d).await;
-            }
+            hand_back(&router, &batch, suspend.is_cancelled() && !lost_publisher).await;
             break;
         };
+        if probing {
+            // The probe's outcome decides whether consuming starts.
+            process(endpoint, shared, &router, batch, &stops).await;
+            drop(permit);
+            continue;
+        }
         let (endpoint, shared, router, stops) = (
             endpoint.clone(),
             shared.clone(),
             router.clone(),
-            Stops {
-                consuming: consuming.clone(),
-                pause: pause.clone(),
-            },
+            stops.clone(),
         );
         tracker.spawn(async move {
             process(&endpoint, &shared, &router, batch, &stops).await;
@@ -199,9 +231,22 @@ async fn consume(
     }
     // Stop taking new messages, let in-flight requests finish (each bounded
     // by its timeout), then close: unacked prefetched messages are requeued.
-    let _ = consume
-        .basic_cancel(tag, BasicCancelOptions::default())
-        .await;
+    if let Some((mut deliveries, tag)) = consumer.take() {
+        let _ = consume
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await;
+        if suspend.is_cancelled() && router.is_open() {
+            // What was prefetched goes back to the tail of the queue with
+            // its attempt untouched (a requeue would count toward the
+            // quorum queue's delivery limit).
+            while let Ok(Some(delivery)) =
+                tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await
+            {
+                acks.register(std::slice::from_ref(&delivery)).await;
+                hand_back(&router, std::slice::from_ref(&delivery), true).await;
+            }
+        }
+    }
     tracker.close();
     tracker.wait().await;
     // Stop the flusher between flushes (never in the middle of one), then ack the rest.
@@ -210,7 +255,6 @@ async fn consume(
     if let Err(e) = acks.flush().await {
         tracing::warn!(endpoint = %id, error = %e, "Final acks failed; the broker redelivers those messages.");
     }
-    drop(deliveries);
     let _ = consume.close(200, "stopping".into()).await;
     let _ = publish.close(200, "stopping".into()).await;
     shared.metrics.consuming.with_label_values(&[id]).set(0);
@@ -221,6 +265,9 @@ async fn consume(
     }
     if lost_publisher {
         return Ok(Exit::Lost("the publishing channel closed".to_owned()));
+    }
+    if suspend.is_cancelled() && !stop.is_cancelled() {
+        return Ok(Exit::Suspended);
     }
     if !consuming.is_cancelled() {
         let why = lost
@@ -233,6 +280,71 @@ async fn consume(
     Ok(Exit::Stopped)
 }
 
+async fn start_consumer(
+    channel: &lapin::Channel,
+    queue: &str,
+    lost: &Arc<std::sync::Mutex<Option<String>>>,
+) -> Result<(Deliveries, lapin::types::ShortString), lapin::Error> {
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let tag = consumer.tag();
+    let lost_in_stream = lost.clone();
+    let deliveries: Deliveries = Box::pin(
+        consumer
+            .take_while(move |r| {
+                if let Err(e) = r {
+                    *lost_in_stream
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+                }
+                std::future::ready(r.is_ok())
+            })
+            .filter_map(|r| std::future::ready(r.ok()))
+            .fuse(),
+    );
+    Ok((deliveries, tag))
+}
+
+/// One message for a half-open breaker's probe; `None` once `stop` fires.
+async fn get_one(
+    channel: &lapin::Channel,
+    queue: &str,
+    stop: &CancellationToken,
+) -> Result<Option<Delivery>, lapin::Error> {
+    loop {
+        if let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            return Ok(Some(message.delivery));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PROBE_POLL) => {}
+            () = stop.cancelled() => return Ok(None),
+        }
+    }
+}
+
+/// How often a half-open breaker looks for a message to probe with.
+const PROBE_POLL: Duration = Duration::from_millis(500);
+
+/// Returns deliveries untaken: to the tail of the queue (`park`, attempts
+/// untouched) or by a requeue.
+async fn hand_back(router: &Router, deliveries: &[Delivery], park: bool) {
+    for d in deliveries {
+        if park && router.park(d).await.is_ok() {
+            continue;
+        }
+        router.requeue(d).await;
+    }
+}
+
 fn is_paused(shared: &Shared, endpoint: &Endpoint) -> bool {
     shared
         .paused
@@ -242,19 +354,25 @@ fn is_paused(shared: &Shared, endpoint: &Endpoint) -> bool {
         .is_some_and(|url| *url == endpoint.url)
 }
 
-/// The tokens a batch task may cancel.
+/// The tokens a batch task may cancel, and the breaker it reports to.
+#[derive(Clone)]
 struct Stops {
     /// Ends the consume loop.
     consuming: CancellationToken,
     /// Marks the endpoint paused (410).
     pause: CancellationToken,
+    /// Marks the breaker open.
+    suspend: CancellationToken,
+    /// The endpoint's circuit breaker.
+    breaker: Arc<Breaker>,
 }
 
-/// A delivery with its parsed envelope.
+/// A delivery with its parsed envelope (and what the transform made of it).
 struct Valid {
     delivery: Delivery,
     event: Event,
     attempt: u32,
+    transformed: Option<Vec<u8>>,
 }
 
 /// Handles one batch end to end. Never fails: every delivery is acked,
@@ -279,18 +397,37 @@ async fn process(
         } else {
             Event::from_slice(&delivery.data).map_err(|e| e.to_string())
         };
-        match parsed {
-            Ok(event) => valid.push(Valid {
+        let parsed = parsed.map_err(|e| (Reason::Malformed, e));
+        let transformed = match (&parsed, &endpoint.transform) {
+            (Ok(_), Some(transform)) => match transform.apply(&delivery.data) {
+                Ok(Outcome::Send(body)) => Ok(Some(body)),
+                Ok(Outcome::Drop) => {
+                    if router.ack(&delivery).await.is_ok() {
+                        shared
+                            .metrics
+                            .deliveries
+                            .with_label_values(&[id, "filtered"])
+                            .inc();
+                    }
+                    continue;
+                }
+                Err(e) => Err((Reason::TransformError, e.to_string())),
+            },
+            _ => Ok(None),
+        };
+        match parsed.and_then(|event| transformed.map(|t| (event, t))) {
+            Ok((event, transformed)) => valid.push(Valid {
                 delivery,
                 event,
                 attempt,
+                transformed,
             }),
-            Err(e) => {
+            Err((reason, e)) => {
                 let why = DeadLetter {
-                    reason: Reason::Malformed,
+                    reason,
                     attempt,
                     last_status: None,
-                    last_error: &e.to_string(),
+                    last_error: &e,
                 };
                 dead_letter(shared, router, id, &delivery, &why).await;
             }
@@ -315,7 +452,7 @@ async fn process(
         .iter()
         .map(|v| Part {
             id: &v.event.id,
-            body: &v.delivery.data,
+            body: v.transformed.as_deref().unwrap_or(&v.delivery.data),
         })
         .collect();
     let attempt = valid.iter().map(|v| v.attempt).max().unwrap_or(1);
@@ -349,7 +486,23 @@ async fn process(
         .attempts
         .with_label_values(&[id, class])
         .inc();
-    let verdict = classify(&response, shared.max_retry_after);
+    let overrides = Overrides {
+        add: &endpoint.retry_add,
+        remove: &endpoint.retry_remove,
+    };
+    let verdict = classify(&response, shared.max_retry_after, &overrides);
+    let change = match verdict {
+        Verdict::Delivered => stops.breaker.success(),
+        Verdict::Retry { .. } => stops.breaker.failure(tokio::time::Instant::now()),
+        Verdict::DeadLetter(_) => None,
+    };
+    if let Some(state) = change {
+        report_breaker(shared, endpoint, state, &stops.breaker);
+        if matches!(state, BreakerState::Open { .. }) {
+            stops.suspend.cancel();
+            stops.consuming.cancel();
+        }
+    }
     match verdict {
         Verdict::Delivered => {
             let now = time::OffsetDateTime::now_utc();
@@ -372,6 +525,19 @@ async fn process(
         }
         Verdict::Retry { after } => {
             for v in &valid {
+                if v.attempt > endpoint.retry.max_retries
+                    && endpoint.on_exhausted == OnExhausted::Drop
+                {
+                    if router.ack(&v.delivery).await.is_ok() {
+                        shared
+                            .metrics
+                            .deliveries
+                            .with_label_values(&[id, "dropped"])
+                            .inc();
+                        tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, error = %last_error, "Retries used up; dropped (on_exhausted = \"drop\").");
+                    }
+                    continue;
+                }
                 if v.attempt > endpoint.retry.max_retries {
                     let why = DeadLetter {
                         reason: Reason::Exhausted,
@@ -426,6 +592,48 @@ async fn process(
                 dead_letter(shared, router, id, &v.delivery, &why).await;
             }
         }
+    }
+}
+
+/// Logs a breaker change and exports it.
+fn report_breaker(shared: &Shared, endpoint: &Endpoint, state: BreakerState, breaker: &Breaker) {
+    let id = endpoint.id.as_str();
+    shared
+        .metrics
+        .breaker_state
+        .with_label_values(&[id])
+        .set(state.gauge());
+    match state {
+        BreakerState::Open { until } => {
+            let cooldown_ms = until
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_millis() as u64;
+            tracing::error!(endpoint = %id, consecutive_failures = breaker.consecutive_failures(), cooldown_ms, "Circuit breaker opened: the endpoint is suspended; its messages wait in its queue.");
+        }
+        BreakerState::HalfOpen => {
+            tracing::info!(endpoint = %id, "Circuit breaker half-open: probing with one delivery.");
+        }
+        BreakerState::Closed => {
+            tracing::info!(endpoint = %id, "Circuit breaker closed: the probe succeeded; delivering again.");
+        }
+    }
+}
+
+/// Waits out an open breaker's cooldown (or `stop`), then makes it half-open.
+pub async fn cool_down(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    breaker: &Breaker,
+    stop: &CancellationToken,
+) {
+    if let BreakerState::Open { until } = breaker.state() {
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+    if let Some(state) = breaker.cooled_down(tokio::time::Instant::now()) {
+        report_breaker(shared, endpoint, state, breaker);
     }
 }
 

@@ -8,12 +8,13 @@ pub mod load;
 pub mod raw;
 
 pub use load::ConfigError;
-pub use raw::{Method, QueueType};
+pub use raw::{Method, OnExhausted, QueueType, SignatureScheme};
 
 use crate::envelope::is_valid_type;
 use crate::retry::RetryPolicy;
 use crate::secret::{Redacted, redact_url};
 use crate::signing::SigningSecret;
+use crate::transform::Transform;
 use ipnet::IpNet;
 use raw::{EndpointSection, RawConfig};
 use std::collections::HashSet;
@@ -121,6 +122,38 @@ pub struct Endpoint {
     pub batch_interval: Duration,
     /// Concurrent requests.
     pub max_in_flight: u32,
+    /// Exhausted deliveries: dead-letter or drop.
+    pub on_exhausted: OnExhausted,
+    /// Circuit breaker; `None`: off.
+    pub breaker: Option<BreakerPolicy>,
+    /// Codes retried on top of the built-in rules.
+    pub retry_add: Vec<u16>,
+    /// Codes never retried.
+    pub retry_remove: Vec<u16>,
+    /// Request rate limit; `None`: none.
+    pub rate_limit: Option<RateLimit>,
+    /// How requests are signed.
+    pub signature: SignatureScheme,
+    /// The compiled jq transform.
+    pub transform: Option<std::sync::Arc<Transform>>,
+}
+
+/// When an endpoint's circuit breaker opens and how long it stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    /// Consecutive failed requests that open it.
+    pub failures: u32,
+    /// Wait before the probe delivery.
+    pub cooldown: Duration,
+}
+
+/// A token bucket: `per_s` tokens a second, at most `burst` saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests per second.
+    pub per_s: u32,
+    /// Bucket size.
+    pub burst: u32,
 }
 
 impl fmt::Debug for Endpoint {
@@ -137,6 +170,13 @@ impl fmt::Debug for Endpoint {
             .field("batch_size", &self.batch_size)
             .field("batch_interval", &self.batch_interval)
             .field("max_in_flight", &self.max_in_flight)
+            .field("on_exhausted", &self.on_exhausted)
+            .field("breaker", &self.breaker)
+            .field("retry_add", &self.retry_add)
+            .field("retry_remove", &self.retry_remove)
+            .field("rate_limit", &self.rate_limit)
+            .field("signature", &self.signature)
+            .field("transform", &self.transform.as_ref().map(|t| t.source()))
             .finish()
     }
 }
@@ -368,9 +408,11 @@ fn checked_endpoint(
     }
     let mut secrets = Vec::new();
     for (j, text) in ep.secrets.iter().enumerate() {
-        secrets.push(
-            SigningSecret::parse(text).map_err(|e| (format!("secrets[{j}]"), e.to_string()))?,
-        );
+        let parsed = match ep.signature {
+            SignatureScheme::Standard => SigningSecret::parse(text),
+            SignatureScheme::Hex => SigningSecret::raw(text),
+        };
+        secrets.push(parsed.map_err(|e| (format!("secrets[{j}]"), e.to_string()))?);
     }
     let retry = RetryPolicy {
         max_retries: ep.max_retries.unwrap_or(d.max_retries),
@@ -412,6 +454,49 @@ fn checked_endpoint(
     if batch_size > MAX_BATCH_SIZE {
         return fail("batch_size", format!("must be at most {MAX_BATCH_SIZE}"));
     }
+    for (key, codes) in [
+        ("retry_on_status.add", &ep.retry_on_status.add),
+        ("retry_on_status.remove", &ep.retry_on_status.remove),
+    ] {
+        if let Some(code) = codes.iter().find(|c| !(300..=599).contains(*c)) {
+            return fail(key, format!("{code} is not a 3xx, 4xx or 5xx status code"));
+        }
+    }
+    if let Some(code) = ep
+        .retry_on_status
+        .add
+        .iter()
+        .find(|c| ep.retry_on_status.remove.contains(c))
+    {
+        return fail(
+            "retry_on_status",
+            format!("{code} is both added and removed"),
+        );
+    }
+    let breaker_failures = ep.breaker_failures.unwrap_or(d.breaker_failures);
+    let cooldown_ms = ep
+        .breaker_cooldown_ms
+        .unwrap_or(d.breaker_cooldown_ms)
+        .get();
+    if cooldown_ms > MAX_HOLD_MS {
+        return fail(
+            "breaker_cooldown_ms",
+            format!("must be at most {MAX_HOLD_MS} (15 minutes)"),
+        );
+    }
+    let rate_limit = ep.rate_limit_per_s.map(|per_s| RateLimit {
+        per_s: per_s.get(),
+        burst: ep.rate_limit_burst.unwrap_or(per_s).get(),
+    });
+    if rate_limit.is_none() && ep.rate_limit_burst.is_some() {
+        return fail("rate_limit_burst", "needs rate_limit_per_s".into());
+    }
+    let transform = match &ep.transform {
+        None => None,
+        Some(source) => Some(std::sync::Arc::new(
+            Transform::compile(source).map_err(|e| ("transform".to_owned(), e.to_string()))?,
+        )),
+    };
     Ok(Endpoint {
         id: ep.id,
         url,
@@ -424,6 +509,16 @@ fn checked_endpoint(
         batch_size,
         batch_interval: Duration::from_millis(batch_interval_ms),
         max_in_flight: ep.max_in_flight.unwrap_or(d.max_in_flight).get(),
+        on_exhausted: ep.on_exhausted.unwrap_or(d.on_exhausted),
+        breaker: (breaker_failures > 0).then(|| BreakerPolicy {
+            failures: breaker_failures,
+            cooldown: Duration::from_millis(cooldown_ms),
+        }),
+        retry_add: ep.retry_on_status.add,
+        retry_remove: ep.retry_on_status.remove,
+        rate_limit,
+        signature: ep.signature,
+        transform,
     })
 }
 

@@ -130,6 +130,15 @@ pub struct DefaultsSection {
     /// Concurrent requests per endpoint.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: NonZeroU32,
+    /// What happens to a delivery whose retries are used up: `dead_letter` or `drop`.
+    #[serde(default)]
+    pub on_exhausted: OnExhausted,
+    /// Circuit breaker: consecutive failed requests that suspend an endpoint; 0 turns it off.
+    #[serde(default)]
+    pub breaker_failures: u32,
+    /// Circuit breaker: how long a suspended endpoint waits before one probe delivery.
+    #[serde(default = "default_breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: NonZeroU64,
 }
 
 /// `[ingest]`
@@ -183,6 +192,58 @@ pub struct EndpointSection {
     pub batch_interval_ms: Option<u64>,
     /// Overrides `[defaults] max_in_flight`.
     pub max_in_flight: Option<NonZeroU32>,
+    /// Overrides `[defaults] on_exhausted`.
+    pub on_exhausted: Option<OnExhausted>,
+    /// Overrides `[defaults] breaker_failures`.
+    pub breaker_failures: Option<u32>,
+    /// Overrides `[defaults] breaker_cooldown_ms`.
+    pub breaker_cooldown_ms: Option<NonZeroU64>,
+    /// Status codes to retry (`add`) or to stop retrying (`remove`), on top of the built-in rules.
+    #[serde(default)]
+    pub retry_on_status: StatusRules,
+    /// Most requests started per second (token bucket); unset: no limit.
+    pub rate_limit_per_s: Option<NonZeroU32>,
+    /// Requests the rate limit lets through at once after a quiet spell; default: `rate_limit_per_s`.
+    pub rate_limit_burst: Option<NonZeroU32>,
+    /// `standard` (Standard Webhooks, default) or `hex` (`x-webhook-signature`).
+    #[serde(default)]
+    pub signature: SignatureScheme,
+    /// A jq program applied to each envelope; `null` or no output drops the event for this endpoint.
+    pub transform: Option<String>,
+}
+
+/// `retry_on_status = { add = [...], remove = [...] }`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRules {
+    /// Codes retried although the built-in rules would dead-letter them.
+    #[serde(default)]
+    pub add: Vec<u16>,
+    /// Codes dead-lettered (`rejected`) although the built-in rules would retry them.
+    #[serde(default)]
+    pub remove: Vec<u16>,
+}
+
+/// What to do with a delivery whose retries are used up.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    /// Park it in the dead-letter queue (reason `exhausted`).
+    #[default]
+    DeadLetter,
+    /// Discard it (counted as `dropped`).
+    Drop,
+}
+
+/// How requests are signed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureScheme {
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    #[default]
+    Standard,
+    /// `x-webhook-timestamp` and `x-webhook-signature` = hex HMAC-SHA256 of `timestamp.body`.
+    Hex,
 }
 
 /// HTTP method of deliveries.
@@ -214,6 +275,10 @@ fn default_delivery_limit() -> NonZeroU32 {
 fn default_publish_timeout_ms() -> NonZeroU64 {
     const { NonZeroU64::new(10_000).unwrap() }
 }
+fn default_breaker_cooldown_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(30_000).unwrap() }
+}
+
 fn default_prefetch() -> NonZeroU16 {
     const { NonZeroU16::new(200).unwrap() }
 }
