@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dispatcher_harness;
+pub mod fixtures;
 pub mod proxy;
 pub mod receiver;
 

@@ -1,46 +1,17 @@
 //! The dispatcher end to end: real broker, real HTTP receivers on loopback.
 
 use common::Event;
-use lapin::types::AMQPValue;
 use producer::Publisher;
 use std::sync::Arc;
 use std::time::Duration;
 use tests::dispatcher_harness::Running;
+use tests::fixtures::{FAST, endpoint, header_str, publish};
 use tests::proxy::{Proxy, broker_addr};
 use tests::receiver::{Receiver, Reply};
 use tests::{Scope, amqp_url, eventually};
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Fast retries for tests: 100, 200, 400 ms.
-const FAST: &str = "[http]\nallowed_networks = [\"127.0.0.0/8\"]\n[defaults]\nretry_delay_ms = 100\nmax_retry_delay_ms = 400\nmax_retries = 3\ntimeout_ms = 2000\n";
-
-fn endpoint(id: &str, url: &str, events: &[&str], extra: &str) -> String {
-    let events: Vec<String> = events.iter().map(|e| format!("\"{e}\"")).collect();
-    format!(
-        "[[endpoints]]\nid = \"{id}\"\nurl = \"{url}\"\nevents = [{}]\n{extra}\n",
-        events.join(", ")
-    )
-}
-
-async fn publish(publisher: &Publisher, event_type: &str, n: usize) -> Vec<String> {
-    let events: Vec<Event> = (0..n)
-        .map(|i| Event::new(event_type, serde_json::json!({ "i": i })).expect("valid"))
-        .collect();
-    publisher.publish_many(&events).await.expect("published");
-    events.into_iter().map(|e| e.id).collect()
-}
-
-fn header_str(msg: &lapin::message::BasicGetMessage, name: &str) -> Option<String> {
-    let headers = msg.delivery.properties.headers().as_ref()?;
-    match headers.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::LongLongInt(n) => Some(n.to_string()),
-        AMQPValue::Void => Some(String::new()),
-        other => Some(format!("{other:?}")),
-    }
-}
 
 #[tokio::test]
 async fn delivers_signed_events_that_standardwebhooks_verifies() {

@@ -240,3 +240,103 @@ proptest! {
         }
     }
 }
+
+fn one_endpoint(extra: &str) -> String {
+    format!(
+        "[[endpoints]]\nid = \"p\"\nurl = \"https://p.example.com/\"\nevents = [\"#\"]\n{extra}\n"
+    )
+}
+
+#[test]
+fn policies_parse_with_defaults_and_overrides() {
+    let config = load(
+        &format!(
+            "[defaults]\nbreaker_failures = 5\non_exhausted = \"drop\"\n{}",
+            one_endpoint(
+                "rate_limit_per_s = 20\nretry_on_status = { add = [409], remove = [503] }\nsignature = \"hex\"\nsecrets = [\"plain-secret-0123456789\"]\ntransform = \"del(.data.email)\""
+            )
+        ),
+        &[],
+    )
+    .unwrap();
+    let ep = &config.endpoints[0];
+    assert_eq!(ep.on_exhausted, OnExhausted::Drop);
+    assert_eq!(
+        ep.breaker,
+        Some(BreakerPolicy {
+            failures: 5,
+            cooldown: Duration::from_secs(30)
+        })
+    );
+    assert_eq!(
+        ep.rate_limit,
+        Some(RateLimit {
+            per_s: 20,
+            burst: 20
+        })
+    );
+    assert_eq!(
+        (ep.retry_add.as_slice(), ep.retry_remove.as_slice()),
+        (&[409][..], &[503][..])
+    );
+    assert_eq!(ep.signature, SignatureScheme::Hex);
+    assert!(ep.transform.is_some());
+    let plain = load(&one_endpoint(""), &[]).unwrap();
+    assert_eq!(plain.endpoints[0].breaker, None, "breaker off by default");
+    assert_eq!(plain.endpoints[0].on_exhausted, OnExhausted::DeadLetter);
+}
+
+#[test]
+fn bad_policies_name_the_endpoint_and_key() {
+    let cases = [
+        (
+            "transform = \".data | \"",
+            "endpoints[0].transform",
+            "syntax error",
+        ),
+        (
+            "transform = \"nosuch(1)\"",
+            "endpoints[0].transform",
+            "nosuch",
+        ),
+        (
+            "retry_on_status = { add = [200] }",
+            "endpoints[0].retry_on_status.add",
+            "200",
+        ),
+        (
+            "retry_on_status = { add = [409], remove = [409] }",
+            "endpoints[0].retry_on_status",
+            "both",
+        ),
+        (
+            "retry_on_status = { other = [1] }",
+            "retry_on_status",
+            "unknown field",
+        ),
+        (
+            "rate_limit_burst = 5",
+            "endpoints[0].rate_limit_burst",
+            "rate_limit_per_s",
+        ),
+        ("rate_limit_per_s = 0", "rate_limit_per_s", ""),
+        (
+            "breaker_cooldown_ms = 3600000",
+            "endpoints[0].breaker_cooldown_ms",
+            "15 minutes",
+        ),
+        ("on_exhausted = \"retry\"", "on_exhausted", ""),
+        ("signature = \"md5\"", "signature", ""),
+        (
+            "signature = \"hex\"\nsecrets = [\"short\"]",
+            "endpoints[0].secrets[0]",
+            "16 characters",
+        ),
+    ];
+    for (extra, key, words) in cases {
+        let e = err(&one_endpoint(extra), &[]);
+        assert!(e.contains(key) && e.contains(words), "{extra}: {e}");
+    }
+    let e = err(&one_endpoint("transform = \".data | \""), &[]);
+    assert!(e.contains("(endpoint \"p\")"), "{e}");
+}
