@@ -114,6 +114,12 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// The control stream: operator pauses and resumes, replayed by every
+    /// dispatcher (`dispatcher::control`).
+    pub fn control(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
     /// Queue holding one message: the event patterns each endpoint queue was
     /// last bound with, so a dispatcher started on a new config can remove
     /// bindings the old config made (AMQP cannot list bindings).

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod bindings;
 pub mod breaker;
 pub mod classify;
+pub mod control;
 pub mod guard;
 pub mod limit;
 pub mod poll;
@@ -96,6 +97,8 @@ pub async fn run(
         server_stop.clone(),
     ));
     let paused = Arc::default();
+    // Operator holds, from the control stream; kept across reconnects.
+    let (holds_tx, holds) = tokio::sync::watch::channel(control::Holds::default());
     let mut config = config;
     let result = loop {
         let conn = match client.connection(None, &shutdown).await {
@@ -111,6 +114,7 @@ pub async fn run(
             prefetch: config.amqp.prefetch,
             max_message_bytes: config.amqp.max_message_bytes,
             paused: Arc::clone(&paused),
+            holds: holds.clone(),
         };
         if let Err(e) = declare(&conn, &config, &shared.topology).await {
             if matches!(e, TopologyError::Conflict { .. }) {
@@ -122,6 +126,16 @@ pub async fn run(
         }
         let generation = shutdown.child_token();
         let tracker = TaskTracker::new();
+        if let Err(e) =
+            follow_control(&conn, &shared.topology, &holds_tx, &generation, &tracker).await
+        {
+            tracing::warn!(error = %e, "Reading operator holds failed; reconnecting.");
+            generation.cancel();
+            tracker.close();
+            tracker.wait().await;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
+        }
         let (lost_tx, mut lost_rx) =
             mpsc::channel::<(String, String)>(config.endpoints.len().max(1));
         for endpoint in &config.endpoints {
@@ -142,6 +156,7 @@ pub async fn run(
                     let why = match exit {
                         worker::Exit::Stopped => break,
                         worker::Exit::Suspended => {
+                            worker::wait_released(&shared, &endpoint, &stop).await;
                             worker::cool_down(&shared, &endpoint, &breaker, &stop).await;
                             if stop.is_cancelled() {
                                 break;
@@ -206,6 +221,39 @@ pub async fn run(
     result
 }
 
+/// Starts following the control stream on `tracker` and waits until it has
+/// caught up, so no held endpoint is consumed at start.
+async fn follow_control(
+    conn: &Arc<Connection>,
+    topology: &Topology,
+    holds_tx: &tokio::sync::watch::Sender<control::Holds>,
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    let mut caught_up = holds_tx.subscribe();
+    caught_up.mark_unchanged();
+    let (conn, topology, tx, stop) = (
+        conn.clone(),
+        topology.clone(),
+        holds_tx.clone(),
+        stop.clone(),
+    );
+    let follower = tracker.spawn(async move {
+        let result = control::follow(&conn, &topology, tx, stop.clone()).await;
+        if let Err(e) = &result {
+            if !stop.is_cancelled() {
+                tracing::warn!(error = %e, "Following the control stream stopped; operator holds may lag until the next reconnect.");
+            }
+        }
+        result
+    });
+    tokio::select! {
+        r = caught_up.changed() => r.map_err(anyhow::Error::from),
+        r = follower => Err(r.map_err(anyhow::Error::from).and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("the control stream reader stopped"))),
+        () = tokio::time::sleep(std::time::Duration::from_secs(30)) => Err(anyhow::anyhow!("timed out replaying the control stream")),
+    }
+}
+
 /// Declares everything `config` needs: base objects, wait tiers, endpoint queues and bindings.
 pub(crate) async fn declare(
     conn: &Connection,
@@ -220,6 +268,12 @@ pub(crate) async fn declare(
             source,
         })?;
     topology.declare_base(&channel).await?;
+    control::declare(&channel, topology)
+        .await
+        .map_err(|source| TopologyError::Broker {
+            object: topology.control(),
+            source,
+        })?;
     let tiers: BTreeSet<u64> = config
         .endpoints
         .iter()

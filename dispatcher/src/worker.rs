@@ -44,6 +44,8 @@ pub struct Shared {
     pub max_message_bytes: usize,
     /// Endpoints paused after a 410, until their config changes.
     pub paused: Arc<std::sync::Mutex<std::collections::HashMap<String, url::Url>>>,
+    /// Endpoints an operator paused (`hookpost-admin endpoints pause`).
+    pub holds: tokio::sync::watch::Receiver<crate::control::Holds>,
 }
 
 /// Why a worker stopped.
@@ -89,6 +91,9 @@ async fn consume(
         tracing::warn!(endpoint = %id, "Endpoint is paused after a 410 Gone; change its config and reload to resume.");
         stop.cancelled().await;
         return Ok(Exit::Stopped);
+    }
+    if shared.holds.borrow().contains(id) {
+        return Ok(Exit::Suspended);
     }
     shared.metrics.paused.with_label_values(&[id]).set(0);
     let state = breaker.state();
@@ -150,6 +155,24 @@ async fn consume(
                 if acks.flush().await.is_err() {
                     return;
                 }
+            }
+        })
+    };
+    // An operator's pause suspends the worker like an open breaker.
+    let hold_watch = {
+        let (mut holds, consuming, suspend, id) = (
+            shared.holds.clone(),
+            consuming.clone(),
+            suspend.clone(),
+            endpoint.id.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                r = holds.wait_for(|h| h.contains(&id)) => if r.is_ok() {
+                    suspend.cancel();
+                    consuming.cancel();
+                },
+                () = consuming.cancelled() => {}
             }
         })
     };
@@ -247,6 +270,7 @@ async fn consume(
             }
         }
     }
+    hold_watch.abort();
     tracker.close();
     tracker.wait().await;
     // Stop the flusher between flushes (never in the middle of one), then ack the rest.
@@ -616,6 +640,24 @@ fn report_breaker(shared: &Shared, endpoint: &Endpoint, state: BreakerState, bre
         BreakerState::Closed => {
             tracing::info!(endpoint = %id, "Circuit breaker closed: the probe succeeded; delivering again.");
         }
+    }
+}
+
+/// Waits while an operator holds the endpoint (or until `stop`).
+pub async fn wait_released(shared: &Shared, endpoint: &Endpoint, stop: &CancellationToken) {
+    let id = endpoint.id.as_str();
+    let mut holds = shared.holds.clone();
+    if !holds.borrow_and_update().contains(id) {
+        return;
+    }
+    shared.metrics.paused.with_label_values(&[id]).set(1);
+    tracing::warn!(endpoint = %id, "Endpoint paused by an operator; its messages wait in its queue until `hookpost-admin endpoints resume`.");
+    tokio::select! {
+        _ = holds.wait_for(|h| !h.contains(id)) => {
+            shared.metrics.paused.with_label_values(&[id]).set(0);
+            tracing::info!(endpoint = %id, "Endpoint resumed by an operator.");
+        }
+        () = stop.cancelled() => {}
     }
 }
 

@@ -123,7 +123,7 @@ impl Scope {
         let t = Topology::new(&config.amqp);
         let mut queues = self.queues.lock().expect("lock");
         let mut exchanges = self.exchanges.lock().expect("lock");
-        queues.extend([t.unrouted(), t.dead(), t.bindings_state()]);
+        queues.extend([t.unrouted(), t.dead(), t.bindings_state(), t.control()]);
         exchanges.extend([
             t.events_exchange(),
             t.unrouted(),

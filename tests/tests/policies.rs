@@ -391,3 +391,56 @@ async fn retry_rules_and_on_exhausted_drop_are_per_endpoint() {
     );
     dispatcher.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn operator_pause_and_resume_reach_every_dispatcher() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let config = scope.config(&format!(
+        "{FAST}{}",
+        endpoint("held", &receiver.url, &["#"], "")
+    ));
+    let first = Running::start(config.clone()).await;
+    let second = Running::start(config.clone()).await;
+    scope.wait_consumers("held", 2).await;
+    let admin = dispatcher::admin::Admin::connect(config.clone())
+        .await
+        .expect("admin connects");
+    admin.hold("held", true).await.expect("paused");
+    let paused = "hookpost_endpoint_paused{endpoint=\"held\"}";
+    wait_metric(&first, paused, 1.0).await;
+    wait_metric(&second, paused, 1.0).await;
+    assert!(admin.holds().await.expect("holds").contains("held"));
+
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let ids = publish(&publisher, "a.b", 20).await;
+    let queue = format!("{}.ep.held", scope.prefix);
+    eventually(WAIT, "20 events waiting in the held queue", || async {
+        (scope.depth(&queue).await == 20).then_some(())
+    })
+    .await;
+    assert!(receiver.received().is_empty(), "nothing sent while paused");
+
+    // A dispatcher started while the pause stands replays it and holds too.
+    second.stop().await.expect("clean stop");
+    let third = Running::start(config.clone()).await;
+    wait_metric(&third, paused, 1.0).await;
+    assert_eq!(scope.depth(&queue).await, 20);
+    assert!(receiver.received().is_empty());
+
+    admin.hold("held", false).await.expect("resumed");
+    receiver.wait_ids(&ids, WAIT).await;
+    wait_metric(&first, paused, 0.0).await;
+    wait_metric(&third, paused, 0.0).await;
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .all(|r| r.header("hookpost-attempt").as_deref() == Some("1")),
+        "waiting cost no attempt"
+    );
+    assert!(!admin.holds().await.expect("holds").contains("held"));
+    admin.close().await;
+    first.stop().await.expect("clean stop");
+    third.stop().await.expect("clean stop");
+}

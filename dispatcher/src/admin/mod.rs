@@ -104,6 +104,36 @@ impl Admin {
         })
     }
 
+    /// Pauses (`paused = true`) or resumes an endpoint on every dispatcher,
+    /// through the control stream.
+    ///
+    /// # Errors
+    /// A broker error or refusal.
+    pub async fn hold(&self, endpoint: &str, paused: bool) -> anyhow::Result<()> {
+        crate::control::append(
+            &self.conn,
+            &self.topology,
+            &crate::control::Command::hold(endpoint, paused),
+        )
+        .await
+    }
+
+    /// The endpoints operators hold, read from the control stream.
+    ///
+    /// # Errors
+    /// A broker error, or the stream could not be read within the publish timeout.
+    pub async fn holds(&self) -> anyhow::Result<crate::control::Holds> {
+        crate::control::read(
+            &self.conn,
+            &self.topology,
+            self.config
+                .amqp
+                .publish_timeout
+                .max(std::time::Duration::from_secs(5)),
+        )
+        .await
+    }
+
     /// The names in use.
     pub fn topology(&self) -> &Topology {
         &self.topology

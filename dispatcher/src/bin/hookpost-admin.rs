@@ -30,12 +30,31 @@ enum Command {
     /// The dead-letter queue.
     #[command(subcommand)]
     Dlq(Dlq),
-    /// Each endpoint: URL, patterns, queue depth, consumers.
-    Endpoints,
+    /// Each endpoint: URL, patterns, queue depth, consumers, state; or pause and resume one.
+    Endpoints {
+        #[command(subcommand)]
+        action: Option<EndpointsCmd>,
+    },
     /// Declare the topology, or show every hookpost queue with its depth.
     Topology {
         #[arg(value_parser = ["declare", "status"])]
         action: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointsCmd {
+    /// Each endpoint: URL, patterns, queue depth, consumers, state (the default).
+    List,
+    /// Stop delivering to an endpoint on every dispatcher; its messages wait in its queue.
+    Pause {
+        /// The endpoint id.
+        id: String,
+    },
+    /// Deliver to a paused endpoint again, on every dispatcher.
+    Resume {
+        /// The endpoint id.
+        id: String,
     },
 }
 
@@ -152,6 +171,27 @@ impl Filters {
         };
         Ok((filter, self.limit))
     }
+}
+
+/// `endpoints pause|resume ID`.
+async fn hold(admin: &Admin, id: &str, paused: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    if !common::config::is_valid_endpoint_id(id) {
+        bail!("{id:?} is not an endpoint id ([a-z0-9_-], 1 to 100 characters)");
+    }
+    let what = if paused { "pause" } else { "resume" };
+    if admin.config().endpoint(id).is_none() {
+        eprintln!(
+            "warning: endpoint {id:?} is not in {}; recording the {what} anyway",
+            admin.config().origin.display()
+        );
+    }
+    admin.hold(id, paused).await?;
+    writeln!(
+        out,
+        "{what}d endpoint {id} on every dispatcher (recorded in {})",
+        admin.topology().control()
+    )?;
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -349,7 +389,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(stdout, "imported {n} dead letters from {}", file.display())?;
             Ok(())
         }
-        Command::Endpoints => {
+        Command::Endpoints {
+            action: Some(EndpointsCmd::Pause { id }),
+        } => hold(&admin, &id, true, &mut stdout).await,
+        Command::Endpoints {
+            action: Some(EndpointsCmd::Resume { id }),
+        } => hold(&admin, &id, false, &mut stdout).await,
+        Command::Endpoints { .. } => {
+            let holds = admin.holds().await?;
             let mut rows = Vec::new();
             for ep in &admin.config().endpoints {
                 let status = admin
@@ -360,6 +407,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         (d.to_string(), c.to_string())
                     });
                 let state = match status {
+                    _ if holds.contains(&ep.id) => "paused by an operator",
                     None => "not declared",
                     Some((_, 0)) => "not consumed (no dispatcher, or paused)",
                     Some(_) => "consumed",
