@@ -223,6 +223,34 @@ mod tests {
     }
 
     #[test]
+    fn readme_examples_run() {
+        let out = run(
+            "{id, type, order: .data.order, at: .timestamp}",
+            &envelope(),
+        )
+        .expect("runs")
+        .expect("kept");
+        assert_eq!(
+            out,
+            json!({"id": "e1", "type": "order.created", "order": 7, "at": "2026-11-29T00:00:00Z"})
+        );
+        // "e1" = 101 + 49 = 150: kept by a 1-in-10 sample, dropped by 1-in-7.
+        assert!(
+            run("select((.id | explode | add) % 10 == 0)", &envelope())
+                .expect("runs")
+                .is_some()
+        );
+        assert_eq!(
+            run("select((.id | explode | add) % 7 == 0)", &envelope()),
+            Ok(None)
+        );
+        let out = run("del(.data.email, .data.total)", &envelope())
+            .expect("runs")
+            .expect("kept");
+        assert_eq!(out["data"], json!({"order": 7}));
+    }
+
+    #[test]
     fn errors_are_reported() {
         let e = run("error(\"boom\")", &envelope()).expect_err("jq error");
         assert!(e.to_string().contains("boom"), "{e}");

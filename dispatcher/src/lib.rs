@@ -238,18 +238,29 @@ async fn follow_control(
         holds_tx.clone(),
         stop.clone(),
     );
-    let follower = tracker.spawn(async move {
-        let result = control::follow(&conn, &topology, tx, stop.clone()).await;
-        if let Err(e) = &result {
-            if !stop.is_cancelled() {
-                tracing::warn!(error = %e, "Following the control stream stopped; operator holds may lag until the next reconnect.");
+    let first_done = CancellationToken::new();
+    let first_failed = first_done.clone();
+    tracker.spawn(async move {
+        // Follows until the generation ends; a failed reader starts over
+        // (replaying from the start) after a pause.
+        loop {
+            let result = control::follow(&conn, &topology, tx.clone(), stop.clone()).await;
+            if stop.is_cancelled() {
+                return;
+            }
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "Following the control stream failed; starting over.");
+            }
+            first_failed.cancel();
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = stop.cancelled() => return,
             }
         }
-        result
     });
     tokio::select! {
         r = caught_up.changed() => r.map_err(anyhow::Error::from),
-        r = follower => Err(r.map_err(anyhow::Error::from).and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("the control stream reader stopped"))),
+        () = first_done.cancelled() => Err(anyhow::anyhow!("the control stream could not be read")),
         () = tokio::time::sleep(std::time::Duration::from_secs(30)) => Err(anyhow::anyhow!("timed out replaying the control stream")),
     }
 }

@@ -475,5 +475,28 @@ async fn endpoints_and_topology_status() {
     );
     let out = ok(&admin(&f.config, &["topology", "declare"]));
     assert!(out.contains("declared"), "{out}");
+
+    // Pause and resume from the command line; the list shows the hold.
+    let out = ok(&admin(&f.config, &["endpoints", "pause", "shop"]));
+    assert!(
+        out.contains("paused endpoint shop on every dispatcher"),
+        "{out}"
+    );
+    let out = ok(&admin(&f.config, &["endpoints", "list"]));
+    let shop = out
+        .lines()
+        .find(|l| l.starts_with("shop"))
+        .expect("shop row");
+    assert!(shop.contains("paused by an operator"), "{out}");
+    let out = ok(&admin(&f.config, &["endpoints", "resume", "shop"]));
+    assert!(out.contains("resumed endpoint shop"), "{out}");
+    let out = ok(&admin(&f.config, &["endpoints"]));
+    let shop = out
+        .lines()
+        .find(|l| l.starts_with("shop"))
+        .expect("shop row");
+    assert!(!shop.contains("paused"), "{out}");
+    let err = failed(&admin(&f.config, &["endpoints", "pause", "Not An Id"]));
+    assert!(err.contains("is not an endpoint id"), "{err}");
     f.dispatcher.stop().await.expect("stop");
 }
