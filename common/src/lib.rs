@@ -6,9 +6,11 @@
 
 pub mod amqp;
 pub mod config;
+pub mod control;
 pub mod envelope;
 pub mod logging;
 pub mod metrics;
+pub mod registry;
 pub mod retry;
 pub mod secret;
 pub mod server;

@@ -13,7 +13,7 @@ pub mod batch;
 pub mod bindings;
 pub mod breaker;
 pub mod classify;
-pub mod control;
+
 pub mod guard;
 pub mod limit;
 pub mod poll;
@@ -24,6 +24,7 @@ pub mod worker;
 
 use common::Config;
 use common::amqp::{AmqpClient, AmqpError};
+use common::control;
 use common::metrics::{DispatcherMetrics, ProcessMetrics};
 use common::topology::{Topology, TopologyError};
 use lapin::Connection;

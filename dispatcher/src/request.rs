@@ -51,6 +51,7 @@ pub fn build(
         (batch_body(parts, now), batch_id(parts))
     };
     let timestamp = now.unix_timestamp();
+    let secrets = endpoint.signing_secrets(now);
     let mut headers = vec![
         ("content-type", "application/json".to_owned()),
         ("user-agent", USER_AGENT.to_owned()),
@@ -60,19 +61,19 @@ pub fn build(
     match endpoint.signature {
         SignatureScheme::Standard => {
             headers.push(("webhook-timestamp", timestamp.to_string()));
-            if !endpoint.secrets.is_empty() {
+            if !secrets.is_empty() {
                 headers.push((
                     "webhook-signature",
-                    signature_header(&endpoint.secrets, &webhook_id, timestamp, &body),
+                    signature_header(&secrets, &webhook_id, timestamp, &body),
                 ));
             }
         }
         SignatureScheme::Hex => {
             headers.push(("x-webhook-timestamp", timestamp.to_string()));
-            if !endpoint.secrets.is_empty() {
+            if !secrets.is_empty() {
                 headers.push((
                     "x-webhook-signature",
-                    hex_signature_header(&endpoint.secrets, timestamp, &body),
+                    hex_signature_header(&secrets, timestamp, &body),
                 ));
             }
         }

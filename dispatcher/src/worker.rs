@@ -45,7 +45,7 @@ pub struct Shared {
     /// Endpoints paused after a 410, until their config changes.
     pub paused: Arc<std::sync::Mutex<std::collections::HashMap<String, url::Url>>>,
     /// Endpoints an operator paused (`hookpost-admin endpoints pause`).
-    pub holds: tokio::sync::watch::Receiver<crate::control::Holds>,
+    pub holds: tokio::sync::watch::Receiver<common::control::Holds>,
 }
 
 /// Why a worker stopped.
@@ -92,7 +92,7 @@ async fn consume(
         stop.cancelled().await;
         return Ok(Exit::Stopped);
     }
-    if shared.holds.borrow().contains(id) {
+    if shared.holds.borrow().holds.contains(id) {
         return Ok(Exit::Suspended);
     }
     shared.metrics.paused.with_label_values(&[id]).set(0);
@@ -168,7 +168,7 @@ async fn consume(
         );
         tokio::spawn(async move {
             tokio::select! {
-                r = holds.wait_for(|h| h.contains(&id)) => if r.is_ok() {
+                r = holds.wait_for(|h| h.holds.contains(&id)) => if r.is_ok() {
                     suspend.cancel();
                     consuming.cancel();
                 },
@@ -647,13 +647,13 @@ fn report_breaker(shared: &Shared, endpoint: &Endpoint, state: BreakerState, bre
 pub async fn wait_released(shared: &Shared, endpoint: &Endpoint, stop: &CancellationToken) {
     let id = endpoint.id.as_str();
     let mut holds = shared.holds.clone();
-    if !holds.borrow_and_update().contains(id) {
+    if !holds.borrow_and_update().holds.contains(id) {
         return;
     }
     shared.metrics.paused.with_label_values(&[id]).set(1);
     tracing::warn!(endpoint = %id, "Endpoint paused by an operator; its messages wait in its queue until `hookpost-admin endpoints resume`.");
     tokio::select! {
-        _ = holds.wait_for(|h| !h.contains(id)) => {
+        _ = holds.wait_for(|h| !h.holds.contains(id)) => {
             shared.metrics.paused.with_label_values(&[id]).set(0);
             tracing::info!(endpoint = %id, "Endpoint resumed by an operator.");
         }

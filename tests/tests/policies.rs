@@ -410,7 +410,7 @@ async fn operator_pause_and_resume_reach_every_dispatcher() {
     let paused = "hookpost_endpoint_paused{endpoint=\"held\"}";
     wait_metric(&first, paused, 1.0).await;
     wait_metric(&second, paused, 1.0).await;
-    assert!(admin.holds().await.expect("holds").contains("held"));
+    assert!(admin.holds().await.expect("holds").holds.contains("held"));
 
     let publisher = Publisher::connect(&config).await.expect("connect");
     let ids = publish(&publisher, "a.b", 20).await;
@@ -439,7 +439,7 @@ async fn operator_pause_and_resume_reach_every_dispatcher() {
             .all(|r| r.header("hookpost-attempt").as_deref() == Some("1")),
         "waiting cost no attempt"
     );
-    assert!(!admin.holds().await.expect("holds").contains("held"));
+    assert!(!admin.holds().await.expect("holds").holds.contains("held"));
     admin.close().await;
     first.stop().await.expect("clean stop");
     third.stop().await.expect("clean stop");

@@ -6,7 +6,9 @@ use super::raw::RawConfig;
 use std::path::{Path, PathBuf};
 
 /// Sections that `HOOKPOST_<SECTION>_<KEY>` variables may override.
-const OVERRIDABLE_SECTIONS: [&str; 5] = ["amqp", "metrics", "http", "defaults", "ingest"];
+const OVERRIDABLE_SECTIONS: [&str; 7] = [
+    "amqp", "metrics", "http", "defaults", "ingest", "api", "registry",
+];
 /// `HOOKPOST_*` variables that are not overrides.
 const RESERVED_VARS: [&str; 2] = ["HOOKPOST_CONFIG", "HOOKPOST_LOG"];
 

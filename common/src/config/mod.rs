@@ -48,6 +48,30 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Endpoints, defaults applied, in file order.
     pub endpoints: Vec<Endpoint>,
+    /// `[defaults]` as written, for endpoints registered at runtime.
+    pub defaults: raw::DefaultsSection,
+    /// The management API.
+    pub api: ApiConfig,
+    /// The endpoint registry.
+    pub registry: RegistryConfig,
+}
+
+/// Checked `[api]`.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Accepted bearer tokens (empty: the API is off).
+    pub tokens: Vec<Redacted>,
+}
+
+/// Checked `[registry]`.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Seals secrets at rest; `None`: registered endpoints cannot hold secrets or headers.
+    pub secrets_key: Option<crate::registry::SecretsKey>,
+    /// How long rotated-out secrets keep signing.
+    pub secret_overlap: Duration,
 }
 
 /// Checked `[amqp]`.
@@ -136,6 +160,29 @@ pub struct Endpoint {
     pub signature: SignatureScheme,
     /// The compiled jq transform.
     pub transform: Option<std::sync::Arc<Transform>>,
+    /// When each of `secrets` stops signing (rotation overlap); empty or
+    /// `None`: never.
+    pub secret_expiry: Vec<Option<time::OffsetDateTime>>,
+}
+
+impl Endpoint {
+    /// The secrets that sign at `now` (all, unless some are past their rotation overlap).
+    pub fn signing_secrets(
+        &self,
+        now: time::OffsetDateTime,
+    ) -> std::borrow::Cow<'_, [SigningSecret]> {
+        if self.secret_expiry.iter().all(Option::is_none) {
+            return std::borrow::Cow::Borrowed(&self.secrets);
+        }
+        std::borrow::Cow::Owned(
+            self.secrets
+                .iter()
+                .zip(self.secret_expiry.iter().chain(std::iter::repeat(&None)))
+                .filter(|(_, until)| until.is_none_or(|t| t > now))
+                .map(|(s, _)| s.clone())
+                .collect(),
+        )
+    }
 }
 
 /// When an endpoint's circuit breaker opens and how long it stays open.
@@ -273,15 +320,39 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for (i, token) in raw.ingest.tokens.iter().enumerate() {
-            if token.trim().len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(invalid(
-                    format!("ingest.tokens[{i}]"),
-                    "must be at least 16 characters without spaces (the value is not shown)".into(),
-                ));
+        for (section, tokens) in [("ingest", &raw.ingest.tokens), ("api", &raw.api.tokens)] {
+            for (i, token) in tokens.iter().enumerate() {
+                if token.trim().len() < 16
+                    || token.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(invalid(
+                        format!("{section}.tokens[{i}]"),
+                        "must be at least 16 characters without spaces (the value is not shown)"
+                            .into(),
+                    ));
+                }
             }
         }
+        if let Some(token) = raw
+            .api
+            .tokens
+            .iter()
+            .find(|t| raw.ingest.tokens.contains(t))
+        {
+            let i = raw.api.tokens.iter().position(|t| t == token).unwrap_or(0);
+            return Err(invalid(
+                format!("api.tokens[{i}]"),
+                "is also an ingest token: management tokens must be separate".into(),
+            ));
+        }
+        let secrets_key = raw
+            .registry
+            .secrets_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+            .map(crate::registry::SecretsKey::parse)
+            .transpose()
+            .map_err(|e| invalid("registry.secrets_key".into(), e))?;
         let mut seen = HashSet::new();
         let endpoints = raw
             .endpoints
@@ -330,7 +401,30 @@ impl Config {
                 max_events: raw.ingest.max_events.get(),
             },
             endpoints,
+            defaults: raw.defaults,
+            api: ApiConfig {
+                listen: raw.api.listen,
+                tokens: raw.api.tokens.into_iter().map(Redacted::new).collect(),
+            },
+            registry: RegistryConfig {
+                secrets_key,
+                secret_overlap: Duration::from_millis(raw.registry.secret_overlap_ms.get()),
+            },
         })
+    }
+
+    /// Checks one endpoint written as an `[[endpoints]]` table (as the
+    /// management API receives it) with this config's defaults.
+    ///
+    /// # Errors
+    /// `(key, message)`: the first bad key.
+    pub fn check_endpoint(&self, section: EndpointSection) -> Result<Endpoint, (String, String)> {
+        checked_endpoint(section, &self.defaults)
+    }
+
+    /// Whether `id` names an endpoint of the file (read-only for the API).
+    pub fn is_file_endpoint(&self, id: &str) -> bool {
+        self.endpoint(id).is_some()
     }
 
     /// The endpoint with this id.
@@ -519,6 +613,7 @@ fn checked_endpoint(
         rate_limit,
         signature: ep.signature,
         transform,
+        secret_expiry: Vec::new(),
     })
 }
 

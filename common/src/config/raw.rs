@@ -26,6 +26,12 @@ pub struct RawConfig {
     /// The HTTP ingest server (`hookpost-producer serve`).
     #[serde(default)]
     pub ingest: IngestSection,
+    /// The endpoint management API (`hookpost-producer serve`).
+    #[serde(default)]
+    pub api: ApiSection,
+    /// The endpoint registry (endpoints created at runtime).
+    #[serde(default)]
+    pub registry: RegistrySection,
     /// Webhook endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointSection>,
@@ -106,7 +112,7 @@ pub struct HttpSection {
 }
 
 /// `[defaults]`: delivery settings every endpoint inherits unless it sets its own.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultsSection {
     /// Request timeout.
@@ -159,8 +165,33 @@ pub struct IngestSection {
     pub max_events: NonZeroUsize,
 }
 
-/// `[[endpoints]]`
+/// `[api]`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address of the management API (served by `hookpost-producer serve` when `tokens` is set).
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// Bearer tokens accepted on `/v1/endpoints` (separate from ingest tokens). Empty: no API.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+}
+
+/// `[registry]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// Base64 of 32 bytes sealing registered endpoints' secrets and header
+    /// values; the API and every dispatcher need the same one.
+    #[serde(default)]
+    pub secrets_key: Option<String>,
+    /// After a secret rotation, how long the previous secrets keep signing.
+    #[serde(default = "default_secret_overlap_ms")]
+    pub secret_overlap_ms: NonZeroU64,
+}
+
+/// `[[endpoints]]`
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSection {
     /// Stable identifier, `[a-z0-9_-]`, names the queue `<prefix>.ep.<id>`.
@@ -210,6 +241,14 @@ pub struct EndpointSection {
     pub signature: SignatureScheme,
     /// A jq program applied to each envelope; `null` or no output drops the event for this endpoint.
     pub transform: Option<String>,
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+
+fn default_secret_overlap_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(24 * 3_600_000).unwrap() }
 }
 
 /// `retry_on_status = { add = [...], remove = [...] }`
@@ -344,5 +383,7 @@ default_from_serde!(
     MetricsSection,
     HttpSection,
     DefaultsSection,
-    IngestSection
+    IngestSection,
+    ApiSection,
+    RegistrySection
 );

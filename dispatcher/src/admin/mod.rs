@@ -110,10 +110,10 @@ impl Admin {
     /// # Errors
     /// A broker error or refusal.
     pub async fn hold(&self, endpoint: &str, paused: bool) -> anyhow::Result<()> {
-        crate::control::append(
+        common::control::append(
             &self.conn,
             &self.topology,
-            &crate::control::Command::hold(endpoint, paused),
+            &common::control::Command::hold(endpoint, paused),
         )
         .await
     }
@@ -122,8 +122,8 @@ impl Admin {
     ///
     /// # Errors
     /// A broker error, or the stream could not be read within the publish timeout.
-    pub async fn holds(&self) -> anyhow::Result<crate::control::Holds> {
-        crate::control::read(
+    pub async fn holds(&self) -> anyhow::Result<common::control::Holds> {
+        common::control::read(
             &self.conn,
             &self.topology,
             self.config

@@ -407,7 +407,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         (d.to_string(), c.to_string())
                     });
                 let state = match status {
-                    _ if holds.contains(&ep.id) => "paused by an operator",
+                    _ if holds.holds.contains(&ep.id) => "paused by an operator",
                     None => "not declared",
                     Some((_, 0)) => "not consumed (no dispatcher, or paused)",
                     Some(_) => "consumed",

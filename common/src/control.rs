@@ -1,13 +1,15 @@
-//! Operator holds: `hookpost-admin endpoints pause|resume ID` appends a
-//! command to the RabbitMQ stream `<prefix>.control`; every dispatcher replays
-//! that stream from its start and then follows it, so a hold survives
-//! restarts of everything and reaches every running dispatcher within
-//! moments. A held endpoint's messages wait in its queue, attempts untouched.
+//! The control stream `<prefix>.control`: an append-only RabbitMQ stream of
+//! operator pauses and resumes (`hookpost-admin endpoints pause|resume ID`)
+//! and of the endpoint registry's changes (the management API). Every
+//! dispatcher replays it from its start and then follows it, so holds and
+//! registered endpoints survive restarts of everything and reach every
+//! running dispatcher within moments. RabbitMQ is the only store.
 //!
 //! To know when it has read everything written before it started, a reader
 //! first appends a `marker` with a fresh token and reads until it meets it.
 
-use common::topology::Topology;
+use crate::registry::StoredEndpoint;
+use crate::topology::Topology;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -16,17 +18,26 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// The endpoints an operator holds.
-pub type Holds = Arc<BTreeSet<String>>;
+/// What the control stream says, as of the last record read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    /// The endpoints an operator holds.
+    pub holds: BTreeSet<String>,
+    /// The registered endpoints, by id.
+    pub endpoints: BTreeMap<String, StoredEndpoint>,
+}
+
+/// A shared snapshot of the state.
+pub type Holds = Arc<State>;
 
 /// One record of the control stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// Stop delivering to `endpoint` until resumed.
@@ -48,14 +59,24 @@ pub enum Command {
         /// The reader's token.
         token: String,
     },
+    /// Registers or replaces an endpoint.
+    Put {
+        /// The whole endpoint (secrets sealed).
+        endpoint: StoredEndpoint,
+    },
+    /// Removes a registered endpoint.
+    Delete {
+        /// The endpoint id.
+        id: String,
+        /// When (RFC 3339).
+        at: String,
+    },
 }
 
 impl Command {
     /// A pause or resume of `endpoint`, now.
     pub fn hold(endpoint: &str, paused: bool) -> Self {
-        let at = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let at = now_rfc3339();
         let endpoint = endpoint.to_owned();
         if paused {
             Self::Pause { endpoint, at }
@@ -65,13 +86,30 @@ impl Command {
     }
 }
 
-/// Applies one record to `holds`; returns whether it changed them.
-pub fn apply(holds: &mut BTreeSet<String>, command: &Command) -> bool {
+/// Applies one record to `state`; returns whether it changed it.
+pub fn apply(state: &mut State, command: &Command) -> bool {
     match command {
-        Command::Pause { endpoint, .. } => holds.insert(endpoint.clone()),
-        Command::Resume { endpoint, .. } => holds.remove(endpoint),
+        Command::Pause { endpoint, .. } => state.holds.insert(endpoint.clone()),
+        Command::Resume { endpoint, .. } => state.holds.remove(endpoint),
         Command::Marker { .. } => false,
+        Command::Put { endpoint } => {
+            if state.endpoints.get(&endpoint.id) == Some(endpoint) {
+                return false;
+            }
+            state
+                .endpoints
+                .insert(endpoint.id.clone(), endpoint.clone());
+            true
+        }
+        Command::Delete { id, .. } => state.endpoints.remove(id).is_some(),
     }
+}
+
+/// Now, as RFC 3339.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Declares the control stream.
@@ -194,7 +232,7 @@ pub async fn follow(
             args,
         )
         .await?;
-    let mut holds = BTreeSet::new();
+    let mut holds = State::default();
     let mut caught_up = false;
     loop {
         let delivery = tokio::select! {
@@ -212,7 +250,7 @@ pub async fn follow(
             }
             Ok(command) => {
                 if apply(&mut holds, &command) && caught_up {
-                    tracing::info!(command = ?command, "Operator hold changed.");
+                    tracing::info!(change = %describe(&command), "Control stream changed.");
                     holds_tx.send_replace(Arc::new(holds.clone()));
                 }
             }
@@ -226,19 +264,33 @@ pub async fn follow(
     Ok(())
 }
 
+/// A log line for a record (never its secrets).
+fn describe(command: &Command) -> String {
+    match command {
+        Command::Pause { endpoint, .. } => format!("endpoint {endpoint} paused by an operator"),
+        Command::Resume { endpoint, .. } => format!("endpoint {endpoint} resumed by an operator"),
+        Command::Marker { .. } => "marker".to_owned(),
+        Command::Put { endpoint } => format!(
+            "endpoint {} registered (version {})",
+            endpoint.id, endpoint.version
+        ),
+        Command::Delete { id, .. } => format!("endpoint {id} removed from the registry"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn pause_and_resume_replay_in_order() {
-        let mut holds = BTreeSet::new();
-        assert!(apply(&mut holds, &Command::hold("a", true)));
-        assert!(!apply(&mut holds, &Command::hold("a", true)), "idempotent");
-        assert!(apply(&mut holds, &Command::hold("b", true)));
-        assert!(apply(&mut holds, &Command::hold("a", false)));
-        assert!(!apply(&mut holds, &Command::Marker { token: "t".into() }));
-        assert_eq!(holds.into_iter().collect::<Vec<_>>(), ["b"]);
+        let mut state = State::default();
+        assert!(apply(&mut state, &Command::hold("a", true)));
+        assert!(!apply(&mut state, &Command::hold("a", true)), "idempotent");
+        assert!(apply(&mut state, &Command::hold("b", true)));
+        assert!(apply(&mut state, &Command::hold("a", false)));
+        assert!(!apply(&mut state, &Command::Marker { token: "t".into() }));
+        assert_eq!(state.holds.into_iter().collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]
