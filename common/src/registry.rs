@@ -272,6 +272,9 @@ fn parse_section(settings: &Map<String, Value>) -> Result<EndpointSection, Field
     })
 }
 
+/// An endpoint's `[[endpoints]]` object with secrets opened, and each secret's expiry.
+pub type Opened = (Map<String, Value>, Vec<Option<time::OffsetDateTime>>);
+
 /// The `[[endpoints]]` object of a stored endpoint with its secrets and
 /// header values opened; secrets past their `expires_at` (at `now`) left out.
 ///
@@ -281,7 +284,7 @@ pub fn opened_settings(
     stored: &StoredEndpoint,
     key: Option<&SecretsKey>,
     now: time::OffsetDateTime,
-) -> Result<(Map<String, Value>, Vec<Option<time::OffsetDateTime>>), FieldError> {
+) -> Result<Opened, FieldError> {
     let open = |field: &str, sealed: &str| -> Result<String, FieldError> {
         key.ok_or_else(|| FieldError::new(field, "registry.secrets_key is not set"))?
             .open(&stored.id, sealed)

@@ -98,7 +98,7 @@ pub async fn run(
         server_stop.clone(),
     ));
     let paused = Arc::default();
-    // Operator holds, from the control stream; kept across reconnects.
+    // Operator holds and registered endpoints, from the control stream; kept across reconnects.
     let (holds_tx, holds) = tokio::sync::watch::channel(control::Holds::default());
     let mut config = config;
     let result = loop {
@@ -117,7 +117,23 @@ pub async fn run(
             paused: Arc::clone(&paused),
             holds: holds.clone(),
         };
-        if let Err(e) = declare(&conn, &config, &shared.topology).await {
+        let generation = shutdown.child_token();
+        let tracker = TaskTracker::new();
+        if let Err(e) = follow_control(&conn, &shared.topology, &holds_tx, &generation, &tracker).await {
+            tracing::warn!(error = %e, "Reading the control stream failed; reconnecting.");
+            generation.cancel();
+            tracker.close();
+            tracker.wait().await;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
+        }
+        let mut state = holds.clone();
+        let mut effective = effective_config(&config, &state.borrow_and_update(), &mut Warned::default());
+        let mut warned = Warned::default();
+        if let Err(e) = declare(&conn, &effective, &shared.topology).await {
+            generation.cancel();
+            tracker.close();
+            tracker.wait().await;
             if matches!(e, TopologyError::Conflict { .. }) {
                 break Err(e.into());
             }
@@ -125,94 +141,53 @@ pub async fn run(
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             continue;
         }
-        let generation = shutdown.child_token();
-        let tracker = TaskTracker::new();
-        if let Err(e) =
-            follow_control(&conn, &shared.topology, &holds_tx, &generation, &tracker).await
-        {
-            tracing::warn!(error = %e, "Reading operator holds failed; reconnecting.");
-            generation.cancel();
-            tracker.close();
-            tracker.wait().await;
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            continue;
-        }
-        let (lost_tx, mut lost_rx) =
-            mpsc::channel::<(String, String)>(config.endpoints.len().max(1));
-        for endpoint in &config.endpoints {
-            let (endpoint, shared, conn, stop, lost_tx) = (
-                Arc::new(endpoint.clone()),
-                shared.clone(),
-                conn.clone(),
-                generation.clone(),
-                lost_tx.clone(),
-            );
-            tracker.spawn(async move {
-                // A worker whose channel failed on a live connection restarts
-                // alone, with backoff; a dead connection rebuilds everything.
-                let mut delays = common::amqp::backoff(std::time::Duration::from_secs(10));
-                let breaker = Arc::new(breaker::Breaker::new(endpoint.breaker));
-                loop {
-                    let exit = worker::run(endpoint.clone(), shared.clone(), conn.clone(), stop.clone(), breaker.clone()).await;
-                    let why = match exit {
-                        worker::Exit::Stopped => break,
-                        worker::Exit::Suspended => {
-                            worker::wait_released(&shared, &endpoint, &stop).await;
-                            worker::cool_down(&shared, &endpoint, &breaker, &stop).await;
-                            if stop.is_cancelled() {
-                                break;
-                            }
-                            continue;
-                        }
-                        worker::Exit::Lost(why) => why,
-                    };
-                    if !conn.status().connected() {
-                        let _ = lost_tx.send((endpoint.id.clone(), why)).await;
-                        break;
-                    }
-                    let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
-                    tracing::warn!(endpoint = %endpoint.id, error = %why, retry_in_ms = delay.as_millis() as u64, "Endpoint channel failed; restarting its worker.");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = stop.cancelled() => break,
-                    }
-                }
-            });
-        }
-        drop(lost_tx);
-        tracker.spawn(poll::run(
-            conn.clone(),
-            Arc::new(config.clone()),
-            metrics.clone(),
-            generation.clone(),
-        ));
+        let (lost_tx, mut lost_rx) = mpsc::channel::<(String, String)>(64);
+        let mut workers = Workers::default();
+        workers.apply(&effective.endpoints, &shared, &conn, &generation, &lost_tx, &tracker).await;
+        let mut poller = spawn_poller(&conn, &effective, &metrics, &generation, &tracker);
         consuming.store(true, Ordering::SeqCst);
-        tracing::info!(endpoints = config.endpoints.len(), "Dispatcher running.");
-        let next = tokio::select! {
-            () = shutdown.cancelled() => None,
-            Some((endpoint, why)) = lost_rx.recv() => {
-                tracing::warn!(endpoint = %endpoint, error = %why, "Broker channel lost; restarting the workers.");
-                Some(None)
+        tracing::info!(endpoints = effective.endpoints.len(), "Dispatcher running.");
+        // What ends this connection's run: `None` shutdown, `Some(())` reconnect.
+        let next = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break None,
+                Some((endpoint, why)) = lost_rx.recv() => {
+                    tracing::warn!(endpoint = %endpoint, error = %why, "Broker channel lost; restarting the workers.");
+                    break Some(());
+                }
+                Some(new) = reloads.recv() => match check_reload(&config, &new) {
+                    Ok(()) => {
+                        forget_changed_pauses(&paused, &new);
+                        config = new;
+                        tracing::info!(endpoints = config.endpoints.len(), "Config reloaded.");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "Applying the new config failed; keeping the old one.");
+                        continue;
+                    }
+                },
+                r = state.changed() => if r.is_err() { break Some(()) },
             }
-            Some(new) = reloads.recv() => Some(Some(new)),
+            let next = effective_config(&config, &state.borrow_and_update(), &mut warned);
+            if next.endpoints == effective.endpoints {
+                continue;
+            }
+            if let Err(e) = declare(&conn, &next, &shared.topology).await {
+                tracing::warn!(error = %e, "Declaring the changed endpoints failed; reconnecting.");
+                break Some(());
+            }
+            workers.apply(&next.endpoints, &shared, &conn, &generation, &lost_tx, &tracker).await;
+            poller.cancel();
+            poller = spawn_poller(&conn, &next, &metrics, &generation, &tracker);
+            effective = next;
+            tracing::info!(endpoints = effective.endpoints.len(), "Endpoints changed.");
         };
         consuming.store(false, Ordering::SeqCst);
         generation.cancel();
         tracker.close();
         tracker.wait().await;
-        match next {
-            None => break Ok(()),
-            Some(None) => {}
-            Some(Some(new)) => match check_reload(&config, &new) {
-                Ok(()) => {
-                    tracing::info!(endpoints = new.endpoints.len(), "Config reloaded.");
-                    forget_changed_pauses(&paused, &new);
-                    config = new;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "Applying the new config failed; keeping the old one.")
-                }
-            },
+        if next.is_none() {
+            break Ok(());
         }
     };
     client.close().await;
@@ -220,6 +195,135 @@ pub async fn run(
     let _ = server.await;
     tracing::info!("Dispatcher stopped.");
     result
+}
+
+/// Registered endpoints already reported as unloadable (id, version).
+type Warned = std::collections::HashSet<(String, u64)>;
+
+/// The config with the registry's endpoints added after the file's (an id
+/// the file defines stays the file's). A registered endpoint that cannot be
+/// loaded (its secrets sealed with another key, say) is left out and logged
+/// once per version: its events wait in its queue.
+fn effective_config(config: &Config, state: &control::State, warned: &mut Warned) -> Config {
+    let mut out = config.clone();
+    let now = time::OffsetDateTime::now_utc();
+    for stored in state.endpoints.values() {
+        if config.is_file_endpoint(&stored.id) {
+            continue;
+        }
+        match common::registry::to_endpoint(stored, config, config.registry.secrets_key.as_ref(), now) {
+            Ok(endpoint) => out.endpoints.push(endpoint),
+            Err(e) => {
+                if warned.insert((stored.id.clone(), stored.version)) {
+                    tracing::error!(endpoint = %stored.id, version = stored.version, error = %e, "Cannot load a registered endpoint; its events wait in its queue.");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The running endpoint workers, by id.
+#[derive(Default)]
+struct Workers {
+    running: HashMap<String, (Arc<common::config::Endpoint>, CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl Workers {
+    /// Stops the workers of endpoints gone or changed, starts those new or changed.
+    async fn apply(
+        &mut self,
+        endpoints: &[common::config::Endpoint],
+        shared: &worker::Shared,
+        conn: &Arc<Connection>,
+        generation: &CancellationToken,
+        lost_tx: &mpsc::Sender<(String, String)>,
+        tracker: &TaskTracker,
+    ) {
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(id, (ep, _, _))| !endpoints.iter().any(|e| e.id == **id && e == ep.as_ref()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some((_, stop, handle)) = self.running.remove(&id) {
+                stop.cancel();
+                let _ = handle.await;
+            }
+        }
+        for endpoint in endpoints {
+            if self.running.contains_key(&endpoint.id) {
+                continue;
+            }
+            let endpoint = Arc::new(endpoint.clone());
+            let stop = generation.child_token();
+            let handle = tracker.spawn(supervise(
+                endpoint.clone(),
+                shared.clone(),
+                conn.clone(),
+                stop.clone(),
+                lost_tx.clone(),
+            ));
+            self.running.insert(endpoint.id.clone(), (endpoint, stop, handle));
+        }
+    }
+}
+
+/// Runs one endpoint's worker until `stop`: restarts it with backoff after a
+/// channel failure, waits out holds and breaker cooldowns. A dead connection
+/// is reported on `lost_tx` (everything is rebuilt).
+async fn supervise(
+    endpoint: Arc<common::config::Endpoint>,
+    shared: worker::Shared,
+    conn: Arc<Connection>,
+    stop: CancellationToken,
+    lost_tx: mpsc::Sender<(String, String)>,
+) {
+    let mut delays = common::amqp::backoff(std::time::Duration::from_secs(10));
+    let breaker = Arc::new(breaker::Breaker::new(endpoint.breaker));
+    loop {
+        let exit = worker::run(endpoint.clone(), shared.clone(), conn.clone(), stop.clone(), breaker.clone()).await;
+        let why = match exit {
+            worker::Exit::Stopped => break,
+            worker::Exit::Suspended => {
+                worker::wait_released(&shared, &endpoint, &stop).await;
+                worker::cool_down(&shared, &endpoint, &breaker, &stop).await;
+                if stop.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
+            worker::Exit::Lost(why) => why,
+        };
+        if !conn.status().connected() {
+            let _ = lost_tx.send((endpoint.id.clone(), why)).await;
+            break;
+        }
+        let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
+        tracing::warn!(endpoint = %endpoint.id, error = %why, retry_in_ms = delay.as_millis() as u64, "Endpoint channel failed; restarting its worker.");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => break,
+        }
+    }
+}
+
+fn spawn_poller(
+    conn: &Arc<Connection>,
+    config: &Config,
+    metrics: &DispatcherMetrics,
+    generation: &CancellationToken,
+    tracker: &TaskTracker,
+) -> CancellationToken {
+    let stop = generation.child_token();
+    tracker.spawn(poll::run(
+        conn.clone(),
+        Arc::new(config.clone()),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    stop
 }
 
 /// Starts following the control stream on `tracker` and waits until it has

@@ -122,7 +122,7 @@ pub struct IngestConfig {
 }
 
 /// One endpoint with the defaults applied.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Endpoint {
     /// Identifier and queue suffix.
     pub id: String,
