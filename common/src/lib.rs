@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod logging;
 pub mod metrics;
 pub mod registry;
+pub mod registry_ops;
 pub mod retry;
 pub mod secret;
 pub mod server;

@@ -119,7 +119,9 @@ pub async fn run(
         };
         let generation = shutdown.child_token();
         let tracker = TaskTracker::new();
-        if let Err(e) = follow_control(&conn, &shared.topology, &holds_tx, &generation, &tracker).await {
+        if let Err(e) =
+            follow_control(&conn, &shared.topology, &holds_tx, &generation, &tracker).await
+        {
             tracing::warn!(error = %e, "Reading the control stream failed; reconnecting.");
             generation.cancel();
             tracker.close();
@@ -128,7 +130,8 @@ pub async fn run(
             continue;
         }
         let mut state = holds.clone();
-        let mut effective = effective_config(&config, &state.borrow_and_update(), &mut Warned::default());
+        let mut effective =
+            effective_config(&config, &state.borrow_and_update(), &mut Warned::default());
         let mut warned = Warned::default();
         if let Err(e) = declare(&conn, &effective, &shared.topology).await {
             generation.cancel();
@@ -143,7 +146,14 @@ pub async fn run(
         }
         let (lost_tx, mut lost_rx) = mpsc::channel::<(String, String)>(64);
         let mut workers = Workers::default();
-        workers.apply(&effective.endpoints, &shared, &conn, &generation, &lost_tx, &tracker).await;
+        workers.start_missing(
+            &effective.endpoints,
+            &shared,
+            &conn,
+            &generation,
+            &lost_tx,
+            &tracker,
+        );
         let mut poller = spawn_poller(&conn, &effective, &metrics, &generation, &tracker);
         consuming.store(true, Ordering::SeqCst);
         tracing::info!(endpoints = effective.endpoints.len(), "Dispatcher running.");
@@ -172,11 +182,21 @@ pub async fn run(
             if next.endpoints == effective.endpoints {
                 continue;
             }
+            // Stop what changed first, so nothing is consumed under the old
+            // settings once the new bindings apply.
+            workers.stop_stale(&next.endpoints).await;
             if let Err(e) = declare(&conn, &next, &shared.topology).await {
                 tracing::warn!(error = %e, "Declaring the changed endpoints failed; reconnecting.");
                 break Some(());
             }
-            workers.apply(&next.endpoints, &shared, &conn, &generation, &lost_tx, &tracker).await;
+            workers.start_missing(
+                &next.endpoints,
+                &shared,
+                &conn,
+                &generation,
+                &lost_tx,
+                &tracker,
+            );
             poller.cancel();
             poller = spawn_poller(&conn, &next, &metrics, &generation, &tracker);
             effective = next;
@@ -211,7 +231,12 @@ fn effective_config(config: &Config, state: &control::State, warned: &mut Warned
         if config.is_file_endpoint(&stored.id) {
             continue;
         }
-        match common::registry::to_endpoint(stored, config, config.registry.secrets_key.as_ref(), now) {
+        match common::registry::to_endpoint(
+            stored,
+            config,
+            config.registry.secrets_key.as_ref(),
+            now,
+        ) {
             Ok(endpoint) => out.endpoints.push(endpoint),
             Err(e) => {
                 if warned.insert((stored.id.clone(), stored.version)) {
@@ -226,20 +251,19 @@ fn effective_config(config: &Config, state: &control::State, warned: &mut Warned
 /// The running endpoint workers, by id.
 #[derive(Default)]
 struct Workers {
-    running: HashMap<String, (Arc<common::config::Endpoint>, CancellationToken, tokio::task::JoinHandle<()>)>,
+    running: HashMap<
+        String,
+        (
+            Arc<common::config::Endpoint>,
+            CancellationToken,
+            tokio::task::JoinHandle<()>,
+        ),
+    >,
 }
 
 impl Workers {
-    /// Stops the workers of endpoints gone or changed, starts those new or changed.
-    async fn apply(
-        &mut self,
-        endpoints: &[common::config::Endpoint],
-        shared: &worker::Shared,
-        conn: &Arc<Connection>,
-        generation: &CancellationToken,
-        lost_tx: &mpsc::Sender<(String, String)>,
-        tracker: &TaskTracker,
-    ) {
+    /// Stops the workers of endpoints gone or changed.
+    async fn stop_stale(&mut self, endpoints: &[common::config::Endpoint]) {
         let stale: Vec<String> = self
             .running
             .iter()
@@ -252,6 +276,18 @@ impl Workers {
                 let _ = handle.await;
             }
         }
+    }
+
+    /// Starts the workers of endpoints not running yet.
+    fn start_missing(
+        &mut self,
+        endpoints: &[common::config::Endpoint],
+        shared: &worker::Shared,
+        conn: &Arc<Connection>,
+        generation: &CancellationToken,
+        lost_tx: &mpsc::Sender<(String, String)>,
+        tracker: &TaskTracker,
+    ) {
         for endpoint in endpoints {
             if self.running.contains_key(&endpoint.id) {
                 continue;
@@ -265,7 +301,8 @@ impl Workers {
                 stop.clone(),
                 lost_tx.clone(),
             ));
-            self.running.insert(endpoint.id.clone(), (endpoint, stop, handle));
+            self.running
+                .insert(endpoint.id.clone(), (endpoint, stop, handle));
         }
     }
 }
@@ -283,7 +320,14 @@ async fn supervise(
     let mut delays = common::amqp::backoff(std::time::Duration::from_secs(10));
     let breaker = Arc::new(breaker::Breaker::new(endpoint.breaker));
     loop {
-        let exit = worker::run(endpoint.clone(), shared.clone(), conn.clone(), stop.clone(), breaker.clone()).await;
+        let exit = worker::run(
+            endpoint.clone(),
+            shared.clone(),
+            conn.clone(),
+            stop.clone(),
+            breaker.clone(),
+        )
+        .await;
         let why = match exit {
             worker::Exit::Stopped => break,
             worker::Exit::Suspended => {
