@@ -9,7 +9,7 @@ use crate::registry::{self, FieldError, StoredEndpoint};
 use crate::topology::Topology;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Confirmation, Connection};
@@ -170,6 +170,10 @@ impl<'a> Registry<'a> {
             self.config.registry.secrets_key.as_ref(),
             None,
         )?;
+        // An id used before: stop sending its retries to the dead-letter queue.
+        let ch = self.conn.create_channel().await?;
+        let _ = self.topology.revive_endpoint(&ch, &id).await;
+        let _ = ch.close(200, "revived".into()).await;
         self.append(&Command::Put {
             endpoint: stored.clone(),
         })
@@ -300,7 +304,7 @@ impl<'a> Registry<'a> {
                 self.config.origin.display()
             )));
         }
-        self.get(id).await?;
+        let stored = self.get(id).await?;
         let queue = self.topology.endpoint_queue(id);
         let waiting = self.queue_counts(&queue).await.map_or(0, |(m, _)| m);
         if waiting > 0 && !force {
@@ -334,22 +338,27 @@ impl<'a> Registry<'a> {
                 Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
-        let dead_lettered = if force {
-            self.dead_letter_all(id, &queue).await?
-        } else {
-            0
-        };
+        // Detach it (patterns unbound, waiting retries routed to the
+        // dead-letter queue), then empty it: anything that arrived since the
+        // check above is dead-lettered too, never dropped.
+        let patterns: Vec<String> = stored
+            .settings
+            .get("events")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
         let ch = self.conn.create_channel().await?;
-        let deleted = ch
-            .queue_delete(
-                queue.as_str().into(),
-                QueueDeleteOptions {
-                    if_empty: true,
-                    ..QueueDeleteOptions::default()
-                },
-            )
-            .await;
+        self.topology.retire_endpoint(&ch, id, &patterns).await?;
+        let dead_lettered = self.dead_letter_all(id, &queue).await?;
+        let deleted = self.topology.delete_endpoint_queue(&ch, id).await;
         let _ = ch.close(200, "deleted".into()).await;
+        if let Err(e) = &deleted {
+            tracing::warn!(endpoint = %id, error = %e, "Deleting the endpoint's queue failed; it is detached and can be deleted by hand.");
+        }
         Ok(Deleted {
             id: id.to_owned(),
             dead_lettered,

@@ -248,20 +248,79 @@ impl Topology {
         bind(ch, &queue, &exchange, "").await
     }
 
-    /// Deletes an endpoint's queue. Without `force` only when it is empty.
+    /// Detaches a removed endpoint's queue: unbinds its patterns and its
+    /// retry route, and routes retries still waiting for it to the
+    /// dead-letter queue instead (they would otherwise be dropped as
+    /// unroutable when they come back).
     ///
     /// # Errors
-    /// The broker's error (a non-empty queue without `force` is one).
+    /// The broker's error.
+    pub async fn retire_endpoint(
+        &self,
+        ch: &Channel,
+        endpoint_id: &str,
+        patterns: &[String],
+    ) -> Result<(), lapin::Error> {
+        let queue = self.endpoint_queue(endpoint_id);
+        for pattern in patterns {
+            ch.queue_unbind(
+                queue.as_str().into(),
+                self.events_exchange().as_str().into(),
+                pattern.as_str().into(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        ch.queue_bind(
+            self.dead().as_str().into(),
+            self.endpoints_exchange().as_str().into(),
+            endpoint_id.into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_unbind(
+            queue.as_str().into(),
+            self.endpoints_exchange().as_str().into(),
+            endpoint_id.into(),
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Undoes the retry route [`Topology::retire_endpoint`] set for an id now in use again.
+    ///
+    /// # Errors
+    /// The broker's error.
+    pub async fn revive_endpoint(
+        &self,
+        ch: &Channel,
+        endpoint_id: &str,
+    ) -> Result<(), lapin::Error> {
+        ch.queue_unbind(
+            self.dead().as_str().into(),
+            self.endpoints_exchange().as_str().into(),
+            endpoint_id.into(),
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Deletes an endpoint's queue (the caller has checked it is empty and
+    /// unused: quorum queues do not implement `if-empty`; classic ones get it
+    /// as a last guard).
+    ///
+    /// # Errors
+    /// The broker's error.
     pub async fn delete_endpoint_queue(
         &self,
         ch: &Channel,
         endpoint_id: &str,
-        force: bool,
     ) -> Result<u32, lapin::Error> {
         ch.queue_delete(
             self.endpoint_queue(endpoint_id).as_str().into(),
             QueueDeleteOptions {
-                if_empty: !force,
+                if_empty: self.queue_type == QueueType::Classic,
                 ..QueueDeleteOptions::default()
             },
         )

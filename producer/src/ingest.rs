@@ -309,7 +309,7 @@ fn unavailable_message(e: &PublishError) -> String {
     }
 }
 
-fn error(status: StatusCode, message: &str, field: Option<&str>) -> HttpResponse {
+pub(crate) fn error(status: StatusCode, message: &str, field: Option<&str>) -> HttpResponse {
     let body = match field {
         Some(field) => json!({ "error": message, "field": field }),
         None => json!({ "error": message }),
@@ -317,6 +317,6 @@ fn error(status: StatusCode, message: &str, field: Option<&str>) -> HttpResponse
     json(status, &body)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -20,6 +20,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod ingest;
 pub mod publisher;
 

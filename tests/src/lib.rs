@@ -118,6 +118,24 @@ impl Scope {
         path
     }
 
+    /// Registers the queues of an endpoint created at runtime (registry) for
+    /// cleanup: its queue, and the wait tiers of `config`'s defaults.
+    pub fn track_endpoint(&self, config: &Config, id: &str) {
+        let t = Topology::new(&config.amqp);
+        let mut queues = self.queues.lock().expect("lock");
+        let mut exchanges = self.exchanges.lock().expect("lock");
+        queues.push(t.endpoint_queue(id));
+        let defaults = common::retry::RetryPolicy {
+            max_retries: config.defaults.max_retries,
+            retry_delay_ms: config.defaults.retry_delay_ms.get(),
+            max_retry_delay_ms: config.defaults.max_retry_delay_ms.get(),
+        };
+        for tier in defaults.tiers_ms() {
+            queues.push(t.wait_queue(tier));
+            exchanges.push(t.retry_exchange(tier));
+        }
+    }
+
     /// Registers everything `config` declares for cleanup.
     pub fn track_config(&self, config: &Config) {
         let t = Topology::new(&config.amqp);

@@ -117,9 +117,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         config.metrics_listen
                     )
                 })?;
+            let api_listener = if config.api.tokens.is_empty() {
+                None
+            } else {
+                Some(
+                    tokio::net::TcpListener::bind(config.api.listen)
+                        .await
+                        .with_context(|| {
+                            format!("cannot listen on {} (api.listen)", config.api.listen)
+                        })?,
+                )
+            };
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            producer::serve(config, listener, metrics_listener, shutdown).await
+            let api = api_listener.map(|listener| {
+                tokio::spawn(producer::api::serve(
+                    config.clone(),
+                    listener,
+                    shutdown.clone(),
+                ))
+            });
+            let served =
+                producer::serve(config, listener, metrics_listener, shutdown.clone()).await;
+            shutdown.cancel();
+            if let Some(api) = api {
+                api.await??;
+            }
+            served
         }
     }
 }

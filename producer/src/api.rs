@@ -1,0 +1,326 @@
+//! The endpoint management API (`hookpost-producer serve` with `[api]
+//! tokens`): register, update, fetch, list and remove endpoints at runtime.
+//! The contract is `deploy/openapi.json`; the registry lives in RabbitMQ
+//! ([`common::registry_ops`]).
+//!
+//! | method and path | does |
+//! |---|---|
+//! | `GET /v1/endpoints` | every endpoint: registered ones, then the config file's (read-only) |
+//! | `POST /v1/endpoints` | registers one (201); without `secrets`, one is generated and returned once |
+//! | `GET /v1/endpoints/{id}` | one endpoint |
+//! | `PUT /v1/endpoints/{id}` | replaces it (secrets and header values kept when left out) |
+//! | `PATCH /v1/endpoints/{id}` | JSON merge patch |
+//! | `DELETE /v1/endpoints/{id}[?force=true]` | removes it; its queue goes once empty (with `force`, pending messages are dead-lettered first) |
+//! | `POST /v1/endpoints/{id}/secret/rotate` | new secret, returned once; the old ones sign on for `registry.secret_overlap_ms` |
+
+use crate::ingest::{constant_time_eq, error};
+use bytes::Bytes;
+use common::Config;
+use common::amqp::AmqpClient;
+use common::registry::{self, StoredEndpoint};
+use common::registry_ops::{Mode, OpError, Registry};
+use common::secret::redact_url;
+use common::server::{HttpResponse, json};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, HeaderValue, LOCATION, WWW_AUTHENTICATE};
+use hyper::{Method, Request, StatusCode};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The management API service.
+#[derive(Debug)]
+pub struct Api {
+    config: Config,
+    client: AmqpClient,
+    shutdown: CancellationToken,
+}
+
+impl Api {
+    /// An API over `config`'s broker.
+    pub fn new(config: Config, shutdown: CancellationToken) -> Self {
+        let client = AmqpClient::new(
+            config.amqp.url.clone(),
+            "hookpost-api",
+            config.amqp.max_reconnect_delay,
+        );
+        Self {
+            config,
+            client,
+            shutdown,
+        }
+    }
+
+    /// Serves on `listener` until shutdown; in-flight requests finish first.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let shutdown = self.shutdown.clone();
+        let client = self.client.clone();
+        common::server::serve(
+            listener,
+            move |req| {
+                let this = self.clone();
+                Box::pin(async move { this.handle(req).await })
+            },
+            shutdown,
+        )
+        .await;
+        client.close().await;
+    }
+
+    /// Handles one request.
+    pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
+        let path = req.uri().path().to_owned();
+        let Some(rest) = path.strip_prefix("/v1/endpoints") else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not found; the API is under /v1/endpoints",
+                None,
+            );
+        };
+        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let method = req.method().clone();
+        let allowed = match segments.as_slice() {
+            [] => "GET, POST",
+            [_] => "GET, PUT, PATCH, DELETE",
+            [_, "secret", "rotate"] => "POST",
+            _ => return error(StatusCode::NOT_FOUND, "not found", None),
+        };
+        if !allowed.split(", ").any(|m| m == method.as_str()) {
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("use {allowed}"),
+                None,
+            );
+            if let Ok(v) = HeaderValue::from_str(allowed) {
+                r.headers_mut().insert("allow", v);
+            }
+            return r;
+        }
+        if !self.authorized(req.headers().get(AUTHORIZATION)) {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid bearer token",
+                None,
+            );
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        let force = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "force=true" || p == "force=1"));
+        let id = segments.first().map(|s| (*s).to_owned());
+        let body =
+            if matches!(method, Method::POST | Method::PUT | Method::PATCH) && segments.len() < 2 {
+                match read_object(req).await {
+                    Ok(body) => Some(body),
+                    Err(r) => return r,
+                }
+            } else {
+                None
+            };
+        let conn = match self
+            .client
+            .connection(
+                Some(tokio::time::Instant::now() + self.config.amqp.publish_timeout),
+                &self.shutdown,
+            )
+            .await
+        {
+            Ok(conn) => conn,
+            Err(e) => return unavailable(&e.to_string()),
+        };
+        let registry = Registry::new(&conn, &self.config);
+        let result = match (method, id, body) {
+            (Method::GET, None, _) => self.list(&registry).await,
+            (Method::POST, None, Some(body)) => create(&registry, body).await,
+            (Method::GET, Some(id), _) => self.get(&registry, &id).await,
+            (Method::PUT, Some(id), Some(body)) => update(&registry, &id, body, Mode::Replace).await,
+            (Method::PATCH, Some(id), Some(body)) => update(&registry, &id, body, Mode::Merge).await,
+            (Method::DELETE, Some(id), _) => registry
+                .delete(&id, force)
+                .await
+                .map(|d| json(StatusCode::OK, &json!(d))),
+            (Method::POST, Some(id), _) => registry.rotate_secret(&id).await.map(|(stored, secret)| {
+                json(
+                    StatusCode::OK,
+                    &json!({
+                        "secret": secret,
+                        "endpoint": registry::public_view(&stored, false),
+                        "note": "the new secret is shown once; previous secrets keep signing until their expires_at"
+                    }),
+                )
+            }),
+            _ => return error(StatusCode::BAD_REQUEST, "a JSON object body is required", None),
+        };
+        match result {
+            Ok(response) => response,
+            Err(e) => op_error(&e),
+        }
+    }
+
+    fn authorized(&self, header: Option<&HeaderValue>) -> bool {
+        let Some(token) = header.and_then(|h| h.to_str().ok()).and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        }) else {
+            return false;
+        };
+        self.config.api.tokens.iter().fold(false, |found, t| {
+            found | constant_time_eq(t.expose().as_bytes(), token.trim().as_bytes())
+        })
+    }
+
+    async fn list(&self, registry: &Registry<'_>) -> Result<HttpResponse, OpError> {
+        let state = registry.state().await?;
+        let mut endpoints: Vec<Value> = state
+            .endpoints
+            .values()
+            .map(|e| registry::public_view(e, state.holds.contains(&e.id)))
+            .collect();
+        endpoints.extend(
+            self.config
+                .endpoints
+                .iter()
+                .map(|e| file_view(e, state.holds.contains(&e.id))),
+        );
+        Ok(json(StatusCode::OK, &json!({ "endpoints": endpoints })))
+    }
+
+    async fn get(&self, registry: &Registry<'_>, id: &str) -> Result<HttpResponse, OpError> {
+        let state = registry.state().await?;
+        let paused = state.holds.contains(id);
+        if let Some(e) = self.config.endpoint(id) {
+            return Ok(json(StatusCode::OK, &file_view(e, paused)));
+        }
+        let stored = state
+            .endpoints
+            .get(id)
+            .ok_or_else(|| OpError::NotFound(id.to_owned()))?;
+        Ok(json(StatusCode::OK, &registry::public_view(stored, paused)))
+    }
+}
+
+async fn create(
+    registry: &Registry<'_>,
+    body: Map<String, Value>,
+) -> Result<HttpResponse, OpError> {
+    let (stored, generated) = registry.create(body).await?;
+    let mut view = registry::public_view(&stored, false);
+    if let (Some(secret), Value::Object(v)) = (generated, &mut view) {
+        v.insert("secret".into(), Value::String(secret));
+    }
+    let mut r = json(StatusCode::CREATED, &view);
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/endpoints/{}", stored.id)) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    Ok(r)
+}
+
+async fn update(
+    registry: &Registry<'_>,
+    id: &str,
+    body: Map<String, Value>,
+    mode: Mode,
+) -> Result<HttpResponse, OpError> {
+    let stored: StoredEndpoint = registry.update(id, body, mode).await?;
+    Ok(json(StatusCode::OK, &registry::public_view(&stored, false)))
+}
+
+/// A file endpoint as the API shows it (read-only; nothing secret).
+fn file_view(e: &common::config::Endpoint, paused: bool) -> Value {
+    json!({
+        "id": e.id,
+        "url": redact_url(e.url.as_str()),
+        "events": e.events,
+        "source": "file",
+        "read_only": true,
+        "paused": paused,
+    })
+}
+
+async fn read_object(req: Request<Incoming>) -> Result<Map<String, Value>, HttpResponse> {
+    let body: Bytes = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body over {MAX_BODY_BYTES} bytes"),
+                None,
+            ));
+        }
+    };
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+            Some(""),
+        )),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("body is not JSON: {e}"),
+            Some(""),
+        )),
+    }
+}
+
+fn op_error(e: &OpError) -> HttpResponse {
+    match e {
+        OpError::NotFound(_) => error(StatusCode::NOT_FOUND, &e.to_string(), None),
+        OpError::Conflict(m) => error(StatusCode::CONFLICT, m, None),
+        OpError::Invalid(f) => error(
+            StatusCode::BAD_REQUEST,
+            &format!("{}: {}", f.field, f.message),
+            Some(&f.field),
+        ),
+        OpError::Broker(_) => unavailable(&e.to_string()),
+    }
+}
+
+fn unavailable(message: &str) -> HttpResponse {
+    tracing::warn!(error = %message, "Management API: broker unavailable.");
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "broker unavailable; retry later",
+        None,
+    );
+    r.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Serves the management API on `listener` until `shutdown`.
+///
+/// # Errors
+/// When `[api] tokens` is empty (the API never runs unauthenticated).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.api.tokens.is_empty(),
+        "{}: key `api.tokens`: set at least one bearer token before serving the management API",
+        config.origin.display()
+    );
+    if config.registry.secrets_key.is_none() {
+        tracing::warn!(
+            "registry.secrets_key is not set: endpoints can be registered only without secrets or headers."
+        );
+    }
+    tracing::info!(listen = %listener.local_addr()?, "Management API started.");
+    let api = Arc::new(Api::new(config, shutdown));
+    api.serve(listener).await;
+    tracing::info!("Management API stopped.");
+    Ok(())
+}

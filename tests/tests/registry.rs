@@ -1,0 +1,399 @@
+//! The endpoint management API end to end: real broker, real dispatchers,
+//! real receivers. Endpoints created, changed, rotated and deleted over HTTP
+//! take effect on running dispatchers without a restart, and survive restarts.
+
+use common::Config;
+use producer::Publisher;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tests::dispatcher_harness::Running;
+use tests::fixtures::{FAST, header_str, publish};
+use tests::receiver::{Receiver, Reply};
+use tests::{Scope, eventually};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+const TOKEN: &str = "management-token-0123456789";
+const INGEST_TOKEN: &str = "ingest-token-0123456789";
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A running management API.
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Api {
+    async fn start(config: &Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!(
+            "http://{}/v1/endpoints",
+            listener.local_addr().expect("addr")
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(producer::api::serve(config.clone(), listener, stop.clone()));
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            stop,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value)
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn config(scope: &Scope, extra: &str) -> Config {
+    scope.config(&format!(
+        "{FAST}[ingest]\ntokens = [\"{INGEST_TOKEN}\"]\n[api]\ntokens = [\"{TOKEN}\"]\n[registry]\nsecrets_key = \"{KEY}\"\nsecret_overlap_ms = 3600000\n{extra}"
+    ))
+}
+
+fn verify(secret: &str, request: &tests::receiver::Received) -> bool {
+    standardwebhooks::Webhook::new(secret)
+        .expect("secret")
+        .verify(&request.body, &request.headers)
+        .is_ok()
+}
+
+#[tokio::test]
+async fn endpoints_created_over_http_reach_running_dispatchers_and_survive_restarts() {
+    let scope = Scope::new().await;
+    let (first_rx, second_rx) = (Receiver::start().await, Receiver::start().await);
+    let config = config(&scope, "");
+    scope.track_endpoint(&config, "partner");
+    let one = Running::start(config.clone()).await;
+    let two = Running::start(config.clone()).await;
+    let api = Api::start(&config).await;
+
+    // Create: a secret is generated and shown once.
+    let (status, created) = api
+        .call(
+            reqwest::Method::POST,
+            "",
+            Some(json!({
+                "id": "partner", "url": first_rx.url, "events": ["order.*"],
+                "name": "Partner", "description": "test partner", "metadata": {"team": "growth"}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"]
+        .as_str()
+        .expect("generated secret")
+        .to_owned();
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(created["secrets"][0]["value"], "***");
+    assert_eq!(created["version"], 1);
+    scope.wait_consumers("partner", 2).await;
+
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let ids = publish(&publisher, "order.created", 4).await;
+    first_rx.wait_ids(&ids, WAIT).await;
+    assert!(first_rx.received().iter().all(|r| verify(&secret, r)));
+
+    // Update (PATCH): new URL and patterns, live.
+    let (status, patched) = api
+        .call(
+            reqwest::Method::PATCH,
+            "/partner",
+            Some(json!({"url": second_rx.url, "events": ["invoice.*"], "metadata": {"tier": "gold"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["version"], 2);
+    assert_eq!(
+        patched["metadata"],
+        json!({"team": "growth", "tier": "gold"})
+    );
+    let invoices = eventually(WAIT, "the new pattern and URL in effect", || async {
+        let ids = publish(&publisher, "invoice.paid", 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        second_rx
+            .ids()
+            .iter()
+            .any(|i| ids.contains(i))
+            .then_some(ids)
+    })
+    .await;
+    second_rx.wait_ids(&invoices, WAIT).await;
+    let orders_before = first_rx.ids().len();
+    let unrouted = publish(&publisher, "order.paid", 1).await;
+    let parked = scope.take(&format!("{}.unrouted", scope.prefix), 1).await;
+    assert!(
+        parked
+            .iter()
+            .any(|m| String::from_utf8_lossy(&m.delivery.data).contains(&unrouted[0])),
+        "order.* is no longer bound"
+    );
+    assert_eq!(first_rx.ids().len(), orders_before);
+
+    // Rotate: the new secret is returned once; both sign during the overlap.
+    let (status, rotated) = api
+        .call(reqwest::Method::POST, "/partner/secret/rotate", None)
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().expect("new secret").to_owned();
+    assert_ne!(new_secret, secret);
+    let signed = eventually(WAIT, "both signatures on a delivery", || async {
+        let ids = publish(&publisher, "invoice.paid", 1).await;
+        second_rx.wait_ids(&ids, WAIT).await;
+        let got = second_rx.received();
+        let request = got.iter().rev().find(|r| r.ids() == ids)?.clone();
+        let header = request.header("webhook-signature")?;
+        (header.split(' ').count() == 2).then_some(request)
+    })
+    .await;
+    assert!(verify(&secret, &signed), "the old secret still verifies");
+    assert!(verify(&new_secret, &signed), "the new secret verifies");
+
+    // List and fetch never show secrets.
+    let (status, list) = api.call(reqwest::Method::GET, "", None).await;
+    assert_eq!(status, 200);
+    let text = list.to_string();
+    assert!(!text.contains(&secret) && !text.contains(&new_secret));
+    assert_eq!(list["endpoints"][0]["id"], "partner");
+    let (status, one_view) = api.call(reqwest::Method::GET, "/partner", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(one_view["url"], second_rx.url);
+    assert_eq!(one_view["secrets"].as_array().map(Vec::len), Some(2));
+
+    // Restart everything: the registry is in RabbitMQ.
+    drop(api);
+    one.stop().await.expect("stop");
+    two.stop().await.expect("stop");
+    let three = Running::start(config.clone()).await;
+    let api = Api::start(&config).await;
+    let after = publish(&publisher, "invoice.due", 1).await;
+    second_rx.wait_ids(&after, WAIT).await;
+    let (status, again) = api.call(reqwest::Method::GET, "/partner", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["version"], 3);
+    assert_eq!(again["name"], "Partner");
+
+    // Delete: the queue goes once empty; the endpoint is gone everywhere.
+    let (status, deleted) = api.call(reqwest::Method::DELETE, "/partner", None).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["queue_deleted"], true);
+    let (status, _) = api.call(reqwest::Method::GET, "/partner", None).await;
+    assert_eq!(status, 404);
+    let gone = publish(&publisher, "invoice.paid", 1).await;
+    let parked = scope.take(&format!("{}.unrouted", scope.prefix), 1).await;
+    assert!(String::from_utf8_lossy(&parked[0].delivery.data).contains(&gone[0]));
+    three.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn bad_input_and_bad_tokens_are_refused_with_the_field_named() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::with(std::sync::Arc::new(|_, _| Reply::Status(503, vec![]))).await;
+    let config = config(
+        &scope,
+        &format!(
+            "[[endpoints]]\nid = \"filed\"\nurl = \"{}\"\nevents = [\"x\"]\n",
+            receiver.url
+        ),
+    );
+    scope.track_endpoint(&config, "valid");
+    let api = Api::start(&config).await;
+    let http = reqwest::Client::new();
+
+    // Auth: none, wrong, and an ingest token.
+    for token in [None, Some("wrong-token-0123456789"), Some(INGEST_TOKEN)] {
+        let mut req = http.get(&api.base);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        assert_eq!(resp.status().as_u16(), 401, "{token:?}");
+        assert_eq!(
+            resp.headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer")
+        );
+    }
+
+    let base = json!({"id": "valid", "url": receiver.url, "events": ["a.*"]});
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"id": "Bad Id"}), "id"),
+        (json!({"url": "ftp://x.example.com/"}), "url"),
+        (json!({"url": 5}), "url"),
+        (json!({"events": []}), "events"),
+        (json!({"events": ["a..b"]}), "events[0]"),
+        (json!({"method": "DELETE"}), "method"),
+        (
+            json!({"headers": {"webhook-id": "x"}}),
+            "headers.webhook-id",
+        ),
+        (json!({"secrets": ["not-a-secret"]}), "secrets[0]"),
+        (json!({"timeout_ms": 0}), "timeout_ms"),
+        (json!({"max_retries": "many"}), "max_retries"),
+        (json!({"max_retries": 1000}), "max_retries"),
+        (json!({"retry_delay_ms": -1}), "retry_delay_ms"),
+        (
+            json!({"max_retry_delay_ms": 1, "retry_delay_ms": 100}),
+            "max_retry_delay_ms",
+        ),
+        (json!({"batch_size": 100000}), "batch_size"),
+        (json!({"batch_interval_ms": 99999999}), "batch_interval_ms"),
+        (json!({"max_in_flight": 0}), "max_in_flight"),
+        (json!({"on_exhausted": "explode"}), "on_exhausted"),
+        (json!({"breaker_failures": -1}), "breaker_failures"),
+        (
+            json!({"breaker_cooldown_ms": 99999999}),
+            "breaker_cooldown_ms",
+        ),
+        (
+            json!({"retry_on_status": {"add": [200]}}),
+            "retry_on_status.add",
+        ),
+        (json!({"rate_limit_per_s": 0}), "rate_limit_per_s"),
+        (json!({"rate_limit_burst": 5}), "rate_limit_burst"),
+        (json!({"signature": "md5"}), "signature"),
+        (json!({"transform": ".data |"}), "transform"),
+        (json!({"name": 5}), "name"),
+        (json!({"description": ["x"]}), "description"),
+        (json!({"metadata": "x"}), "metadata"),
+        (json!({"colour": "red"}), "colour"),
+    ];
+    for (patch, field) in cases {
+        let mut body = base.clone();
+        tests_merge(&mut body, &patch);
+        let (status, answer) = api.call(reqwest::Method::POST, "", Some(body)).await;
+        assert_eq!(status, 400, "{patch}: {answer}");
+        assert_eq!(answer["field"], field, "{patch}: {answer}");
+        assert!(
+            !answer.to_string().contains("not-a-secret"),
+            "secret values never echoed: {answer}"
+        );
+    }
+    let missing = json!({"id": "valid", "events": ["a"]});
+    let (status, answer) = api.call(reqwest::Method::POST, "", Some(missing)).await;
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (400, Some("url")),
+        "{answer}"
+    );
+    let (status, _) = api.call(reqwest::Method::POST, "", Some(json!([1]))).await;
+    assert_eq!(status, 400);
+    let resp = http
+        .post(&api.base)
+        .bearer_auth(TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 400);
+    let resp = http
+        .post(&api.base)
+        .bearer_auth(TOKEN)
+        .body(vec![b' '; producer::api::MAX_BODY_BYTES + 10])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 413);
+
+    // Conflicts, unknown ids, read-only file endpoints, methods.
+    let (status, _) = api
+        .call(reqwest::Method::POST, "", Some(base.clone()))
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = api
+        .call(reqwest::Method::POST, "", Some(base.clone()))
+        .await;
+    assert_eq!(status, 409, "the id is taken");
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            "",
+            Some(json!({"id": "filed", "url": receiver.url, "events": ["x"]})),
+        )
+        .await;
+    assert_eq!(status, 409, "the file's endpoint is read-only");
+    let (status, filed) = api.call(reqwest::Method::GET, "/filed", None).await;
+    assert_eq!((status, filed["read_only"].as_bool()), (200, Some(true)));
+    let (status, _) = api
+        .call(
+            reqwest::Method::PATCH,
+            "/filed",
+            Some(json!({"events": ["y"]})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = api.call(reqwest::Method::DELETE, "/nosuch", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = api
+        .call(
+            reqwest::Method::PATCH,
+            "/valid",
+            Some(json!({"id": "other"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = api.call(reqwest::Method::PUT, "", Some(base.clone())).await;
+    assert_eq!(status, 405);
+    let (status, _) = api
+        .call(reqwest::Method::GET, "/valid/secret/rotate", None)
+        .await;
+    assert_eq!(status, 405);
+
+    // A delete with messages waiting needs force; force dead-letters them.
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    // No dispatcher runs: declare the queue as one would, then publish.
+    let declared = Running::start(config.clone()).await;
+    scope.wait_consumers("valid", 1).await;
+    declared.stop().await.expect("stop");
+    publish(&publisher, "a.b", 3).await;
+    let queue = format!("{}.ep.valid", scope.prefix);
+    eventually(WAIT, "3 waiting", || async {
+        (scope.depth(&queue).await == 3).then_some(())
+    })
+    .await;
+    let (status, refused) = api.call(reqwest::Method::DELETE, "/valid", None).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("3 messages"),
+        "{refused}"
+    );
+    let (status, forced) = api
+        .call(reqwest::Method::DELETE, "/valid?force=true", None)
+        .await;
+    assert_eq!(status, 200, "{forced}");
+    assert_eq!(forced["dead_lettered"], 3);
+    let dead = scope.take(&format!("{}.dead", scope.prefix), 3).await;
+    assert!(
+        dead.iter()
+            .all(|m| header_str(m, "hookpost-reason").as_deref() == Some("endpoint_deleted"))
+    );
+}
+
+fn tests_merge(target: &mut Value, patch: &Value) {
+    common::registry_ops::merge_patch(target, patch);
+}
