@@ -183,16 +183,24 @@ pub async fn read(
     let stop = CancellationToken::new();
     let follow = follow(conn, topology, tx, stop.clone());
     tokio::pin!(follow);
+    let mut ended = false;
     let caught_up = tokio::time::timeout(timeout, async {
         tokio::select! {
-            r = &mut follow => r.and(Err(anyhow::anyhow!("the control stream ended"))),
+            r = &mut follow => {
+                ended = true;
+                r.and(Err(anyhow::anyhow!("the control stream ended")))
+            }
             r = rx.changed() => r.map_err(anyhow::Error::from),
         }
     })
     .await
-    .map_err(|_| anyhow::anyhow!("timed out reading the control stream"))?;
-    stop.cancel();
-    caught_up?;
+    .map_err(|_| anyhow::anyhow!("timed out reading the control stream"));
+    if !ended {
+        // Let the reader close its channel.
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut follow).await;
+    }
+    caught_up??;
     let holds = rx.borrow().clone();
     Ok(holds)
 }

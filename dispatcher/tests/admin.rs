@@ -500,3 +500,94 @@ async fn endpoints_and_topology_status() {
     assert!(err.contains("is not an endpoint id"), "{err}");
     f.dispatcher.stop().await.expect("stop");
 }
+
+// Multi-threaded: the in-process dispatcher must keep running while the
+// test thread waits for each `hookpost-admin` process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_create_update_get_rotate_and_delete_from_the_command_line() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let config = scope.write_config(
+        "registry",
+        "",
+        "[http]\nallowed_networks = [\"127.0.0.0/8\"]\n[registry]\nsecrets_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n",
+    );
+    let loaded = common::Config::load(&config).expect("config");
+    scope.track_endpoint(&loaded, "cli");
+    let dispatcher = Running::start(loaded.clone()).await;
+
+    let body = format!(
+        r#"{{"id": "cli", "url": "{}", "events": ["cli.*"], "name": "From the CLI"}}"#,
+        receiver.url
+    );
+    let created: serde_json::Value = serde_json::from_str(&ok(&admin(
+        &config,
+        &["endpoints", "create", "--json", &body],
+    )))
+    .expect("json");
+    let secret = created["secret"]
+        .as_str()
+        .expect("generated secret")
+        .to_owned();
+    assert_eq!(created["name"], "From the CLI");
+    scope.wait_consumers("cli", 1).await;
+
+    let publisher = Publisher::connect(&loaded).await.expect("connect");
+    let event = Event::new("cli.x", serde_json::json!({})).expect("valid");
+    publisher.publish(&event).await.expect("published");
+    receiver
+        .wait_ids(std::slice::from_ref(&event.id), WAIT)
+        .await;
+    standardwebhooks::Webhook::new(&secret)
+        .expect("secret")
+        .verify(
+            &receiver.received()[0].body,
+            &receiver.received()[0].headers,
+        )
+        .expect("signed with the generated secret");
+
+    let out = ok(&admin(
+        &config,
+        &[
+            "endpoints",
+            "update",
+            "cli",
+            "--json",
+            r#"{"max_retries": 2}"#,
+        ],
+    ));
+    assert!(out.contains("\"max_retries\": 2"), "{out}");
+    let out = ok(&admin(&config, &["endpoints", "get", "cli"]));
+    assert!(
+        out.contains("\"version\": 2") && !out.contains(&secret),
+        "{out}"
+    );
+    let out = ok(&admin(&config, &["endpoints"]));
+    let row = out.lines().find(|l| l.starts_with("cli")).expect("cli row");
+    assert!(row.contains("registry") && row.contains("cli.*"), "{out}");
+    let rotated = ok(&admin(&config, &["endpoints", "rotate-secret", "cli"]));
+    assert!(rotated.trim().starts_with("whsec_") && rotated.trim() != secret);
+
+    let err = failed(&admin(
+        &config,
+        &[
+            "endpoints",
+            "update",
+            "cli",
+            "--json",
+            r#"{"events": ["Bad Pattern"]}"#,
+        ],
+    ));
+    assert!(err.contains("events[0]"), "{err}");
+    let err = failed(&admin(&config, &["endpoints", "get", "nosuch"]));
+    assert!(err.contains("no registered endpoint"), "{err}");
+
+    let out = ok(&admin(&config, &["endpoints", "delete", "cli"]));
+    assert!(
+        out.contains("deleted endpoint cli (queue deleted: true"),
+        "{out}"
+    );
+    let err = failed(&admin(&config, &["endpoints", "get", "cli"]));
+    assert!(err.contains("no registered endpoint"), "{err}");
+    dispatcher.stop().await.expect("stop");
+}

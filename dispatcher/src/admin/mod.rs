@@ -134,6 +134,11 @@ impl Admin {
         .await
     }
 
+    /// The endpoint registry (what the management API edits).
+    pub fn registry(&self) -> common::registry_ops::Registry<'_> {
+        common::registry_ops::Registry::new(&self.conn, &self.config)
+    }
+
     /// The names in use.
     pub fn topology(&self) -> &Topology {
         &self.topology

@@ -3,6 +3,8 @@
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use common::Config;
+use common::registry;
+use common::registry_ops::{Mode, OpError};
 use common::secret::redact_url;
 use dispatcher::admin::record::Record;
 use dispatcher::admin::view::{DeadLetterView, Filter, parse_time};
@@ -46,6 +48,39 @@ enum Command {
 enum EndpointsCmd {
     /// Each endpoint: URL, patterns, queue depth, consumers, state (the default).
     List,
+    /// Register an endpoint (the management API's JSON object); prints it, with a generated secret if none was given.
+    Create {
+        #[command(flatten)]
+        body: Body,
+    },
+    /// Change a registered endpoint: a JSON merge patch, or the whole object with --replace.
+    Update {
+        /// The endpoint id.
+        id: String,
+        #[command(flatten)]
+        body: Body,
+        /// The body is the whole endpoint (secrets and header values kept when left out).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// One endpoint as JSON (secrets hidden).
+    Get {
+        /// The endpoint id.
+        id: String,
+    },
+    /// Remove a registered endpoint; its queue is deleted once empty.
+    Delete {
+        /// The endpoint id.
+        id: String,
+        /// Also when messages wait (they go to the dead-letter queue, reason endpoint_deleted).
+        #[arg(long)]
+        force: bool,
+    },
+    /// A new signing secret, printed once; the old ones sign on for registry.secret_overlap_ms.
+    RotateSecret {
+        /// The endpoint id.
+        id: String,
+    },
     /// Stop delivering to an endpoint on every dispatcher; its messages wait in its queue.
     Pause {
         /// The endpoint id.
@@ -56,6 +91,38 @@ enum EndpointsCmd {
         /// The endpoint id.
         id: String,
     },
+}
+
+/// A JSON object given inline or from a file.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Body {
+    /// The JSON object.
+    #[arg(long)]
+    json: Option<String>,
+    /// A file holding it (`-`: standard input).
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+impl Body {
+    fn read(&self) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+        let text = match (&self.json, &self.file) {
+            (Some(text), _) => text.clone(),
+            (None, Some(path)) if path.as_os_str() == "-" => {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                s
+            }
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+            (None, None) => bail!("give --json or --file"),
+        };
+        match serde_json::from_str(&text).context("the body is not JSON")? {
+            serde_json::Value::Object(m) => Ok(m),
+            _ => bail!("the body must be a JSON object"),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +237,14 @@ impl Filters {
             until: time(&self.until, "--until")?,
         };
         Ok((filter, self.limit))
+    }
+}
+
+/// An operation's error as one line.
+fn op_error(e: OpError) -> anyhow::Error {
+    match e {
+        OpError::Invalid(f) => anyhow::anyhow!("{}: {}", f.field, f.message),
+        other => anyhow::anyhow!("{other}"),
     }
 }
 
@@ -395,35 +470,149 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Endpoints {
             action: Some(EndpointsCmd::Resume { id }),
         } => hold(&admin, &id, false, &mut stdout).await,
+        Command::Endpoints {
+            action: Some(EndpointsCmd::Create { body }),
+        } => {
+            let (stored, secret) = admin
+                .registry()
+                .create(body.read()?)
+                .await
+                .map_err(op_error)?;
+            let mut view = registry::public_view(&stored, false);
+            if let (Some(secret), Some(v)) = (secret, view.as_object_mut()) {
+                v.insert("secret".into(), secret.into());
+            }
+            writeln!(stdout, "{}", serde_json::to_string_pretty(&view)?)?;
+            Ok(())
+        }
+        Command::Endpoints {
+            action: Some(EndpointsCmd::Update { id, body, replace }),
+        } => {
+            let mode = if replace { Mode::Replace } else { Mode::Merge };
+            let stored = admin
+                .registry()
+                .update(&id, body.read()?, mode)
+                .await
+                .map_err(op_error)?;
+            writeln!(
+                stdout,
+                "{}",
+                serde_json::to_string_pretty(&registry::public_view(&stored, false))?
+            )?;
+            Ok(())
+        }
+        Command::Endpoints {
+            action: Some(EndpointsCmd::Get { id }),
+        } => {
+            let state = admin.registry().state().await.map_err(op_error)?;
+            let stored = state
+                .endpoints
+                .get(&id)
+                .ok_or_else(|| anyhow::anyhow!("no registered endpoint {id:?}"))?;
+            let view = registry::public_view(stored, state.holds.contains(&id));
+            writeln!(stdout, "{}", serde_json::to_string_pretty(&view)?)?;
+            Ok(())
+        }
+        Command::Endpoints {
+            action: Some(EndpointsCmd::Delete { id, force }),
+        } => {
+            let d = admin
+                .registry()
+                .delete(&id, force)
+                .await
+                .map_err(op_error)?;
+            writeln!(
+                stdout,
+                "deleted endpoint {} (queue deleted: {}, dead-lettered: {})",
+                d.id, d.queue_deleted, d.dead_lettered
+            )?;
+            Ok(())
+        }
+        Command::Endpoints {
+            action: Some(EndpointsCmd::RotateSecret { id }),
+        } => {
+            let (stored, secret) = admin
+                .registry()
+                .rotate_secret(&id)
+                .await
+                .map_err(op_error)?;
+            let until = stored
+                .secrets
+                .get(1)
+                .and_then(|s| s.expires_at.clone())
+                .unwrap_or_else(|| "-".into());
+            writeln!(stdout, "{secret}")?;
+            eprintln!("new secret for {id} (shown once); the previous ones sign until {until}");
+            Ok(())
+        }
         Command::Endpoints { .. } => {
             let holds = admin.holds().await?;
             let mut rows = Vec::new();
-            for ep in &admin.config().endpoints {
+            // (id, url, patterns, source) of the file's endpoints, then the registry's.
+            let mut all: Vec<(String, String, Vec<String>, &str)> = admin
+                .config()
+                .endpoints
+                .iter()
+                .map(|e| (e.id.clone(), e.url.to_string(), e.events.clone(), "file"))
+                .collect();
+            for s in holds.endpoints.values() {
+                if admin.config().is_file_endpoint(&s.id) {
+                    continue;
+                }
+                let text = |k: &str| {
+                    s.settings
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let events = s
+                    .settings
+                    .get("events")
+                    .and_then(|v| v.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                all.push((s.id.clone(), text("url"), events, "registry"));
+            }
+            for (id, url, events, source) in &all {
                 let status = admin
-                    .queue_status(&admin.topology().endpoint_queue(&ep.id))
+                    .queue_status(&admin.topology().endpoint_queue(id))
                     .await;
                 let (depth, consumers) = status
                     .map_or(("-".to_owned(), "-".to_owned()), |(d, c)| {
                         (d.to_string(), c.to_string())
                     });
                 let state = match status {
-                    _ if holds.holds.contains(&ep.id) => "paused by an operator",
+                    _ if holds.holds.contains(id) => "paused by an operator",
                     None => "not declared",
                     Some((_, 0)) => "not consumed (no dispatcher, or paused)",
                     Some(_) => "consumed",
                 };
                 rows.push(vec![
-                    ep.id.clone(),
-                    redact_url(ep.url.as_str()),
-                    ep.events.join(","),
+                    id.clone(),
+                    redact_url(url),
+                    events.join(","),
                     depth,
                     consumers,
                     state.to_owned(),
+                    (*source).to_owned(),
                 ]);
             }
             write_table(
                 &mut stdout,
-                &["ID", "URL", "EVENTS", "QUEUED", "CONSUMERS", "STATE"],
+                &[
+                    "ID",
+                    "URL",
+                    "EVENTS",
+                    "QUEUED",
+                    "CONSUMERS",
+                    "STATE",
+                    "SOURCE",
+                ],
                 &rows,
             )?;
             Ok(())
