@@ -30,6 +30,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Every route: path template and methods (what `deploy/openapi.json` documents).
+pub const ROUTES: [(&str, &[&str]); 3] = [
+    ("/v1/endpoints", &["GET", "POST"]),
+    ("/v1/endpoints/{id}", &["GET", "PUT", "PATCH", "DELETE"]),
+    ("/v1/endpoints/{id}/secret/rotate", &["POST"]),
+];
+
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -84,19 +91,24 @@ impl Api {
         };
         let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         let method = req.method().clone();
-        let allowed = match segments.as_slice() {
-            [] => "GET, POST",
-            [_] => "GET, PUT, PATCH, DELETE",
-            [_, "secret", "rotate"] => "POST",
+        let template = match segments.as_slice() {
+            [] => ROUTES[0].0,
+            [_] => ROUTES[1].0,
+            [_, "secret", "rotate"] => ROUTES[2].0,
             _ => return error(StatusCode::NOT_FOUND, "not found", None),
         };
-        if !allowed.split(", ").any(|m| m == method.as_str()) {
+        let methods = ROUTES
+            .iter()
+            .find(|(t, _)| *t == template)
+            .map_or(&[][..], |(_, m)| *m);
+        if !methods.contains(&method.as_str()) {
+            let allowed = methods.join(", ");
             let mut r = error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &format!("use {allowed}"),
                 None,
             );
-            if let Ok(v) = HeaderValue::from_str(allowed) {
+            if let Ok(v) = HeaderValue::from_str(&allowed) {
                 r.headers_mut().insert("allow", v);
             }
             return r;

@@ -17,6 +17,11 @@ fn example_env() -> Vec<(String, String)> {
             "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
         ),
         ("INGEST_TOKEN", "ingest-token-0123456789"),
+        ("API_TOKEN", "api-token-0123456789abc"),
+        (
+            "HOOKPOST_SECRETS_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ),
         ("WEBHOOK_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
     ]
     .iter()
@@ -92,6 +97,8 @@ fn readme_reference_lists_exactly_the_example_keys() {
                 "http.",
                 "defaults.",
                 "ingest.",
+                "api.",
+                "registry.",
                 "endpoints.",
             ]
             .iter()
