@@ -94,6 +94,9 @@ fn endpoint_fields_are_the_config_keys_plus_name_description_metadata() {
     }
 }
 
+/// One call: method, documented path, actual path, body, token.
+type Case<'a> = (&'a str, &'a str, String, Option<Value>, Option<&'a str>);
+
 /// Checks `body` against the documented response of `status`: the status is
 /// documented, required fields are present, and no field is undocumented.
 fn check(doc: &Value, path: &str, method: &str, status: u16, body: &Value) {
@@ -166,7 +169,7 @@ async fn every_operation_answers_as_documented() {
     };
     let one = "/v1/endpoints/{id}";
     let input = json!({"id": "doc", "url": "http://127.0.0.1:9/doc", "events": ["d.*"], "name": "Doc", "metadata": {"k": 1}});
-    let cases: Vec<(&str, &str, String, Option<Value>, Option<&str>)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "post",
             "/v1/endpoints",
