@@ -109,6 +109,20 @@ async fn endpoints_created_over_http_reach_running_dispatchers_and_survive_resta
     assert_eq!(created["secrets"][0]["value"], "***");
     assert_eq!(created["version"], 1);
     scope.wait_consumers("partner", 2).await;
+    for dispatcher in [&one, &two] {
+        eventually(
+            WAIT,
+            "each dispatcher consuming the new endpoint",
+            || async {
+                (dispatcher
+                    .metric("hookpost_consuming{endpoint=\"partner\"}")
+                    .await
+                    == 1.0)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
 
     let publisher = Publisher::connect(&config).await.expect("connect");
     let ids = publish(&publisher, "order.created", 4).await;
