@@ -178,3 +178,63 @@ async fn failures_exit_non_zero_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[tokio::test]
+async fn serve_runs_the_management_api_when_api_tokens_are_set() {
+    let scope = Scope::new().await;
+    let (ingest, metrics, api) = (free_port(), free_port(), free_port());
+    let config = scope.write_config(
+        "serve-api",
+        "",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[ingest]\nlisten = \"127.0.0.1:{ingest}\"\ntokens = [\"ingest-token-0123456789\"]\n[api]\nlisten = \"127.0.0.1:{api}\"\ntokens = [\"api-token-0123456789abc\"]\n"
+        ),
+    );
+    let mut child = producer(&scope)
+        .env_remove("HOOKPOST_AMQP_PREFIX")
+        .args(["--config"])
+        .arg(&config)
+        .arg("serve")
+        .spawn()
+        .expect("serve starts");
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{api}/v1/endpoints");
+    let listed = tests::eventually(
+        std::time::Duration::from_secs(30),
+        "the API answering",
+        || async {
+            let resp = http
+                .get(&url)
+                .bearer_auth("api-token-0123456789abc")
+                .send()
+                .await
+                .ok()?;
+            (resp.status().as_u16() == 200).then_some(resp.text().await.ok()?)
+        },
+    )
+    .await;
+    assert!(listed.contains("\"endpoints\""), "{listed}");
+    let refused = http
+        .get(&url)
+        .bearer_auth("ingest-token-0123456789")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        refused.status().as_u16(),
+        401,
+        "ingest tokens are not API tokens"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("serve exits");
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+}
