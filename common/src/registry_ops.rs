@@ -373,7 +373,7 @@ impl<'a> Registry<'a> {
     }
 
     /// `(ready messages, consumers)` of `queue`; `None` if it does not exist.
-    async fn queue_counts(&self, queue: &str) -> Option<(u32, u32)> {
+    pub async fn queue_counts(&self, queue: &str) -> Option<(u32, u32)> {
         // Its own channel: a passive declare of a missing queue closes it.
         let ch = self.conn.create_channel().await.ok()?;
         let q = ch

@@ -13,7 +13,7 @@
 //! | `DELETE /v1/endpoints/{id}[?force=true]` | removes it; its queue goes once empty (with `force`, pending messages are dead-lettered first) |
 //! | `POST /v1/endpoints/{id}/secret/rotate` | new secret, returned once; the old ones sign on for `registry.secret_overlap_ms` |
 
-use crate::ingest::{constant_time_eq, error};
+use crate::ingest::{bearer_matches, error};
 use bytes::Bytes;
 use common::Config;
 use common::amqp::AmqpClient;
@@ -178,15 +178,7 @@ impl Api {
     }
 
     fn authorized(&self, header: Option<&HeaderValue>) -> bool {
-        let Some(token) = header.and_then(|h| h.to_str().ok()).and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        }) else {
-            return false;
-        };
-        self.config.api.tokens.iter().fold(false, |found, t| {
-            found | constant_time_eq(t.expose().as_bytes(), token.trim().as_bytes())
-        })
+        bearer_matches(header, &self.config.api.tokens)
     }
 
     async fn list(&self, registry: &Registry<'_>) -> Result<HttpResponse, OpError> {

@@ -196,16 +196,7 @@ impl Ingest {
     }
 
     fn authorized(&self, header: Option<&HeaderValue>) -> bool {
-        let Some(token) = header.and_then(|h| h.to_str().ok()).and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        }) else {
-            return false;
-        };
-        // Compare every token in full so timing does not reveal a prefix.
-        self.config.tokens.iter().fold(false, |found, t| {
-            found | constant_time_eq(t.expose().as_bytes(), token.trim().as_bytes())
-        })
+        bearer_matches(header, &self.config.tokens)
     }
 
     fn parse(&self, body: &[u8]) -> Result<Vec<Event>, Rejection> {
@@ -317,6 +308,23 @@ pub(crate) fn error(status: StatusCode, message: &str, field: Option<&str>) -> H
     json(status, &body)
 }
 
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Whether `header` is `Bearer <one of tokens>`. Every token is compared in
+/// full, so timing does not reveal a prefix.
+pub(crate) fn bearer_matches(
+    header: Option<&HeaderValue>,
+    tokens: &[common::secret::Redacted],
+) -> bool {
+    let Some(token) = header.and_then(|h| h.to_str().ok()).and_then(|h| {
+        h.strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+    }) else {
+        return false;
+    };
+    tokens.iter().fold(false, |found, t| {
+        found | constant_time_eq(t.expose().as_bytes(), token.trim().as_bytes())
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

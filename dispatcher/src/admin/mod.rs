@@ -18,10 +18,7 @@ use common::Config;
 use common::secret::redact_url;
 use common::topology::Topology;
 use lapin::message::BasicGetMessage;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use record::Record;
@@ -146,20 +143,7 @@ impl Admin {
 
     /// Messages ready in a queue and its consumers, or `None` when it does not exist.
     pub async fn queue_status(&self, queue: &str) -> Option<(u32, u32)> {
-        let ch = self.conn.create_channel().await.ok()?;
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok()?;
-        let _ = ch.close(200, "status".into()).await;
-        Some((q.message_count(), q.consumer_count()))
+        self.registry().queue_counts(queue).await
     }
 
     async fn dead_depth(&self) -> anyhow::Result<u32> {
