@@ -17,17 +17,22 @@ use crate::ingest::{bearer_matches, error};
 use bytes::Bytes;
 use common::Config;
 use common::amqp::AmqpClient;
+use common::control::{self, Holds, State};
 use common::registry::{self, StoredEndpoint};
 use common::registry_ops::{Mode, OpError, Registry};
 use common::secret::redact_url;
 use common::server::{HttpResponse, json};
+use common::topology::Topology;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, HeaderValue, LOCATION, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Every route: path template and methods (what `deploy/openapi.json` documents).
@@ -46,6 +51,11 @@ pub struct Api {
     config: Config,
     client: AmqpClient,
     shutdown: CancellationToken,
+    /// The registry as the control stream says, followed live (reads are
+    /// served from it without touching the stream).
+    state: watch::Receiver<Holds>,
+    /// Whether `state` has caught up with the stream once.
+    loaded: Arc<AtomicBool>,
 }
 
 impl Api {
@@ -56,11 +66,44 @@ impl Api {
             "hookpost-api",
             config.amqp.max_reconnect_delay,
         );
+        let (tx, state) = watch::channel(Holds::default());
+        let loaded = Arc::new(AtomicBool::new(false));
+        tokio::spawn(follow(
+            client.clone(),
+            Topology::new(&config.amqp),
+            tx,
+            loaded.clone(),
+            shutdown.clone(),
+        ));
         Self {
             config,
             client,
             shutdown,
+            state,
+            loaded,
         }
+    }
+
+    /// The live registry; right after start, waits (up to
+    /// `amqp.publish_timeout_ms`) for it to be read once, then 503.
+    async fn current(&self) -> Result<Holds, OpError> {
+        let deadline = tokio::time::Instant::now() + self.config.amqp.publish_timeout;
+        while !self.loaded.load(Ordering::SeqCst) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OpError::Broker(anyhow::anyhow!(
+                    "the registry is still loading from the broker"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(self.state.borrow().clone())
+    }
+
+    /// Waits (a little) until the live registry shows a write, so a read
+    /// right after it sees it; the write itself is already durable.
+    async fn settle(&self, done: impl Fn(&State) -> bool) {
+        let mut state = self.state.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| done(s))).await;
     }
 
     /// Serves on `listener` until shutdown; in-flight requests finish first.
@@ -149,27 +192,65 @@ impl Api {
             Err(e) => return unavailable(&e.to_string()),
         };
         let registry = Registry::new(&conn, &self.config);
-        let result = match (method, id, body) {
-            (Method::GET, None, _) => self.list(&registry).await,
-            (Method::POST, None, Some(body)) => create(&registry, body).await,
-            (Method::GET, Some(id), _) => self.get(&registry, &id).await,
-            (Method::PUT, Some(id), Some(body)) => update(&registry, &id, body, Mode::Replace).await,
-            (Method::PATCH, Some(id), Some(body)) => update(&registry, &id, body, Mode::Merge).await,
-            (Method::DELETE, Some(id), _) => registry
-                .delete(&id, force)
-                .await
-                .map(|d| json(StatusCode::OK, &json!(d))),
-            (Method::POST, Some(id), _) => registry.rotate_secret(&id).await.map(|(stored, secret)| {
-                json(
-                    StatusCode::OK,
-                    &json!({
-                        "secret": secret,
-                        "endpoint": registry::public_view(&stored, false),
-                        "note": "the new secret is shown once; previous secrets keep signing until their expires_at"
-                    }),
-                )
-            }),
-            _ => return error(StatusCode::BAD_REQUEST, "a JSON object body is required", None),
+        let result = match (method.clone(), id, body) {
+            (Method::GET, None, _) => self.list().await,
+            (Method::GET, Some(id), _) => self.get(&id).await,
+            (Method::POST, None, Some(body)) => match registry.create(body).await {
+                Ok((stored, generated)) => {
+                    let version = stored.version;
+                    let id = stored.id.clone();
+                    self.settle(|s| s.endpoints.get(&id).is_some_and(|e| e.version >= version))
+                        .await;
+                    Ok(created(&stored, generated))
+                }
+                Err(e) => Err(e),
+            },
+            (Method::PUT | Method::PATCH, Some(id), Some(body)) => {
+                let mode = if method == Method::PUT {
+                    Mode::Replace
+                } else {
+                    Mode::Merge
+                };
+                match registry.update(&id, body, mode).await {
+                    Ok(stored) => {
+                        let version = stored.version;
+                        self.settle(|s| s.endpoints.get(&id).is_some_and(|e| e.version >= version))
+                            .await;
+                        Ok(json(StatusCode::OK, &registry::public_view(&stored, false)))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (Method::DELETE, Some(id), _) => match registry.delete(&id, force).await {
+                Ok(d) => {
+                    self.settle(|s| !s.endpoints.contains_key(&id)).await;
+                    Ok(json(StatusCode::OK, &json!(d)))
+                }
+                Err(e) => Err(e),
+            },
+            (Method::POST, Some(id), _) => match registry.rotate_secret(&id).await {
+                Ok((stored, secret)) => {
+                    let version = stored.version;
+                    self.settle(|s| s.endpoints.get(&id).is_some_and(|e| e.version >= version))
+                        .await;
+                    Ok(json(
+                        StatusCode::OK,
+                        &json!({
+                            "secret": secret,
+                            "endpoint": registry::public_view(&stored, false),
+                            "note": "the new secret is shown once; previous secrets keep signing until their expires_at"
+                        }),
+                    ))
+                }
+                Err(e) => Err(e),
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "a JSON object body is required",
+                    None,
+                );
+            }
         };
         match result {
             Ok(response) => response,
@@ -181,11 +262,12 @@ impl Api {
         bearer_matches(header, &self.config.api.tokens)
     }
 
-    async fn list(&self, registry: &Registry<'_>) -> Result<HttpResponse, OpError> {
-        let state = registry.state().await?;
+    async fn list(&self) -> Result<HttpResponse, OpError> {
+        let state = self.current().await?;
         let mut endpoints: Vec<Value> = state
             .endpoints
             .values()
+            .filter(|e| !self.config.is_file_endpoint(&e.id))
             .map(|e| registry::public_view(e, state.holds.contains(&e.id)))
             .collect();
         endpoints.extend(
@@ -197,8 +279,8 @@ impl Api {
         Ok(json(StatusCode::OK, &json!({ "endpoints": endpoints })))
     }
 
-    async fn get(&self, registry: &Registry<'_>, id: &str) -> Result<HttpResponse, OpError> {
-        let state = registry.state().await?;
+    async fn get(&self, id: &str) -> Result<HttpResponse, OpError> {
+        let state = self.current().await?;
         let paused = state.holds.contains(id);
         if let Some(e) = self.config.endpoint(id) {
             return Ok(json(StatusCode::OK, &file_view(e, paused)));
@@ -211,12 +293,40 @@ impl Api {
     }
 }
 
-async fn create(
-    registry: &Registry<'_>,
-    body: Map<String, Value>,
-) -> Result<HttpResponse, OpError> {
-    let (stored, generated) = registry.create(body).await?;
-    let mut view = registry::public_view(&stored, false);
+/// Follows the control stream for the API's reads, reconnecting as needed.
+async fn follow(
+    client: AmqpClient,
+    topology: Topology,
+    tx: watch::Sender<Holds>,
+    loaded: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut caught_up = tx.subscribe();
+    tokio::spawn({
+        let loaded = loaded.clone();
+        async move {
+            if caught_up.changed().await.is_ok() {
+                loaded.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    loop {
+        let conn = match client.connection(None, &shutdown).await {
+            Ok(conn) => conn,
+            Err(_) => return,
+        };
+        if let Err(e) = control::follow(&conn, &topology, tx.clone(), shutdown.clone()).await {
+            tracing::warn!(error = %e, "Management API: following the control stream failed; starting over.");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn created(stored: &StoredEndpoint, generated: Option<String>) -> HttpResponse {
+    let mut view = registry::public_view(stored, false);
     if let (Some(secret), Value::Object(v)) = (generated, &mut view) {
         v.insert("secret".into(), Value::String(secret));
     }
@@ -224,17 +334,7 @@ async fn create(
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/endpoints/{}", stored.id)) {
         r.headers_mut().insert(LOCATION, v);
     }
-    Ok(r)
-}
-
-async fn update(
-    registry: &Registry<'_>,
-    id: &str,
-    body: Map<String, Value>,
-    mode: Mode,
-) -> Result<HttpResponse, OpError> {
-    let stored: StoredEndpoint = registry.update(id, body, mode).await?;
-    Ok(json(StatusCode::OK, &registry::public_view(&stored, false)))
+    r
 }
 
 /// A file endpoint as the API shows it (read-only; nothing secret).
