@@ -134,6 +134,37 @@ pub async fn declare(ch: &Channel, topology: &Topology) -> Result<(), lapin::Err
     Ok(())
 }
 
+/// Makes sure the control stream exists: a passive declare first, so only
+/// the very first writer creates it. (RabbitMQ 3.10 answers two creations of
+/// the same stream at the same moment with a connection-level
+/// INTERNAL_ERROR; the loser's connection closes and its owner reconnects.)
+///
+/// # Errors
+/// The broker's refusal.
+pub async fn ensure(conn: &Connection, topology: &Topology) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    let exists = ch
+        .queue_declare(
+            topology.control().as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    if exists {
+        let _ = ch.close(200, "exists".into()).await;
+        return Ok(());
+    }
+    // The failed passive declare closed that channel.
+    let ch = conn.create_channel().await?;
+    declare(&ch, topology).await?;
+    let _ = ch.close(200, "declared".into()).await;
+    Ok(())
+}
+
 /// Appends `command` to the control stream and waits for the broker's confirm.
 ///
 /// # Errors
@@ -143,8 +174,8 @@ pub async fn append(
     topology: &Topology,
     command: &Command,
 ) -> anyhow::Result<()> {
+    ensure(conn, topology).await?;
     let ch = conn.create_channel().await?;
-    declare(&ch, topology).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let body = serde_json::to_vec(command)?;
     let confirm = ch

@@ -398,11 +398,14 @@ pub fn rotate(
     next
 }
 
-/// The endpoint as the API shows it: settings, `headers` names with values
-/// hidden, the secrets' count and expiries (never their values), and the
+/// The endpoint as the API shows it: settings (credentials in the URL
+/// hidden), `headers` names with values hidden, the secrets' count and expiries (never their values), and the
 /// read-only fields.
 pub fn public_view(stored: &StoredEndpoint, paused: bool) -> Value {
     let mut out = stored.settings.clone();
+    if let Some(Value::String(url)) = out.get_mut("url") {
+        *url = crate::secret::redact_url(url);
+    }
     out.insert("id".into(), Value::String(stored.id.clone()));
     if let Some(name) = &stored.name {
         out.insert("name".into(), Value::String(name.clone()));
@@ -511,6 +514,15 @@ mod tests {
         assert_eq!(endpoint.headers[0].1.expose(), "Bearer xyz");
         let view = public_view(&stored, false).to_string();
         assert!(!view.contains("C2FVsBQ") && !view.contains("xyz"), "{view}");
+        let with_login = register(
+            input(serde_json::json!({"id": "login", "url": "https://user:hunter2@p.example.com/", "events": ["#"]})),
+            &config(),
+            Some(&key),
+            None,
+        )
+        .unwrap();
+        let view = public_view(&with_login, false).to_string();
+        assert!(!view.contains("hunter2"), "{view}");
     }
 
     #[test]

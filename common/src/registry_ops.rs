@@ -31,6 +31,9 @@ pub enum OpError {
     /// The broker failed or is unreachable.
     #[error("broker: {0:#}")]
     Broker(anyhow::Error),
+    /// Stored data this process cannot use (secrets sealed with another key).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<FieldError> for OpError {
@@ -94,10 +97,18 @@ impl<'a> Registry<'a> {
     /// # Errors
     /// The broker failed.
     pub async fn state(&self) -> Result<State, OpError> {
-        let state = control::read(self.conn, &self.topology, READ_TIMEOUT)
-            .await
-            .map_err(OpError::Broker)?;
-        Ok((*state).clone())
+        let mut attempt = 0;
+        loop {
+            match control::read(self.conn, &self.topology, READ_TIMEOUT).await {
+                Ok(state) => return Ok((*state).clone()),
+                Err(e) if attempt < 2 && self.conn.status().connected() => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, "Reading the control stream failed; retrying.");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(OpError::Broker(e)),
+            }
+        }
     }
 
     /// One registered endpoint.
@@ -208,7 +219,9 @@ impl<'a> Registry<'a> {
         }
         let key = self.config.registry.secrets_key.as_ref();
         let (mut settings, _) =
-            registry::opened_settings(&current, key, time::OffsetDateTime::UNIX_EPOCH)?;
+            registry::opened_settings(&current, key, time::OffsetDateTime::UNIX_EPOCH).map_err(
+                |e| OpError::Internal(format!("the stored endpoint cannot be opened: {e}")),
+            )?;
         if let Some(name) = &current.name {
             settings.insert("name".into(), Value::String(name.clone()));
         }
@@ -234,20 +247,26 @@ impl<'a> Registry<'a> {
                 {
                     next.insert("secrets".into(), s.clone());
                 }
-                if let (Some(Value::Object(new)), Some(Value::Object(old))) =
-                    (next.get_mut("headers"), settings.get("headers"))
-                {
-                    for (name, value) in new.iter_mut() {
-                        if value.as_str() == Some("***")
-                            && let Some(v) = old.get(name)
-                        {
-                            *value = v.clone();
-                        }
-                    }
-                }
                 next
             }
         };
+        // Header values are shown as "***": sending that back (or, with
+        // PUT, leaving headers out) keeps the stored value.
+        match (next.get_mut("headers"), settings.get("headers")) {
+            (Some(Value::Object(new)), Some(Value::Object(old))) => {
+                for (name, value) in new.iter_mut() {
+                    if value.as_str() == Some("***")
+                        && let Some(v) = old.get(name)
+                    {
+                        *value = v.clone();
+                    }
+                }
+            }
+            (None, Some(old)) if mode == Mode::Replace => {
+                next.insert("headers".into(), old.clone());
+            }
+            _ => {}
+        }
         next.insert("id".into(), Value::String(id.to_owned()));
         let mut stored = registry::register(next, self.config, key, Some(&current))?;
         // Secrets kept as they were keep their rotation expiries.
@@ -280,6 +299,12 @@ impl<'a> Registry<'a> {
                 message: "registry.secrets_key is not set: secrets cannot be stored".into(),
             })
         })?;
+        if self.config.is_file_endpoint(id) {
+            return Err(OpError::Conflict(format!(
+                "endpoint {id:?} is defined in {}: rotate its secrets there",
+                self.config.origin.display()
+            )));
+        }
         let current = self.get(id).await?;
         let secret = registry::new_secret(&current);
         let next = registry::rotate(&current, key, &secret, self.config.registry.secret_overlap);
@@ -304,19 +329,29 @@ impl<'a> Registry<'a> {
                 self.config.origin.display()
             )));
         }
-        let stored = self.get(id).await?;
         let queue = self.topology.endpoint_queue(id);
-        let waiting = self.queue_counts(&queue).await.map_or(0, |(m, _)| m);
+        let counts = self.queue_counts(&queue).await;
+        // Not registered (any more) but its queue is still there: an earlier
+        // delete that timed out, or an endpoint removed from the file. Finish
+        // the job on the queue.
+        let stored = match self.get(id).await {
+            Ok(stored) => Some(stored),
+            Err(OpError::NotFound(_)) if counts.is_some() => None,
+            Err(e) => return Err(e),
+        };
+        let waiting = counts.map_or(0, |(m, _)| m);
         if waiting > 0 && !force {
             return Err(OpError::Conflict(format!(
                 "the endpoint's queue {queue} holds {waiting} messages; let them deliver, or delete with force (they go to the dead-letter queue)"
             )));
         }
-        self.append(&Command::Delete {
-            id: id.to_owned(),
-            at: control::now_rfc3339(),
-        })
-        .await?;
+        if stored.is_some() {
+            self.append(&Command::Delete {
+                id: id.to_owned(),
+                at: control::now_rfc3339(),
+            })
+            .await?;
+        }
         // Dispatchers stop consuming within moments; unacknowledged
         // messages return to the queue when they do.
         let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
@@ -342,8 +377,8 @@ impl<'a> Registry<'a> {
         // dead-letter queue), then empty it: anything that arrived since the
         // check above is dead-lettered too, never dropped.
         let patterns: Vec<String> = stored
-            .settings
-            .get("events")
+            .as_ref()
+            .and_then(|s| s.settings.get("events"))
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()

@@ -13,6 +13,26 @@ use std::fmt;
 
 type Data = data::JustLut<Val>;
 
+/// Native filters transforms may not use.
+const DENIED: [&str; 6] = [
+    "env",
+    "halt",
+    "input",
+    "inputs",
+    "stderr_empty",
+    "debug_empty",
+];
+
+/// What replaces them.
+const SANDBOX: &str = r#"
+def env: error("env is not available in hookpost transforms");
+def halt($code): error("halt is not available in hookpost transforms");
+def input: error("input is not available in hookpost transforms");
+def inputs: error("inputs is not available in hookpost transforms");
+def stderr_empty: empty;
+def debug_empty: empty;
+"#;
+
 /// A compiled jq program.
 pub struct Transform {
     source: String,
@@ -39,12 +59,19 @@ impl Transform {
     /// # Errors
     /// A syntax error or an undefined name, with the offending text.
     pub fn compile(source: &str) -> Result<Self, TransformError> {
+        // Filters that reach outside the event (the process environment,
+        // standard error, further inputs) or end the process are replaced by
+        // definitions that fail or do nothing.
+        let sandbox = jaq_core::load::parse(SANDBOX, |p| p.defs())
+            .unwrap_or_else(|| unreachable!("the sandbox definitions parse"));
         let defs = jaq_core::defs()
+            .chain(sandbox)
             .chain(jaq_std::defs())
             .chain(jaq_json::defs());
         let funs = jaq_core::funs()
             .chain(jaq_std::funs())
-            .chain(jaq_json::funs());
+            .chain(jaq_json::funs())
+            .filter(|(name, _, _)| !DENIED.contains(name));
         let arena = Arena::default();
         let program = File {
             code: source,
@@ -270,6 +297,30 @@ mod tests {
         assert!(e.to_string().contains("nosuchfilter"), "{e}");
         let e = Transform::compile("$nope").expect_err("undefined variable");
         assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn cannot_reach_outside_the_event_or_end_the_process() {
+        for (program, words) in [
+            (".data.env = env", "env is not available"),
+            ("{e: $ENV}", "ENV"),
+            ("halt", "halt is not available"),
+            ("halt_error", "halt is not available"),
+            ("halt_error(1)", "halt is not available"),
+            ("input", "input is not available"),
+            ("[inputs]", "inputs is not available"),
+        ] {
+            let e = match Transform::compile(program) {
+                Err(e) => e,
+                Ok(t) => t.apply(br#"{"id":"e1","data":{}}"#).expect_err(program),
+            };
+            assert!(e.to_string().contains(words), "{program}: {e}");
+        }
+        // debug and stderr are accepted and write nothing.
+        let out = run("debug | stderr | .data.ok = true", &envelope())
+            .expect("runs")
+            .expect("kept");
+        assert_eq!(out["data"]["ok"], true);
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub fn stale(recorded: &Bindings, wanted: &Bindings) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Unbinds what the last record has and `config` does not want, then records `config`'s bindings.
+/// Unbinds what the last record has and neither `config` nor `held` wants,
+/// then records the bindings of both.
 ///
 /// # Errors
 /// A broker error; the record is then left as it was.
@@ -46,6 +47,7 @@ pub async fn sync(
     conn: &Connection,
     topology: &Topology,
     config: &Config,
+    held: &Bindings,
 ) -> Result<(), lapin::Error> {
     let channel = &conn.create_channel().await?;
     topology
@@ -63,7 +65,12 @@ pub async fn sync(
         .as_ref()
         .and_then(|m| serde_json::from_slice(&m.delivery.data).ok())
         .unwrap_or_default();
-    let wanted = wanted(config);
+    let mut wanted = wanted(config);
+    // Endpoints this process cannot load keep their bindings: their events
+    // wait in their queues for a process that can.
+    for (id, patterns) in held {
+        wanted.entry(id.clone()).or_insert_with(|| patterns.clone());
+    }
     for (id, pattern) in stale(&recorded, &wanted) {
         // Its own channel: a queue an operator deleted makes the unbind fail
         // and closes the channel, which must not stop the rest.

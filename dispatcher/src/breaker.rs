@@ -71,11 +71,13 @@ impl Breaker {
         self.lock().state
     }
 
-    /// A request succeeded. Returns the new state if it changed.
+    /// A request succeeded. Returns the new state if it changed: only a
+    /// half-open breaker closes (a late success of a request sent before the
+    /// breaker opened does not cut the cooldown short).
     pub fn success(&self) -> Option<State> {
         let mut inner = self.lock();
         inner.consecutive = 0;
-        if inner.state == State::Closed {
+        if inner.state != State::HalfOpen {
             return None;
         }
         inner.state = State::Closed;
@@ -147,6 +149,12 @@ mod tests {
             })
         );
         assert_eq!(b.failure(now), None, "already open");
+        assert_eq!(
+            b.success(),
+            None,
+            "a late success does not close an open breaker"
+        );
+        assert!(matches!(b.state(), State::Open { .. }));
     }
 
     #[tokio::test(start_paused = true)]

@@ -130,10 +130,10 @@ pub async fn run(
             continue;
         }
         let mut state = holds.clone();
-        let mut effective =
+        let (mut effective, mut held) =
             effective_config(&config, &state.borrow_and_update(), &mut Warned::default());
         let mut warned = Warned::default();
-        if let Err(e) = declare(&conn, &effective, &shared.topology).await {
+        if let Err(e) = declare(&conn, &effective, &shared.topology, &held).await {
             generation.cancel();
             tracker.close();
             tracker.wait().await;
@@ -178,14 +178,15 @@ pub async fn run(
                 },
                 r = state.changed() => if r.is_err() { break Some(()) },
             }
-            let next = effective_config(&config, &state.borrow_and_update(), &mut warned);
-            if next.endpoints == effective.endpoints {
+            let (next, next_held) =
+                effective_config(&config, &state.borrow_and_update(), &mut warned);
+            if next.endpoints == effective.endpoints && next_held == held {
                 continue;
             }
             // Stop what changed first, so nothing is consumed under the old
             // settings once the new bindings apply.
             workers.stop_stale(&next.endpoints).await;
-            if let Err(e) = declare(&conn, &next, &shared.topology).await {
+            if let Err(e) = declare(&conn, &next, &shared.topology, &next_held).await {
                 tracing::warn!(error = %e, "Declaring the changed endpoints failed; reconnecting.");
                 break Some(());
             }
@@ -200,6 +201,7 @@ pub async fn run(
             poller.cancel();
             poller = spawn_poller(&conn, &next, &metrics, &generation, &tracker);
             effective = next;
+            held = next_held;
             tracing::info!(endpoints = effective.endpoints.len(), "Endpoints changed.");
         };
         consuming.store(false, Ordering::SeqCst);
@@ -218,14 +220,19 @@ pub async fn run(
 }
 
 /// Registered endpoints already reported as unloadable (id, version).
-type Warned = std::collections::HashSet<(String, u64)>;
+pub(crate) type Warned = std::collections::HashSet<(String, u64)>;
 
 /// The config with the registry's endpoints added after the file's (an id
 /// the file defines stays the file's). A registered endpoint that cannot be
 /// loaded (its secrets sealed with another key, say) is left out and logged
 /// once per version: its events wait in its queue.
-fn effective_config(config: &Config, state: &control::State, warned: &mut Warned) -> Config {
+pub(crate) fn effective_config(
+    config: &Config,
+    state: &control::State,
+    warned: &mut Warned,
+) -> (Config, bindings::Bindings) {
     let mut out = config.clone();
+    let mut held = bindings::Bindings::new();
     let now = time::OffsetDateTime::now_utc();
     for stored in state.endpoints.values() {
         if config.is_file_endpoint(&stored.id) {
@@ -239,13 +246,24 @@ fn effective_config(config: &Config, state: &control::State, warned: &mut Warned
         ) {
             Ok(endpoint) => out.endpoints.push(endpoint),
             Err(e) => {
+                let patterns = stored
+                    .settings
+                    .get("events")
+                    .and_then(|v| v.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                held.insert(stored.id.clone(), patterns);
                 if warned.insert((stored.id.clone(), stored.version)) {
                     tracing::error!(endpoint = %stored.id, version = stored.version, error = %e, "Cannot load a registered endpoint; its events wait in its queue.");
                 }
             }
         }
     }
-    out
+    (out, held)
 }
 
 /// The running endpoint workers, by id.
@@ -341,7 +359,12 @@ async fn supervise(
             worker::Exit::Lost(why) => why,
         };
         if !conn.status().connected() {
-            let _ = lost_tx.send((endpoint.id.clone(), why)).await;
+            // The run loop tears everything down on the first report; the
+            // others must not wait for room in the channel.
+            tokio::select! {
+                _ = lost_tx.send((endpoint.id.clone(), why)) => {}
+                () = stop.cancelled() => {}
+            }
             break;
         }
         let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
@@ -419,6 +442,7 @@ pub(crate) async fn declare(
     conn: &Connection,
     config: &Config,
     topology: &Topology,
+    held: &bindings::Bindings,
 ) -> Result<(), TopologyError> {
     let channel = conn
         .create_channel()
@@ -447,7 +471,7 @@ pub(crate) async fn declare(
             .declare_endpoint(&channel, &endpoint.id, &endpoint.events)
             .await?;
     }
-    bindings::sync(conn, topology, config)
+    bindings::sync(conn, topology, config, held)
         .await
         .map_err(|source| TopologyError::Broker {
             object: topology.bindings_state(),

@@ -193,13 +193,23 @@ async fn consume(
         }
         let probing = breaker.state() == BreakerState::HalfOpen;
         let batch = if probing {
-            match get_one(&consume, &queue, &consuming).await? {
-                Some(delivery) => vec![delivery],
-                None => break,
+            match get_one(&consume, &queue, &consuming).await {
+                Ok(Some(delivery)) => vec![delivery],
+                Ok(None) => break,
+                Err(e) => {
+                    note_lost(&lost, &e);
+                    break;
+                }
             }
         } else {
             if consumer.is_none() {
-                consumer = Some(start_consumer(&consume, &queue, &lost).await?);
+                match start_consumer(&consume, &queue, &lost).await {
+                    Ok(started) => consumer = Some(started),
+                    Err(e) => {
+                        note_lost(&lost, &e);
+                        break;
+                    }
+                }
                 shared.metrics.consuming.with_label_values(&[id]).set(1);
                 tracing::info!(endpoint = %id, queue = %queue, prefetch, "Consuming.");
             }
@@ -302,6 +312,13 @@ async fn consume(
         return Ok(Exit::Lost(why));
     }
     Ok(Exit::Stopped)
+}
+
+/// Records why the worker lost its channel (the cleanup after the loop runs as usual).
+fn note_lost(lost: &std::sync::Mutex<Option<String>>, e: &lapin::Error) {
+    *lost
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
 }
 
 async fn start_consumer(
@@ -423,7 +440,7 @@ async fn process(
         };
         let parsed = parsed.map_err(|e| (Reason::Malformed, e));
         let transformed = match (&parsed, &endpoint.transform) {
-            (Ok(_), Some(transform)) => match transform.apply(&delivery.data) {
+            (Ok(_), Some(transform)) => match run_transform(transform, &delivery.data).await {
                 Ok(Outcome::Send(body)) => Ok(Some(body)),
                 Ok(Outcome::Drop) => {
                     if router.ack(&delivery).await.is_ok() {
@@ -435,7 +452,7 @@ async fn process(
                     }
                     continue;
                 }
-                Err(e) => Err((Reason::TransformError, e.to_string())),
+                Err(e) => Err((Reason::TransformError, e)),
             },
             _ => Ok(None),
         };
@@ -616,6 +633,27 @@ async fn process(
                 dead_letter(shared, router, id, &v.delivery, &why).await;
             }
         }
+    }
+}
+
+/// Longest a transform may run on one event.
+const TRANSFORM_BUDGET: Duration = Duration::from_secs(2);
+
+/// Runs a transform on a blocking thread, so a slow program does not hold
+/// up the runtime, within [`TRANSFORM_BUDGET`].
+async fn run_transform(
+    transform: &Arc<common::transform::Transform>,
+    data: &[u8],
+) -> Result<Outcome, String> {
+    let (t, data) = (transform.clone(), data.to_vec());
+    let run = tokio::task::spawn_blocking(move || t.apply(&data));
+    match tokio::time::timeout(TRANSFORM_BUDGET, run).await {
+        Ok(Ok(result)) => result.map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(format!("the transform failed: {e}")),
+        Err(_) => Err(format!(
+            "the transform ran longer than {} ms (it keeps a thread busy until it ends)",
+            TRANSFORM_BUDGET.as_millis()
+        )),
     }
 }
 

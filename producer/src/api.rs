@@ -180,6 +180,12 @@ impl Api {
             } else {
                 None
             };
+        // Writes wait for the live follower's first read too: it creates
+        // the control stream on a new broker, and two creations at once
+        // would fail.
+        if let Err(e) = self.current().await {
+            return op_error(&e);
+        }
         let conn = match self
             .client
             .connection(
@@ -388,14 +394,19 @@ fn op_error(e: &OpError) -> HttpResponse {
             Some(&f.field),
         ),
         OpError::Broker(_) => unavailable(&e.to_string()),
+        OpError::Internal(m) => {
+            tracing::error!(error = %m, "Management API: internal error.");
+            error(StatusCode::INTERNAL_SERVER_ERROR, m, None)
+        }
     }
 }
 
 fn unavailable(message: &str) -> HttpResponse {
     tracing::warn!(error = %message, "Management API: broker unavailable.");
+    // The reason names broker objects, never credentials (URLs are redacted).
     let mut r = error(
         StatusCode::SERVICE_UNAVAILABLE,
-        "broker unavailable; retry later",
+        &format!("broker unavailable ({message}); retry later"),
         None,
     );
     r.headers_mut()

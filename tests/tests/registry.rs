@@ -96,6 +96,7 @@ async fn endpoints_created_over_http_reach_running_dispatchers_and_survive_resta
             "",
             Some(json!({
                 "id": "partner", "url": first_rx.url, "events": ["order.*"],
+                "headers": {"Authorization": "Bearer partner-token"},
                 "name": "Partner", "description": "test partner", "metadata": {"team": "growth"}
             })),
         )
@@ -134,7 +135,11 @@ async fn endpoints_created_over_http_reach_running_dispatchers_and_survive_resta
         .call(
             reqwest::Method::PATCH,
             "/partner",
-            Some(json!({"url": second_rx.url, "events": ["invoice.*"], "metadata": {"tier": "gold"}})),
+            // Header values come back from GET as "***": sending that keeps them.
+            Some(
+                json!({"url": second_rx.url, "events": ["invoice.*"], "metadata": {"tier": "gold"},
+                        "headers": {"Authorization": "***", "X-Team": "growth"}}),
+            ),
         )
         .await;
     assert_eq!(status, 200, "{patched}");
@@ -154,6 +159,16 @@ async fn endpoints_created_over_http_reach_running_dispatchers_and_survive_resta
     })
     .await;
     second_rx.wait_ids(&invoices, WAIT).await;
+    let last = second_rx.received().pop().expect("a request");
+    assert_eq!(
+        last.header("authorization").as_deref(),
+        Some("Bearer partner-token")
+    );
+    assert_eq!(last.header("x-team").as_deref(), Some("growth"));
+    assert_eq!(
+        patched["headers"],
+        json!({"Authorization": "***", "X-Team": "***"})
+    );
     let orders_before = first_rx.ids().len();
     let unrouted = publish(&publisher, "order.paid", 1).await;
     let parked = scope.take(&format!("{}.unrouted", scope.prefix), 1).await;
@@ -410,4 +425,89 @@ async fn bad_input_and_bad_tokens_are_refused_with_the_field_named() {
 
 fn tests_merge(target: &mut Value, patch: &Value) {
     common::registry_ops::merge_patch(target, patch);
+}
+
+#[tokio::test]
+async fn concurrent_writers_on_several_connections_all_land() {
+    // The API, dispatchers and hookpost-admin write to the control stream
+    // from their own connections.
+    let scope = Scope::new().await;
+    let config = config(&scope, "");
+    let topology = common::topology::Topology::new(&config.amqp);
+    let url = tests::amqp_url();
+    let conns: Vec<lapin::Connection> = futures_util::future::join_all(
+        (0..4).map(|_| lapin::Connection::connect(&url, lapin::ConnectionProperties::default())),
+    )
+    .await
+    .into_iter()
+    .map(|c| c.expect("connect"))
+    .collect();
+    common::control::ensure(&conns[0], &topology)
+        .await
+        .expect("created once");
+    let results = futures_util::future::join_all(conns.iter().enumerate().map(|(i, conn)| {
+        let topology = topology.clone();
+        async move {
+            common::control::append(
+                conn,
+                &topology,
+                &common::control::Command::hold(&format!("e{i}"), true),
+            )
+            .await
+        }
+    }))
+    .await;
+    for r in results {
+        r.expect("every write lands");
+    }
+    let state = common::control::read(&conns[1], &topology, Duration::from_secs(10))
+        .await
+        .expect("read");
+    assert_eq!(state.holds.len(), 4);
+}
+
+#[tokio::test]
+async fn an_endpoint_a_dispatcher_cannot_load_keeps_its_events_queued() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let good = config(&scope, "");
+    scope.track_endpoint(&good, "keyed");
+    let api = Api::start(&good).await;
+    let (status, created) = api
+        .call(
+            reqwest::Method::POST,
+            "",
+            Some(json!({"id": "keyed", "url": receiver.url, "events": ["k.*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let first = Running::start(good.clone()).await;
+    scope.wait_consumers("keyed", 1).await;
+    first.stop().await.expect("stop");
+
+    // Another key: this dispatcher cannot open the endpoint's secret.
+    let other_key = scope.config(&format!(
+        "{FAST}[registry]\nsecrets_key = \"HwAdHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA=\"\n"
+    ));
+    let wrong = Running::start(other_key.clone()).await;
+    let publisher = Publisher::connect(&good).await.expect("connect");
+    let ids = publish(&publisher, "k.x", 2).await;
+    let queue = format!("{}.ep.keyed", scope.prefix);
+    eventually(
+        WAIT,
+        "the events waiting in the endpoint's queue",
+        || async { (scope.depth(&queue).await == 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        scope.depth(&format!("{}.unrouted", scope.prefix)).await,
+        0,
+        "still bound"
+    );
+    wrong.stop().await.expect("stop");
+
+    // A dispatcher with the right key delivers them.
+    let right = Running::start(good.clone()).await;
+    receiver.wait_ids(&ids, WAIT).await;
+    right.stop().await.expect("stop");
 }

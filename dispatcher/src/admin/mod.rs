@@ -401,7 +401,10 @@ impl Admin {
     /// # Errors
     /// The broker's refusal, naming the object.
     pub async fn declare(&self) -> anyhow::Result<()> {
-        crate::declare(&self.conn, &self.config, &self.topology).await?;
+        // With the registered endpoints, or their bindings would be removed.
+        let state = self.holds().await?;
+        let (config, held) = crate::effective_config(&self.config, &state, &mut Default::default());
+        crate::declare(&self.conn, &config, &self.topology, &held).await?;
         Ok(())
     }
 
