@@ -45,6 +45,29 @@ pub struct StoredEndpoint {
     pub updated_at: String,
 }
 
+impl StoredEndpoint {
+    /// Its event patterns, as stored.
+    pub fn events(&self) -> Vec<String> {
+        self.settings
+            .get("events")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Its URL, as stored.
+    pub fn url(&self) -> &str {
+        self.settings
+            .get("url")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+}
+
 /// One sealed secret and when it stops signing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredSecret {

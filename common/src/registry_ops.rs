@@ -376,15 +376,9 @@ impl<'a> Registry<'a> {
         // Detach it (patterns unbound, waiting retries routed to the
         // dead-letter queue), then empty it: anything that arrived since the
         // check above is dead-lettered too, never dropped.
-        let patterns: Vec<String> = stored
+        let patterns = stored
             .as_ref()
-            .and_then(|s| s.settings.get("events"))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| p.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(StoredEndpoint::events)
             .unwrap_or_default();
         let ch = self.conn.create_channel().await?;
         self.topology.retire_endpoint(&ch, id, &patterns).await?;

@@ -246,16 +246,7 @@ pub(crate) fn effective_config(
         ) {
             Ok(endpoint) => out.endpoints.push(endpoint),
             Err(e) => {
-                let patterns = stored
-                    .settings
-                    .get("events")
-                    .and_then(|v| v.as_array())
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|p| p.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let patterns = stored.events();
                 held.insert(stored.id.clone(), patterns);
                 if warned.insert((stored.id.clone(), stored.version)) {
                     tracing::error!(endpoint = %stored.id, version = stored.version, error = %e, "Cannot load a registered endpoint; its events wait in its queue.");

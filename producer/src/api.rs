@@ -13,7 +13,7 @@
 //! | `DELETE /v1/endpoints/{id}[?force=true]` | removes it; its queue goes once empty (with `force`, pending messages are dead-lettered first) |
 //! | `POST /v1/endpoints/{id}/secret/rotate` | new secret, returned once; the old ones sign on for `registry.secret_overlap_ms` |
 
-use crate::ingest::{bearer_matches, error};
+use crate::ingest::{bearer_matches, error, unauthorized};
 use bytes::Bytes;
 use common::Config;
 use common::amqp::AmqpClient;
@@ -25,7 +25,7 @@ use common::server::{HttpResponse, json};
 use common::topology::Topology;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, HeaderValue, LOCATION, WWW_AUTHENTICATE};
+use hyper::header::{AUTHORIZATION, HeaderValue, LOCATION};
 use hyper::{Method, Request, StatusCode};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -157,14 +157,7 @@ impl Api {
             return r;
         }
         if !self.authorized(req.headers().get(AUTHORIZATION)) {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "missing or invalid bearer token",
-                None,
-            );
-            r.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+            return unauthorized();
         }
         let force = req
             .uri()

@@ -92,14 +92,7 @@ impl Ingest {
             return r;
         }
         if !self.authorized(req.headers().get(AUTHORIZATION)) {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "missing or invalid bearer token",
-                None,
-            );
-            r.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+            return unauthorized();
         }
         if let Some(ct) = req.headers().get(CONTENT_TYPE)
             && !ct.to_str().is_ok_and(|ct| {
@@ -306,6 +299,18 @@ pub(crate) fn error(status: StatusCode, message: &str, field: Option<&str>) -> H
         None => json!({ "error": message }),
     };
     json(status, &body)
+}
+
+/// 401 with `www-authenticate: Bearer`.
+pub(crate) fn unauthorized() -> HttpResponse {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "missing or invalid bearer token",
+        None,
+    );
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
 }
 
 /// Whether `header` is `Bearer <one of tokens>`. Every token is compared in

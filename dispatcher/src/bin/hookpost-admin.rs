@@ -559,24 +559,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if admin.config().is_file_endpoint(&s.id) {
                     continue;
                 }
-                let text = |k: &str| {
-                    s.settings
-                        .get(k)
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("")
-                        .to_owned()
-                };
-                let events = s
-                    .settings
-                    .get("events")
-                    .and_then(|v| v.as_array())
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|p| p.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                all.push((s.id.clone(), text("url"), events, "registry"));
+                all.push((s.id.clone(), s.url().to_owned(), s.events(), "registry"));
             }
             for (id, url, events, source) in &all {
                 let status = admin
