@@ -93,7 +93,15 @@ pub fn apply(state: &mut State, command: &Command) -> bool {
         Command::Resume { endpoint, .. } => state.holds.remove(endpoint),
         Command::Marker { .. } => false,
         Command::Put { endpoint } => {
-            if state.endpoints.get(&endpoint.id) == Some(endpoint) {
+            // Compare-and-set on `version`: a change made from an older
+            // version (a concurrent writer lost the race, or the endpoint
+            // was deleted meanwhile) is ignored; its writer sees that and
+            // reports a conflict.
+            let expected = state
+                .endpoints
+                .get(&endpoint.id)
+                .map_or(1, |c| c.version + 1);
+            if endpoint.version != expected {
                 return false;
             }
             state
@@ -330,6 +338,53 @@ mod tests {
         assert!(apply(&mut state, &Command::hold("a", false)));
         assert!(!apply(&mut state, &Command::Marker { token: "t".into() }));
         assert_eq!(state.holds.into_iter().collect::<Vec<_>>(), ["b"]);
+    }
+
+    fn stored(id: &str, version: u64) -> StoredEndpoint {
+        StoredEndpoint {
+            id: id.into(),
+            version,
+            name: None,
+            description: None,
+            metadata: serde_json::Map::new(),
+            settings: serde_json::Map::new(),
+            headers: BTreeMap::new(),
+            secrets: Vec::new(),
+            created_at: String::new(),
+            updated_at: format!("v{version}"),
+        }
+    }
+
+    #[test]
+    fn puts_apply_only_on_top_of_the_version_they_read() {
+        let mut state = State::default();
+        let put = |e| Command::Put { endpoint: e };
+        assert!(!apply(&mut state, &put(stored("a", 2))), "no version 1 yet");
+        assert!(apply(&mut state, &put(stored("a", 1))));
+        assert!(
+            !apply(&mut state, &put(stored("a", 1))),
+            "a second create loses"
+        );
+        assert!(apply(&mut state, &put(stored("a", 2))));
+        let mut rival = stored("a", 2);
+        rival.updated_at = "rival".into();
+        assert!(
+            !apply(&mut state, &put(rival)),
+            "a concurrent update from v1 loses"
+        );
+        assert_eq!(state.endpoints["a"].updated_at, "v2");
+        assert!(apply(
+            &mut state,
+            &Command::Delete {
+                id: "a".into(),
+                at: String::new()
+            }
+        ));
+        assert!(
+            !apply(&mut state, &put(stored("a", 3))),
+            "no resurrection by a late update"
+        );
+        assert!(apply(&mut state, &put(stored("a", 1))), "created again");
     }
 
     #[test]

@@ -185,10 +185,7 @@ impl<'a> Registry<'a> {
         let ch = self.conn.create_channel().await?;
         let _ = self.topology.revive_endpoint(&ch, &id).await;
         let _ = ch.close(200, "revived".into()).await;
-        self.append(&Command::Put {
-            endpoint: stored.clone(),
-        })
-        .await?;
+        self.put(&stored).await?;
         Ok((stored, generated))
     }
 
@@ -280,10 +277,7 @@ impl<'a> Registry<'a> {
                 stored.secrets = current.secrets.clone();
             }
         }
-        self.append(&Command::Put {
-            endpoint: stored.clone(),
-        })
-        .await?;
+        self.put(&stored).await?;
         Ok(stored)
     }
 
@@ -308,10 +302,7 @@ impl<'a> Registry<'a> {
         let current = self.get(id).await?;
         let secret = registry::new_secret(&current);
         let next = registry::rotate(&current, key, &secret, self.config.registry.secret_overlap);
-        self.append(&Command::Put {
-            endpoint: next.clone(),
-        })
-        .await?;
+        self.put(&next).await?;
         Ok((next, secret))
     }
 
@@ -393,6 +384,23 @@ impl<'a> Registry<'a> {
             dead_lettered,
             queue_deleted: deleted.is_ok(),
         })
+    }
+
+    /// Appends a new version and checks it won: the stream applies a change
+    /// only on top of the version it was made from.
+    async fn put(&self, stored: &StoredEndpoint) -> Result<(), OpError> {
+        self.append(&Command::Put {
+            endpoint: stored.clone(),
+        })
+        .await?;
+        let state = self.state().await?;
+        if state.endpoints.get(&stored.id) != Some(stored) {
+            return Err(OpError::Conflict(format!(
+                "endpoint {:?} was changed by someone else at the same time; fetch it and try again",
+                stored.id
+            )));
+        }
+        Ok(())
     }
 
     async fn append(&self, command: &Command) -> Result<(), OpError> {

@@ -511,3 +511,44 @@ async fn an_endpoint_a_dispatcher_cannot_load_keeps_its_events_queued() {
     receiver.wait_ids(&ids, WAIT).await;
     right.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn concurrent_updates_never_silently_overwrite_each_other() {
+    let scope = Scope::new().await;
+    let config = config(&scope, "");
+    scope.track_endpoint(&config, "race");
+    let url = tests::amqp_url();
+    let (a, b) = (
+        lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect"),
+        lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect"),
+    );
+    let (ra, rb) = (
+        common::registry_ops::Registry::new(&a, &config),
+        common::registry_ops::Registry::new(&b, &config),
+    );
+    let body = |v: Value| v.as_object().expect("object").clone();
+    ra.create(body(
+        json!({"id": "race", "url": "http://127.0.0.1:9/", "events": ["r"]}),
+    ))
+    .await
+    .expect("created");
+    let mode = common::registry_ops::Mode::Merge;
+    let (x, y) = tokio::join!(
+        ra.update("race", body(json!({"description": "from a"})), mode),
+        rb.update("race", body(json!({"description": "from b"})), mode),
+    );
+    let last = ra.get("race").await.expect("still there");
+    match (&x, &y) {
+        (Ok(_), Ok(_)) => assert_eq!(last.version, 3, "one after the other"),
+        (Ok(w), Err(common::registry_ops::OpError::Conflict(_)))
+        | (Err(common::registry_ops::OpError::Conflict(_)), Ok(w)) => {
+            assert_eq!(&last, w, "the winner's change is the one stored");
+            assert_eq!(last.version, 2);
+        }
+        other => panic!("unexpected outcome: {other:?}"),
+    }
+}
