@@ -12,11 +12,11 @@ use crate::registry::StoredEndpoint;
 use crate::topology::Topology;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -186,27 +186,18 @@ pub async fn append(
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let body = serde_json::to_vec(command)?;
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            topology.control().as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &body,
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into()),
-        )
-        .await?
-        .await?;
+    let published = crate::amqp::publish_confirmed(
+        &ch,
+        "",
+        &topology.control(),
+        &body,
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into()),
+    )
+    .await;
     let _ = ch.close(200, "appended".into()).await;
-    match confirm {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_)) => anyhow::bail!("the control stream is missing"),
-        Confirmation::Nack(_) => anyhow::bail!("the broker refused the command"),
-    }
+    published.map_err(|e| anyhow::anyhow!("appending to the control stream: {e}"))
 }
 
 /// Reads the control stream up to now and returns the holds.

@@ -7,12 +7,9 @@ use crate::Config;
 use crate::control::{self, Command, State};
 use crate::registry::{self, FieldError, StoredEndpoint};
 use crate::topology::Topology;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
+use lapin::Connection;
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Confirmation, Connection};
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -452,36 +449,14 @@ impl<'a> Registry<'a> {
                 text("the endpoint was deleted with force"),
             );
             headers.insert("hookpost-failed-at".into(), text(&control::now_rfc3339()));
-            let properties = BasicProperties::default()
-                .with_headers(headers)
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into());
-            let properties = match msg.delivery.properties.message_id() {
-                Some(mid) => properties.with_message_id(mid.clone()),
-                None => properties,
-            };
-            let properties = match msg.delivery.properties.kind() {
-                Some(kind) => properties.with_type(kind.clone()),
-                None => properties,
-            };
-            let confirm = ch
-                .basic_publish(
-                    self.topology.dead().as_str().into(),
-                    id.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &msg.delivery.data,
-                    properties,
-                )
-                .await?
-                .await?;
-            if !matches!(confirm, Confirmation::Ack(None)) {
-                return Err(OpError::Broker(anyhow::anyhow!(
-                    "the dead-letter queue refused a message; {moved} moved, the rest stay in {queue}"
-                )));
-            }
+            let properties = crate::amqp::republished_properties(&msg.delivery.properties, headers);
+            crate::amqp::publish_confirmed(&ch, &self.topology.dead(), id, &msg.delivery.data, properties)
+                .await
+                .map_err(|e| {
+                    OpError::Broker(anyhow::anyhow!(
+                        "the dead-letter queue refused a message ({e}); {moved} moved, the rest stay in {queue}"
+                    ))
+                })?;
             msg.delivery.ack(BasicAckOptions::default()).await?;
             moved += 1;
         }

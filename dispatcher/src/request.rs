@@ -138,6 +138,14 @@ mod tests {
             .remove(0)
     }
 
+    fn header_of(prepared: &Prepared, name: &str) -> Option<String> {
+        prepared
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    }
+
     const NOW: time::OffsetDateTime = time::macros::datetime!(2026-11-29 12:00:00 UTC);
 
     #[test]
@@ -146,13 +154,7 @@ mod tests {
         let prepared = build(&endpoint(1), &[Part { id: "e1", body }], 3, NOW);
         assert_eq!(&prepared.body[..], body);
         assert_eq!(prepared.webhook_id, "e1");
-        let header = |name| {
-            prepared
-                .headers
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.clone())
-        };
+        let header = |name| header_of(&prepared, name);
         assert_eq!(header("hookpost-attempt").as_deref(), Some("3"));
         assert_eq!(header("webhook-timestamp").as_deref(), Some("1795953600"));
         let secret =
@@ -178,13 +180,7 @@ mod tests {
             .remove(0);
         let body = br#"{"id":"e1","type":"a","timestamp":"2026-11-29T12:00:00Z","data":null}"#;
         let prepared = build(&endpoint, &[Part { id: "e1", body }], 1, NOW);
-        let header = |name| {
-            prepared
-                .headers
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.clone())
-        };
+        let header = |name| header_of(&prepared, name);
         assert_eq!(header("x-webhook-timestamp").as_deref(), Some("1795953600"));
         assert_eq!(header("webhook-signature"), None);
         assert_eq!(header("webhook-timestamp"), None);

@@ -8,7 +8,7 @@ use common::topology::Topology;
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{Channel, Confirmation};
 
 /// Longest wait for a publish confirm or an ack before the message is given
 /// back to the broker (which redelivers it).
@@ -168,7 +168,7 @@ impl Router {
         routing_key: &str,
         headers: FieldTable,
     ) -> Result<(), RouteError> {
-        let properties = republished_properties(&delivery.properties, headers);
+        let properties = common::amqp::republished_properties(&delivery.properties, headers);
         let publish = async {
             self.channel
                 .basic_publish(
@@ -199,43 +199,6 @@ impl Router {
         self.ack(delivery).await?;
         Ok(())
     }
-}
-
-/// The properties of a republished message: the original's, with `headers`,
-/// persistent, and without `user_id` (the broker refuses a user id other than
-/// the dispatcher's login) or `expiration` (a parked message must not expire).
-pub fn republished_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
-    let mut p = BasicProperties::default()
-        .with_headers(headers)
-        .with_delivery_mode(2);
-    if let Some(v) = original.content_type() {
-        p = p.with_content_type(v.clone());
-    }
-    if let Some(v) = original.content_encoding() {
-        p = p.with_content_encoding(v.clone());
-    }
-    if let Some(v) = original.priority() {
-        p = p.with_priority(*v);
-    }
-    if let Some(v) = original.correlation_id() {
-        p = p.with_correlation_id(v.clone());
-    }
-    if let Some(v) = original.reply_to() {
-        p = p.with_reply_to(v.clone());
-    }
-    if let Some(v) = original.message_id() {
-        p = p.with_message_id(v.clone());
-    }
-    if let Some(v) = original.timestamp() {
-        p = p.with_timestamp(*v);
-    }
-    if let Some(v) = original.kind() {
-        p = p.with_type(v.clone());
-    }
-    if let Some(v) = original.app_id() {
-        p = p.with_app_id(v.clone());
-    }
-    p
 }
 
 /// The attempt number of this delivery: `hookpost-attempt`, else 1.

@@ -18,9 +18,9 @@ use common::Config;
 use common::secret::redact_url;
 use common::topology::Topology;
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 use record::Record;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -245,7 +245,7 @@ impl Admin {
                     record.id
                 )
             })?;
-            publish(
+            common::amqp::publish_confirmed(
                 &ch,
                 &self.topology.dead(),
                 &record.routing_key,
@@ -339,7 +339,7 @@ impl Admin {
                 report.done += 1;
             } else {
                 // Not for us: back to the end of the queue, in the order met.
-                publish(
+                common::amqp::publish_confirmed(
                     &ch,
                     &queue,
                     msg.delivery.routing_key.as_str(),
@@ -376,8 +376,8 @@ impl Admin {
                 headers.insert(k.clone(), v.clone());
             }
         }
-        let properties = crate::route::republished_properties(&msg.delivery.properties, headers);
-        publish(
+        let properties = common::amqp::republished_properties(&msg.delivery.properties, headers);
+        common::amqp::publish_confirmed(
             ch,
             &self.topology.endpoints_exchange(),
             endpoint,
@@ -440,35 +440,5 @@ impl Admin {
     /// Closes the connection.
     pub async fn close(self) {
         let _ = self.conn.close(200, "bye".into()).await;
-    }
-}
-
-/// Publishes with `mandatory` and waits for the confirm; a nack or a return is an error.
-async fn publish(
-    ch: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> anyhow::Result<()> {
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            body,
-            properties,
-        )
-        .await?
-        .await?;
-    match confirm {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(returned)) => {
-            bail!("the broker returned it ({})", returned.reply_text)
-        }
-        Confirmation::Nack(_) => bail!("the broker refused it (nack)"),
     }
 }
