@@ -133,14 +133,22 @@ pub async fn run(
         let (mut effective, mut held) =
             effective_config(&config, &state.borrow_and_update(), &mut Warned::default());
         let mut warned = Warned::default();
-        if let Err(e) = declare(&conn, &effective, &shared.topology, &held).await {
+        let declared = tokio::time::timeout(
+            BROKER_WAIT,
+            declare(&conn, &effective, &shared.topology, &held),
+        )
+        .await;
+        if !matches!(declared, Ok(Ok(()))) {
             generation.cancel();
             tracker.close();
             tracker.wait().await;
-            if matches!(e, TopologyError::Conflict { .. }) {
-                break Err(e.into());
+            match declared {
+                Ok(Err(e)) if matches!(e, TopologyError::Conflict { .. }) => break Err(e.into()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Declaring the topology failed; reconnecting.");
+                }
+                _ => tracing::warn!("Declaring the topology timed out; reconnecting."),
             }
-            tracing::warn!(error = %e, "Declaring the topology failed; reconnecting.");
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             continue;
         }
@@ -186,9 +194,21 @@ pub async fn run(
             // Stop what changed first, so nothing is consumed under the old
             // settings once the new bindings apply.
             workers.stop_stale(&next.endpoints).await;
-            if let Err(e) = declare(&conn, &next, &shared.topology, &next_held).await {
-                tracing::warn!(error = %e, "Declaring the changed endpoints failed; reconnecting.");
-                break Some(());
+            match tokio::time::timeout(
+                BROKER_WAIT,
+                declare(&conn, &next, &shared.topology, &next_held),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Declaring the changed endpoints failed; reconnecting.");
+                    break Some(());
+                }
+                Err(_) => {
+                    tracing::warn!("Declaring the changed endpoints timed out; reconnecting.");
+                    break Some(());
+                }
             }
             workers.start_missing(
                 &next.endpoints,
@@ -207,17 +227,31 @@ pub async fn run(
         consuming.store(false, Ordering::SeqCst);
         generation.cancel();
         tracker.close();
-        tracker.wait().await;
+        // In-flight requests finish within their endpoint's timeout.
+        let grace = effective
+            .endpoints
+            .iter()
+            .map(|e| e.timeout)
+            .max()
+            .unwrap_or_default()
+            + BROKER_WAIT;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("Some workers did not stop in time; going on without them.");
+        }
         if next.is_none() {
             break Ok(());
         }
     };
-    client.close().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.close()).await;
     server_stop.cancel();
     let _ = server.await;
     tracing::info!("Dispatcher stopped.");
     result
 }
+
+/// Longest wait for the broker while (re)declaring or stopping, before the
+/// dispatcher gives up on the connection and rebuilds.
+const BROKER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Registered endpoints already reported as unloadable (id, version).
 pub(crate) type Warned = std::collections::HashSet<(String, u64)>;
@@ -280,9 +314,15 @@ impl Workers {
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
-            if let Some((_, stop, handle)) = self.running.remove(&id) {
+            if let Some((endpoint, stop, mut handle)) = self.running.remove(&id) {
                 stop.cancel();
-                let _ = handle.await;
+                // In-flight requests finish within the endpoint's timeout; a
+                // worker stuck on the broker beyond that is abandoned.
+                let grace = endpoint.timeout + BROKER_WAIT;
+                if tokio::time::timeout(grace, &mut handle).await.is_err() {
+                    tracing::warn!(endpoint = %id, "The endpoint's worker did not stop in time; abandoning it.");
+                    handle.abort();
+                }
             }
         }
     }

@@ -505,6 +505,9 @@ async fn endpoints_and_topology_status() {
 // test thread waits for each `hookpost-admin` process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_create_update_get_rotate_and_delete_from_the_command_line() {
+    if std::env::var("DEBUG_LOG").is_ok() {
+        common::logging::init("info,lapin=warn");
+    }
     let scope = Scope::new().await;
     let receiver = Receiver::start().await;
     let config = scope.write_config(
