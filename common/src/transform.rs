@@ -53,12 +53,48 @@ pub enum Outcome {
 #[error("{0}")]
 pub struct TransformError(String);
 
+/// Longest program accepted, in bytes. With [`COMPILE_STACK_BYTES`] it
+/// bounds how deeply a program can nest: jaq parses and compiles
+/// recursively, and a program of thousands of nested brackets would
+/// overflow an ordinary thread's stack, which aborts the process.
+pub const MAX_PROGRAM_BYTES: usize = 16 * 1024;
+
+/// Stack of the thread that compiles a program (reserved, touched only as
+/// deep as the program nests; 8,000 nested brackets, the most that fit in
+/// [`MAX_PROGRAM_BYTES`], need about half of it in a debug build).
+const COMPILE_STACK_BYTES: usize = 256 << 20;
+
 impl Transform {
-    /// Parses and compiles `source`.
+    /// Parses and compiles `source` on a thread of its own with a large
+    /// stack, so no program text can overflow the caller's stack.
     ///
     /// # Errors
-    /// A syntax error or an undefined name, with the offending text.
+    /// A program over [`MAX_PROGRAM_BYTES`], a syntax error or an undefined
+    /// name, with the offending text.
     pub fn compile(source: &str) -> Result<Self, TransformError> {
+        if source.len() > MAX_PROGRAM_BYTES {
+            return Err(TransformError(format!(
+                "the program is {} bytes; the limit is {MAX_PROGRAM_BYTES}",
+                source.len()
+            )));
+        }
+        let owned = source.to_owned();
+        std::thread::Builder::new()
+            .name("jq-compile".into())
+            .stack_size(COMPILE_STACK_BYTES)
+            .spawn(move || Self::compile_here(&owned))
+            .map_err(|e| TransformError(format!("cannot start the compiler thread: {e}")))?
+            .join()
+            .unwrap_or_else(|_| Err(TransformError("the compiler failed".to_owned())))
+    }
+
+    /// Compiles on the calling thread, which needs a deep enough stack (the
+    /// transform sandbox's worker, whose memory is limited, uses this).
+    ///
+    /// # Errors
+    /// As [`Transform::compile`]; a program that nests too deeply for the
+    /// stack overflows it.
+    pub fn compile_here(source: &str) -> Result<Self, TransformError> {
         // Filters that reach outside the event (the process environment,
         // standard error, further inputs) or end the process are replaced by
         // definitions that fail or do nothing.
@@ -321,6 +357,24 @@ mod tests {
             .expect("runs")
             .expect("kept");
         assert_eq!(out["data"]["ok"], true);
+    }
+
+    #[test]
+    fn deeply_nested_programs_compile_without_overflowing_the_stack() {
+        // Each of these aborted the process (stack overflow) when compiled
+        // on an ordinary 2 MiB thread.
+        let half = MAX_PROGRAM_BYTES / 2;
+        for program in [
+            format!("{}.{}", "[".repeat(half - 1), "]".repeat(half - 1)),
+            format!("{}1", "-".repeat(MAX_PROGRAM_BYTES - 1)),
+            format!("{}.", "try ".repeat(MAX_PROGRAM_BYTES / 4 - 1)),
+            format!("{}.", ". | ".repeat(MAX_PROGRAM_BYTES / 4 - 1)),
+        ] {
+            assert!(program.len() <= MAX_PROGRAM_BYTES);
+            let _ = Transform::compile(&program);
+        }
+        let e = Transform::compile(&".".repeat(MAX_PROGRAM_BYTES + 1)).expect_err("too long");
+        assert!(e.to_string().contains("limit is 16384"), "{e}");
     }
 
     #[test]

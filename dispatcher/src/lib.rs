@@ -19,6 +19,7 @@ pub mod limit;
 pub mod poll;
 pub mod request;
 pub mod route;
+pub mod sandbox;
 pub mod send;
 pub mod worker;
 
@@ -98,6 +99,16 @@ pub async fn run(
         server_stop.clone(),
     ));
     let paused = Arc::default();
+    let sandbox = sandbox::Sandbox::new(
+        sandbox::Sandbox::locate(config.transforms.worker_path.as_ref())
+            .unwrap_or_else(|_| std::path::PathBuf::from("hookpost-dispatcher")),
+        config.transforms.clone(),
+        config.amqp.max_message_bytes,
+    );
+    if config.endpoints.iter().any(|e| e.transform.is_some()) {
+        sandbox::Sandbox::locate(config.transforms.worker_path.as_ref())?;
+        sandbox.check().await?;
+    }
     // Operator holds and registered endpoints, from the control stream; kept across reconnects.
     let (holds_tx, holds) = tokio::sync::watch::channel(control::Holds::default());
     let mut config = config;
@@ -116,6 +127,7 @@ pub async fn run(
             max_message_bytes: config.amqp.max_message_bytes,
             paused: Arc::clone(&paused),
             holds: holds.clone(),
+            sandbox: sandbox.clone(),
         };
         let generation = shutdown.child_token();
         let tracker = TaskTracker::new();

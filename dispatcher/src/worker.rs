@@ -46,6 +46,8 @@ pub struct Shared {
     pub paused: Arc<std::sync::Mutex<std::collections::HashMap<String, url::Url>>>,
     /// Endpoints an operator paused (`hookpost-admin endpoints pause`).
     pub holds: tokio::sync::watch::Receiver<common::control::Holds>,
+    /// Where transforms run.
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 /// Why a worker stopped.
@@ -440,20 +442,22 @@ async fn process(
         };
         let parsed = parsed.map_err(|e| (Reason::Malformed, e));
         let transformed = match (&parsed, &endpoint.transform) {
-            (Ok(_), Some(transform)) => match run_transform(transform, &delivery.data).await {
-                Ok(Outcome::Send(body)) => Ok(Some(body)),
-                Ok(Outcome::Drop) => {
-                    if router.ack(&delivery).await.is_ok() {
-                        shared
-                            .metrics
-                            .deliveries
-                            .with_label_values(&[id, "filtered"])
-                            .inc();
+            (Ok(_), Some(transform)) => {
+                match shared.sandbox.run(id, transform, &delivery.data).await {
+                    Ok(Outcome::Send(body)) => Ok(Some(body)),
+                    Ok(Outcome::Drop) => {
+                        if router.ack(&delivery).await.is_ok() {
+                            shared
+                                .metrics
+                                .deliveries
+                                .with_label_values(&[id, "filtered"])
+                                .inc();
+                        }
+                        continue;
                     }
-                    continue;
+                    Err(e) => Err((Reason::TransformError, e.to_string())),
                 }
-                Err(e) => Err((Reason::TransformError, e)),
-            },
+            }
             _ => Ok(None),
         };
         match parsed.and_then(|event| transformed.map(|t| (event, t))) {
@@ -633,27 +637,6 @@ async fn process(
                 dead_letter(shared, router, id, &v.delivery, &why).await;
             }
         }
-    }
-}
-
-/// Longest a transform may run on one event.
-const TRANSFORM_BUDGET: Duration = Duration::from_secs(2);
-
-/// Runs a transform on a blocking thread, so a slow program does not hold
-/// up the runtime, within [`TRANSFORM_BUDGET`].
-async fn run_transform(
-    transform: &Arc<common::transform::Transform>,
-    data: &[u8],
-) -> Result<Outcome, String> {
-    let (t, data) = (transform.clone(), data.to_vec());
-    let run = tokio::task::spawn_blocking(move || t.apply(&data));
-    match tokio::time::timeout(TRANSFORM_BUDGET, run).await {
-        Ok(Ok(result)) => result.map_err(|e| e.to_string()),
-        Ok(Err(e)) => Err(format!("the transform failed: {e}")),
-        Err(_) => Err(format!(
-            "the transform ran longer than {} ms (it keeps a thread busy until it ends)",
-            TRANSFORM_BUDGET.as_millis()
-        )),
     }
 }
 

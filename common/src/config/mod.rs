@@ -54,6 +54,23 @@ pub struct Config {
     pub api: ApiConfig,
     /// The endpoint registry.
     pub registry: RegistryConfig,
+    /// The transform sandbox.
+    pub transforms: TransformsConfig,
+}
+
+/// Checked `[transforms]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransformsConfig {
+    /// Worker processes.
+    pub workers: usize,
+    /// Concurrent runs per endpoint.
+    pub per_endpoint: usize,
+    /// Wall-clock limit of one run.
+    pub timeout: Duration,
+    /// Address-space limit of a worker, in bytes.
+    pub memory_bytes: u64,
+    /// Executable started as a worker (`None`: the dispatcher's own).
+    pub worker_path: Option<PathBuf>,
 }
 
 /// Checked `[api]`.
@@ -409,6 +426,13 @@ impl Config {
             registry: RegistryConfig {
                 secrets_key,
                 secret_overlap: Duration::from_millis(raw.registry.secret_overlap_ms.get()),
+            },
+            transforms: TransformsConfig {
+                workers: raw.transforms.workers.get() as usize,
+                per_endpoint: raw.transforms.per_endpoint.get() as usize,
+                timeout: Duration::from_millis(raw.transforms.timeout_ms.get()),
+                memory_bytes: raw.transforms.memory_mb.get().saturating_mul(1 << 20),
+                worker_path: raw.transforms.worker_path,
             },
         })
     }

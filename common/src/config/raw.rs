@@ -32,6 +32,9 @@ pub struct RawConfig {
     /// The endpoint registry (endpoints created at runtime).
     #[serde(default)]
     pub registry: RegistrySection,
+    /// Where and within which limits endpoint transforms run.
+    #[serde(default)]
+    pub transforms: TransformsSection,
     /// Webhook endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointSection>,
@@ -190,6 +193,34 @@ pub struct RegistrySection {
     pub secret_overlap_ms: NonZeroU64,
 }
 
+/// `[transforms]`: endpoint transforms run in child processes of the
+/// dispatcher (`hookpost-dispatcher transform-worker`), never in the
+/// dispatcher itself, so no program can crash, stall or starve it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformsSection {
+    /// Transform worker processes per dispatcher: the most transforms that
+    /// run at the same moment.
+    #[serde(default = "default_transform_workers")]
+    pub workers: NonZeroU32,
+    /// Most transforms of one endpoint that run at the same moment, so one
+    /// endpoint cannot hold every worker.
+    #[serde(default = "default_transform_per_endpoint")]
+    pub per_endpoint: NonZeroU32,
+    /// Wall-clock limit of one transform run; the worker is killed and
+    /// replaced beyond it, and the event dead-lettered (`transform_error`).
+    #[serde(default = "default_transform_timeout_ms")]
+    pub timeout_ms: NonZeroU64,
+    /// Address-space limit of a worker process, in MiB; a program that needs
+    /// more is stopped and its event dead-lettered.
+    #[serde(default = "default_transform_memory_mb")]
+    pub memory_mb: NonZeroU64,
+    /// The `hookpost-dispatcher` executable started as a worker. Default:
+    /// the running dispatcher's own executable.
+    #[serde(default)]
+    pub worker_path: Option<std::path::PathBuf>,
+}
+
 /// `[[endpoints]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -247,6 +278,18 @@ fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8081))
 }
 
+fn default_transform_workers() -> NonZeroU32 {
+    const { NonZeroU32::new(4).unwrap() }
+}
+fn default_transform_per_endpoint() -> NonZeroU32 {
+    const { NonZeroU32::new(1).unwrap() }
+}
+fn default_transform_timeout_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(2_000).unwrap() }
+}
+fn default_transform_memory_mb() -> NonZeroU64 {
+    const { NonZeroU64::new(256).unwrap() }
+}
 fn default_secret_overlap_ms() -> NonZeroU64 {
     const { NonZeroU64::new(24 * 3_600_000).unwrap() }
 }
@@ -385,5 +428,6 @@ default_from_serde!(
     DefaultsSection,
     IngestSection,
     ApiSection,
-    RegistrySection
+    RegistrySection,
+    TransformsSection
 );

@@ -21,6 +21,13 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    // A transform worker (dispatcher::sandbox) is this binary started by a
+    // dispatcher; it logs nothing and answers on its pipes.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(dispatcher::sandbox::WORKER_ARG) {
+        let code = dispatcher::sandbox::worker_main(&args[1..]);
+        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     common::logging::init("info");
     let cli = Cli::parse();
     let result = tokio::runtime::Runtime::new()
