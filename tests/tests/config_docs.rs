@@ -99,6 +99,7 @@ fn readme_reference_lists_exactly_the_example_keys() {
                 "ingest.",
                 "api.",
                 "registry.",
+                "transforms.",
                 "endpoints.",
             ]
             .iter()
