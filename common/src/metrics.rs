@@ -300,6 +300,54 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// Every `status_class` of `hookpost_delivery_attempts_total`.
+pub const ATTEMPT_CLASSES: [&str; 9] = [
+    "1xx", "2xx", "3xx", "4xx", "5xx", "other", "timeout", "error", "blocked",
+];
+
+/// Every `outcome` of `hookpost_deliveries_total`.
+pub const OUTCOMES: [&str; 5] = [
+    "delivered",
+    "retried",
+    "dead_lettered",
+    "filtered",
+    "dropped",
+];
+
+impl DispatcherMetrics {
+    /// Creates every label set of `endpoint` at 0, so a counter exists
+    /// before its first increment: `increase(...)` in an alert sees the
+    /// first dead letter after a start as an increase, not as a new series.
+    /// `reasons` are the dead-letter reasons, `tiers` the endpoint's wait
+    /// tiers in ms.
+    pub fn init_endpoint(&self, endpoint: &str, reasons: &[&str], tiers: &[u64]) {
+        for class in ATTEMPT_CLASSES {
+            self.attempts.with_label_values(&[endpoint, class]);
+        }
+        for outcome in OUTCOMES {
+            self.deliveries.with_label_values(&[endpoint, outcome]);
+        }
+        for reason in reasons {
+            self.dead_letters.with_label_values(&[endpoint, reason]);
+        }
+        for tier in tiers {
+            self.retries
+                .with_label_values(&[endpoint, &tier.to_string()]);
+        }
+        for gauge in [
+            &self.in_flight,
+            &self.paused,
+            &self.consuming,
+            &self.breaker_state,
+        ] {
+            gauge.with_label_values(&[endpoint]);
+        }
+        for histogram in [&self.request_duration, &self.end_to_end, &self.batch_size] {
+            histogram.with_label_values(&[endpoint]);
+        }
+    }
+}
+
 /// The registry in Prometheus text format.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();

@@ -19,6 +19,15 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason the dispatcher gives.
+    pub const ALL: [Self; 5] = [
+        Self::Exhausted,
+        Self::Rejected,
+        Self::Gone,
+        Self::Malformed,
+        Self::TransformError,
+    ];
+
     /// The header and label value.
     pub fn as_str(self) -> &'static str {
         match self {

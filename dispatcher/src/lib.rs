@@ -83,12 +83,24 @@ pub async fn run(
         config.amqp.max_reconnect_delay,
     );
     let consuming = Arc::new(AtomicBool::new(false));
+    // The endpoints this dispatcher should consume now.
+    let expected: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let ready: common::server::Readiness = {
-        let (client, consuming) = (client.clone(), consuming.clone());
+        let (client, consuming, expected, metrics) = (
+            client.clone(),
+            consuming.clone(),
+            expected.clone(),
+            metrics.clone(),
+        );
         Arc::new(move || {
             let connected = client.is_connected();
             process.broker_connected.set(i64::from(connected));
-            connected && consuming.load(Ordering::SeqCst)
+            let expected = expected
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            connected
+                && consuming.load(Ordering::SeqCst)
+                && expected.iter().all(|id| endpoint_settled(&metrics, id))
         })
     };
     let server_stop = CancellationToken::new();
@@ -99,6 +111,10 @@ pub async fn run(
         server_stop.clone(),
     ));
     let paused = Arc::default();
+    let channel_failures = Arc::new(std::sync::Mutex::new(common::logging::Throttle::new(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(300),
+    )));
     let sandbox = sandbox::Sandbox::new(
         sandbox::Sandbox::locate(config.transforms.worker_path.as_ref())
             .unwrap_or_else(|_| std::path::PathBuf::from("hookpost-dispatcher")),
@@ -128,6 +144,7 @@ pub async fn run(
             paused: Arc::clone(&paused),
             holds: holds.clone(),
             sandbox: sandbox.clone(),
+            channel_failures: channel_failures.clone(),
         };
         let generation = shutdown.child_token();
         let tracker = TaskTracker::new();
@@ -175,6 +192,7 @@ pub async fn run(
             &tracker,
         );
         let mut poller = spawn_poller(&conn, &effective, &metrics, &generation, &tracker);
+        set_expected(&expected, &effective);
         consuming.store(true, Ordering::SeqCst);
         tracing::info!(endpoints = effective.endpoints.len(), "Dispatcher running.");
         // What ends this connection's run: `None` shutdown, `Some(())` reconnect.
@@ -234,6 +252,7 @@ pub async fn run(
             poller = spawn_poller(&conn, &next, &metrics, &generation, &tracker);
             effective = next;
             held = next_held;
+            set_expected(&expected, &effective);
             tracing::info!(endpoints = effective.endpoints.len(), "Endpoints changed.");
         };
         consuming.store(false, Ordering::SeqCst);
@@ -259,6 +278,22 @@ pub async fn run(
     let _ = server.await;
     tracing::info!("Dispatcher stopped.");
     result
+}
+
+/// Whether an endpoint is as it should be for readiness: consumed, or
+/// deliberately not (paused by an operator or after a 410, or suspended by
+/// its circuit breaker).
+fn endpoint_settled(metrics: &DispatcherMetrics, id: &str) -> bool {
+    metrics.consuming.with_label_values(&[id]).get() == 1
+        || metrics.paused.with_label_values(&[id]).get() == 1
+        || metrics.breaker_state.with_label_values(&[id]).get() != 0
+}
+
+fn set_expected(expected: &std::sync::Mutex<Vec<String>>, config: &Config) {
+    *expected
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        config.endpoints.iter().map(|e| e.id.clone()).collect();
 }
 
 /// Longest wait for the broker while (re)declaring or stopping, before the
@@ -378,6 +413,10 @@ async fn supervise(
     stop: CancellationToken,
     lost_tx: mpsc::Sender<(String, String)>,
 ) {
+    let reasons = classify::Reason::ALL.map(classify::Reason::as_str);
+    shared
+        .metrics
+        .init_endpoint(&endpoint.id, &reasons, &endpoint.retry.tiers_ms());
     let mut delays = common::amqp::backoff(std::time::Duration::from_secs(10));
     let breaker = Arc::new(breaker::Breaker::new(endpoint.breaker));
     loop {
@@ -411,7 +450,14 @@ async fn supervise(
             break;
         }
         let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
-        tracing::warn!(endpoint = %endpoint.id, error = %why, retry_in_ms = delay.as_millis() as u64, "Endpoint channel failed; restarting its worker.");
+        let logged = shared
+            .channel_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .hit();
+        if let Some(failures) = logged {
+            tracing::warn!(endpoint = %endpoint.id, error = %why, failures, retry_in_ms = delay.as_millis() as u64, "Endpoint channels failing; restarting their workers (logged with backoff; `failures` counts all endpoints since the last line).");
+        }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => break,

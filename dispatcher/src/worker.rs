@@ -48,6 +48,9 @@ pub struct Shared {
     pub holds: tokio::sync::watch::Receiver<common::control::Holds>,
     /// Where transforms run.
     pub sandbox: crate::sandbox::Sandbox,
+    /// Logs endpoint channel failures with backoff across all endpoints
+    /// (a broker limit fails many endpoints at once, again and again).
+    pub channel_failures: Arc<std::sync::Mutex<common::logging::Throttle>>,
 }
 
 /// Why a worker stopped.

@@ -25,19 +25,27 @@ impl Running {
     /// # Panics
     /// When it is not ready within 20 s.
     pub async fn start(config: Config) -> Self {
+        let running = Self::spawn(config).await;
+        running.wait_ready().await;
+        running
+    }
+
+    /// Starts a dispatcher without waiting for it to be ready.
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub async fn spawn(config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let metrics = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
         let (reload, reloads) = mpsc::channel(4);
         let task = tokio::spawn(dispatcher::run(config, listener, reloads, shutdown.clone()));
-        let running = Self {
+        Self {
             metrics,
             shutdown,
             reload,
             task,
-        };
-        running.wait_ready().await;
-        running
+        }
     }
 
     /// Waits until `/readyz` answers 200.

@@ -180,3 +180,128 @@ async fn exposition_is_valid_and_covers_the_dashboard_and_alerts() {
     server.await.expect("join").expect("ingest stopped");
     dispatcher.stop().await.expect("clean stop");
 }
+
+/// Every per-endpoint counter exists at 0 as soon as the endpoint's worker
+/// starts, so `increase(hookpost_dead_letters_total[10m]) > 0` sees the
+/// first dead letter after a start (deploy/alerts.test.yml has the alert's
+/// side of it).
+#[tokio::test]
+async fn per_endpoint_series_start_at_zero() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let config = scope.config(&format!(
+        "{}{}",
+        tests::fixtures::FAST,
+        tests::fixtures::endpoint("fresh", &receiver.url, &["a.b"], "")
+    ));
+    let dispatcher = Running::start(config).await;
+    let text = dispatcher.metrics_text().await;
+    let mut want: Vec<String> = [
+        "exhausted",
+        "rejected",
+        "gone",
+        "malformed",
+        "transform_error",
+    ]
+    .iter()
+    .map(|r| format!("hookpost_dead_letters_total{{endpoint=\"fresh\",reason=\"{r}\"}} 0"))
+    .collect();
+    want.extend(
+        [
+            "delivered",
+            "retried",
+            "dead_lettered",
+            "filtered",
+            "dropped",
+        ]
+        .iter()
+        .map(|o| format!("hookpost_deliveries_total{{endpoint=\"fresh\",outcome=\"{o}\"}} 0")),
+    );
+    want.extend(["2xx", "5xx", "timeout", "error"].iter().map(|c| {
+        format!("hookpost_delivery_attempts_total{{endpoint=\"fresh\",status_class=\"{c}\"}} 0")
+    }));
+    // FAST: retries after 100, 200 and 400 ms.
+    want.extend(
+        [100, 200, 400]
+            .iter()
+            .map(|t| format!("hookpost_retries_total{{endpoint=\"fresh\",tier=\"{t}\"}} 0")),
+    );
+    for line in &want {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    promtool_check_metrics(&text);
+    dispatcher.stop().await.expect("clean stop");
+}
+
+/// `/readyz` answers 200 only when every endpoint is consumed (or
+/// deliberately not): an endpoint whose queue another client holds with an
+/// exclusive consumer keeps the dispatcher unready until it is released.
+#[tokio::test]
+async fn readiness_waits_for_every_endpoint() {
+    use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    // Classic queues: RabbitMQ 3.10 enforces exclusive consumers there.
+    let config = scope.config_with(
+        &format!(
+            "{}{}{}",
+            tests::fixtures::FAST,
+            tests::fixtures::endpoint("free", &receiver.url, &["a.b"], ""),
+            tests::fixtures::endpoint("taken", &receiver.url, &["a.b"], "")
+        ),
+        "queue_type = \"classic\"",
+        &tests::amqp_url(),
+    );
+    let topology = common::topology::Topology::new(&config.amqp);
+    topology
+        .declare_base(&scope.channel)
+        .await
+        .expect("declare base");
+    topology
+        .declare_endpoint(&scope.channel, "taken", &["a.b".to_owned()])
+        .await
+        .expect("declare endpoint");
+    let holder = scope.connection.create_channel().await.expect("channel");
+    let _consumer = holder
+        .basic_consume(
+            topology.endpoint_queue("taken").as_str().into(),
+            "holder".into(),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..BasicConsumeOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("exclusive consumer");
+    let dispatcher = Running::spawn(config).await;
+    // "free" gets consumed, "taken" cannot be: not ready.
+    eventually(WAIT, "free consumed", || async {
+        (dispatcher
+            .metric("hookpost_consuming{endpoint=\"free\"}")
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(dispatcher.ready_status().await, 503);
+    assert_eq!(
+        dispatcher
+            .metric("hookpost_consuming{endpoint=\"taken\"}")
+            .await,
+        0.0
+    );
+    holder
+        .basic_cancel("holder".into(), BasicCancelOptions::default())
+        .await
+        .expect("cancel");
+    // The worker retries with backoff (up to 10 s between tries).
+    eventually(Duration::from_secs(30), "ready once released", || async {
+        (dispatcher.ready_status().await == 200).then_some(())
+    })
+    .await;
+    dispatcher.stop().await.expect("clean stop");
+}
