@@ -8,6 +8,7 @@ pub mod amqp;
 pub mod config;
 pub mod control;
 pub mod envelope;
+mod idle;
 pub mod logging;
 pub mod metrics;
 pub mod registry;

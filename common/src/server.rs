@@ -1,12 +1,14 @@
 //! A small hyper HTTP/1 server on an already-bound listener, with graceful
-//! shutdown, and the `/metrics`, `/healthz`, `/readyz` routes every hookpost
-//! process serves.
+//! shutdown, limits that keep slow or idle clients from holding connections
+//! ([`Limits`]), and the `/metrics`, `/healthz`, `/readyz` routes every
+//! hookpost process serves.
 
+use crate::idle::{Activity, Tracked};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::Registry;
@@ -15,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// A response with a full body.
@@ -25,15 +28,68 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = HttpResponse> + Send>>;
 /// Longest a server waits for open connections to finish after shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `handler` on `listener` until `shutdown` fires, then lets
-/// in-flight requests finish (up to [`DRAIN_TIMEOUT`]).
-pub async fn serve<H>(listener: TcpListener, handler: H, shutdown: CancellationToken)
-where
+/// How long a client may take and how many connections a listener holds
+/// (each listener's `header_read_timeout_ms`, `idle_timeout_ms` and
+/// `max_connections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// From the moment the server waits for a request (a new connection, or
+    /// a kept-alive one after a response) until its head (request line and
+    /// headers) is complete; past it the connection is closed. This is also
+    /// how long a kept-alive connection may sit between requests.
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moved either way for this long, while
+    /// none of its requests is being handled, is closed (a client that stops
+    /// reading its response, or stalls a body the handler does not read).
+    pub idle_timeout: Duration,
+    /// Connections open at once. At the cap the server stops accepting:
+    /// new connections wait in the listen backlog (they are not refused)
+    /// until a held one finishes or times out.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The defaults of every listener, with `max_connections` given.
+    pub const fn with_max_connections(max_connections: usize) -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections,
+        }
+    }
+}
+
+/// Serves `handler` on `listener` within `limits` until `shutdown` fires,
+/// then lets in-flight requests finish (up to [`DRAIN_TIMEOUT`]).
+pub async fn serve<H>(
+    listener: TcpListener,
+    limits: Limits,
+    handler: H,
+    shutdown: CancellationToken,
+) where
     H: Fn(Request<Incoming>) -> HandlerFuture + Send + Sync + 'static,
 {
     let handler = Arc::new(handler);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut builder = Builder::new(TokioExecutor::new());
+    // hyper's header-read timeout does nothing without a timer.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let builder = builder.http1_only();
     loop {
+        // At the cap, wait for a slot before accepting: the kernel keeps
+        // new connections in the backlog meanwhile, so a real client is
+        // served as soon as a slow one times out rather than refused.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -46,18 +102,32 @@ where
             },
             () = shutdown.cancelled() => break,
         };
+        let activity = Activity::new();
         let handler = handler.clone();
+        let tracked = activity.clone();
         let service = hyper::service::service_fn(move |req| {
+            let busy = tracked.busy();
             let fut = handler(req);
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            async move {
+                let response = fut.await;
+                drop(busy);
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
-        let conn = Builder::new(TokioExecutor::new())
-            .http1_only()
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+        let conn = builder
+            .serve_connection_with_upgrades(io, service)
             .into_owned();
         let conn = graceful.watch(conn);
+        let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _slot = slot;
+            tokio::select! {
+                _ = conn => {}
+                () = activity.idle_for(idle_timeout) => {
+                    tracing::debug!("Closing an idle connection.");
+                }
+            }
         });
     }
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
@@ -89,15 +159,18 @@ pub fn json(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
 pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Serves `/metrics` (Prometheus text), `/healthz` (200 while the process
-/// runs) and `/readyz` (200 when `ready()` holds, else 503) on `listener`.
+/// runs) and `/readyz` (200 when `ready()` holds, else 503) on `listener`
+/// within `limits`.
 pub async fn serve_metrics(
     listener: TcpListener,
+    limits: Limits,
     registry: Registry,
     ready: Readiness,
     shutdown: CancellationToken,
 ) {
     serve(
         listener,
+        limits,
         move |req: Request<Incoming>| {
             let response = match (req.method(), req.uri().path()) {
                 (&hyper::Method::GET, "/metrics") => {

@@ -106,6 +106,7 @@ pub async fn run(
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(common::server::serve_metrics(
         metrics_listener,
+        config.metrics_limits,
         registry,
         ready,
         server_stop.clone(),

@@ -13,7 +13,7 @@
 //! | `DELETE /v1/endpoints/{id}[?force=true]` | removes it; its queue goes once empty (with `force`, pending messages are dead-lettered first) |
 //! | `POST /v1/endpoints/{id}/secret/rotate` | new secret, returned once; the old ones sign on for `registry.secret_overlap_ms` |
 
-use crate::ingest::{bearer_matches, error, unauthorized};
+use crate::ingest::{bearer_matches, body_timeout, error, unauthorized};
 use bytes::Bytes;
 use common::Config;
 use common::amqp::AmqpClient;
@@ -112,6 +112,7 @@ impl Api {
         let client = self.client.clone();
         common::server::serve(
             listener,
+            self.config.api.limits,
             move |req| {
                 let this = self.clone();
                 Box::pin(async move { this.handle(req).await })
@@ -166,7 +167,7 @@ impl Api {
         let id = segments.first().map(|s| (*s).to_owned());
         let body =
             if matches!(method, Method::POST | Method::PUT | Method::PATCH) && segments.len() < 2 {
-                match read_object(req).await {
+                match read_object(req, self.config.api.body_read_timeout).await {
                     Ok(body) => Some(body),
                     Err(r) => return r,
                 }
@@ -348,11 +349,15 @@ fn file_view(e: &common::config::Endpoint, paused: bool) -> Value {
     })
 }
 
-async fn read_object(req: Request<Incoming>) -> Result<Map<String, Value>, HttpResponse> {
-    let body: Bytes = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+async fn read_object(
+    req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Map<String, Value>, HttpResponse> {
+    let read = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+    let Ok(read) = tokio::time::timeout(timeout, read).await else {
+        return Err(body_timeout(timeout));
+    };
+    let body: Bytes = match read {
         Ok(b) => b.to_bytes(),
         Err(_) => {
             return Err(error(

@@ -7,6 +7,7 @@
 //! | 202 | all events confirmed by the broker |
 //! | 400 | body not JSON, empty array, or an event breaks the contract (`field` names it) |
 //! | 401 | missing or unknown bearer token |
+//! | 408 | the body did not arrive within `body_read_timeout_ms` |
 //! | 404 / 405 | other paths / methods |
 //! | 413 | body over `max_body_bytes` or more than `max_events` events |
 //! | 415 | a `content-type` other than JSON |
@@ -52,6 +53,7 @@ impl Ingest {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         common::server::serve(
             listener,
+            self.config.limits,
             move |req| {
                 let this = self.clone();
                 Box::pin(async move { this.handle(req).await })
@@ -120,7 +122,11 @@ impl Ingest {
                 None,
             );
         }
-        let body: Bytes = match Limited::new(req.into_body(), limit).collect().await {
+        let read = Limited::new(req.into_body(), limit).collect();
+        let Ok(read) = tokio::time::timeout(self.config.body_read_timeout, read).await else {
+            return body_timeout(self.config.body_read_timeout);
+        };
+        let body: Bytes = match read {
             Ok(collected) => collected.to_bytes(),
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -299,6 +305,21 @@ pub(crate) fn error(status: StatusCode, message: &str, field: Option<&str>) -> H
         None => json!({ "error": message }),
     };
     json(status, &body)
+}
+
+/// 408: the body took longer than `timeout`; the connection closes after it.
+pub(crate) fn body_timeout(timeout: std::time::Duration) -> HttpResponse {
+    let mut r = error(
+        StatusCode::REQUEST_TIMEOUT,
+        &format!(
+            "request body not received within {} ms",
+            timeout.as_millis()
+        ),
+        None,
+    );
+    r.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// 401 with `www-authenticate: Bearer`.

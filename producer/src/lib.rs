@@ -78,6 +78,7 @@ pub async fn serve(
     ));
     let metrics_server = tokio::spawn(common::server::serve_metrics(
         metrics_listener,
+        config.metrics_limits,
         registry,
         ready,
         shutdown.clone(),

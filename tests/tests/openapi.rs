@@ -300,3 +300,359 @@ async fn every_operation_answers_as_documented() {
     stop.cancel();
     running.stop().await.expect("stop");
 }
+
+/// Where `value` breaks `schema` (the JSON Schema keywords deploy/openapi.json
+/// uses; `format` is an annotation and not checked), as readable lines.
+fn violations(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+    let schema = if schema.get("$ref").is_some() {
+        self::schema(doc, schema)
+    } else {
+        schema
+    };
+    let mut out = Vec::new();
+    let mut fail = |why: String| out.push(format!("{at}: {why}"));
+    if let Some(kind) = schema.get("type") {
+        let kinds: Vec<&str> = match kind {
+            Value::Array(k) => k.iter().filter_map(Value::as_str).collect(),
+            other => other.as_str().into_iter().collect(),
+        };
+        let is = |k: &str| match k {
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "array" => value.is_array(),
+            "object" => value.is_object(),
+            "null" => value.is_null(),
+            _ => panic!("type {k}"),
+        };
+        if !kinds.iter().any(|k| is(k)) {
+            fail(format!("not of type {kind}"));
+            return out;
+        }
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        fail(format!("{value} is not one of {options:?}"));
+    }
+    if let Some(c) = schema.get("const")
+        && c != value
+    {
+        fail(format!("{value} is not {c}"));
+    }
+    if let Some(s) = value.as_str() {
+        let chars = s.chars().count() as u64;
+        if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+            && chars < min
+        {
+            fail(format!("shorter than {min}"));
+        }
+        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+            && chars > max
+        {
+            fail(format!("longer than {max}"));
+        }
+        if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+            let re = regex_bites::Regex::new(pattern)
+                .unwrap_or_else(|e| panic!("{at}: pattern {pattern}: {e}"));
+            if !re.is_match(s) {
+                fail(format!("{s:?} does not match {pattern}"));
+            }
+        }
+    }
+    if let Some(n) = value
+        .as_i64()
+        .map(i128::from)
+        .or(value.as_u64().map(i128::from))
+    {
+        if let Some(min) = schema.get("minimum").and_then(Value::as_i64)
+            && n < i128::from(min)
+        {
+            fail(format!("{n} is below {min}"));
+        }
+        if let Some(max) = schema.get("maximum").and_then(Value::as_i64)
+            && n > i128::from(max)
+        {
+            fail(format!("{n} is above {max}"));
+        }
+    }
+    if let Some(items) = value.as_array() {
+        if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+            && (items.len() as u64) < min
+        {
+            fail(format!("fewer than {min} items"));
+        }
+        if let Some(item) = schema.get("items") {
+            for (i, v) in items.iter().enumerate() {
+                out.extend(violations(doc, item, v, &format!("{at}[{i}]")));
+            }
+        }
+    }
+    if let Some(object) = value.as_object() {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let name = required.as_str().expect("name");
+            if !object.contains_key(name) {
+                out.push(format!("{at}: {name} is required"));
+            }
+        }
+        for (name, needs) in schema["dependentRequired"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            for need in needs.as_array().into_iter().flatten() {
+                let need = need.as_str().expect("name");
+                if object.contains_key(name) && !object.contains_key(need) {
+                    out.push(format!("{at}: {name} needs {need}"));
+                }
+            }
+        }
+        for (name, v) in object {
+            let here = format!("{at}.{name}");
+            if let Some(names) = schema.get("propertyNames") {
+                out.extend(violations(doc, names, &Value::String(name.clone()), &here));
+            }
+            match properties.and_then(|p| p.get(name)) {
+                Some(property) => out.extend(violations(doc, property, v, &here)),
+                None => match schema.get("additionalProperties") {
+                    Some(Value::Bool(false)) => out.push(format!("{here}: not allowed")),
+                    Some(extra @ Value::Object(_)) => out.extend(violations(doc, extra, v, &here)),
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let Some(not) = schema.get("not")
+        && violations(doc, not, value, at).is_empty()
+    {
+        out.push(format!("{at}: {value} matches what `not` forbids"));
+    }
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        if let Some(condition) = part.get("if") {
+            let branch = if violations(doc, condition, value, at).is_empty() {
+                part.get("then")
+            } else {
+                part.get("else")
+            };
+            if let Some(branch) = branch {
+                out.extend(violations(doc, branch, value, at));
+            }
+        } else {
+            out.extend(violations(doc, part, value, at));
+        }
+    }
+    out
+}
+
+/// Inputs just inside and just outside each constraint the API enforces:
+/// `(changes merged into a valid endpoint, whether the API takes it)`.
+fn boundary_cases() -> Vec<(Value, bool)> {
+    let standard_24 = format!("whsec_{}", "A".repeat(32));
+    let standard_64 = format!("whsec_{}AA==", "A".repeat(84));
+    let standard_62 = format!("whsec_{}AAA=", "A".repeat(80));
+    let standard_23 = format!("whsec_{}AAA=", "A".repeat(28));
+    let standard_65 = format!("whsec_{}AAA=", "A".repeat(84));
+    let max = |n: u64| json!(n);
+    vec![
+        // id: [a-z0-9_-], 1 to 100
+        (json!({"id": "0"}), true),
+        (json!({"id": "a".repeat(100)}), true),
+        (json!({"id": "a".repeat(101)}), false),
+        (json!({"id": ""}), false),
+        (json!({"id": "A"}), false),
+        (json!({"id": "a.b"}), false),
+        // url: http or https with a host
+        (json!({"url": "https://0.com"}), true),
+        (json!({"url": "HTTP://user:pw@127.0.0.1:9/p?q#f"}), true),
+        (json!({"url": "http://[::1]:9/"}), true),
+        (json!({"url": "ftp://example.com/"}), false),
+        (json!({"url": "https://"}), false),
+        (json!({"url": "example.com"}), false),
+        // events: at least one pattern of words, * and #
+        (json!({"events": ["#"]}), true),
+        (json!({"events": ["a.*.#", "b_c-d.e"]}), true),
+        (json!({"events": ["a".repeat(255)]}), true),
+        (json!({"events": []}), false),
+        (json!({"events": [""]}), false),
+        (json!({"events": ["a".repeat(256)]}), false),
+        (json!({"events": ["a..b"]}), false),
+        (json!({"events": ["Order.created"]}), false),
+        (json!({"events": ["a.b*"]}), false),
+        // headers: token names, not reserved, values without control characters
+        (
+            json!({"headers": {"X-Api-Key": "v\tw", "authorization": "Bearer x"}}),
+            true,
+        ),
+        (json!({"headers": {"X Key": "v"}}), false),
+        (json!({"headers": {"": "v"}}), false),
+        (json!({"headers": {"Webhook-Id": "v"}}), false),
+        (json!({"headers": {"HOOKPOST-attempt": "v"}}), false),
+        (json!({"headers": {"Content-Type": "text/plain"}}), false),
+        (json!({"headers": {"host": "x"}}), false),
+        (
+            json!({"headers": {"X-Hostname": "x", "Content-Types": "y"}}),
+            true,
+        ),
+        (json!({"headers": {"X-A": "a\nb"}}), false),
+        (json!({"headers": {"X-A": "a\u{7f}"}}), false),
+        // secrets: standard = whsec_ + base64 of 24 to 64 bytes
+        (json!({"secrets": [standard_24]}), true),
+        (json!({"secrets": [standard_64]}), true),
+        (json!({"secrets": [standard_62]}), true),
+        (json!({"secrets": [standard_23]}), false),
+        (json!({"secrets": [standard_65]}), false),
+        (
+            json!({"secrets": ["whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]}),
+            false,
+        ),
+        (
+            json!({"secrets": [format!("whsec_{}AB==", "A".repeat(84))]}),
+            false,
+        ),
+        (json!({"secrets": ["0123456789abcdef"]}), false),
+        // secrets: hex = 16 or more characters without spaces
+        (
+            json!({"signature": "hex", "secrets": ["0123456789abcdef"]}),
+            true,
+        ),
+        (
+            json!({"signature": "hex", "secrets": ["0123456789abcde"]}),
+            false,
+        ),
+        (
+            json!({"signature": "hex", "secrets": ["0123456789 abcdef"]}),
+            false,
+        ),
+        (
+            json!({"signature": "hex", "secrets": ["0123456789abcdef\u{1}"]}),
+            false,
+        ),
+        // numbers
+        (json!({"timeout_ms": 1}), true),
+        (json!({"timeout_ms": 900_000}), true),
+        (json!({"timeout_ms": 0}), false),
+        (json!({"timeout_ms": 900_001}), false),
+        (json!({"max_retries": 0}), true),
+        (json!({"max_retries": 100}), true),
+        (json!({"max_retries": 101}), false),
+        (json!({"max_retries": -1}), false),
+        (json!({"retry_delay_ms": 1}), true),
+        (json!({"retry_delay_ms": 0}), false),
+        (
+            json!({"retry_delay_ms": 2_592_000_000u64, "max_retry_delay_ms": 2_592_000_000u64}),
+            true,
+        ),
+        (
+            json!({"retry_delay_ms": 2_592_000_001u64, "max_retry_delay_ms": 2_592_000_000u64}),
+            false,
+        ),
+        (json!({"max_retry_delay_ms": 1, "retry_delay_ms": 1}), true),
+        (json!({"max_retry_delay_ms": 0, "retry_delay_ms": 1}), false),
+        (json!({"max_retry_delay_ms": 2_592_000_001u64}), false),
+        (json!({"batch_size": 1}), true),
+        (json!({"batch_size": 10_000}), true),
+        (json!({"batch_size": 0}), false),
+        (json!({"batch_size": 10_001}), false),
+        (json!({"batch_interval_ms": 0}), true),
+        (json!({"batch_interval_ms": 900_000}), true),
+        (json!({"batch_interval_ms": 900_001}), false),
+        (json!({"batch_interval_ms": -1}), false),
+        (json!({"max_in_flight": 1}), true),
+        (json!({"max_in_flight": max(u64::from(u32::MAX))}), true),
+        (json!({"max_in_flight": 0}), false),
+        (
+            json!({"max_in_flight": max(u64::from(u32::MAX) + 1)}),
+            false,
+        ),
+        (json!({"breaker_failures": 0}), true),
+        (json!({"breaker_failures": max(u64::from(u32::MAX))}), true),
+        (
+            json!({"breaker_failures": max(u64::from(u32::MAX) + 1)}),
+            false,
+        ),
+        (json!({"breaker_cooldown_ms": 1}), true),
+        (json!({"breaker_cooldown_ms": 900_000}), true),
+        (json!({"breaker_cooldown_ms": 0}), false),
+        (json!({"breaker_cooldown_ms": 900_001}), false),
+        (json!({"retry_on_status": {"add": [300, 599]}}), true),
+        (json!({"retry_on_status": {"remove": [299]}}), false),
+        (json!({"retry_on_status": {"add": [600]}}), false),
+        (json!({"rate_limit_per_s": 1, "rate_limit_burst": 1}), true),
+        (json!({"rate_limit_per_s": max(u64::from(u32::MAX))}), true),
+        (json!({"rate_limit_per_s": 0}), false),
+        (
+            json!({"rate_limit_per_s": max(u64::from(u32::MAX) + 1)}),
+            false,
+        ),
+        (json!({"rate_limit_burst": 5}), false),
+        (json!({"rate_limit_per_s": 1, "rate_limit_burst": 0}), false),
+        // enums and texts
+        (json!({"method": "PUT"}), true),
+        (json!({"method": "GET"}), false),
+        (json!({"on_exhausted": "drop"}), true),
+        (json!({"on_exhausted": "park"}), false),
+        (json!({"signature": "hmac"}), false),
+        (
+            json!({"name": "n".repeat(200), "description": "d".repeat(2000)}),
+            true,
+        ),
+        (json!({"name": "n".repeat(201)}), false),
+        (json!({"description": "d".repeat(2001)}), false),
+        (json!({"unknown": 1}), false),
+    ]
+}
+
+#[test]
+fn the_schema_states_the_constraints_the_api_enforces() {
+    let doc = doc();
+    let input = json!({"$ref": "#/components/schemas/EndpointInput"});
+    let config = common::Config::from_toml_str(
+        &format!("[registry]\nsecrets_key = \"{KEY}\"\n"),
+        "test.toml".as_ref(),
+        &[],
+    )
+    .expect("config");
+    let key = config.registry.secrets_key.clone();
+    let api_takes = |body: &Value| {
+        let object = body.as_object().expect("object").clone();
+        common::registry::register(object, &config, key.as_ref(), None).map(|_| ())
+    };
+    let mut wrong = Vec::new();
+    for (changes, valid) in boundary_cases() {
+        let mut body = json!({"id": "ok", "url": "http://127.0.0.1:9/x", "events": ["a"]});
+        for (k, v) in changes.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let schema = violations(&doc, &input, &body, "body");
+        let api = api_takes(&body);
+        if schema.is_empty() != valid {
+            wrong.push(format!(
+                "schema on {changes}: expected valid={valid}, got {schema:?}"
+            ));
+        }
+        if api.is_ok() != valid {
+            wrong.push(format!(
+                "API on {changes}: expected valid={valid}, got {api:?}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // What a schema-driven client once generated, which the API refuses.
+    let generated = json!({"events": [""], "id": "0", "url": "https://0.com"});
+    assert!(api_takes(&generated).is_err());
+    let why = violations(&doc, &input, &generated, "body");
+    assert!(
+        why.iter().any(|w| w.starts_with("body.events[0]")),
+        "{why:?}"
+    );
+
+    // A patch's fields follow the same rules.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["EndpointPatch"]["properties"],
+        schemas["EndpointInput"]["properties"]
+    );
+}

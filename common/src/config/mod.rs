@@ -13,6 +13,7 @@ pub use raw::{Method, OnExhausted, QueueType, SignatureScheme};
 use crate::envelope::is_valid_type;
 use crate::retry::RetryPolicy;
 use crate::secret::{Redacted, redact_url};
+use crate::server::Limits;
 use crate::signing::SigningSecret;
 use crate::transform::Transform;
 use ipnet::IpNet;
@@ -20,6 +21,7 @@ use raw::{EndpointSection, RawConfig};
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,6 +42,8 @@ pub struct Config {
     pub amqp: AmqpConfig,
     /// Metrics and health server address.
     pub metrics_listen: SocketAddr,
+    /// Metrics and health server timeouts and connection cap.
+    pub metrics_limits: Limits,
     /// How often queue depths are polled.
     pub queue_poll_interval: Duration,
     /// Outbound HTTP rules.
@@ -80,6 +84,10 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Accepted bearer tokens (empty: the API is off).
     pub tokens: Vec<Redacted>,
+    /// Timeouts and connection cap.
+    pub limits: Limits,
+    /// Longest a request body may take to arrive.
+    pub body_read_timeout: Duration,
 }
 
 /// Checked `[registry]`.
@@ -136,6 +144,10 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// Events per request cap.
     pub max_events: usize,
+    /// Timeouts and connection cap.
+    pub limits: Limits,
+    /// Longest a request body may take to arrive.
+    pub body_read_timeout: Duration,
 }
 
 /// One endpoint with the defaults applied.
@@ -362,6 +374,35 @@ impl Config {
                 "is also an ingest token: management tokens must be separate".into(),
             ));
         }
+        let metrics_limits = limits(
+            "metrics",
+            raw.metrics.header_read_timeout_ms,
+            raw.metrics.idle_timeout_ms,
+            raw.metrics.max_connections,
+        )
+        .map_err(|(key, message)| invalid(key, message))?;
+        let ingest_limits = limits(
+            "ingest",
+            raw.ingest.header_read_timeout_ms,
+            raw.ingest.idle_timeout_ms,
+            raw.ingest.max_connections,
+        )
+        .map_err(|(key, message)| invalid(key, message))?;
+        let api_limits = limits(
+            "api",
+            raw.api.header_read_timeout_ms,
+            raw.api.idle_timeout_ms,
+            raw.api.max_connections,
+        )
+        .map_err(|(key, message)| invalid(key, message))?;
+        let ingest_body_read_timeout = at_most_hold(
+            "ingest.body_read_timeout_ms",
+            raw.ingest.body_read_timeout_ms,
+        )
+        .map_err(|(key, message)| invalid(key, message))?;
+        let api_body_read_timeout =
+            at_most_hold("api.body_read_timeout_ms", raw.api.body_read_timeout_ms)
+                .map_err(|(key, message)| invalid(key, message))?;
         let secrets_key = raw
             .registry
             .secrets_key
@@ -405,6 +446,7 @@ impl Config {
                 max_message_bytes: amqp.max_message_bytes.get(),
             },
             metrics_listen: raw.metrics.listen,
+            metrics_limits,
             queue_poll_interval: Duration::from_millis(raw.metrics.queue_poll_interval_ms.get()),
             http: HttpConfig {
                 allowed_networks,
@@ -416,12 +458,16 @@ impl Config {
                 tokens: raw.ingest.tokens.into_iter().map(Redacted::new).collect(),
                 max_body_bytes: raw.ingest.max_body_bytes.get(),
                 max_events: raw.ingest.max_events.get(),
+                limits: ingest_limits,
+                body_read_timeout: ingest_body_read_timeout,
             },
             endpoints,
             defaults: raw.defaults,
             api: ApiConfig {
                 listen: raw.api.listen,
                 tokens: raw.api.tokens.into_iter().map(Redacted::new).collect(),
+                limits: api_limits,
+                body_read_timeout: api_body_read_timeout,
             },
             registry: RegistryConfig {
                 secrets_key,
@@ -455,6 +501,35 @@ impl Config {
     pub fn endpoint(&self, id: &str) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.id == id)
     }
+}
+
+/// A server timeout in milliseconds as a duration, at most [`MAX_HOLD_MS`];
+/// errors are `(key, message)`.
+fn at_most_hold(key: &str, ms: NonZeroU64) -> Result<Duration, (String, String)> {
+    if ms.get() > MAX_HOLD_MS {
+        return Err((
+            key.to_owned(),
+            format!("must be at most {MAX_HOLD_MS} (15 minutes)"),
+        ));
+    }
+    Ok(Duration::from_millis(ms.get()))
+}
+
+/// A listener's `[section]` timeouts and connection cap, checked.
+fn limits(
+    section: &str,
+    header_read_timeout_ms: NonZeroU64,
+    idle_timeout_ms: NonZeroU64,
+    max_connections: NonZeroUsize,
+) -> Result<Limits, (String, String)> {
+    Ok(Limits {
+        header_read_timeout: at_most_hold(
+            &format!("{section}.header_read_timeout_ms"),
+            header_read_timeout_ms,
+        )?,
+        idle_timeout: at_most_hold(&format!("{section}.idle_timeout_ms"), idle_timeout_ms)?,
+        max_connections: max_connections.get(),
+    })
 }
 
 /// Applies defaults and checks one endpoint; errors are `(key, message)`.

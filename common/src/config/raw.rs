@@ -96,6 +96,21 @@ pub struct MetricsSection {
     /// How often the dispatcher polls queue depths from the broker.
     #[serde(default = "default_queue_poll_interval_ms")]
     pub queue_poll_interval_ms: NonZeroU64,
+    /// Longest a client may take to send a request's head (request line and
+    /// headers), counted from when the server starts waiting for it: a new
+    /// connection, or a kept-alive one after its previous response (so this
+    /// is also the keep-alive idle limit). Past it the connection is closed.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: NonZeroU64,
+    /// A connection on which no byte moved either way for this long, while
+    /// none of its requests is being handled, is closed (a client that stops
+    /// reading its response).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: NonZeroU64,
+    /// Connections held at once. At the cap the server stops accepting: new
+    /// connections wait in the listen backlog until one closes or times out.
+    #[serde(default = "default_metrics_max_connections")]
+    pub max_connections: NonZeroUsize,
 }
 
 /// `[http]`
@@ -166,6 +181,24 @@ pub struct IngestSection {
     /// Most events in one request (413 beyond).
     #[serde(default = "default_max_events")]
     pub max_events: NonZeroUsize,
+    /// Longest a client may take to send a request's head (request line and
+    /// headers), counted from when the server starts waiting for it: a new
+    /// connection, or a kept-alive one after its previous response (so this
+    /// is also the keep-alive idle limit). Past it the connection is closed.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: NonZeroU64,
+    /// A connection on which no byte moved either way for this long, while
+    /// none of its requests is being handled, is closed (a client that stops
+    /// reading its response).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: NonZeroU64,
+    /// Connections held at once. At the cap the server stops accepting: new
+    /// connections wait in the listen backlog until one closes or times out.
+    #[serde(default = "default_ingest_max_connections")]
+    pub max_connections: NonZeroUsize,
+    /// Longest a client may take to send a whole request body (408 past it).
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: NonZeroU64,
 }
 
 /// `[api]`
@@ -178,6 +211,24 @@ pub struct ApiSection {
     /// Bearer tokens accepted on `/v1/endpoints` (separate from ingest tokens). Empty: no API.
     #[serde(default)]
     pub tokens: Vec<String>,
+    /// Longest a client may take to send a request's head (request line and
+    /// headers), counted from when the server starts waiting for it: a new
+    /// connection, or a kept-alive one after its previous response (so this
+    /// is also the keep-alive idle limit). Past it the connection is closed.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: NonZeroU64,
+    /// A connection on which no byte moved either way for this long, while
+    /// none of its requests is being handled, is closed (a client that stops
+    /// reading its response).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: NonZeroU64,
+    /// Connections held at once. At the cap the server stops accepting: new
+    /// connections wait in the listen backlog until one closes or times out.
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: NonZeroUsize,
+    /// Longest a client may take to send a whole request body (408 past it).
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: NonZeroU64,
 }
 
 /// `[registry]`
@@ -408,6 +459,24 @@ fn default_max_body_bytes() -> NonZeroUsize {
 }
 fn default_max_events() -> NonZeroUsize {
     const { NonZeroUsize::new(1000).unwrap() }
+}
+fn default_header_read_timeout_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(10_000).unwrap() }
+}
+fn default_idle_timeout_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(60_000).unwrap() }
+}
+fn default_body_read_timeout_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(30_000).unwrap() }
+}
+fn default_ingest_max_connections() -> NonZeroUsize {
+    const { NonZeroUsize::new(512).unwrap() }
+}
+fn default_api_max_connections() -> NonZeroUsize {
+    const { NonZeroUsize::new(64).unwrap() }
+}
+fn default_metrics_max_connections() -> NonZeroUsize {
+    const { NonZeroUsize::new(32).unwrap() }
 }
 
 macro_rules! default_from_serde {

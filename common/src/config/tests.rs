@@ -340,3 +340,40 @@ fn bad_policies_name_the_endpoint_and_key() {
     let e = err(&one_endpoint("transform = \".data | \""), &[]);
     assert!(e.contains("(endpoint \"p\")"), "{e}");
 }
+
+#[test]
+fn server_limits_default_and_are_checked_per_listener() {
+    let config = load("", &[]).unwrap();
+    assert_eq!(config.ingest.limits, Limits::with_max_connections(512));
+    assert_eq!(config.api.limits, Limits::with_max_connections(64));
+    assert_eq!(config.metrics_limits, Limits::with_max_connections(32));
+    assert_eq!(config.ingest.body_read_timeout, Duration::from_secs(30));
+
+    let config = load(
+        "[ingest]\nheader_read_timeout_ms = 500\nidle_timeout_ms = 700\nmax_connections = 3\nbody_read_timeout_ms = 900\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        config.ingest.limits,
+        Limits {
+            header_read_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_millis(700),
+            max_connections: 3,
+        }
+    );
+    assert_eq!(config.ingest.body_read_timeout, Duration::from_millis(900));
+    assert_eq!(config.api.limits, Limits::with_max_connections(64));
+
+    let e = err("[api]\nidle_timeout_ms = 900001\n", &[]);
+    assert!(
+        e.contains("api.idle_timeout_ms") && e.contains("at most"),
+        "{e}"
+    );
+    let e = err("[metrics]\nheader_read_timeout_ms = 0\n", &[]);
+    assert!(e.contains("metrics.header_read_timeout_ms"), "{e}");
+    let e = err("[ingest]\nmax_connections = 0\n", &[]);
+    assert!(e.contains("ingest.max_connections"), "{e}");
+    let e = err("[metrics]\nbody_read_timeout_ms = 1000\n", &[]);
+    assert!(e.contains("unknown field"), "{e}");
+}
