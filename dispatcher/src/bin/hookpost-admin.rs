@@ -310,9 +310,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Dlq(Dlq::Replay {
         rate: Some(rate), ..
     }) = &cli.command
-        && !(rate.is_finite() && *rate > 0.0)
     {
-        bail!("--rate must be a positive number of messages per second");
+        dispatcher::admin::replay_interval(*rate).map_err(anyhow::Error::msg)?;
     }
     let records = match &cli.command {
         Command::Dlq(Dlq::Import { file }) => Some(read_records(file)?),
