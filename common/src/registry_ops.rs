@@ -6,6 +6,7 @@
 use crate::Config;
 use crate::control::{self, Command, State};
 use crate::registry::{self, FieldError, StoredEndpoint};
+use crate::secret::RandomError;
 use crate::topology::Topology;
 use lapin::Connection;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
@@ -31,6 +32,12 @@ pub enum OpError {
     /// Stored data this process cannot use (secrets sealed with another key).
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<RandomError> for OpError {
+    fn from(e: RandomError) -> Self {
+        Self::Internal(e.to_string())
+    }
 }
 
 impl From<FieldError> for OpError {
@@ -163,7 +170,7 @@ impl<'a> Registry<'a> {
                     created_at: String::new(),
                     updated_at: String::new(),
                 };
-                let secret = registry::new_secret(&probe);
+                let secret = registry::new_secret(&probe)?;
                 input.insert(
                     "secrets".into(),
                     Value::Array(vec![Value::String(secret.clone())]),
@@ -297,8 +304,8 @@ impl<'a> Registry<'a> {
             )));
         }
         let current = self.get(id).await?;
-        let secret = registry::new_secret(&current);
-        let next = registry::rotate(&current, key, &secret, self.config.registry.secret_overlap);
+        let secret = registry::new_secret(&current)?;
+        let next = registry::rotate(&current, key, &secret, self.config.registry.secret_overlap)?;
         self.put(&next).await?;
         Ok((next, secret))
     }
