@@ -167,13 +167,19 @@ impl Admin {
     }
 
     /// Messages ready in a queue and its consumers, or `None` when it does not exist.
-    pub async fn queue_status(&self, queue: &str) -> Option<(u32, u32)> {
-        self.registry().queue_counts(queue).await
+    ///
+    /// # Errors
+    /// A broker error other than the queue's absence.
+    pub async fn queue_status(&self, queue: &str) -> anyhow::Result<Option<(u32, u32)>> {
+        self.registry()
+            .queue_counts(queue)
+            .await
+            .with_context(|| format!("checking queue {queue}"))
     }
 
     async fn dead_depth(&self) -> anyhow::Result<u32> {
         self.queue_status(&self.topology.dead())
-            .await
+            .await?
             .map(|(n, _)| n)
             .with_context(|| {
                 format!(
@@ -435,7 +441,12 @@ impl Admin {
     }
 
     /// Every hookpost exchange-backed queue the config implies, with depth and consumers.
-    pub async fn topology_status(&self) -> Vec<(String, &'static str, Option<(u32, u32)>)> {
+    ///
+    /// # Errors
+    /// A broker error other than a queue's absence.
+    pub async fn topology_status(
+        &self,
+    ) -> anyhow::Result<Vec<(String, &'static str, Option<(u32, u32)>)>> {
         let t = &self.topology;
         let mut rows = vec![(t.unrouted(), "unrouted"), (t.dead(), "dead letters")];
         for ep in &self.config.endpoints {
@@ -452,10 +463,10 @@ impl Admin {
         }
         let mut out = Vec::with_capacity(rows.len());
         for (name, kind) in rows {
-            let status = self.queue_status(&name).await;
+            let status = self.queue_status(&name).await?;
             out.push((name, kind, status));
         }
-        out
+        Ok(out)
     }
 
     /// The config this admin reads.
