@@ -151,7 +151,7 @@ pub async fn declare(ch: &Channel, topology: &Topology) -> Result<(), lapin::Err
 /// The broker's refusal.
 pub async fn ensure(conn: &Connection, topology: &Topology) -> Result<(), lapin::Error> {
     let ch = conn.create_channel().await?;
-    let exists = ch
+    let found = ch
         .queue_declare(
             topology.control().as_str().into(),
             QueueDeclareOptions {
@@ -160,11 +160,14 @@ pub async fn ensure(conn: &Connection, topology: &Topology) -> Result<(), lapin:
             },
             FieldTable::default(),
         )
-        .await
-        .is_ok();
-    if exists {
-        let _ = ch.close(200, "exists".into()).await;
-        return Ok(());
+        .await;
+    match found {
+        Ok(_) => {
+            let _ = ch.close(200, "exists".into()).await;
+            return Ok(());
+        }
+        Err(e) if crate::amqp::reply_code(&e) == Some(crate::amqp::reply::NOT_FOUND) => {}
+        Err(e) => return Err(e),
     }
     // The failed passive declare closed that channel.
     let ch = conn.create_channel().await?;

@@ -6,6 +6,8 @@
 
 use crate::config::raw::EndpointSection;
 use crate::config::{Config, Endpoint};
+use crate::registry_ops::OpError;
+use crate::secret::{RandomError, random_bytes};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -127,10 +129,13 @@ impl SecretsKey {
         Ok(Self(key))
     }
 
-    /// Seals `plain` for endpoint `id` (bound to it as associated data).
-    pub fn seal(&self, id: &str, plain: &str) -> String {
-        let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..12]);
+    /// Seals `plain` for endpoint `id` (bound to it as associated data), under
+    /// a random 96-bit nonce from the OS random source.
+    ///
+    /// # Errors
+    /// When the OS random source fails.
+    pub fn seal(&self, id: &str, plain: &str) -> Result<String, RandomError> {
+        let nonce = random_bytes::<12>()?;
         let sealed = self
             .0
             .encrypt(
@@ -143,7 +148,7 @@ impl SecretsKey {
             .unwrap_or_else(|_| unreachable!("encryption of a short text cannot fail"));
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
-        format!("v1:{}", STANDARD.encode(out))
+        Ok(format!("v1:{}", STANDARD.encode(out)))
     }
 
     /// Opens what [`SecretsKey::seal`] made for endpoint `id`.
@@ -184,13 +189,14 @@ pub const OUTPUT_FIELDS: [&str; 5] = ["version", "created_at", "updated_at", "so
 /// defaults, and seals it. `previous` is the registered version it replaces.
 ///
 /// # Errors
-/// The first bad field.
+/// [`OpError::Invalid`] naming the first bad field, or [`OpError::Internal`]
+/// when the OS random source fails.
 pub fn register(
     input: Map<String, Value>,
     config: &Config,
     key: Option<&SecretsKey>,
     previous: Option<&StoredEndpoint>,
-) -> Result<StoredEndpoint, FieldError> {
+) -> Result<StoredEndpoint, OpError> {
     let mut settings = input;
     for field in OUTPUT_FIELDS {
         settings.remove(field);
@@ -201,11 +207,11 @@ pub fn register(
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => {
             if serde_json::to_vec(&m).map_or(0, |v| v.len()) > 16 * 1024 {
-                return Err(FieldError::new("metadata", "is over 16 KiB"));
+                return Err(FieldError::new("metadata", "is over 16 KiB").into());
             }
             m
         }
-        Some(_) => return Err(FieldError::new("metadata", "must be a JSON object")),
+        Some(_) => return Err(FieldError::new("metadata", "must be a JSON object").into()),
     };
     let section = parse_section(&settings)?;
     let endpoint = config
@@ -219,7 +225,8 @@ pub fn register(
                 "{id:?} is defined in {} (read-only)",
                 config.origin.display()
             ),
-        ));
+        )
+        .into());
     }
     let needs_key = !section.secrets.is_empty() || !section.headers.is_empty();
     let key = match (key, needs_key) {
@@ -228,24 +235,30 @@ pub fn register(
             return Err(FieldError::new(
                 "secrets",
                 "registry.secrets_key is not set: secrets and headers cannot be stored",
-            ));
+            )
+            .into());
         }
         (None, false) => None,
     };
-    let seal = |plain: &str| key.map(|k| k.seal(&id, plain)).unwrap_or_default();
+    let seal = |plain: &str| match key {
+        Some(k) => k.seal(&id, plain),
+        None => Ok(String::new()),
+    };
     let headers = section
         .headers
         .iter()
-        .map(|(name, value)| (name.clone(), seal(value)))
-        .collect();
+        .map(|(name, value)| Ok((name.clone(), seal(value)?)))
+        .collect::<Result<_, RandomError>>()?;
     let secrets = section
         .secrets
         .iter()
-        .map(|s| StoredSecret {
-            sealed: seal(s),
-            expires_at: None,
+        .map(|s| {
+            Ok(StoredSecret {
+                sealed: seal(s)?,
+                expires_at: None,
+            })
         })
-        .collect();
+        .collect::<Result<_, RandomError>>()?;
     settings.remove("id");
     settings.remove("secrets");
     settings.remove("headers");
@@ -365,20 +378,20 @@ pub fn to_endpoint(
     Ok(endpoint)
 }
 
-/// A new secret of the endpoint's scheme: `whsec_…` (standard) or 48 hex characters (hex).
-pub fn new_secret(stored: &StoredEndpoint) -> String {
+/// A new secret of the endpoint's scheme, from the OS random source:
+/// `whsec_…` (standard) or 48 hex characters (hex).
+///
+/// # Errors
+/// When the OS random source fails.
+pub fn new_secret(stored: &StoredEndpoint) -> Result<String, RandomError> {
     match stored.settings.get("signature").and_then(Value::as_str) {
         Some("hex") => {
-            let mut out = String::new();
-            for byte in uuid::Uuid::new_v4()
-                .as_bytes()
-                .iter()
-                .chain(&uuid::Uuid::new_v4().as_bytes()[..8])
-            {
+            let mut out = String::with_capacity(48);
+            for byte in random_bytes::<24>()? {
                 use std::fmt::Write as _;
                 let _ = write!(out, "{byte:02x}");
             }
-            out
+            Ok(out)
         }
         _ => crate::signing::SigningSecret::generate(),
     }
@@ -391,7 +404,7 @@ pub fn rotate(
     key: &SecretsKey,
     new: &str,
     overlap: std::time::Duration,
-) -> StoredEndpoint {
+) -> Result<StoredEndpoint, RandomError> {
     let now = time::OffsetDateTime::now_utc();
     let until = now + overlap;
     let until_text = until
@@ -399,7 +412,7 @@ pub fn rotate(
         .unwrap_or_default();
     let mut next = stored.clone();
     let mut secrets = vec![StoredSecret {
-        sealed: key.seal(&stored.id, new),
+        sealed: key.seal(&stored.id, new)?,
         expires_at: None,
     }];
     for old in &stored.secrets {
@@ -418,7 +431,7 @@ pub fn rotate(
     next.secrets = secrets;
     next.version += 1;
     next.updated_at = crate::control::now_rfc3339();
-    next
+    Ok(next)
 }
 
 /// The endpoint as the API shows it: settings (credentials in the URL
@@ -493,7 +506,7 @@ mod tests {
     #[test]
     fn seal_and_open_round_trip_bound_to_the_endpoint() {
         let key = SecretsKey::parse(KEY).unwrap();
-        let sealed = key.seal("a", "whsec_secret");
+        let sealed = key.seal("a", "whsec_secret").unwrap();
         assert!(!sealed.contains("whsec"));
         assert_eq!(key.open("a", &sealed).unwrap(), "whsec_secret");
         assert!(key.open("b", &sealed).is_err(), "bound to the id");
@@ -505,6 +518,52 @@ mod tests {
                 .contains("32 bytes")
         );
         assert!(format!("{key:?}").contains("***"));
+    }
+
+    #[test]
+    fn nonces_and_generated_secrets_are_fresh_random_bytes() {
+        let key = SecretsKey::parse(KEY).unwrap();
+        let (a, b) = (
+            key.seal("a", "same").unwrap(),
+            key.seal("a", "same").unwrap(),
+        );
+        assert_ne!(a, b, "a fresh nonce per seal");
+        let nonce = |sealed: &str| STANDARD.decode(&sealed[3..]).unwrap()[..12].to_vec();
+        assert_ne!(nonce(&a), nonce(&b));
+        assert_eq!(key.open("a", &a).unwrap(), "same");
+        let stored = |signature: &str| StoredEndpoint {
+            id: "p".into(),
+            version: 1,
+            name: None,
+            description: None,
+            metadata: Map::new(),
+            settings: input(serde_json::json!({ "signature": signature })),
+            headers: BTreeMap::new(),
+            secrets: Vec::new(),
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        let hex = stored("hex");
+        let (x, y) = (new_secret(&hex).unwrap(), new_secret(&hex).unwrap());
+        assert_ne!(x, y);
+        for h in [&x, &y] {
+            assert_eq!(h.len(), 48);
+            assert!(
+                h.bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{h}"
+            );
+        }
+        let standard = stored("standard");
+        let (x, y) = (
+            new_secret(&standard).unwrap(),
+            new_secret(&standard).unwrap(),
+        );
+        assert_ne!(x, y);
+        for s in [&x, &y] {
+            let bytes = STANDARD.decode(s.strip_prefix("whsec_").unwrap()).unwrap();
+            assert_eq!(bytes.len(), 32);
+        }
     }
 
     #[test]
@@ -551,7 +610,10 @@ mod tests {
     #[test]
     fn register_names_the_bad_field() {
         let key = SecretsKey::parse(KEY).unwrap();
-        let bad = |v: Value| register(input(v), &config(), Some(&key), None).unwrap_err();
+        let bad = |v: Value| match register(input(v), &config(), Some(&key), None) {
+            Err(OpError::Invalid(e)) => e,
+            other => panic!("{other:?}"),
+        };
         let base =
             || serde_json::json!({"id": "p", "url": "https://p.example.com/", "events": ["#"]});
         let mut v = base();
@@ -595,8 +657,8 @@ mod tests {
             None,
         )
         .unwrap();
-        let new = new_secret(&stored);
-        let rotated = rotate(&stored, &key, &new, std::time::Duration::from_secs(3600));
+        let new = new_secret(&stored).unwrap();
+        let rotated = rotate(&stored, &key, &new, std::time::Duration::from_secs(3600)).unwrap();
         assert_eq!(rotated.version, 2);
         assert_eq!(rotated.secrets.len(), 2);
         let now = time::OffsetDateTime::now_utc();

@@ -6,6 +6,7 @@
 use crate::Config;
 use crate::control::{self, Command, State};
 use crate::registry::{self, FieldError, StoredEndpoint};
+use crate::secret::RandomError;
 use crate::topology::Topology;
 use lapin::Connection;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
@@ -31,6 +32,12 @@ pub enum OpError {
     /// Stored data this process cannot use (secrets sealed with another key).
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<RandomError> for OpError {
+    fn from(e: RandomError) -> Self {
+        Self::Internal(e.to_string())
+    }
 }
 
 impl From<FieldError> for OpError {
@@ -163,7 +170,7 @@ impl<'a> Registry<'a> {
                     created_at: String::new(),
                     updated_at: String::new(),
                 };
-                let secret = registry::new_secret(&probe);
+                let secret = registry::new_secret(&probe)?;
                 input.insert(
                     "secrets".into(),
                     Value::Array(vec![Value::String(secret.clone())]),
@@ -297,8 +304,8 @@ impl<'a> Registry<'a> {
             )));
         }
         let current = self.get(id).await?;
-        let secret = registry::new_secret(&current);
-        let next = registry::rotate(&current, key, &secret, self.config.registry.secret_overlap);
+        let secret = registry::new_secret(&current)?;
+        let next = registry::rotate(&current, key, &secret, self.config.registry.secret_overlap)?;
         self.put(&next).await?;
         Ok((next, secret))
     }
@@ -318,7 +325,7 @@ impl<'a> Registry<'a> {
             )));
         }
         let queue = self.topology.endpoint_queue(id);
-        let counts = self.queue_counts(&queue).await;
+        let counts = self.queue_counts(&queue).await?;
         // Not registered (any more) but its queue is still there: an earlier
         // delete that timed out, or an endpoint removed from the file. Finish
         // the job on the queue.
@@ -344,7 +351,7 @@ impl<'a> Registry<'a> {
         // messages return to the queue when they do.
         let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
         loop {
-            match self.queue_counts(&queue).await {
+            match self.queue_counts(&queue).await? {
                 None => {
                     return Ok(Deleted {
                         id: id.to_owned(),
@@ -407,9 +414,12 @@ impl<'a> Registry<'a> {
     }
 
     /// `(ready messages, consumers)` of `queue`; `None` if it does not exist.
-    pub async fn queue_counts(&self, queue: &str) -> Option<(u32, u32)> {
+    ///
+    /// # Errors
+    /// Any broker error other than the queue's absence (404).
+    pub async fn queue_counts(&self, queue: &str) -> Result<Option<(u32, u32)>, lapin::Error> {
         // Its own channel: a passive declare of a missing queue closes it.
-        let ch = self.conn.create_channel().await.ok()?;
+        let ch = self.conn.create_channel().await?;
         let q = ch
             .queue_declare(
                 queue.into(),
@@ -419,10 +429,17 @@ impl<'a> Registry<'a> {
                 },
                 FieldTable::default(),
             )
-            .await
-            .ok();
-        let _ = ch.close(200, "checked".into()).await;
-        q.map(|q| (q.message_count(), q.consumer_count()))
+            .await;
+        match q {
+            Ok(q) => {
+                let _ = ch.close(200, "checked".into()).await;
+                Ok(Some((q.message_count(), q.consumer_count())))
+            }
+            Err(e) if crate::amqp::reply_code(&e) == Some(crate::amqp::reply::NOT_FOUND) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Moves every message of `queue` to the dead-letter queue, each acked

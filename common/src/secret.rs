@@ -49,6 +49,24 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The operating system's random source failed (no key, secret or nonce is
+/// made without it).
+#[derive(Debug, thiserror::Error)]
+#[error("the operating system's random number source failed: {0}")]
+pub struct RandomError(#[source] getrandom::Error);
+
+/// `N` bytes from the operating system's random source, for keys, secrets
+/// and nonces.
+///
+/// # Errors
+/// When the OS source fails (it does not once the system has booted; the
+/// error is kept rather than a panic).
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], RandomError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(RandomError)?;
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! `v1,<base64>` per secret, space-separated, so a receiver holding either the
 //! old or the new secret accepts requests while secrets rotate.
 
+use crate::secret::{RandomError, random_bytes};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
@@ -104,14 +105,13 @@ impl SigningSecret {
         out
     }
 
-    /// A fresh random secret in `whsec_` form (for docs, tests and rotation).
-    pub fn generate() -> String {
-        let mut key = Vec::with_capacity(32);
-        while key.len() < 32 {
-            key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-        }
-        key.truncate(32);
-        format!("{SECRET_PREFIX}{}", STANDARD.encode(key))
+    /// A fresh secret in `whsec_` form: 32 bytes from the OS random source.
+    ///
+    /// # Errors
+    /// When the OS random source fails.
+    pub fn generate() -> Result<String, RandomError> {
+        let key = random_bytes::<32>()?;
+        Ok(format!("{SECRET_PREFIX}{}", STANDARD.encode(key)))
     }
 
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn several_secrets_each_verify() {
         let old = SigningSecret::parse(VECTOR_SECRET).unwrap();
-        let new = SigningSecret::parse(&SigningSecret::generate()).unwrap();
+        let new = SigningSecret::parse(&SigningSecret::generate().unwrap()).unwrap();
         let header = signature_header(&[old.clone(), new.clone()], "e1", 100, b"{}");
         assert_eq!(header.split(' ').count(), 2);
         verify(&[old], "e1", 100, b"{}", &header, 100).unwrap();
@@ -241,6 +241,22 @@ mod tests {
             verify(&[new], "e1", 100, b"{}", &header, 100 + 301),
             Err(SigningError::Timestamp)
         );
+    }
+
+    #[test]
+    fn generated_secrets_are_random_32_byte_whsec_keys() {
+        let (a, b) = (
+            SigningSecret::generate().unwrap(),
+            SigningSecret::generate().unwrap(),
+        );
+        assert_ne!(a, b);
+        for secret in [&a, &b] {
+            let key = STANDARD
+                .decode(secret.strip_prefix("whsec_").expect("whsec_ prefix"))
+                .unwrap();
+            assert_eq!(key.len(), 32);
+            SigningSecret::parse(secret).unwrap();
+        }
     }
 
     #[test]
@@ -261,14 +277,14 @@ mod tests {
 
     #[test]
     fn standardwebhooks_crate_accepts_our_signatures() {
-        let secret = SigningSecret::generate();
+        let secret = SigningSecret::generate().unwrap();
         let ours = SigningSecret::parse(&secret).unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let body = br#"{"id":"evt_1","type":"order.created"}"#;
         let mut headers = http::HeaderMap::new();
         headers.insert("webhook-id", "evt_1".parse().unwrap());
         headers.insert("webhook-timestamp", now.to_string().parse().unwrap());
-        let other = SigningSecret::parse(&SigningSecret::generate()).unwrap();
+        let other = SigningSecret::parse(&SigningSecret::generate().unwrap()).unwrap();
         headers.insert(
             "webhook-signature",
             signature_header(&[other, ours], "evt_1", now, body)
@@ -284,7 +300,7 @@ mod tests {
     proptest! {
         #[test]
         fn sign_verify_round_trip(id in "[a-z0-9_]{1,30}", ts in 0i64..4_000_000_000, body in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let secret = SigningSecret::parse(&SigningSecret::generate()).unwrap();
+            let secret = SigningSecret::parse(&SigningSecret::generate().unwrap()).unwrap();
             let header = signature_header(std::slice::from_ref(&secret), &id, ts, &body);
             prop_assert!(verify(&[secret], &id, ts, &body, &header, ts).is_ok());
         }

@@ -39,8 +39,7 @@ pub enum TopologyError {
 
 impl TopologyError {
     fn from_lapin(object: &str, source: lapin::Error) -> Self {
-        let text = source.to_string();
-        if text.contains("PRECONDITION_FAILED") || text.contains("inequivalent arg") {
+        if crate::amqp::reply_code(&source) == Some(crate::amqp::reply::PRECONDITION_FAILED) {
             Self::Conflict {
                 object: object.to_owned(),
                 source,

@@ -133,18 +133,15 @@ pub fn classify(
     }
 }
 
-/// Parses `Retry-After`: delay-seconds, or an HTTP date (relative to `now`).
+/// Parses `Retry-After`: delay-seconds, or an HTTP date (relative to `now`)
+/// in any of the three formats a recipient must accept (RFC 9110 section
+/// 5.6.7): IMF-fixdate, obsolete RFC 850 and ANSI C `asctime()`.
 pub fn parse_retry_after(value: &str, now: time::OffsetDateTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let at = time::PrimitiveDateTime::parse(value, &format)
-        .ok()?
-        .assume_utc();
+    let at = time::OffsetDateTime::from(httpdate::parse_http_date(value).ok()?);
     let delta = at - now;
     Some(if delta.is_positive() {
         delta.unsigned_abs()
@@ -243,7 +240,22 @@ mod tests {
             parse_retry_after("Sun, 29 Nov 2026 11:00:00 GMT", now),
             Some(Duration::ZERO)
         );
+        // Obsolete RFC 850 (two-digit year) and ANSI C asctime (space-padded day).
+        assert_eq!(
+            parse_retry_after("Sunday, 29-Nov-26 12:01:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Sun Nov 29 12:00:05 2026", now),
+            Some(Duration::from_secs(5))
+        );
+        let early = time::macros::datetime!(2026-11-01 12:00:00 UTC);
+        assert_eq!(
+            parse_retry_after("Sun Nov  1 12:00:07 2026", early),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("Sun, 29 Nov 2026 12:00:30", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
     }
 

@@ -38,7 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Checks what the dispatcher needs beyond [`Config`]'s own validation:
-/// endpoints given as literal IP addresses must be allowed by `http.allowed_networks`.
+/// endpoints given as literal IP addresses must be globally reachable or
+/// allowed by `http.allowed_networks` ([`guard`]).
 ///
 /// # Errors
 /// A message naming the file and the endpoint's key.
@@ -50,12 +51,13 @@ pub fn validate(config: &Config) -> anyhow::Result<()> {
             Some(url::Host::Ipv6(ip)) => std::net::IpAddr::from(ip),
             _ => continue,
         };
-        anyhow::ensure!(
-            guard.permits(ip),
-            "{}: key `endpoints[{i}].url`: (endpoint {:?}) {ip} is a private, loopback or link-local address; add its network to http.allowed_networks to allow it",
-            config.origin.display(),
-            ep.id
-        );
+        if let Err(why) = guard.check(ip) {
+            anyhow::bail!(
+                "{}: key `endpoints[{i}].url`: (endpoint {:?}) {ip} {why}; add its network to http.allowed_networks to allow it",
+                config.origin.display(),
+                ep.id
+            );
+        }
     }
     Ok(())
 }
@@ -599,4 +601,48 @@ fn forget_changed_pauses(paused: &std::sync::Mutex<HashMap<String, url::Url>>, n
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     paused.retain(|id, url| new.endpoint(id).is_some_and(|e| e.url == *url));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn load(allowed: &str, url: &str) -> anyhow::Result<()> {
+        let text = format!(
+            "[http]\nallowed_networks = [{allowed}]\n[[endpoints]]\nid = \"ep\"\nurl = \"{url}\"\nevents = [\"#\"]\n"
+        );
+        let config = Config::from_toml_str(&text, Path::new("/etc/hookpost.toml"), &[])?;
+        validate(&config)
+    }
+
+    /// Config load refuses literal endpoints in non-global ranges, naming
+    /// the key; nothing is sent anywhere.
+    #[test]
+    fn validate_refuses_non_global_literal_endpoints() {
+        for host in [
+            "[64:ff9b::a9fe:a9fe]",
+            "[2002:a9fe:a9fe::1]",
+            "198.18.0.1",
+            "[fec0::1]",
+            "[::a9fe:a9fe]",
+            "[2001::a9fe:a9fe]",
+            "169.254.169.254",
+            "[::ffff:169.254.169.254]",
+            "127.0.0.1",
+        ] {
+            let err = load("", &format!("http://{host}/hook"))
+                .expect_err(host)
+                .to_string();
+            assert!(err.contains("key `endpoints[0].url`"), "{err}");
+            assert!(err.contains("/etc/hookpost.toml"), "{err}");
+            assert!(err.contains("http.allowed_networks"), "{err}");
+        }
+        for ok in ["http://8.8.8.8/hook", "https://[2606:4700::1111]/hook"] {
+            load("", ok).unwrap();
+        }
+        load("\"127.0.0.0/8\"", "http://127.0.0.1:9/hook").unwrap();
+        load("\"127.0.0.0/8\"", "http://[::ffff:127.0.0.1]:9/hook").unwrap();
+        load("\"::1/128\"", "http://[::1]:9/hook").unwrap();
+    }
 }

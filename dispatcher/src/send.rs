@@ -45,12 +45,10 @@ impl Sender {
     /// Sends `prepared` to `endpoint`; never fails, the result says what happened.
     pub async fn send(&self, endpoint: &Endpoint, prepared: &Prepared) -> Response {
         if let Some(ip) = literal_ip(&endpoint.url)
-            && !self.guard.permits(ip)
+            && let Err(why) = self.guard.check(ip)
         {
             return Response::Blocked {
-                error: format!(
-                    "{ip} is a private, loopback or link-local address; add its network to http.allowed_networks to allow it"
-                ),
+                error: format!("{ip} {why}; add its network to http.allowed_networks to allow it"),
             };
         }
         let method = match endpoint.method {

@@ -433,6 +433,10 @@ async fn clear_errors() {
         &["dlq", "list", "--since", "last tuesday"],
     ));
     assert!(err.contains("--since") && err.contains("RFC 3339"), "{err}");
+    for rate in ["3e9", "0", "NaN"] {
+        let err = failed(&admin(&f.config, &["dlq", "replay", "--rate", rate]));
+        assert!(err.contains("--rate must be"), "{err}");
+    }
     let err = failed(&admin(&f.config, &["dlq", "replay", "--reason", "gone"]));
     assert!(err.contains("no dead letter matches"), "{err}");
     let err = failed(&admin(&f.config, &["dlq", "show", "evt_missing"]));

@@ -27,6 +27,7 @@ use hyper::header::{
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -334,8 +335,9 @@ pub(crate) fn unauthorized() -> HttpResponse {
     r
 }
 
-/// Whether `header` is `Bearer <one of tokens>`. Every token is compared in
-/// full, so timing does not reveal a prefix.
+/// Whether `header` is `Bearer <one of tokens>`. Every token is compared, each
+/// in constant time (`subtle`), so timing reveals neither which token nor how
+/// much of one matched.
 pub(crate) fn bearer_matches(
     header: Option<&HeaderValue>,
     tokens: &[common::secret::Redacted],
@@ -346,11 +348,41 @@ pub(crate) fn bearer_matches(
     }) else {
         return false;
     };
-    tokens.iter().fold(false, |found, t| {
-        found | constant_time_eq(t.expose().as_bytes(), token.trim().as_bytes())
-    })
+    let token = token.trim().as_bytes();
+    let found = tokens.iter().fold(subtle::Choice::from(0), |found, t| {
+        found | t.expose().as_bytes().ct_eq(token)
+    });
+    found.into()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::secret::Redacted;
+
+    #[test]
+    fn bearer_matches_only_a_whole_configured_token() {
+        let tokens = [
+            Redacted::new("first-token-0123"),
+            Redacted::new("second-token-4567"),
+        ];
+        let check = |h: Option<&str>| {
+            let header = h.map(|h| HeaderValue::from_str(h).unwrap());
+            bearer_matches(header.as_ref(), &tokens)
+        };
+        assert!(check(Some("Bearer first-token-0123")));
+        assert!(check(Some("bearer second-token-4567")));
+        assert!(check(Some("Bearer second-token-4567 ")));
+        for refused in [
+            None,
+            Some("Bearer "),
+            Some("Bearer first-token-012"),
+            Some("Bearer first-token-01234"),
+            Some("Bearer second-token-4568"),
+            Some("Basic first-token-0123"),
+            Some("first-token-0123"),
+        ] {
+            assert!(!check(refused), "{refused:?}");
+        }
+    }
 }

@@ -173,3 +173,48 @@ async fn unreachable_broker_is_a_clear_error() {
         "credentials redacted: {text}"
     );
 }
+
+/// Broker refusals are told apart by their AMQP reply code: a missing queue
+/// is 404, redeclaring a queue with other arguments is 406 (a topology
+/// conflict that needs an operator).
+#[tokio::test]
+async fn broker_refusals_are_classified_by_reply_code() {
+    use common::amqp::{reply, reply_code};
+    use common::topology::{Topology, TopologyError};
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+    let scope = Scope::new().await;
+    let ch = scope.connection.create_channel().await.expect("channel");
+    let missing = format!("{}.missing", scope.prefix);
+    let err = ch
+        .queue_declare(
+            missing.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("the queue does not exist");
+    assert_eq!(reply_code(&err), Some(reply::NOT_FOUND), "{err}");
+
+    let first = scope.config("");
+    let ch = scope.connection.create_channel().await.expect("channel");
+    Topology::new(&first.amqp)
+        .declare_base(&ch)
+        .await
+        .expect("declare");
+    let changed = scope.config_with("", "unrouted_max_length = 7", &amqp_url());
+    let ch = scope.connection.create_channel().await.expect("channel");
+    let err = Topology::new(&changed.amqp)
+        .declare_base(&ch)
+        .await
+        .expect_err("other arguments");
+    match &err {
+        TopologyError::Conflict { source, .. } => {
+            assert_eq!(reply_code(source), Some(reply::PRECONDITION_FAILED));
+        }
+        other => panic!("not a conflict: {other}"),
+    }
+}

@@ -117,8 +117,9 @@ pub struct MetricsSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
-    /// Networks (CIDR) that endpoints may resolve to although private,
-    /// loopback or link-local. Empty: all such addresses are refused.
+    /// Networks (CIDR) that endpoints may resolve to although not globally
+    /// reachable (private, loopback, link-local…). Empty: all such
+    /// addresses are refused.
     #[serde(default)]
     pub allowed_networks: Vec<String>,
     /// Most bytes of a response body read (the rest is discarded).

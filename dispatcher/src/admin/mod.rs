@@ -52,6 +52,31 @@ pub enum Action {
     Purge,
 }
 
+/// The highest replay rate, in messages per second. A replay handles one
+/// message at a time (get, publish, confirm, ack), well below this; the cap
+/// keeps the pause between messages a non-zero duration.
+pub const MAX_REPLAY_RATE: f64 = 100_000.0;
+
+/// The pause between replayed messages at `rate` messages per second.
+///
+/// # Errors
+/// A message for `--rate` when `rate` is not a number above 0 and at most
+/// [`MAX_REPLAY_RATE`], or so low that the pause does not fit a `Duration`.
+pub fn replay_interval(rate: f64) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "--rate must be a number of messages per second above 0 and at most {MAX_REPLAY_RATE} (got {rate})"
+        )
+    };
+    if !(rate.is_finite() && rate > 0.0 && rate <= MAX_REPLAY_RATE) {
+        return Err(bad());
+    }
+    match Duration::try_from_secs_f64(1.0 / rate) {
+        Ok(pause) if !pause.is_zero() => Ok(pause),
+        _ => Err(bad()),
+    }
+}
+
 /// What a replay or purge did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -142,13 +167,19 @@ impl Admin {
     }
 
     /// Messages ready in a queue and its consumers, or `None` when it does not exist.
-    pub async fn queue_status(&self, queue: &str) -> Option<(u32, u32)> {
-        self.registry().queue_counts(queue).await
+    ///
+    /// # Errors
+    /// A broker error other than the queue's absence.
+    pub async fn queue_status(&self, queue: &str) -> anyhow::Result<Option<(u32, u32)>> {
+        self.registry()
+            .queue_counts(queue)
+            .await
+            .with_context(|| format!("checking queue {queue}"))
     }
 
     async fn dead_depth(&self) -> anyhow::Result<u32> {
         self.queue_status(&self.topology.dead())
-            .await
+            .await?
             .map(|(n, _)| n)
             .with_context(|| {
                 format!(
@@ -288,7 +319,8 @@ impl Admin {
             Action::Replay {
                 rate: Some(rate), ..
             } => {
-                let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+                let pause = replay_interval(*rate).map_err(anyhow::Error::msg)?;
+                let mut i = tokio::time::interval(pause);
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 Some(i)
             }
@@ -409,7 +441,12 @@ impl Admin {
     }
 
     /// Every hookpost exchange-backed queue the config implies, with depth and consumers.
-    pub async fn topology_status(&self) -> Vec<(String, &'static str, Option<(u32, u32)>)> {
+    ///
+    /// # Errors
+    /// A broker error other than a queue's absence.
+    pub async fn topology_status(
+        &self,
+    ) -> anyhow::Result<Vec<(String, &'static str, Option<(u32, u32)>)>> {
         let t = &self.topology;
         let mut rows = vec![(t.unrouted(), "unrouted"), (t.dead(), "dead letters")];
         for ep in &self.config.endpoints {
@@ -426,10 +463,10 @@ impl Admin {
         }
         let mut out = Vec::with_capacity(rows.len());
         for (name, kind) in rows {
-            let status = self.queue_status(&name).await;
+            let status = self.queue_status(&name).await?;
             out.push((name, kind, status));
         }
-        out
+        Ok(out)
     }
 
     /// The config this admin reads.
@@ -440,5 +477,41 @@ impl Admin {
     /// Closes the connection.
     pub async fn close(self) {
         let _ = self.conn.close(200, "bye".into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_interval_is_never_zero_and_bad_rates_are_refused() {
+        assert_eq!(replay_interval(5.0), Ok(Duration::from_millis(200)));
+        assert_eq!(replay_interval(0.5), Ok(Duration::from_secs(2)));
+        assert_eq!(
+            replay_interval(MAX_REPLAY_RATE),
+            Ok(Duration::from_micros(10))
+        );
+        for bad in [
+            3e9,
+            MAX_REPLAY_RATE * 1.01,
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MIN_POSITIVE,
+        ] {
+            let err = replay_interval(bad).expect_err("refused");
+            assert!(err.contains("--rate"), "{err}");
+        }
+    }
+
+    /// The interval the replay loop builds from any accepted rate is usable.
+    #[tokio::test(start_paused = true)]
+    async fn replay_pacing_accepts_the_extremes() {
+        for rate in [MAX_REPLAY_RATE, 1e-6] {
+            let mut pace = tokio::time::interval(replay_interval(rate).unwrap());
+            pace.tick().await;
+        }
     }
 }

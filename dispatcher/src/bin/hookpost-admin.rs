@@ -310,9 +310,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Dlq(Dlq::Replay {
         rate: Some(rate), ..
     }) = &cli.command
-        && !(rate.is_finite() && *rate > 0.0)
     {
-        bail!("--rate must be a positive number of messages per second");
+        dispatcher::admin::replay_interval(*rate).map_err(anyhow::Error::msg)?;
     }
     let records = match &cli.command {
         Command::Dlq(Dlq::Import { file }) => Some(read_records(file)?),
@@ -564,7 +563,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for (id, url, events, source) in &all {
                 let status = admin
                     .queue_status(&admin.topology().endpoint_queue(id))
-                    .await;
+                    .await?;
                 let (depth, consumers) = status
                     .map_or(("-".to_owned(), "-".to_owned()), |(d, c)| {
                         (d.to_string(), c.to_string())
@@ -613,7 +612,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topology { .. } => {
             let rows: Vec<Vec<String>> = admin
                 .topology_status()
-                .await
+                .await?
                 .into_iter()
                 .map(|(name, kind, status)| match status {
                     Some((depth, consumers)) => vec![
