@@ -186,6 +186,7 @@ async fn memory_alarm_fails_publishes_fast_and_they_resume_after_it() {
     assert!(matches!(err, PublishError::Blocked { .. }), "{err}");
     assert!(second < Duration::from_millis(200), "{second:?}");
     assert!(publisher.blocked().is_some());
+    println!("blocked: CLI exited after {took:?}; library failed after {first:?}, then {second:?}");
 
     // The ingest: 503 with Retry-After, the gauge at 1, one WARN line.
     let (status, retry_after) = post(&http, &ingest).await;
