@@ -7,11 +7,22 @@
 //! idempotent, so a fresh start is the simplest state to reason about. lapin's
 //! own retries are bounded; this loop is not (it stops only on shutdown or a
 //! caller's deadline).
+//!
+//! The client also follows the broker's `connection.blocked` and
+//! `connection.unblocked` notifications (a memory or disk alarm; lapin
+//! announces the `connection.blocked` capability, so RabbitMQ sends them):
+//! [`AmqpClient::blocked`] says why while it lasts, so publishers can fail at
+//! once instead of waiting out their timeout. While blocked, lapin writes
+//! nothing on the connection (not even `connection.close`), so every wait on
+//! the broker needs its own bound; [`AmqpClient::close`] has one.
 
 use crate::secret::{Redacted, redact_url};
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
 use lapin::{Connection, ConnectionProperties};
-use std::sync::Arc;
+use prometheus::IntGauge;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
@@ -59,7 +70,18 @@ struct Inner {
     max_delay: Duration,
     current: Mutex<Option<Arc<Connection>>>,
     state: watch::Sender<ConnState>,
+    /// Why the broker blocks the current connection; `None` when it does not.
+    blocked: watch::Sender<Option<String>>,
+    /// Bumped on each new connection, so a watcher of an old one stops
+    /// reporting (see [`follow_blocked`]).
+    generation: AtomicU64,
+    blocked_gauge: OnceLock<IntGauge>,
 }
+
+/// Longest wait for the broker's `connection.close-ok` on close. A blocked
+/// connection never sends the close (lapin holds every frame back), so
+/// without this bound closing one would hang forever.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl AmqpClient {
     /// A client for `url`, shown as `name` in the broker's connection list.
@@ -72,8 +94,30 @@ impl AmqpClient {
                 max_delay,
                 current: Mutex::new(None),
                 state: watch::Sender::new(ConnState::Connecting),
+                blocked: watch::Sender::new(None),
+                generation: AtomicU64::new(0),
+                blocked_gauge: OnceLock::new(),
             }),
         }
+    }
+
+    /// Keeps `gauge` (`hookpost_broker_blocked`) at 1 while the broker blocks
+    /// this client's connection, else 0. Only the first gauge given is used.
+    pub fn report_blocked_to(&self, gauge: IntGauge) {
+        gauge.set(i64::from(self.inner.blocked.borrow().is_some()));
+        let _ = self.inner.blocked_gauge.set(gauge);
+    }
+
+    /// Why the broker blocks the current connection (for example
+    /// "low on memory"), or `None` when it does not. A blocked connection
+    /// takes no publish (nor anything else) until the broker unblocks it.
+    pub fn blocked(&self) -> Option<String> {
+        self.inner.blocked.borrow().clone()
+    }
+
+    /// Watches [`AmqpClient::blocked`].
+    pub fn watch_blocked(&self) -> watch::Receiver<Option<String>> {
+        self.inner.blocked.subscribe()
     }
 
     /// Watches the connection state.
@@ -140,6 +184,7 @@ impl AmqpClient {
             let last_error = match result {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
+                    follow_blocked(&self.inner, &conn);
                     *current = Some(conn.clone());
                     self.inner.state.send_replace(ConnState::Connected);
                     tracing::info!(url = %url, name = %self.inner.name, "Connected to the broker.");
@@ -164,11 +209,114 @@ impl AmqpClient {
         }
     }
 
-    /// Closes the current connection (on shutdown).
+    /// Closes the current connection (on shutdown), waiting at most
+    /// [`CLOSE_TIMEOUT`] for the broker. A blocked connection is not closed
+    /// politely (lapin would never send the close): it is dropped, and its
+    /// socket goes with the process or when the broker unblocks it.
     pub async fn close(&self) {
-        if let Some(conn) = self.inner.current.lock().await.take() {
-            let _ = conn.close(200, "shutdown".into()).await;
+        let Some(conn) = self.inner.current.lock().await.take() else {
+            return;
+        };
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        let blocked = conn.status().blocked();
+        set_blocked(&self.inner, None, Change::Closed);
+        if blocked {
+            tracing::debug!("Broker connection is blocked; dropping it without a close.");
+            return;
         }
+        if tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "shutdown".into()))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                timeout_ms = CLOSE_TIMEOUT.as_millis() as u64,
+                "Broker did not answer the close in time; dropping the connection."
+            );
+        }
+    }
+}
+
+/// Follows `conn`'s blocked/unblocked notifications into `inner.blocked`
+/// (and the gauge, and the log: one line per change, not per publish) until
+/// the connection closes or a newer one replaces it.
+fn follow_blocked(inner: &Arc<Inner>, conn: &Arc<Connection>) {
+    let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+    set_blocked(inner, None, Change::Closed);
+    // lapin only queues events while someone listens: subscribe now.
+    let mut events = Box::pin(conn.events_listener());
+    let (inner, conn) = (Arc::downgrade(inner), Arc::downgrade(conn));
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(1), events.next()).await;
+            let (Some(inner), Some(conn)) = (inner.upgrade(), conn.upgrade()) else {
+                return;
+            };
+            if inner.generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            if !conn.status().connected() {
+                set_blocked(&inner, None, Change::Closed);
+                return;
+            }
+            match next {
+                Ok(Some(lapin::Event::ConnectionBlocked(reason))) => {
+                    set_blocked(&inner, Some(reason), Change::Notified);
+                }
+                Ok(Some(lapin::Event::ConnectionUnblocked)) => {
+                    set_blocked(&inner, None, Change::Notified);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    set_blocked(&inner, None, Change::Closed);
+                    return;
+                }
+                // Quiet second: the status is the truth (covers a notice
+                // that came before the listener).
+                Err(_) => {
+                    if conn.status().blocked() != inner.blocked.borrow().is_some() {
+                        let reason = conn.status().blocked().then(|| "unknown".to_owned());
+                        set_blocked(&inner, reason, Change::Notified);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// What ended (or started) a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// The broker said so.
+    Notified,
+    /// The connection closed or was replaced: a new one starts unblocked.
+    Closed,
+}
+
+/// Records a blocked-state change; logs and sets the gauge only on a change.
+fn set_blocked(inner: &Inner, reason: Option<String>, change: Change) {
+    let now_blocked = reason.is_some();
+    let log_reason = reason.clone();
+    let changed = inner.blocked.send_if_modified(|current| {
+        let changed = current.is_some() != now_blocked;
+        *current = reason;
+        changed
+    });
+    if !changed {
+        return;
+    }
+    if let Some(gauge) = inner.blocked_gauge.get() {
+        gauge.set(i64::from(now_blocked));
+    }
+    match log_reason {
+        Some(reason) => tracing::warn!(
+            name = %inner.name,
+            reason = %reason,
+            "Broker blocked this connection (resource alarm); publishes fail until it unblocks."
+        ),
+        None if change == Change::Closed => {
+            tracing::info!(name = %inner.name, "Blocked broker connection closed.");
+        }
+        None => tracing::info!(name = %inner.name, "Broker unblocked this connection."),
     }
 }
 

@@ -16,6 +16,9 @@ pub const REQUEST_BUCKETS: &[f64] = &[
 pub struct ProcessMetrics {
     /// `hookpost_broker_connected`: 1 while the broker connection is open.
     pub broker_connected: IntGauge,
+    /// `hookpost_broker_blocked`: 1 while the broker blocks the connection
+    /// (`connection.blocked`: a memory or disk alarm), else 0.
+    pub broker_blocked: IntGauge,
 }
 
 impl ProcessMetrics {
@@ -40,7 +43,15 @@ impl ProcessMetrics {
             "1 while this process has an open broker connection, else 0.",
         )?;
         registry.register(Box::new(broker_connected.clone()))?;
-        Ok(Self { broker_connected })
+        let broker_blocked = IntGauge::new(
+            "hookpost_broker_blocked",
+            "1 while the broker blocks this process's connection (memory or disk alarm; publishes wait), else 0.",
+        )?;
+        registry.register(Box::new(broker_blocked.clone()))?;
+        Ok(Self {
+            broker_connected,
+            broker_blocked,
+        })
     }
 }
 
@@ -377,6 +388,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("hookpost_broker_connected 1"), "{text}");
+        assert!(text.contains("hookpost_broker_blocked 0"), "{text}");
         assert!(
             text.contains("hookpost_build_info{component=\"test\",version=\""),
             "{text}"

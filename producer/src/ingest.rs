@@ -11,7 +11,7 @@
 //! | 404 / 405 | other paths / methods |
 //! | 413 | body over `max_body_bytes` or more than `max_events` events |
 //! | 415 | a `content-type` other than JSON |
-//! | 503 | broker unavailable or refusing; retry later (`retry-after` set) |
+//! | 503 | broker unavailable or refusing; retry later (`retry-after: 1`); broker blocking publishes (memory or disk alarm; `retry-after: 5`) |
 
 use crate::publisher::{PublishError, Publisher};
 use bytes::Bytes;
@@ -182,14 +182,25 @@ impl Ingest {
                     .ingest_events
                     .with_label_values(&["rejected"])
                     .inc_by(events.len() as u64);
-                tracing::warn!(error = %e, events = events.len(), "Publish failed; answering 503.");
+                if matches!(e, PublishError::Blocked { .. }) {
+                    // Logged once per block by the connection, not per request.
+                    tracing::debug!(error = %e, events = events.len(), "Broker blocked; answering 503.");
+                } else {
+                    tracing::warn!(error = %e, events = events.len(), "Publish failed; answering 503.");
+                }
                 let mut r = error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &unavailable_message(&e),
                     None,
                 );
+                // A blocked broker waits for an alarm to clear: seconds at least.
+                let retry_after = if matches!(e, PublishError::Blocked { .. }) {
+                    "5"
+                } else {
+                    "1"
+                };
                 r.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                    .insert(RETRY_AFTER, HeaderValue::from_static(retry_after));
                 r
             }
         }
@@ -296,6 +307,9 @@ fn field_of(e: &common::envelope::EnvelopeError) -> &'static str {
 fn unavailable_message(e: &PublishError) -> String {
     match e {
         PublishError::Unavailable(_) => "broker unavailable; retry later".into(),
+        PublishError::Blocked { .. } => {
+            "broker blocking publishes (resource alarm); retry later".into()
+        }
         other => format!("not stored: {other}; retry later"),
     }
 }

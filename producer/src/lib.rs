@@ -53,6 +53,9 @@ pub async fn serve(
     let process = ProcessMetrics::register(&registry, "ingest")?;
     let metrics = ProducerMetrics::register(&registry)?;
     let publisher = Arc::new(Publisher::new(&config).with_metrics(metrics.clone()));
+    publisher
+        .client()
+        .report_blocked_to(process.broker_blocked.clone());
     // Connect in the background so the server answers (503) even while the broker is down.
     {
         let publisher = publisher.clone();

@@ -7,6 +7,11 @@
 //! the unconfirmed events are published again on a new connection until the
 //! configured `publish_timeout_ms` runs out; so an event may reach the broker
 //! twice (at-least-once), and none is reported confirmed without a confirm.
+//!
+//! While the broker blocks the connection (`connection.blocked`: a memory or
+//! disk alarm), publishing fails at once with [`PublishError::Blocked`]
+//! instead of waiting out the timeout: an alarm lasts until an operator or
+//! the consumers free the resource, far longer than a publish should wait.
 
 use common::Event;
 use common::amqp::{AmqpClient, AmqpError};
@@ -55,6 +60,14 @@ pub enum PublishError {
         id: String,
         /// The publish timeout.
         timeout: Duration,
+    },
+    /// The broker blocks publishing on this connection (a memory or disk
+    /// alarm, `reason` as the broker gives it). Events not confirmed before
+    /// the block may or may not be stored; publishing them again later is safe.
+    #[error("the broker is blocking publishes ({reason}); not confirmed, retry later")]
+    Blocked {
+        /// The broker's reason, such as "low on memory".
+        reason: String,
     },
     /// The event is larger than `amqp.max_message_bytes`; nothing was published.
     #[error("event {id}: {size} bytes, over amqp.max_message_bytes ({max})")]
@@ -197,6 +210,9 @@ impl Publisher {
     }
 
     async fn publish_until(&self, events: &[Event], deadline: Instant) -> Result<(), PublishError> {
+        if let Some(reason) = self.client.blocked() {
+            return Err(PublishError::Blocked { reason });
+        }
         // Serialize once: retries after a reconnect send the same bytes.
         let outgoing = events
             .iter()
@@ -253,15 +269,12 @@ impl Publisher {
                 let Some(event) = to_send.next() else { break };
                 // Sending is bounded too: a broker that blocked the connection
                 // (memory or disk alarm) stops reading frames.
-                match tokio::time::timeout_at(deadline, self.send(channel, event)).await {
+                match self
+                    .wait(deadline, &event.event.id, self.send(channel, event))
+                    .await?
+                {
+                    Ok(confirm) => in_flight.push_back((event, confirm)),
                     Err(_) => {
-                        return Err(PublishError::Timeout {
-                            id: event.event.id.clone(),
-                            timeout: self.timeout,
-                        });
-                    }
-                    Ok(Ok(confirm)) => in_flight.push_back((event, confirm)),
-                    Ok(Err(_)) => {
                         broken = true;
                         retry.push(event);
                     }
@@ -270,26 +283,20 @@ impl Publisher {
             let Some((event, confirm)) = in_flight.pop_front() else {
                 break;
             };
-            match tokio::time::timeout_at(deadline, confirm).await {
-                Err(_) => {
-                    return Err(PublishError::Timeout {
-                        id: event.event.id.clone(),
-                        timeout: self.timeout,
-                    });
-                }
-                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
-                Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+            match self.wait(deadline, &event.event.id, confirm).await? {
+                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {}
+                Ok(Confirmation::Ack(Some(returned))) => {
                     return Err(PublishError::Unroutable {
                         id: event.event.id.clone(),
                         reply: returned.reply_text.to_string(),
                     });
                 }
-                Ok(Ok(Confirmation::Nack(_))) => {
+                Ok(Confirmation::Nack(_)) => {
                     return Err(PublishError::Nacked {
                         id: event.event.id.clone(),
                     });
                 }
-                Ok(Err(_)) => {
+                Err(_) => {
                     broken = true;
                     retry.push(event);
                 }
@@ -297,6 +304,26 @@ impl Publisher {
         }
         retry.extend(to_send);
         Ok(retry)
+    }
+
+    /// Waits for `step` of publishing event `id` until `deadline`, or until
+    /// the broker blocks the connection, whichever comes first.
+    async fn wait<T>(
+        &self,
+        deadline: Instant,
+        id: &str,
+        step: impl std::future::Future<Output = T>,
+    ) -> Result<T, PublishError> {
+        let mut blocked = self.client.watch_blocked();
+        tokio::select! {
+            done = tokio::time::timeout_at(deadline, step) => done.map_err(|_| PublishError::Timeout {
+                id: id.to_owned(),
+                timeout: self.timeout,
+            }),
+            Ok(reason) = blocked.wait_for(Option::is_some) => Err(PublishError::Blocked {
+                reason: reason.clone().unwrap_or_default(),
+            }),
+        }
     }
 
     async fn send(
@@ -419,7 +446,14 @@ impl Publisher {
         Ok(())
     }
 
-    /// Closes the connection.
+    /// Why the broker blocks this publisher's connection, if it does (see
+    /// [`PublishError::Blocked`]).
+    pub fn blocked(&self) -> Option<String> {
+        self.client.blocked()
+    }
+
+    /// Closes the connection, within [`common::amqp::CLOSE_TIMEOUT`] even
+    /// when the broker blocks it.
     pub async fn close(&self) {
         self.client.close().await;
     }

@@ -1,12 +1,14 @@
 //! Helpers for hookpost's end-to-end tests: a per-test broker scope (own
 //! prefix, everything deleted afterwards), a TCP proxy in front of the broker
-//! that a test can take down and bring back, and polling with a deadline.
+//! that a test can take down, bring back or stall, a throw-away RabbitMQ node
+//! for tests that need a real alarm, and polling with a deadline.
 //!
 //! Tests talk to the broker at `AMQP_URL` (default the local one).
 #![forbid(unsafe_code)]
 
 pub mod dispatcher_harness;
 pub mod fixtures;
+pub mod node;
 pub mod proxy;
 pub mod receiver;
 

@@ -170,3 +170,59 @@ async fn ingest_under_load_during_outages_never_answers_202_for_a_lost_event() {
     shutdown.cancel();
     server.await.expect("join").expect("stopped");
 }
+
+/// A broker that stops reading (what a blocked connection looks like on the
+/// wire, before or without a `connection.blocked` notice): a publish fails
+/// within `publish_timeout_ms` and closing returns within its own bound
+/// (it waited forever for the broker's close-ok before).
+#[tokio::test]
+async fn stalled_broker_publish_and_close_are_bounded() {
+    let scope = Scope::new().await;
+    let proxy = Proxy::start(broker_addr(&amqp_url())).await;
+    let timeout = Duration::from_millis(1500);
+    let config = scope.config_with(
+        "",
+        &format!("publish_timeout_ms = {}", timeout.as_millis()),
+        &proxy.amqp_url(&amqp_url()),
+    );
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let event = Event::new("stall.test", serde_json::Value::Null).expect("valid");
+    publisher
+        .publish(&event)
+        .await
+        .expect("confirmed before the stall");
+
+    proxy.stall();
+    let started = tokio::time::Instant::now();
+    let err = publisher
+        .publish(&event)
+        .await
+        .expect_err("no confirm through a stalled broker");
+    let took = started.elapsed();
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        took < timeout + Duration::from_millis(500),
+        "publish took {took:?}: {err}"
+    );
+
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(
+        common::amqp::CLOSE_TIMEOUT + Duration::from_secs(1),
+        publisher.close(),
+    )
+    .await
+    .expect("close returns within its bound");
+    println!(
+        "stalled: publish failed after {took:?} ({err}); close took {:?}",
+        started.elapsed()
+    );
+
+    // After the stall, a new publisher gets through.
+    proxy.resume();
+    let again = Publisher::connect(&config).await.expect("reconnect");
+    again
+        .publish(&event)
+        .await
+        .expect("confirmed after the stall");
+    again.close().await;
+}

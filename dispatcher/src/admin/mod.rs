@@ -201,9 +201,9 @@ impl Admin {
         let ch = self.conn.create_channel().await?;
         let queue = self.topology.dead();
         for _ in 0..total {
-            let Some(msg) = ch
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await?
+            let Some(msg) = self
+                .bounded(ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }))
+                .await??
             else {
                 break;
             };
@@ -327,9 +327,9 @@ impl Admin {
             _ => None,
         };
         for _ in 0..total {
-            let Some(msg) = ch
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await?
+            let Some(msg) = self
+                .bounded(ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }))
+                .await??
             else {
                 break;
             };
@@ -354,7 +354,7 @@ impl Admin {
                     if let Some(pace) = pace.as_mut() {
                         pace.tick().await;
                     }
-                    match self.replay_one(&ch, &msg, &target).await {
+                    match self.bounded(self.replay_one(&ch, &msg, &target)).await? {
                         Ok(()) => {
                             writeln!(out, "replayed {} -> {target}", view.id)?;
                             true
@@ -371,20 +371,41 @@ impl Admin {
                 report.done += 1;
             } else {
                 // Not for us: back to the end of the queue, in the order met.
-                common::amqp::publish_confirmed(
+                self.bounded(common::amqp::publish_confirmed(
                     &ch,
                     &queue,
                     msg.delivery.routing_key.as_str(),
                     &msg.delivery.data,
                     msg.delivery.properties.clone(),
-                )
-                .await?;
+                ))
+                .await??;
                 report.kept += 1;
             }
-            msg.delivery.acker.ack(BasicAckOptions::default()).await?;
+            self.bounded(msg.delivery.acker.ack(BasicAckOptions::default()))
+                .await??;
         }
-        ch.close(200, "done".into()).await?;
+        self.bounded(ch.close(200, "done".into())).await??;
         Ok(report)
+    }
+
+    /// Runs one broker step of [`Admin::apply`], failing at once when the
+    /// broker blocks the connection (a memory or disk alarm: lapin then
+    /// sends nothing, so the step would never end) and after
+    /// `amqp.publish_timeout_ms`. The unacked message being handled goes back
+    /// to the queue when the connection closes.
+    async fn bounded<T>(&self, step: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+        let timeout = self.config.amqp.publish_timeout;
+        let blocked = async {
+            while !self.conn.status().blocked() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            done = tokio::time::timeout(timeout, step) => done.map_err(|_| {
+                anyhow::anyhow!("no answer from the broker within {timeout:?}; stopped (the message being handled stays in the queue)")
+            }),
+            () = blocked => bail!("the broker is blocking this connection (memory or disk alarm); stopped (the message being handled stays in the queue)"),
+        }
     }
 
     async fn replay_one(
@@ -474,9 +495,17 @@ impl Admin {
         &self.config
     }
 
-    /// Closes the connection.
+    /// Closes the connection, waiting at most [`common::amqp::CLOSE_TIMEOUT`]
+    /// (a blocked connection is dropped without a close: it would never be sent).
     pub async fn close(self) {
-        let _ = self.conn.close(200, "bye".into()).await;
+        if self.conn.status().blocked() {
+            return;
+        }
+        let _ = tokio::time::timeout(
+            common::amqp::CLOSE_TIMEOUT,
+            self.conn.close(200, "bye".into()),
+        )
+        .await;
     }
 }
 
