@@ -3,12 +3,60 @@
 
 /// Installs the subscriber; `default` is the filter when `HOOKPOST_LOG` is unset.
 pub fn init(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKPOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(ExpectedAnswers)
+        .with_filter(filter);
+    tracing_subscriber::registry().with(layer).init();
+}
+
+/// Hides lapin's own ERROR line for a channel the broker closed with
+/// 404 NOT_FOUND. hookpost asks "does this queue or stream exist yet?" with a
+/// passive declare, and the broker answers "no" by closing the channel:
+/// an expected answer, which the caller handles (and logs in context when
+/// it matters), not an error.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpectedAnswers;
+
+impl<S> tracing_subscriber::layer::Filter<S> for ExpectedAnswers {
+    fn enabled(
+        &self,
+        _meta: &tracing::Metadata<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        !is_expected_answer(event)
+    }
+}
+
+fn is_expected_answer(event: &tracing::Event<'_>) -> bool {
+    let meta = event.metadata();
+    if meta.target() != "lapin::channel" || *meta.level() != tracing::Level::ERROR {
+        return false;
+    }
+    struct Method(bool);
+    impl tracing::field::Visit for Method {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "method" {
+                self.0 = format!("{value:?}").contains("reply_code: 404,");
+            }
+        }
+    }
+    let mut method = Method(false);
+    event.record(&mut method);
+    method.0
 }
 
 /// Logs a failure that repeats with backoff: the first occurrence, then at
