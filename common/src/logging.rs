@@ -3,9 +3,9 @@
 
 /// Installs the subscriber; `default` is the filter when `HOOKPOST_LOG` is unset.
 pub fn init(default: &str) {
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKPOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let layer = tracing_subscriber::fmt::layer()

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Makes what hookpost's run and test commands need available on this machine
+# (Debian or Ubuntu; installs as root with apt-get):
+#   broker    a RabbitMQ to talk to: the one at AMQP_URL if set, else a local
+#             rabbitmq-server, installed and started if missing, with every
+#             feature flag enabled (quorum queues' at-least-once dead-lettering)
+#   promtool  Prometheus' promtool (Debian package prometheus), which the tests
+#             use to check the metrics exposition and the alert rules
+#   python    the example receiver's package (standardwebhooks, from PyPI)
+# Usage: deploy/setup-local.sh broker [promtool] [python]
+# Each step does nothing when what it provides is already there.
+set -euo pipefail
+
+say() { printf '=== %s\n' "$*" >&2; }
+
+apt_install() {
+  if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+    say "Missing: $*. Install it (Debian: apt-get install $*) and run again."
+    exit 1
+  fi
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  say "Installing $*"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+step_broker() {
+  if [ -n "${AMQP_URL:-}" ]; then
+    say "Using the broker at AMQP_URL"
+    return
+  fi
+  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    say "Starting RabbitMQ"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+  fi
+  for _ in $(seq 1 60); do
+    if rabbitmqctl -q await_startup --timeout 60 >/dev/null 2>&1; then
+      break
+    fi
+    sleep 2
+  done
+  rabbitmqctl -q await_startup --timeout 60 >/dev/null
+  rabbitmqctl -q enable_feature_flag all >/dev/null 2>&1 || true
+}
+
+step_promtool() {
+  command -v promtool >/dev/null 2>&1 || apt_install prometheus
+}
+
+step_python() {
+  python3 -c 'import standardwebhooks' >/dev/null 2>&1 && return
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || apt_install python3-pip
+  say "Installing the standardwebhooks Python package"
+  python3 -m pip install -q standardwebhooks 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages standardwebhooks
+}
+
+for step in "$@"; do
+  case "$step" in
+    broker | promtool | python) "step_$step" ;;
+    *) say "unknown step: $step"; exit 2 ;;
+  esac
+done
