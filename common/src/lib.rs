@@ -4,6 +4,7 @@
 //! these modules implement.
 #![forbid(unsafe_code)]
 
+pub mod addresses;
 pub mod amqp;
 pub mod config;
 pub mod control;
