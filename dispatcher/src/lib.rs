@@ -44,16 +44,10 @@ use tokio_util::task::TaskTracker;
 /// # Errors
 /// A message naming the file and the endpoint's key.
 pub fn validate(config: &Config) -> anyhow::Result<()> {
-    let guard = guard::AddressGuard::new(config.http.allowed_networks.clone());
     for (i, ep) in config.endpoints.iter().enumerate() {
-        let ip = match ep.url.host() {
-            Some(url::Host::Ipv4(ip)) => std::net::IpAddr::from(ip),
-            Some(url::Host::Ipv6(ip)) => std::net::IpAddr::from(ip),
-            _ => continue,
-        };
-        if let Err(why) = guard.check(ip) {
+        if let Err(why) = config.check_address(&ep.url) {
             anyhow::bail!(
-                "{}: key `endpoints[{i}].url`: (endpoint {:?}) {ip} {why}; add its network to http.allowed_networks to allow it",
+                "{}: key `endpoints[{i}].url`: (endpoint {:?}) {why}",
                 config.origin.display(),
                 ep.id
             );

@@ -609,7 +609,9 @@ fn the_schema_states_the_constraints_the_api_enforces() {
     let doc = doc();
     let input = json!({"$ref": "#/components/schemas/EndpointInput"});
     let config = common::Config::from_toml_str(
-        &format!("[registry]\nsecrets_key = \"{KEY}\"\n"),
+        &format!(
+            "[http]\nallowed_networks = [\"127.0.0.0/8\", \"::1/128\"]\n[registry]\nsecrets_key = \"{KEY}\"\n"
+        ),
         "test.toml".as_ref(),
         &[],
     )

@@ -271,6 +271,10 @@ async fn bad_input_and_bad_tokens_are_refused_with_the_field_named() {
         (json!({"id": "Bad Id"}), "id"),
         (json!({"url": "ftp://x.example.com/"}), "url"),
         (json!({"url": 5}), "url"),
+        // Non-global literal addresses (decided, never connected to).
+        (json!({"url": "http://169.254.169.254/latest"}), "url"),
+        (json!({"url": "http://[64:ff9b::a9fe:a9fe]/"}), "url"),
+        (json!({"url": "http://10.0.0.1/"}), "url"),
         (json!({"events": []}), "events"),
         (json!({"events": ["a..b"]}), "events[0]"),
         (json!({"method": "DELETE"}), "method"),

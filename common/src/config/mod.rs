@@ -488,8 +488,32 @@ impl Config {
     ///
     /// # Errors
     /// `(key, message)`: the first bad key.
+    /// A URL whose host is a literal IP address must be allowed by the
+    /// address policy ([`crate::addresses`]); names are checked when they
+    /// resolve, at delivery.
     pub fn check_endpoint(&self, section: EndpointSection) -> Result<Endpoint, (String, String)> {
-        checked_endpoint(section, &self.defaults)
+        let endpoint = checked_endpoint(section, &self.defaults)?;
+        self.check_address(&endpoint.url)
+            .map_err(|message| ("url".to_owned(), message))?;
+        Ok(endpoint)
+    }
+
+    /// Whether `url`'s host, when it is a literal IP address, may be
+    /// reached under `http.allowed_networks`.
+    ///
+    /// # Errors
+    /// Why the address is refused, and how to allow it.
+    pub fn check_address(&self, url: &url::Url) -> Result<(), String> {
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => std::net::IpAddr::from(ip),
+            Some(url::Host::Ipv6(ip)) => std::net::IpAddr::from(ip),
+            _ => return Ok(()),
+        };
+        crate::addresses::AddressGuard::new(self.http.allowed_networks.clone())
+            .check(ip)
+            .map_err(|why| {
+                format!("{ip} {why}; add its network to http.allowed_networks to allow it")
+            })
     }
 
     /// Whether `id` names an endpoint of the file (read-only for the API).
