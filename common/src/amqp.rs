@@ -320,12 +320,37 @@ fn set_blocked(inner: &Inner, reason: Option<String>, change: Change) {
     }
 }
 
+/// Longest [`publish_confirmed`] waits for the broker (a broker that blocks
+/// publishers, on a memory or disk alarm, never answers).
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Publishes with `mandatory` on a channel in confirm mode and waits for the
-/// broker's confirm; a nack or a return (no queue bound) is an error.
+/// broker's confirm, at most [`CONFIRM_TIMEOUT`]; a nack or a return (no
+/// queue bound) is an error.
 ///
 /// # Errors
-/// A broker error, a nack, or a return.
+/// A broker error, a nack, a return, or no confirm in time.
 pub async fn publish_confirmed(
+    ch: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(
+        CONFIRM_TIMEOUT,
+        publish_confirmed_unbounded(ch, exchange, routing_key, body, properties),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "no confirm from the broker within {} s (is it blocking publishers? see hookpost_broker_blocked)",
+            CONFIRM_TIMEOUT.as_secs()
+        )
+    })?
+}
+
+async fn publish_confirmed_unbounded(
     ch: &lapin::Channel,
     exchange: &str,
     routing_key: &str,
