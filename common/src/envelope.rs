@@ -1,5 +1,5 @@
 //! The event envelope: the JSON document producers publish and endpoints
-//! receive (DESIGN.md, "Wire contract").
+//! receive (ARCHITECTURE.md, "The wire contract").
 //!
 //! [`Event`] is the checked form. Parsing ([`Event::from_slice`]) and building
 //! ([`Event::new`], [`EventDraft::into_event`]) both validate, so an `Event`

@@ -1,6 +1,6 @@
 //! Pieces every hookpost binary shares: the event envelope, configuration,
 //! RabbitMQ topology, Standard Webhooks signing, the supervised AMQP
-//! connection and the metrics/health server. See DESIGN.md for the contracts
+//! connection and the metrics/health server. See ARCHITECTURE.md for the contracts
 //! these modules implement.
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,5 @@
-//! Every hookpost metric, declared once with its help text (DESIGN.md,
-//! "Metrics"). Call sites use the typed handles; each process builds its own
+//! Every hookpost metric, declared once with its help text (README, "Metrics and health").
+//! Call sites use the typed handles; each process builds its own
 //! [`Registry`] so tests can run several instances in one process.
 
 use prometheus::{

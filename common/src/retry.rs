@@ -2,7 +2,7 @@
 //! `min(retry_delay_ms * 2^(n-1), max_retry_delay_ms)` in a wait queue.
 //!
 //! Delays are quantised to the schedule's own values ("tiers"), one wait queue
-//! each, because a queue has a single TTL (DESIGN.md). A `Retry-After` asked by
+//! each, because a queue has a single TTL (README, "Outcomes and retries"). A `Retry-After` asked by
 //! an endpoint is rounded up to the nearest tier, so the number of wait queues
 //! stays bounded whatever endpoints answer.
 

@@ -1,4 +1,4 @@
-//! RabbitMQ names and declarations (DESIGN.md, "Topology").
+//! RabbitMQ names and declarations (README, "How it fits together"; ARCHITECTURE.md).
 //!
 //! Every declaration is idempotent: declaring twice with the same settings is
 //! a no-op, so every process declares what it uses at start. Declaring an

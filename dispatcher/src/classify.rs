@@ -1,4 +1,4 @@
-//! What an HTTP result means for a delivery (DESIGN.md, "Outcomes"): a pure
+//! What an HTTP result means for a delivery (README, "Outcomes and retries"): a pure
 //! function, so every status class is unit-tested here.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The hookpost dispatcher: delivers every event to every endpoint subscribed
-//! to it (DESIGN.md). [`run`] supervises the broker connection, declares the
+//! to it (ARCHITECTURE.md). [`run`] supervises the broker connection, declares the
 //! topology, runs one [`worker`] pipeline per endpoint, applies config
 //! reloads, and serves `/metrics`, `/healthz` and `/readyz`.
 //!
