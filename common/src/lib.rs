@@ -7,6 +7,7 @@
 pub mod addresses;
 pub mod amqp;
 pub mod config;
+pub mod contract;
 pub mod control;
 pub mod envelope;
 mod idle;

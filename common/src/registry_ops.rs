@@ -4,13 +4,14 @@
 //! changes. Dispatchers follow the stream and apply changes within moments.
 
 use crate::Config;
+use crate::contract;
 use crate::control::{self, Command, State};
 use crate::registry::{self, FieldError, StoredEndpoint};
 use crate::secret::RandomError;
 use crate::topology::Topology;
 use lapin::Connection;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -452,20 +453,26 @@ impl<'a> Registry<'a> {
             .basic_get(queue.into(), BasicGetOptions { no_ack: false })
             .await?
         {
-            let mut headers = msg
+            let headers = msg
                 .delivery
                 .properties
                 .headers()
                 .clone()
                 .unwrap_or_default();
-            let text = |s: &str| AMQPValue::LongString(LongString::from(s));
-            headers.insert("hookpost-endpoint".into(), text(id));
-            headers.insert("hookpost-reason".into(), text("endpoint_deleted"));
-            headers.insert(
-                "hookpost-last-error".into(),
-                text("the endpoint was deleted with force"),
+            // The same headers as every other dead letter.
+            let mut letter = contract::DeadLetter::new(
+                id,
+                contract::Reason::EndpointDeleted,
+                contract::attempt(&headers).unwrap_or(1),
             );
-            headers.insert("hookpost-failed-at".into(), text(&control::now_rfc3339()));
+            "the endpoint was deleted with force".clone_into(&mut letter.last_error);
+            letter.event_type = msg
+                .delivery
+                .properties
+                .kind()
+                .as_ref()
+                .map(ToString::to_string);
+            let headers = letter.write(headers);
             let properties = crate::amqp::republished_properties(&msg.delivery.properties, headers);
             crate::amqp::publish_confirmed(&ch, &self.topology.dead(), id, &msg.delivery.data, properties)
                 .await

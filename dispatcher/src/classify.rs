@@ -3,42 +3,7 @@
 
 use std::time::Duration;
 
-/// Why a delivery was dead-lettered (`hookpost-reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// `max_retries` retries failed.
-    Exhausted,
-    /// The endpoint answered a non-retryable 3xx/4xx.
-    Rejected,
-    /// The endpoint answered 410 Gone (the endpoint is paused).
-    Gone,
-    /// The message is not a valid envelope.
-    Malformed,
-    /// The endpoint's transform failed on the event.
-    TransformError,
-}
-
-impl Reason {
-    /// Every reason the dispatcher gives.
-    pub const ALL: [Self; 5] = [
-        Self::Exhausted,
-        Self::Rejected,
-        Self::Gone,
-        Self::Malformed,
-        Self::TransformError,
-    ];
-
-    /// The header and label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Exhausted => "exhausted",
-            Self::Rejected => "rejected",
-            Self::Gone => "gone",
-            Self::Malformed => "malformed",
-            Self::TransformError => "transform_error",
-        }
-    }
-}
+pub use common::contract::Reason;
 
 /// What came back from one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -56,7 +56,7 @@ pub fn build(
         ("content-type", "application/json".to_owned()),
         ("user-agent", USER_AGENT.to_owned()),
         ("webhook-id", webhook_id.clone()),
-        ("hookpost-attempt", attempt.to_string()),
+        (common::contract::header::ATTEMPT, attempt.to_string()),
     ];
     match endpoint.signature {
         SignatureScheme::Standard => {

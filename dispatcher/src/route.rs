@@ -7,7 +7,7 @@ use crate::classify::Reason;
 use common::topology::Topology;
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Confirmation};
 
 /// Longest wait for a publish confirm or an ack before the message is given
@@ -15,7 +15,7 @@ use lapin::{Channel, Confirmation};
 pub const BROKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Header carrying the attempt number of the next try (1 on the first).
-pub const ATTEMPT_HEADER: &str = "hookpost-attempt";
+pub use common::contract::header::ATTEMPT as ATTEMPT_HEADER;
 
 /// A republish that was not confirmed.
 #[derive(Debug, thiserror::Error)]
@@ -135,28 +135,12 @@ impl Router {
         delivery: &Delivery,
         why: &DeadLetter<'_>,
     ) -> Result<(), RouteError> {
-        let mut headers = headers_of(delivery);
-        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
-        headers.insert("hookpost-endpoint".into(), text(&self.endpoint_id));
-        headers.insert(
-            ATTEMPT_HEADER.into(),
-            AMQPValue::LongLongInt(why.attempt.into()),
-        );
-        headers.insert("hookpost-reason".into(), text(why.reason.as_str()));
-        let status = why
-            .last_status
-            .map_or(AMQPValue::Void, |s| AMQPValue::LongLongInt(s.into()));
-        headers.insert("hookpost-last-status".into(), status);
-        let mut error = why.last_error.to_owned();
-        truncate_utf8(&mut error, 1024);
-        headers.insert("hookpost-last-error".into(), text(&error));
-        let failed_at = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        headers.insert("hookpost-failed-at".into(), text(&failed_at));
-        if let Some(event_type) = original_type(delivery) {
-            headers.insert("hookpost-event-type".into(), text(&event_type));
-        }
+        let mut letter =
+            common::contract::DeadLetter::new(&self.endpoint_id, why.reason, why.attempt);
+        letter.last_status = why.last_status;
+        why.last_error.clone_into(&mut letter.last_error);
+        letter.event_type = original_type(delivery);
+        let headers = letter.write(headers_of(delivery));
         self.republish(delivery, &self.topology.dead(), &self.endpoint_id, headers)
             .await
     }
@@ -203,21 +187,12 @@ impl Router {
 
 /// The attempt number of this delivery: `hookpost-attempt`, else 1.
 pub fn attempt_of(delivery: &Delivery) -> u32 {
-    let Some(headers) = delivery.properties.headers() else {
-        return 1;
-    };
-    let value = headers.inner().get(ATTEMPT_HEADER);
-    let n = match value {
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).ok(),
-        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).ok(),
-        Some(AMQPValue::LongUInt(n)) => Some(*n),
-        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).ok(),
-        Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes())
-            .ok()
-            .and_then(|s| s.parse().ok()),
-        _ => None,
-    };
-    n.filter(|n| *n >= 1).unwrap_or(1)
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(common::contract::attempt)
+        .unwrap_or(1)
 }
 
 fn headers_of(delivery: &Delivery) -> FieldTable {
@@ -228,14 +203,4 @@ fn headers_of(delivery: &Delivery) -> FieldTable {
 /// when the message came straight from the events exchange.
 fn original_type(delivery: &Delivery) -> Option<String> {
     delivery.properties.kind().as_ref().map(ToString::to_string)
-}
-
-fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
 }

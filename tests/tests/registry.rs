@@ -425,6 +425,21 @@ async fn bad_input_and_bad_tokens_are_refused_with_the_field_named() {
         dead.iter()
             .all(|m| header_str(m, "hookpost-reason").as_deref() == Some("endpoint_deleted"))
     );
+    // The same headers as every other dead letter (what `dlq list` reads).
+    for m in &dead {
+        let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+        for name in common::contract::header::DEAD_LETTER
+            .iter()
+            .filter(|n| **n != "x-death")
+        {
+            assert!(headers.inner().contains_key(*name), "{name} missing");
+        }
+        let letter = common::contract::DeadLetter::read(&headers);
+        assert_eq!(
+            (letter.endpoint.as_str(), letter.attempt, letter.last_status),
+            ("valid", 1, None)
+        );
+    }
 }
 
 fn tests_merge(target: &mut Value, patch: &Value) {

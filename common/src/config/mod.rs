@@ -605,7 +605,7 @@ fn checked_endpoint(
             );
         }
         if lower.starts_with("webhook-")
-            || lower.starts_with("hookpost-")
+            || crate::contract::header::is_reserved(&lower)
             || lower == "content-type"
             || lower == "content-length"
             || lower == "host"

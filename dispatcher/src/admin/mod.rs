@@ -28,15 +28,7 @@ use std::time::Duration;
 use view::{DeadLetterView, Filter};
 
 /// Headers a dead letter carries that a replay removes (it starts afresh).
-const DEAD_LETTER_HEADERS: [&str; 7] = [
-    "hookpost-attempt",
-    "hookpost-reason",
-    "hookpost-endpoint",
-    "hookpost-last-status",
-    "hookpost-last-error",
-    "hookpost-failed-at",
-    "x-death",
-];
+const DEAD_LETTER_HEADERS: [&str; 8] = common::contract::header::DEAD_LETTER;
 
 /// What to do with matching dead letters.
 #[derive(Debug, Clone)]

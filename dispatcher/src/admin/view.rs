@@ -1,5 +1,6 @@
 //! A dead letter as operators see it, and the filters of `hookpost-admin dlq`.
 
+use common::contract::text;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
@@ -41,12 +42,16 @@ impl DeadLetterView {
             .map(ToString::to_string)
             .or_else(|| envelope["id"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        let event_type = text(headers, "hookpost-event-type")
+        let letter = common::contract::DeadLetter::read(headers);
+        let event_type = letter
+            .event_type
+            .clone()
             .or_else(|| properties.kind().as_ref().map(ToString::to_string))
             .or_else(|| envelope["type"].as_str().map(str::to_owned))
             .unwrap_or_default();
         let death = first_death(headers);
-        let endpoint = text(headers, "hookpost-endpoint")
+        let endpoint = Some(letter.endpoint.clone())
+            .filter(|e| !e.is_empty())
             .or_else(|| {
                 let queue = death.and_then(|d| text(d, "queue"))?;
                 queue
@@ -54,7 +59,8 @@ impl DeadLetterView {
                     .map(str::to_owned)
             })
             .unwrap_or_default();
-        let reason = text(headers, "hookpost-reason")
+        let reason = Some(letter.reason.clone())
+            .filter(|r| !r.is_empty())
             .or_else(|| death.and_then(|d| text(d, "reason")))
             .unwrap_or_default();
         Self {
@@ -62,33 +68,11 @@ impl DeadLetterView {
             event_type,
             endpoint,
             reason,
-            attempts: int(headers, "hookpost-attempt")
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(0),
-            last_status: int(headers, "hookpost-last-status").and_then(|n| u16::try_from(n).ok()),
-            last_error: text(headers, "hookpost-last-error").unwrap_or_default(),
-            failed_at: text(headers, "hookpost-failed-at")
-                .and_then(|t| OffsetDateTime::parse(&t, &Rfc3339).ok()),
+            attempts: letter.attempt,
+            last_status: letter.last_status,
+            last_error: letter.last_error,
+            failed_at: OffsetDateTime::parse(&letter.failed_at, &Rfc3339).ok(),
         }
-    }
-}
-
-fn text(headers: &FieldTable, name: &str) -> Option<String> {
-    match headers.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
-fn int(headers: &FieldTable, name: &str) -> Option<i64> {
-    match headers.inner().get(name)? {
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::LongInt(n) => Some((*n).into()),
-        AMQPValue::LongUInt(n) => Some((*n).into()),
-        AMQPValue::ShortInt(n) => Some((*n).into()),
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
-        _ => None,
     }
 }
 
