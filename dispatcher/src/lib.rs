@@ -116,13 +116,11 @@ pub async fn run(
         std::time::Duration::from_secs(300),
     )));
     let sandbox = sandbox::Sandbox::new(
-        sandbox::Sandbox::locate(config.transforms.worker_path.as_ref())
-            .unwrap_or_else(|_| std::path::PathBuf::from("hookpost-dispatcher")),
+        sandbox::Sandbox::locate(config.transforms.worker_path.as_ref()),
         config.transforms.clone(),
         config.amqp.max_message_bytes,
     );
     if config.endpoints.iter().any(|e| e.transform.is_some()) {
-        sandbox::Sandbox::locate(config.transforms.worker_path.as_ref())?;
         sandbox.check().await?;
     }
     // Operator holds and registered endpoints, from the control stream; kept across reconnects.

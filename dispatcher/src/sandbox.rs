@@ -39,6 +39,9 @@ const RUNS_PER_WORKER: u32 = 10_000;
 /// Compiled programs a worker keeps.
 const CACHED_PROGRAMS: usize = 64;
 
+/// Endpoints remembered before idle ones are forgotten.
+const PRUNE_ABOVE: usize = 1024;
+
 /// Most bytes of a worker's standard error read after it died.
 const STDERR_CAP: usize = 8 * 1024;
 
@@ -65,7 +68,8 @@ pub struct Sandbox {
 
 #[derive(Debug)]
 struct Inner {
-    program: PathBuf,
+    /// The worker executable, or why there is none.
+    program: Result<PathBuf, SandboxError>,
     limits: TransformsConfig,
     max_output_bytes: usize,
     /// One permit per worker process.
@@ -84,10 +88,14 @@ struct Worker {
 }
 
 impl Sandbox {
-    /// A sandbox starting `program` (a `hookpost-dispatcher` executable) as
-    /// workers, within `limits`; outputs over `max_output_bytes` are errors.
-    /// Workers start on first use.
-    pub fn new(program: PathBuf, limits: TransformsConfig, max_output_bytes: usize) -> Self {
+    /// A sandbox starting `program` (a `hookpost-dispatcher` executable,
+    /// from [`Sandbox::locate`]) as workers, within `limits`; outputs over
+    /// `max_output_bytes` are errors. Workers start on first use.
+    pub fn new(
+        program: Result<PathBuf, SandboxError>,
+        limits: TransformsConfig,
+        max_output_bytes: usize,
+    ) -> Self {
         let slots = Semaphore::new(limits.workers.max(1));
         Self {
             inner: Arc::new(Inner {
@@ -154,6 +162,10 @@ impl Sandbox {
                 .per_endpoint
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            if map.len() > PRUNE_ABOVE {
+                // Endpoints no run holds any more (deleted, renamed).
+                map.retain(|_, s| Arc::strong_count(s) > 1);
+            }
             map.entry(endpoint.to_owned())
                 .or_insert_with(|| Arc::new(Semaphore::new(inner.limits.per_endpoint.max(1))))
                 .clone()
@@ -225,10 +237,12 @@ impl Sandbox {
 
     fn spawn(&self) -> Result<Worker, SandboxError> {
         let inner = &self.inner;
-        let mut child = Command::new(&inner.program)
+        let program = inner.program.as_ref().map_err(Clone::clone)?;
+        let mut child = Command::new(program)
             .arg(WORKER_ARG)
             .arg(inner.limits.memory_bytes.to_string())
             .arg(inner.max_output_bytes.to_string())
+            .arg(std::process::id().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -236,7 +250,7 @@ impl Sandbox {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
-                SandboxError::Unavailable(format!("cannot start {}: {e}", inner.program.display()))
+                SandboxError::Unavailable(format!("cannot start {}: {e}", program.display()))
             })?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -326,15 +340,17 @@ async fn read_answer(
 }
 
 /// The worker process: `hookpost-dispatcher transform-worker MEMORY_BYTES
-/// MAX_OUTPUT_BYTES`. Sets its limits, then answers requests on standard
-/// input until it closes. Returns the exit code.
+/// MAX_OUTPUT_BYTES PARENT_PID`. Sets its limits, then answers requests on
+/// standard input until it closes. Returns the exit code.
 pub fn worker_main(args: &[String]) -> i32 {
     let number = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
-    let (Some(memory), Some(max_output)) = (number(0), number(1)) else {
-        eprintln!("usage: hookpost-dispatcher {WORKER_ARG} MEMORY_BYTES MAX_OUTPUT_BYTES");
+    let (Some(memory), Some(max_output), Some(parent)) = (number(0), number(1), number(2)) else {
+        eprintln!(
+            "usage: hookpost-dispatcher {WORKER_ARG} MEMORY_BYTES MAX_OUTPUT_BYTES PARENT_PID"
+        );
         return 2;
     };
-    if let Err(e) = confine(memory) {
+    if let Err(e) = confine(memory, parent) {
         eprintln!("cannot set the worker's limits: {e}");
         return 1;
     }
@@ -410,7 +426,7 @@ fn read_part(from: &mut impl Read) -> std::io::Result<Vec<u8>> {
 /// Limits the worker itself: address space, no core files, a lower CPU
 /// priority than the dispatcher, and death with its parent.
 #[cfg(target_os = "linux")]
-fn confine(memory_bytes: u64) -> std::io::Result<()> {
+fn confine(memory_bytes: u64, parent: u64) -> std::io::Result<()> {
     use rustix::process::{Resource, Rlimit, Signal, setrlimit};
     let limit = |n: u64| Rlimit {
         current: Some(n),
@@ -419,8 +435,10 @@ fn confine(memory_bytes: u64) -> std::io::Result<()> {
     setrlimit(Resource::As, limit(memory_bytes))?;
     setrlimit(Resource::Core, limit(0))?;
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-    // A parent that died before the line above would never signal.
-    if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
+    // A parent that died before the line above would never signal. (The
+    // dispatcher may itself be PID 1, in a container: compare with its pid.)
+    let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    if u64::try_from(ppid).ok() != Some(parent) {
         return Err(std::io::Error::other("the dispatcher is gone"));
     }
     rustix::process::setpriority_process(None, 10)?;
@@ -428,7 +446,7 @@ fn confine(memory_bytes: u64) -> std::io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn confine(_memory_bytes: u64) -> std::io::Result<()> {
+fn confine(_memory_bytes: u64, _parent: u64) -> std::io::Result<()> {
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use crate::classify::{Overrides, Reason, Response, Verdict, classify};
 use crate::limit::Limiter;
 use crate::request::{Part, build};
 use crate::route::{DeadLetter, Router, attempt_of};
+use crate::sandbox::SandboxError;
 use crate::send::Sender;
 use common::Event;
 use common::config::{Endpoint, OnExhausted};
@@ -380,6 +381,10 @@ async fn get_one(
 /// How often a half-open breaker looks for a message to probe with.
 const PROBE_POLL: Duration = Duration::from_millis(500);
 
+/// How long an event waits before going back to its queue when no
+/// transform worker can be started.
+const SANDBOX_RETRY: Duration = Duration::from_secs(2);
+
 /// Returns deliveries untaken: to the tail of the queue (`park`, attempts
 /// untouched) or by a requeue.
 async fn hand_back(router: &Router, deliveries: &[Delivery], park: bool) {
@@ -456,6 +461,24 @@ async fn process(
                                 .with_label_values(&[id, "filtered"])
                                 .inc();
                         }
+                        continue;
+                    }
+                    Err(SandboxError::Unavailable(e)) => {
+                        // Not the event's fault: it goes back to the tail of
+                        // its queue, untouched, and waits for the sandbox.
+                        let logged = shared
+                            .channel_failures
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .hit();
+                        if let Some(failures) = logged {
+                            tracing::error!(endpoint = %id, error = %e, failures, "Transforms cannot run; events wait in their queues (logged with backoff).");
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(SANDBOX_RETRY) => {}
+                            () = stops.consuming.cancelled() => {}
+                        }
+                        hand_back(router, std::slice::from_ref(&delivery), true).await;
                         continue;
                     }
                     Err(e) => Err((Reason::TransformError, e.to_string())),

@@ -64,11 +64,11 @@ async fn hostile_transforms_are_stopped_and_dead_lettered_while_others_deliver()
         (
             "spin",
             "last(range(1e18))",
-            "exceeded its 1000 ms time limit",
+            "exceeded its 3000 ms time limit",
         ),
         ("hog", "[range(1e9)] | length", "memory limit"),
     ];
-    let mut toml = format!("{FAST}[transforms]\ntimeout_ms = 1000\nmemory_mb = 64\nworkers = 4\n");
+    let mut toml = format!("{FAST}[transforms]\ntimeout_ms = 3000\nmemory_mb = 64\nworkers = 4\n");
     for (id, program, _) in &hostile {
         toml.push_str(&endpoint(
             id,
@@ -152,4 +152,77 @@ async fn hostile_transforms_are_stopped_and_dead_lettered_while_others_deliver()
         EVENTS as f64
     );
     dispatcher.stop().await.expect("clean stop");
+}
+
+/// When no transform worker can start (here: `transforms.worker_path` names
+/// no program), a dispatcher whose config has a transform refuses to start,
+/// and events of a transform added later are not dead-lettered: they wait
+/// in their queue (the sandbox's failure is not the event's).
+#[tokio::test]
+async fn an_unavailable_sandbox_stops_the_start_or_keeps_events_queued() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let missing =
+        format!("{FAST}[transforms]\nworker_path = \"/nonexistent/hookpost-dispatcher\"\n");
+    let with_transform = scope.config(&format!(
+        "{missing}{}",
+        endpoint("t", &receiver.url, &["job.run"], "transform = '.'")
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (_reload, reloads) = tokio::sync::mpsc::channel(1);
+    let refused = dispatcher::run(
+        with_transform.clone(),
+        listener,
+        reloads,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect_err("refuses to start");
+    assert!(
+        refused
+            .to_string()
+            .contains("transform sandbox is unavailable"),
+        "{refused:#}"
+    );
+
+    // Started without a transform, then reloaded with one.
+    let plain = scope.config(&format!(
+        "{missing}{}",
+        endpoint("t", &receiver.url, &["job.run"], "")
+    ));
+    let dispatcher = Running::start(plain).await;
+    dispatcher
+        .reload
+        .send(with_transform.clone())
+        .await
+        .expect("reload");
+    let publisher = Publisher::connect(&with_transform).await.expect("connect");
+    // Published once the reloaded worker consumes (the old one is stopped first).
+    eventually(WAIT, "the reloaded worker consuming", || async {
+        (dispatcher
+            .metric("hookpost_consuming{endpoint=\"t\"}")
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    let event = Event::new("job.run", serde_json::json!({})).expect("valid");
+    publisher.publish(&event).await.expect("published");
+    let queue = format!("{}.ep.t", scope.prefix);
+    // The worker takes it (the transform cannot run: it is handed back to
+    // the tail of its queue, again and again)...
+    eventually(WAIT, "the event taken", || async {
+        (scope.depth(&queue).await == 0).then_some(())
+    })
+    .await;
+    dispatcher.stop().await.expect("clean stop");
+    // ...and never dead-lettered or sent.
+    assert_eq!(scope.depth(&format!("{}.dead", scope.prefix)).await, 0);
+    eventually(WAIT, "the event back in its queue", || async {
+        (scope.depth(&queue).await == 1).then_some(())
+    })
+    .await;
+    assert!(receiver.received().is_empty());
 }
