@@ -25,24 +25,38 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+broker_listening() {
+  (exec 3<>/dev/tcp/127.0.0.1/5672) >/dev/null 2>&1
+}
+
 step_broker() {
   if [ -n "${AMQP_URL:-}" ]; then
     say "Using the broker at AMQP_URL"
     return
   fi
-  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
-  if ! rabbitmqctl -q status >/dev/null 2>&1; then
-    say "Starting RabbitMQ"
-    rabbitmq-server -detached >/dev/null 2>&1 || true
-  fi
-  for _ in $(seq 1 60); do
-    if rabbitmqctl -q await_startup --timeout 60 >/dev/null 2>&1; then
-      break
+  if broker_listening; then
+    # A local broker we may administer: make sure every feature flag is on.
+    if [ "$(id -u)" -eq 0 ] && command -v rabbitmqctl >/dev/null 2>&1; then
+      rabbitmqctl -q enable_feature_flag all >/dev/null 2>&1 || true
     fi
+    return
+  fi
+  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  say "Starting RabbitMQ"
+  $sudo rabbitmq-server -detached >/dev/null 2>&1 || true
+  # At most about 3 minutes for a first start.
+  for _ in $(seq 1 90); do
+    broker_listening && $sudo rabbitmqctl -q await_startup --timeout 10 >/dev/null 2>&1 && break
     sleep 2
   done
-  rabbitmqctl -q await_startup --timeout 60 >/dev/null
-  rabbitmqctl -q enable_feature_flag all >/dev/null 2>&1 || true
+  if ! $sudo rabbitmqctl -q await_startup --timeout 10 >/dev/null 2>&1; then
+    say "RabbitMQ did not start; see its log (/var/log/rabbitmq/) or set AMQP_URL"
+    exit 1
+  fi
+  # Quorum queues' at-least-once dead-lettering needs every feature flag on.
+  $sudo rabbitmqctl -q enable_feature_flag all >/dev/null 2>&1 || true
 }
 
 step_promtool() {

@@ -16,7 +16,7 @@ pub fn init(default: &str) {
 }
 
 /// Hides lapin's own ERROR line for a channel the broker closed with
-/// 404 NOT_FOUND. hookpost asks "does this queue or stream exist yet?" with a
+/// 404 NOT_FOUND in answer to a queue.declare. hookpost asks "does this queue or stream exist yet?" with a
 /// passive declare, and the broker answers "no" by closing the channel:
 /// an expected answer, which the caller handles (and logs in context when
 /// it matters), not an error.
@@ -50,7 +50,10 @@ fn is_expected_answer(event: &tracing::Event<'_>) -> bool {
     impl tracing::field::Visit for Method {
         fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
             if field.name() == "method" {
-                self.0 = format!("{value:?}").contains("reply_code: 404,");
+                // queue.declare (class 50, method 10): the passive check.
+                let method = format!("{value:?}");
+                self.0 = method.contains("reply_code: 404,")
+                    && method.contains("class_id: 50, method_id: 10");
             }
         }
     }

@@ -79,6 +79,8 @@ pub async fn serve<H>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let builder = builder.http1_only();
+    let mut accept_failures =
+        crate::logging::Throttle::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         // At the cap, wait for a slot before accepting: the kernel keeps
         // new connections in the backlog meanwhile, so a real client is
@@ -94,8 +96,11 @@ pub async fn serve<H>(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Too many open files and the like: back off briefly, keep serving.
-                    tracing::warn!(error = %e, "Accept failed.");
+                    // Too many open files and the like: back off briefly, keep
+                    // serving; logged with backoff, not every 50 ms.
+                    if let Some(failures) = accept_failures.hit() {
+                        tracing::warn!(error = %e, failures, "Accept failed (logged with backoff).");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -216,13 +216,20 @@ async fn the_readme_quick_start_delivers_to_the_example_receiver() {
     );
 
     // The run command, in the background, until it is ready.
-    let dispatcher = Spawned::start(&run, &scope.prefix, logs.join("dispatcher.log"));
+    let mut dispatcher = Spawned::start(&run, &scope.prefix, logs.join("dispatcher.log"));
     let client = reqwest::Client::new();
     eventually(
         BUILD_WAIT,
         "the dispatcher of the run command ready",
         || {
             let client = client.clone();
+            // A run command that ended (a failed set-up, a taken port) fails at once.
+            if let Ok(Some(status)) = dispatcher.child.try_wait() {
+                panic!(
+                    "the run command exited ({status}):\n{}",
+                    dispatcher.output()
+                );
+            }
             async move {
                 let r = client
                     .get("http://127.0.0.1:9464/readyz")
@@ -283,7 +290,6 @@ async fn the_readme_quick_start_delivers_to_the_example_receiver() {
 
     // SIGTERM: a clean exit, and not one warning from start to stop.
     dispatcher.signal("-TERM");
-    let mut dispatcher = dispatcher;
     let status = eventually(WAIT, "the dispatcher exits on SIGTERM", || {
         let status = dispatcher.child.try_wait().ok().flatten();
         async move { status }
