@@ -214,9 +214,16 @@ impl AmqpClient {
     /// politely (lapin would never send the close): it is dropped, and its
     /// socket goes with the process or when the broker unblocks it.
     pub async fn close(&self) {
-        let Some(conn) = self.inner.current.lock().await.take() else {
+        // A connect loop may hold the lock while the broker is away: the
+        // close does not wait for it beyond its own bound.
+        let Ok(mut current) = tokio::time::timeout(CLOSE_TIMEOUT, self.inner.current.lock()).await
+        else {
             return;
         };
+        let Some(conn) = current.take() else {
+            return;
+        };
+        drop(current);
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
         let blocked = conn.status().blocked();
         set_blocked(&self.inner, None, Change::Closed);
