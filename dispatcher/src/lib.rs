@@ -13,6 +13,7 @@ pub mod batch;
 pub mod bindings;
 pub mod breaker;
 pub mod classify;
+pub mod decide;
 
 pub mod guard;
 pub mod limit;

@@ -5,13 +5,14 @@ use crate::acks::AckTracker;
 use crate::batch::next_batch;
 use crate::breaker::{Breaker, State as BreakerState};
 use crate::classify::{Overrides, Reason, Response, Verdict, classify};
+use crate::decide::{self, Action};
 use crate::limit::Limiter;
 use crate::request::{Part, build};
 use crate::route::{DeadLetter, Router, attempt_of};
 use crate::sandbox::SandboxError;
 use crate::send::Sender;
 use common::Event;
-use common::config::{Endpoint, OnExhausted};
+use common::config::Endpoint;
 use common::metrics::{DispatcherMetrics, status_class};
 use common::topology::Topology;
 use common::transform::Outcome;
@@ -574,11 +575,24 @@ async fn process(
             stops.consuming.cancel();
         }
     }
-    match verdict {
-        Verdict::Delivered => {
-            let now = time::OffsetDateTime::now_utc();
-            for v in &valid {
+    if decide::pauses(&verdict) {
+        shared
+            .paused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(endpoint.id.clone(), endpoint.url.clone());
+        shared.metrics.paused.with_label_values(&[id]).set(1);
+        tracing::error!(endpoint = %id, "Endpoint answered 410 Gone; pausing it. Its messages wait in its queue.");
+        stops.pause.cancel();
+        stops.consuming.cancel();
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let mut delivered = 0;
+    for v in &valid {
+        match decide::decide(&verdict, v.attempt, &endpoint.retry, endpoint.on_exhausted) {
+            Action::Ack => {
                 if router.ack(&v.delivery).await.is_ok() {
+                    delivered += 1;
                     shared
                         .metrics
                         .deliveries
@@ -592,68 +606,17 @@ async fn process(
                         .observe(age);
                 }
             }
-            tracing::debug!(endpoint = %id, events = valid.len(), webhook_id = %prepared.webhook_id, "Delivered.");
-        }
-        Verdict::Retry { after } => {
-            for v in &valid {
-                if v.attempt > endpoint.retry.max_retries
-                    && endpoint.on_exhausted == OnExhausted::Drop
-                {
-                    if router.ack(&v.delivery).await.is_ok() {
-                        shared
-                            .metrics
-                            .deliveries
-                            .with_label_values(&[id, "dropped"])
-                            .inc();
-                        tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, error = %last_error, "Retries used up; dropped (on_exhausted = \"drop\").");
-                    }
-                    continue;
-                }
-                if v.attempt > endpoint.retry.max_retries {
-                    let why = DeadLetter {
-                        reason: Reason::Exhausted,
-                        attempt: v.attempt,
-                        last_status,
-                        last_error: &last_error,
-                    };
-                    dead_letter(shared, router, id, &v.delivery, &why).await;
-                    continue;
-                }
-                let tier = endpoint.retry.tier_for(v.attempt, after);
-                match router.retry(&v.delivery, tier, v.attempt + 1).await {
-                    Ok(()) => {
-                        shared
-                            .metrics
-                            .retries
-                            .with_label_values(&[id, &tier.to_string()])
-                            .inc();
-                        shared
-                            .metrics
-                            .deliveries
-                            .with_label_values(&[id, "retried"])
-                            .inc();
-                        tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, retry_in_ms = tier, error = %last_error, "Delivery failed; retrying.");
-                    }
-                    Err(e) => {
-                        tracing::error!(endpoint = %id, event = %v.event.id, error = %e, "Could not schedule the retry; the message returns to its queue.");
-                        router.requeue(&v.delivery).await;
-                    }
+            Action::Drop => {
+                if router.ack(&v.delivery).await.is_ok() {
+                    shared
+                        .metrics
+                        .deliveries
+                        .with_label_values(&[id, "dropped"])
+                        .inc();
+                    tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, error = %last_error, "Retries used up; dropped (on_exhausted = \"drop\").");
                 }
             }
-        }
-        Verdict::DeadLetter(reason) => {
-            if reason == Reason::Gone {
-                shared
-                    .paused
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(endpoint.id.clone(), endpoint.url.clone());
-                shared.metrics.paused.with_label_values(&[id]).set(1);
-                tracing::error!(endpoint = %id, "Endpoint answered 410 Gone; pausing it. Its messages wait in its queue.");
-                stops.pause.cancel();
-                stops.consuming.cancel();
-            }
-            for v in &valid {
+            Action::DeadLetter(reason) => {
                 let why = DeadLetter {
                     reason,
                     attempt: v.attempt,
@@ -662,7 +625,32 @@ async fn process(
                 };
                 dead_letter(shared, router, id, &v.delivery, &why).await;
             }
+            Action::Retry {
+                tier_ms,
+                next_attempt,
+            } => match router.retry(&v.delivery, tier_ms, next_attempt).await {
+                Ok(()) => {
+                    shared
+                        .metrics
+                        .retries
+                        .with_label_values(&[id, &tier_ms.to_string()])
+                        .inc();
+                    shared
+                        .metrics
+                        .deliveries
+                        .with_label_values(&[id, "retried"])
+                        .inc();
+                    tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, retry_in_ms = tier_ms, error = %last_error, "Delivery failed; retrying.");
+                }
+                Err(e) => {
+                    tracing::error!(endpoint = %id, event = %v.event.id, error = %e, "Could not schedule the retry; the message returns to its queue.");
+                    router.requeue(&v.delivery).await;
+                }
+            },
         }
+    }
+    if delivered > 0 {
+        tracing::debug!(endpoint = %id, events = delivered, webhook_id = %prepared.webhook_id, "Delivered.");
     }
 }
 

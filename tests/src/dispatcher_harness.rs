@@ -23,7 +23,7 @@ impl Running {
     /// Starts a dispatcher and waits until it is ready (connected and consuming).
     ///
     /// # Panics
-    /// When it is not ready within 20 s.
+    /// When it is not ready within 45 s.
     pub async fn start(config: Config) -> Self {
         let running = Self::spawn(config).await;
         running.wait_ready().await;
@@ -51,7 +51,7 @@ impl Running {
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
-        crate::eventually(Duration::from_secs(20), "dispatcher ready", || async {
+        crate::eventually(Duration::from_secs(45), "dispatcher ready", || async {
             let r = client
                 .get(format!("{}/readyz", self.metrics))
                 .send()

@@ -478,6 +478,9 @@ async fn malformed_messages_dead_letter_and_the_queue_keeps_flowing() {
 
 #[tokio::test]
 async fn resumes_after_the_broker_connection_drops() {
+    if std::env::var("DEBUG_LOG").is_ok() {
+        common::logging::init("info,lapin=warn");
+    }
     let scope = Scope::new().await;
     let proxy = Proxy::start(broker_addr(&amqp_url())).await;
     let receiver = Receiver::start().await;
