@@ -7,22 +7,13 @@
 //! delivered (2xx) or replaced by a confirmed retry or dead letter.
 #![forbid(unsafe_code)]
 
-pub mod acks;
 pub mod admin;
-pub mod batch;
 pub mod bindings;
-pub mod breaker;
-pub mod classify;
-pub mod decide;
-
-pub mod guard;
-pub mod limit;
+pub mod delivery;
 pub mod poll;
-pub mod request;
-pub mod route;
-pub mod sandbox;
-pub mod send;
-pub mod worker;
+
+use delivery::transform as sandbox;
+use delivery::{breaker, classify, send, worker};
 
 use common::Config;
 use common::amqp::{AmqpClient, AmqpError};

@@ -24,8 +24,8 @@ fn main() -> std::process::ExitCode {
     // A transform worker (dispatcher::sandbox) is this binary started by a
     // dispatcher; it logs nothing and answers on its pipes.
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(dispatcher::sandbox::WORKER_ARG) {
-        let code = dispatcher::sandbox::worker_main(&args[1..]);
+    if args.first().map(String::as_str) == Some(dispatcher::delivery::transform::WORKER_ARG) {
+        let code = dispatcher::delivery::transform::worker_main(&args[1..]);
         return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     common::logging::init("info");

@@ -2,9 +2,9 @@
 //! no redirects, guarded DNS), the endpoint's timeout, and the response body
 //! read up to a cap.
 
-use crate::classify::{Response, parse_retry_after};
-use crate::guard::{AddressGuard, BlockedAddress, GuardedResolver};
-use crate::request::Prepared;
+use crate::delivery::classify::{Response, parse_retry_after};
+use crate::delivery::guard::{AddressGuard, BlockedAddress, GuardedResolver};
+use crate::delivery::request::Prepared;
 use common::config::{Endpoint, HttpConfig, Method};
 use std::error::Error as _;
 use std::sync::Arc;

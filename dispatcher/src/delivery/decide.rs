@@ -1,11 +1,11 @@
 //! What happens to one event after its request was classified: a pure
-//! function of the verdict ([`crate::classify`]), the event's attempt number
+//! function of the verdict ([`crate::delivery::classify`]), the event's attempt number
 //! and the endpoint's retry policy, kept apart from the classification (an
 //! HTTP result means the same for every endpoint; what to do about it is the
 //! endpoint's policy) and from the routing that carries it out
-//! ([`crate::route`]).
+//! ([`crate::delivery::route`]).
 
-use crate::classify::{Reason, Verdict};
+use crate::delivery::classify::{Reason, Verdict};
 use common::config::OnExhausted;
 use common::retry::RetryPolicy;
 

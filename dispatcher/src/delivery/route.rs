@@ -3,7 +3,7 @@
 //! message replacing it (retry or dead letter) is confirmed by the broker, so
 //! a crash between the two can duplicate a message but never lose one.
 
-use crate::classify::Reason;
+use crate::delivery::classify::Reason;
 use common::topology::Topology;
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
@@ -50,7 +50,7 @@ pub struct Router {
     channel: Channel,
     topology: Topology,
     endpoint_id: String,
-    acks: std::sync::Arc<crate::acks::AckTracker>,
+    acks: std::sync::Arc<crate::delivery::acks::AckTracker>,
 }
 
 impl Router {
@@ -60,7 +60,7 @@ impl Router {
         channel: Channel,
         topology: Topology,
         endpoint_id: String,
-        acks: std::sync::Arc<crate::acks::AckTracker>,
+        acks: std::sync::Arc<crate::delivery::acks::AckTracker>,
     ) -> Self {
         Self {
             channel,
@@ -71,7 +71,7 @@ impl Router {
     }
 
     /// Settles a delivered message: it is acked soon, in a range with others
-    /// ([`crate::acks`]).
+    /// ([`crate::delivery::acks`]).
     ///
     /// # Errors
     /// When a range ack failed (the channel is gone; the broker redelivers).

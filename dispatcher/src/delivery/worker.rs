@@ -1,16 +1,16 @@
 //! One endpoint's pipeline: consume its queue → batch → build and sign →
 //! send → classify → ack, retry or dead-letter.
 
-use crate::acks::AckTracker;
-use crate::batch::next_batch;
-use crate::breaker::{Breaker, State as BreakerState};
-use crate::classify::{Overrides, Reason, Response, Verdict, classify};
-use crate::decide::{self, Action};
-use crate::limit::Limiter;
-use crate::request::{Part, build};
-use crate::route::{DeadLetter, Router, attempt_of};
-use crate::sandbox::SandboxError;
-use crate::send::Sender;
+use crate::delivery::acks::AckTracker;
+use crate::delivery::batch::next_batch;
+use crate::delivery::breaker::{Breaker, State as BreakerState};
+use crate::delivery::classify::{Overrides, Reason, Response, Verdict, classify};
+use crate::delivery::decide::{self, Action};
+use crate::delivery::limit::Limiter;
+use crate::delivery::request::{Part, build};
+use crate::delivery::route::{DeadLetter, Router, attempt_of};
+use crate::delivery::send::Sender;
+use crate::delivery::transform::SandboxError;
 use common::Event;
 use common::config::Endpoint;
 use common::metrics::{DispatcherMetrics, status_class};
@@ -49,7 +49,7 @@ pub struct Shared {
     /// Endpoints an operator paused (`hookpost-admin endpoints pause`).
     pub holds: tokio::sync::watch::Receiver<common::control::Holds>,
     /// Where transforms run.
-    pub sandbox: crate::sandbox::Sandbox,
+    pub sandbox: crate::delivery::transform::Sandbox,
     /// Logs endpoint channel failures with backoff across all endpoints
     /// (a broker limit fails many endpoints at once, again and again).
     pub channel_failures: Arc<std::sync::Mutex<common::logging::Throttle>>,
@@ -124,7 +124,7 @@ async fn consume(
         acks.clone(),
     );
     let consume = conn.create_channel().await?;
-    let prefetch = crate::limit::capped_prefetch(
+    let prefetch = crate::delivery::limit::capped_prefetch(
         shared
             .prefetch
             .max(u16::try_from(endpoint.batch_size).unwrap_or(u16::MAX)),
@@ -152,7 +152,7 @@ async fn consume(
     let flusher = {
         let (acks, stop) = (acks.clone(), flusher_stop.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(crate::acks::FLUSH_EVERY);
+            let mut tick = tokio::time::interval(crate::delivery::acks::FLUSH_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

@@ -1,0 +1,34 @@
+//! Delivery: one endpoint's pipeline, one stage per file, listed here in the
+//! order an event goes through them (ARCHITECTURE.md, "The life of one
+//! event"). [`worker`] composes them.
+
+pub mod worker;
+
+// Consume: acknowledgements in ranges.
+pub mod acks;
+
+// Gather a batch.
+pub mod batch;
+
+// Run the endpoint's transform, sandboxed.
+pub mod transform;
+
+// Pace: the endpoint's rate limit.
+pub mod limit;
+
+// Build and sign the request.
+pub mod request;
+
+// Send it, to permitted addresses only.
+pub mod guard;
+pub mod send;
+
+// Classify the result, count it in the circuit breaker.
+pub mod breaker;
+pub mod classify;
+
+// Decide what happens to each event.
+pub mod decide;
+
+// Settle: ack, retry through a wait tier, or dead-letter.
+pub mod route;
