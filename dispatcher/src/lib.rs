@@ -421,8 +421,8 @@ async fn supervise(
         let why = match exit {
             worker::Exit::Stopped => break,
             worker::Exit::Suspended => {
-                worker::wait_released(&shared, &endpoint, &stop).await;
-                worker::cool_down(&shared, &endpoint, &breaker, &stop).await;
+                delivery::availability::wait_released(&shared, &endpoint, &stop).await;
+                delivery::availability::cool_down(&shared, &endpoint, &breaker, &stop).await;
                 if stop.is_cancelled() {
                     break;
                 }

@@ -4,6 +4,12 @@
 
 pub mod worker;
 
+// What an attempt at one batch does, stage by stage.
+pub mod attempt;
+
+// Whether the endpoint may be consumed (410 pause, hold, breaker).
+pub mod availability;
+
 // Consume: acknowledgements in ranges.
 pub mod acks;
 

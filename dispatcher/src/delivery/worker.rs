@@ -1,21 +1,19 @@
-//! One endpoint's pipeline: consume its queue → batch → build and sign →
-//! send → classify → ack, retry or dead-letter.
+//! One endpoint's worker: opens its channels, consumes its queue (or probes
+//! it while the breaker is half-open), gathers batches and runs
+//! [`crate::delivery::attempt::process`] on each, within the endpoint's
+//! concurrency and rate limits; in-flight batches finish before it returns.
 
 use crate::delivery::acks::AckTracker;
+use crate::delivery::attempt::process;
+use crate::delivery::availability::is_paused;
 use crate::delivery::batch::next_batch;
 use crate::delivery::breaker::{Breaker, State as BreakerState};
-use crate::delivery::classify::{Overrides, Reason, Response, Verdict, classify};
-use crate::delivery::decide::{self, Action};
 use crate::delivery::limit::Limiter;
-use crate::delivery::request::{Part, build};
-use crate::delivery::route::{DeadLetter, Router, attempt_of};
+use crate::delivery::route::Router;
 use crate::delivery::send::Sender;
-use crate::delivery::transform::SandboxError;
-use common::Event;
 use common::config::Endpoint;
-use common::metrics::{DispatcherMetrics, status_class};
+use common::metrics::DispatcherMetrics;
 use common::topology::Topology;
-use common::transform::Outcome;
 use futures_util::StreamExt;
 use lapin::Connection;
 use lapin::message::Delivery;
@@ -382,13 +380,9 @@ async fn get_one(
 /// How often a half-open breaker looks for a message to probe with.
 const PROBE_POLL: Duration = Duration::from_millis(500);
 
-/// How long an event waits before going back to its queue when no
-/// transform worker can be started.
-const SANDBOX_RETRY: Duration = Duration::from_secs(2);
-
 /// Returns deliveries untaken: to the tail of the queue (`park`, attempts
 /// untouched) or by a requeue.
-async fn hand_back(router: &Router, deliveries: &[Delivery], park: bool) {
+pub(super) async fn hand_back(router: &Router, deliveries: &[Delivery], park: bool) {
     for d in deliveries {
         if park && router.park(d).await.is_ok() {
             continue;
@@ -397,347 +391,15 @@ async fn hand_back(router: &Router, deliveries: &[Delivery], park: bool) {
     }
 }
 
-fn is_paused(shared: &Shared, endpoint: &Endpoint) -> bool {
-    shared
-        .paused
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&endpoint.id)
-        .is_some_and(|url| *url == endpoint.url)
-}
-
 /// The tokens a batch task may cancel, and the breaker it reports to.
 #[derive(Clone)]
-struct Stops {
+pub(super) struct Stops {
     /// Ends the consume loop.
-    consuming: CancellationToken,
+    pub(super) consuming: CancellationToken,
     /// Marks the endpoint paused (410).
-    pause: CancellationToken,
+    pub(super) pause: CancellationToken,
     /// Marks the breaker open.
-    suspend: CancellationToken,
+    pub(super) suspend: CancellationToken,
     /// The endpoint's circuit breaker.
-    breaker: Arc<Breaker>,
-}
-
-/// A delivery with its parsed envelope (and what the transform made of it).
-struct Valid {
-    delivery: Delivery,
-    event: Event,
-    attempt: u32,
-    transformed: Option<Vec<u8>>,
-}
-
-/// Handles one batch end to end. Never fails: every delivery is acked,
-/// republished-then-acked, or requeued.
-async fn process(
-    endpoint: &Endpoint,
-    shared: &Shared,
-    router: &Router,
-    batch: Vec<Delivery>,
-    stops: &Stops,
-) {
-    let id = endpoint.id.as_str();
-    let mut valid = Vec::with_capacity(batch.len());
-    for delivery in batch {
-        let attempt = attempt_of(&delivery);
-        let parsed = if delivery.data.len() > shared.max_message_bytes {
-            Err(format!(
-                "message of {} bytes is over amqp.max_message_bytes ({})",
-                delivery.data.len(),
-                shared.max_message_bytes
-            ))
-        } else {
-            Event::from_slice(&delivery.data).map_err(|e| e.to_string())
-        };
-        let parsed = parsed.map_err(|e| (Reason::Malformed, e));
-        let transformed = match (&parsed, &endpoint.transform) {
-            (Ok(_), Some(transform)) => {
-                match shared.sandbox.run(id, transform, &delivery.data).await {
-                    Ok(Outcome::Send(body)) => Ok(Some(body)),
-                    Ok(Outcome::Drop) => {
-                        if router.ack(&delivery).await.is_ok() {
-                            shared
-                                .metrics
-                                .deliveries
-                                .with_label_values(&[id, "filtered"])
-                                .inc();
-                        }
-                        continue;
-                    }
-                    Err(SandboxError::Unavailable(e)) => {
-                        // Not the event's fault: it goes back to the tail of
-                        // its queue, untouched, and waits for the sandbox.
-                        let logged = shared
-                            .channel_failures
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .hit();
-                        if let Some(failures) = logged {
-                            tracing::error!(endpoint = %id, error = %e, failures, "Transforms cannot run; events wait in their queues (logged with backoff).");
-                        }
-                        tokio::select! {
-                            () = tokio::time::sleep(SANDBOX_RETRY) => {}
-                            () = stops.consuming.cancelled() => {}
-                        }
-                        hand_back(router, std::slice::from_ref(&delivery), true).await;
-                        continue;
-                    }
-                    Err(e) => Err((Reason::TransformError, e.to_string())),
-                }
-            }
-            _ => Ok(None),
-        };
-        match parsed.and_then(|event| transformed.map(|t| (event, t))) {
-            Ok((event, transformed)) => valid.push(Valid {
-                delivery,
-                event,
-                attempt,
-                transformed,
-            }),
-            Err((reason, e)) => {
-                let why = DeadLetter {
-                    reason,
-                    attempt,
-                    last_status: None,
-                    last_error: &e,
-                };
-                dead_letter(shared, router, id, &delivery, &why).await;
-            }
-        }
-    }
-    if valid.is_empty() {
-        return;
-    }
-    if stops.pause.is_cancelled() {
-        for v in &valid {
-            router.requeue(&v.delivery).await;
-        }
-        return;
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let oldest = valid
-        .iter()
-        .map(|v| (now - v.event.timestamp).as_seconds_f64())
-        .fold(0.0, f64::max);
-    shared.metrics.head_age.with_label_values(&[id]).set(oldest);
-    let parts: Vec<Part<'_>> = valid
-        .iter()
-        .map(|v| Part {
-            id: &v.event.id,
-            body: v.transformed.as_deref().unwrap_or(&v.delivery.data),
-        })
-        .collect();
-    let attempt = valid.iter().map(|v| v.attempt).max().unwrap_or(1);
-    let prepared = build(endpoint, &parts, attempt, time::OffsetDateTime::now_utc());
-    shared
-        .metrics
-        .batch_size
-        .with_label_values(&[id])
-        .observe(valid.len() as f64);
-    let gauge = shared.metrics.in_flight.with_label_values(&[id]);
-    gauge.inc();
-    let started = std::time::Instant::now();
-    let response = shared.sender.send(endpoint, &prepared).await;
-    gauge.dec();
-    shared
-        .metrics
-        .request_duration
-        .with_label_values(&[id])
-        .observe(started.elapsed().as_secs_f64());
-    let (class, last_status, last_error) = match &response {
-        Response::Status { code, .. } => (status_class(*code), Some(*code), format!("HTTP {code}")),
-        Response::Failed {
-            error,
-            timeout: true,
-        } => ("timeout", None, error.clone()),
-        Response::Failed { error, .. } => ("error", None, error.clone()),
-        Response::Blocked { error } => ("blocked", None, error.clone()),
-    };
-    shared
-        .metrics
-        .attempts
-        .with_label_values(&[id, class])
-        .inc();
-    let overrides = Overrides {
-        add: &endpoint.retry_add,
-        remove: &endpoint.retry_remove,
-    };
-    let verdict = classify(&response, shared.max_retry_after, &overrides);
-    let change = match verdict {
-        Verdict::Delivered => stops.breaker.success(),
-        Verdict::Retry { .. } => stops.breaker.failure(tokio::time::Instant::now()),
-        Verdict::DeadLetter(_) => None,
-    };
-    if let Some(state) = change {
-        report_breaker(shared, endpoint, state, &stops.breaker);
-        if matches!(state, BreakerState::Open { .. }) {
-            stops.suspend.cancel();
-            stops.consuming.cancel();
-        }
-    }
-    if decide::pauses(&verdict) {
-        shared
-            .paused
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(endpoint.id.clone(), endpoint.url.clone());
-        shared.metrics.paused.with_label_values(&[id]).set(1);
-        tracing::error!(endpoint = %id, "Endpoint answered 410 Gone; pausing it. Its messages wait in its queue.");
-        stops.pause.cancel();
-        stops.consuming.cancel();
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let mut delivered = 0;
-    for v in &valid {
-        match decide::decide(&verdict, v.attempt, &endpoint.retry, endpoint.on_exhausted) {
-            Action::Ack => {
-                if router.ack(&v.delivery).await.is_ok() {
-                    delivered += 1;
-                    shared
-                        .metrics
-                        .deliveries
-                        .with_label_values(&[id, "delivered"])
-                        .inc();
-                    let age = (now - v.event.timestamp).as_seconds_f64().max(0.0);
-                    shared
-                        .metrics
-                        .end_to_end
-                        .with_label_values(&[id])
-                        .observe(age);
-                }
-            }
-            Action::Drop => {
-                if router.ack(&v.delivery).await.is_ok() {
-                    shared
-                        .metrics
-                        .deliveries
-                        .with_label_values(&[id, "dropped"])
-                        .inc();
-                    tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, error = %last_error, "Retries used up; dropped (on_exhausted = \"drop\").");
-                }
-            }
-            Action::DeadLetter(reason) => {
-                let why = DeadLetter {
-                    reason,
-                    attempt: v.attempt,
-                    last_status,
-                    last_error: &last_error,
-                };
-                dead_letter(shared, router, id, &v.delivery, &why).await;
-            }
-            Action::Retry {
-                tier_ms,
-                next_attempt,
-            } => match router.retry(&v.delivery, tier_ms, next_attempt).await {
-                Ok(()) => {
-                    shared
-                        .metrics
-                        .retries
-                        .with_label_values(&[id, &tier_ms.to_string()])
-                        .inc();
-                    shared
-                        .metrics
-                        .deliveries
-                        .with_label_values(&[id, "retried"])
-                        .inc();
-                    tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, retry_in_ms = tier_ms, error = %last_error, "Delivery failed; retrying.");
-                }
-                Err(e) => {
-                    tracing::error!(endpoint = %id, event = %v.event.id, error = %e, "Could not schedule the retry; the message returns to its queue.");
-                    router.requeue(&v.delivery).await;
-                }
-            },
-        }
-    }
-    if delivered > 0 {
-        tracing::debug!(endpoint = %id, events = delivered, webhook_id = %prepared.webhook_id, "Delivered.");
-    }
-}
-
-/// Logs a breaker change and exports it.
-fn report_breaker(shared: &Shared, endpoint: &Endpoint, state: BreakerState, breaker: &Breaker) {
-    let id = endpoint.id.as_str();
-    shared
-        .metrics
-        .breaker_state
-        .with_label_values(&[id])
-        .set(state.gauge());
-    match state {
-        BreakerState::Open { until } => {
-            let cooldown_ms = until
-                .saturating_duration_since(tokio::time::Instant::now())
-                .as_millis() as u64;
-            tracing::error!(endpoint = %id, consecutive_failures = breaker.consecutive_failures(), cooldown_ms, "Circuit breaker opened: the endpoint is suspended; its messages wait in its queue.");
-        }
-        BreakerState::HalfOpen => {
-            tracing::info!(endpoint = %id, "Circuit breaker half-open: probing with one delivery.");
-        }
-        BreakerState::Closed => {
-            tracing::info!(endpoint = %id, "Circuit breaker closed: the probe succeeded; delivering again.");
-        }
-    }
-}
-
-/// Waits while an operator holds the endpoint (or until `stop`).
-pub async fn wait_released(shared: &Shared, endpoint: &Endpoint, stop: &CancellationToken) {
-    let id = endpoint.id.as_str();
-    let mut holds = shared.holds.clone();
-    if !holds.borrow_and_update().holds.contains(id) {
-        return;
-    }
-    shared.metrics.paused.with_label_values(&[id]).set(1);
-    tracing::warn!(endpoint = %id, "Endpoint paused by an operator; its messages wait in its queue until `hookpost-admin endpoints resume`.");
-    tokio::select! {
-        _ = holds.wait_for(|h| !h.holds.contains(id)) => {
-            shared.metrics.paused.with_label_values(&[id]).set(0);
-            tracing::info!(endpoint = %id, "Endpoint resumed by an operator.");
-        }
-        () = stop.cancelled() => {}
-    }
-}
-
-/// Waits out an open breaker's cooldown (or `stop`), then makes it half-open.
-pub async fn cool_down(
-    shared: &Shared,
-    endpoint: &Endpoint,
-    breaker: &Breaker,
-    stop: &CancellationToken,
-) {
-    if let BreakerState::Open { until } = breaker.state() {
-        tokio::select! {
-            () = tokio::time::sleep_until(until) => {}
-            () = stop.cancelled() => return,
-        }
-    }
-    if let Some(state) = breaker.cooled_down(tokio::time::Instant::now()) {
-        report_breaker(shared, endpoint, state, breaker);
-    }
-}
-
-async fn dead_letter(
-    shared: &Shared,
-    router: &Router,
-    id: &str,
-    delivery: &Delivery,
-    why: &DeadLetter<'_>,
-) {
-    match router.dead_letter(delivery, why).await {
-        Ok(()) => {
-            shared
-                .metrics
-                .dead_letters
-                .with_label_values(&[id, why.reason.as_str()])
-                .inc();
-            shared
-                .metrics
-                .deliveries
-                .with_label_values(&[id, "dead_lettered"])
-                .inc();
-            tracing::warn!(endpoint = %id, reason = why.reason.as_str(), attempt = why.attempt, error = %why.last_error, "Dead-lettered.");
-        }
-        Err(e) => {
-            tracing::error!(endpoint = %id, error = %e, "Could not dead-letter; the message returns to its queue.");
-            router.requeue(delivery).await;
-        }
-    }
+    pub(super) breaker: Arc<Breaker>,
 }
