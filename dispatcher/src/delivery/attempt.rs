@@ -1,7 +1,7 @@
 //! One attempt at a batch, end to end: parse each delivery, run the
 //! endpoint's transform, build and sign the request, send it, classify the
 //! result, decide what happens to each event and settle it (ack, retry or
-//! dead-letter). [`crate::delivery::worker`] calls [`process`] for every
+//! dead-letter). [`crate::delivery::worker`] calls `process` for every
 //! batch it takes from the queue.
 
 use crate::delivery::availability::report_breaker;

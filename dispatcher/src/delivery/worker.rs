@@ -1,6 +1,6 @@
 //! One endpoint's worker: opens its channels, consumes its queue (or probes
 //! it while the breaker is half-open), gathers batches and runs
-//! [`crate::delivery::attempt::process`] on each, within the endpoint's
+//! `attempt::process` on each, within the endpoint's
 //! concurrency and rate limits; in-flight batches finish before it returns.
 
 use crate::delivery::acks::AckTracker;

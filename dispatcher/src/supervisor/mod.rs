@@ -1,0 +1,314 @@
+//! The supervisor: owns the broker connection's generations (connect,
+//! follow the control stream, declare, run one worker per endpoint, tear
+//! down and rebuild on a lost connection), applies config reloads and
+//! registry changes by stopping and starting only the workers that changed,
+//! and serves `/metrics`, `/healthz` and `/readyz`.
+
+use crate::delivery::transform as sandbox;
+use crate::delivery::{send, worker};
+use crate::validate;
+use common::Config;
+use common::amqp::{AmqpClient, AmqpError};
+use common::control;
+use common::metrics::{DispatcherMetrics, ProcessMetrics};
+use common::topology::{Topology, TopologyError};
+use lapin::Connection;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+mod endpoints;
+mod workers;
+
+pub(crate) use endpoints::{Warned, declare, effective_config};
+use endpoints::{check_reload, forget_changed_pauses};
+use workers::{Workers, spawn_poller};
+
+/// Runs the dispatcher until `shutdown` fires: stops consuming, lets
+/// in-flight requests finish (each within its endpoint's timeout), and
+/// returns. New configs sent on `reloads` replace the running one.
+///
+/// # Errors
+/// Invalid config, metrics registration, or a topology conflict the broker
+/// reports (an existing queue with other arguments), which needs an operator.
+pub async fn run(
+    config: Config,
+    metrics_listener: TcpListener,
+    mut reloads: mpsc::Receiver<Config>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    validate(&config)?;
+    let registry = prometheus::Registry::new();
+    let process = ProcessMetrics::register(&registry, "dispatcher")?;
+    let metrics = DispatcherMetrics::register(&registry)?;
+    let client = AmqpClient::new(
+        config.amqp.url.clone(),
+        "hookpost-dispatcher",
+        config.amqp.max_reconnect_delay,
+    );
+    // While blocked, retry and dead-letter publishes wait (route::BROKER_TIMEOUT)
+    // and the delivery stays unacked: the broker redelivers it, nothing is lost.
+    client.report_blocked_to(process.broker_blocked.clone());
+    let consuming = Arc::new(AtomicBool::new(false));
+    // The endpoints this dispatcher should consume now.
+    let expected: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let ready: common::server::Readiness = {
+        let (client, consuming, expected, metrics) = (
+            client.clone(),
+            consuming.clone(),
+            expected.clone(),
+            metrics.clone(),
+        );
+        Arc::new(move || {
+            let connected = client.is_connected();
+            process.broker_connected.set(i64::from(connected));
+            let expected = expected
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            connected
+                && consuming.load(Ordering::SeqCst)
+                && expected.iter().all(|id| endpoint_settled(&metrics, id))
+        })
+    };
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(common::server::serve_metrics(
+        metrics_listener,
+        config.metrics_limits,
+        registry,
+        ready,
+        server_stop.clone(),
+    ));
+    let paused = Arc::default();
+    let channel_failures = Arc::new(std::sync::Mutex::new(common::logging::Throttle::new(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(300),
+    )));
+    let sandbox = sandbox::Sandbox::new(
+        sandbox::Sandbox::locate(config.transforms.worker_path.as_ref()),
+        config.transforms.clone(),
+        config.amqp.max_message_bytes,
+    );
+    if config.endpoints.iter().any(|e| e.transform.is_some()) {
+        sandbox.check().await?;
+    }
+    // Operator holds and registered endpoints, from the control stream; kept across reconnects.
+    let (holds_tx, holds) = tokio::sync::watch::channel(control::Holds::default());
+    let mut config = config;
+    let result = loop {
+        let conn = match client.connection(None, &shutdown).await {
+            Ok(conn) => conn,
+            Err(AmqpError::Shutdown) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        };
+        let shared = worker::Shared {
+            topology: Topology::new(&config.amqp),
+            sender: send::Sender::new(&config.http)?,
+            metrics: metrics.clone(),
+            max_retry_after: config.http.max_retry_after,
+            prefetch: config.amqp.prefetch,
+            max_message_bytes: config.amqp.max_message_bytes,
+            paused: Arc::clone(&paused),
+            holds: holds.clone(),
+            sandbox: sandbox.clone(),
+            channel_failures: channel_failures.clone(),
+        };
+        let generation = shutdown.child_token();
+        let tracker = TaskTracker::new();
+        if let Err(e) =
+            follow_control(&conn, &shared.topology, &holds_tx, &generation, &tracker).await
+        {
+            tracing::warn!(error = %e, "Reading the control stream failed; reconnecting.");
+            generation.cancel();
+            tracker.close();
+            tracker.wait().await;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
+        }
+        let mut state = holds.clone();
+        let (mut effective, mut held) =
+            effective_config(&config, &state.borrow_and_update(), &mut Warned::default());
+        let mut warned = Warned::default();
+        let declared = tokio::time::timeout(
+            BROKER_WAIT,
+            declare(&conn, &effective, &shared.topology, &held),
+        )
+        .await;
+        if !matches!(declared, Ok(Ok(()))) {
+            generation.cancel();
+            tracker.close();
+            tracker.wait().await;
+            match declared {
+                Ok(Err(e)) if matches!(e, TopologyError::Conflict { .. }) => break Err(e.into()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Declaring the topology failed; reconnecting.");
+                }
+                _ => tracing::warn!("Declaring the topology timed out; reconnecting."),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
+        }
+        let (lost_tx, mut lost_rx) = mpsc::channel::<(String, String)>(64);
+        let mut workers = Workers::default();
+        workers.start_missing(
+            &effective.endpoints,
+            &shared,
+            &conn,
+            &generation,
+            &lost_tx,
+            &tracker,
+        );
+        let mut poller = spawn_poller(&conn, &effective, &metrics, &generation, &tracker);
+        set_expected(&expected, &effective);
+        consuming.store(true, Ordering::SeqCst);
+        tracing::info!(endpoints = effective.endpoints.len(), "Dispatcher running.");
+        // What ends this connection's run: `None` shutdown, `Some(())` reconnect.
+        let next = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break None,
+                Some((endpoint, why)) = lost_rx.recv() => {
+                    tracing::warn!(endpoint = %endpoint, error = %why, "Broker channel lost; restarting the workers.");
+                    break Some(());
+                }
+                Some(new) = reloads.recv() => match check_reload(&config, &new) {
+                    Ok(()) => {
+                        forget_changed_pauses(&paused, &new);
+                        config = new;
+                        tracing::info!(endpoints = config.endpoints.len(), "Config reloaded.");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "Applying the new config failed; keeping the old one.");
+                        continue;
+                    }
+                },
+                r = state.changed() => if r.is_err() { break Some(()) },
+            }
+            let (next, next_held) =
+                effective_config(&config, &state.borrow_and_update(), &mut warned);
+            if next.endpoints == effective.endpoints && next_held == held {
+                continue;
+            }
+            // Stop what changed first, so nothing is consumed under the old
+            // settings once the new bindings apply.
+            workers.stop_stale(&next.endpoints).await;
+            match tokio::time::timeout(
+                BROKER_WAIT,
+                declare(&conn, &next, &shared.topology, &next_held),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Declaring the changed endpoints failed; reconnecting.");
+                    break Some(());
+                }
+                Err(_) => {
+                    tracing::warn!("Declaring the changed endpoints timed out; reconnecting.");
+                    break Some(());
+                }
+            }
+            workers.start_missing(
+                &next.endpoints,
+                &shared,
+                &conn,
+                &generation,
+                &lost_tx,
+                &tracker,
+            );
+            poller.cancel();
+            poller = spawn_poller(&conn, &next, &metrics, &generation, &tracker);
+            effective = next;
+            held = next_held;
+            set_expected(&expected, &effective);
+            tracing::info!(endpoints = effective.endpoints.len(), "Endpoints changed.");
+        };
+        consuming.store(false, Ordering::SeqCst);
+        generation.cancel();
+        tracker.close();
+        // In-flight requests finish within their endpoint's timeout.
+        let grace = effective
+            .endpoints
+            .iter()
+            .map(|e| e.timeout)
+            .max()
+            .unwrap_or_default()
+            + BROKER_WAIT;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("Some workers did not stop in time; going on without them.");
+        }
+        if next.is_none() {
+            break Ok(());
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.close()).await;
+    server_stop.cancel();
+    let _ = server.await;
+    tracing::info!("Dispatcher stopped.");
+    result
+}
+
+/// Whether an endpoint is as it should be for readiness: consumed, or
+/// deliberately not (paused by an operator or after a 410, or suspended by
+/// its circuit breaker).
+fn endpoint_settled(metrics: &DispatcherMetrics, id: &str) -> bool {
+    metrics.consuming.with_label_values(&[id]).get() == 1
+        || metrics.paused.with_label_values(&[id]).get() == 1
+        || metrics.breaker_state.with_label_values(&[id]).get() != 0
+}
+
+fn set_expected(expected: &std::sync::Mutex<Vec<String>>, config: &Config) {
+    *expected
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        config.endpoints.iter().map(|e| e.id.clone()).collect();
+}
+
+/// Longest wait for the broker while (re)declaring or stopping, before the
+/// dispatcher gives up on the connection and rebuilds.
+pub(super) const BROKER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Starts following the control stream on `tracker` and waits until it has
+/// caught up, so no held endpoint is consumed at start.
+async fn follow_control(
+    conn: &Arc<Connection>,
+    topology: &Topology,
+    holds_tx: &tokio::sync::watch::Sender<control::Holds>,
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    let mut caught_up = holds_tx.subscribe();
+    caught_up.mark_unchanged();
+    let (conn, topology, tx, stop) = (
+        conn.clone(),
+        topology.clone(),
+        holds_tx.clone(),
+        stop.clone(),
+    );
+    let first_done = CancellationToken::new();
+    let first_failed = first_done.clone();
+    tracker.spawn(async move {
+        // Follows until the generation ends; a failed reader starts over
+        // (replaying from the start) after a pause.
+        loop {
+            let result = control::follow(&conn, &topology, tx.clone(), stop.clone()).await;
+            if stop.is_cancelled() {
+                return;
+            }
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "Following the control stream failed; starting over.");
+            }
+            first_failed.cancel();
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+    tokio::select! {
+        r = caught_up.changed() => r.map_err(anyhow::Error::from),
+        () = first_done.cancelled() => Err(anyhow::anyhow!("the control stream could not be read")),
+        () = tokio::time::sleep(std::time::Duration::from_secs(30)) => Err(anyhow::anyhow!("timed out replaying the control stream")),
+    }
+}

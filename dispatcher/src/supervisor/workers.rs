@@ -1,0 +1,160 @@
+//! The running endpoint workers: started for endpoints that appear, stopped
+//! for endpoints that change or go, each supervised (restarted with backoff
+//! after a channel failure, held while paused or suspended); and the queue
+//! depth poller.
+
+use super::BROKER_WAIT;
+use crate::delivery::{breaker, classify, worker};
+use crate::{delivery, poll};
+use common::Config;
+use common::metrics::DispatcherMetrics;
+use lapin::Connection;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The running endpoint workers, by id.
+#[derive(Default)]
+pub(super) struct Workers {
+    running: HashMap<
+        String,
+        (
+            Arc<common::config::Endpoint>,
+            CancellationToken,
+            tokio::task::JoinHandle<()>,
+        ),
+    >,
+}
+
+impl Workers {
+    /// Stops the workers of endpoints gone or changed.
+    pub(super) async fn stop_stale(&mut self, endpoints: &[common::config::Endpoint]) {
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(id, (ep, _, _))| !endpoints.iter().any(|e| e.id == **id && e == ep.as_ref()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some((endpoint, stop, mut handle)) = self.running.remove(&id) {
+                stop.cancel();
+                // In-flight requests finish within the endpoint's timeout; a
+                // worker stuck on the broker beyond that is abandoned.
+                let grace = endpoint.timeout + BROKER_WAIT;
+                if tokio::time::timeout(grace, &mut handle).await.is_err() {
+                    tracing::warn!(endpoint = %id, "The endpoint's worker did not stop in time; abandoning it.");
+                    handle.abort();
+                }
+            }
+        }
+    }
+
+    /// Starts the workers of endpoints not running yet.
+    pub(super) fn start_missing(
+        &mut self,
+        endpoints: &[common::config::Endpoint],
+        shared: &worker::Shared,
+        conn: &Arc<Connection>,
+        generation: &CancellationToken,
+        lost_tx: &mpsc::Sender<(String, String)>,
+        tracker: &TaskTracker,
+    ) {
+        for endpoint in endpoints {
+            if self.running.contains_key(&endpoint.id) {
+                continue;
+            }
+            let endpoint = Arc::new(endpoint.clone());
+            let stop = generation.child_token();
+            let handle = tracker.spawn(supervise(
+                endpoint.clone(),
+                shared.clone(),
+                conn.clone(),
+                stop.clone(),
+                lost_tx.clone(),
+            ));
+            self.running
+                .insert(endpoint.id.clone(), (endpoint, stop, handle));
+        }
+    }
+}
+
+/// Runs one endpoint's worker until `stop`: restarts it with backoff after a
+/// channel failure, waits out holds and breaker cooldowns. A dead connection
+/// is reported on `lost_tx` (everything is rebuilt).
+async fn supervise(
+    endpoint: Arc<common::config::Endpoint>,
+    shared: worker::Shared,
+    conn: Arc<Connection>,
+    stop: CancellationToken,
+    lost_tx: mpsc::Sender<(String, String)>,
+) {
+    let reasons = classify::Reason::ALL.map(classify::Reason::as_str);
+    shared
+        .metrics
+        .init_endpoint(&endpoint.id, &reasons, &endpoint.retry.tiers_ms());
+    let mut delays = common::amqp::backoff(std::time::Duration::from_secs(10));
+    let breaker = Arc::new(breaker::Breaker::new(endpoint.breaker));
+    loop {
+        let exit = worker::run(
+            endpoint.clone(),
+            shared.clone(),
+            conn.clone(),
+            stop.clone(),
+            breaker.clone(),
+        )
+        .await;
+        let why = match exit {
+            worker::Exit::Stopped => break,
+            worker::Exit::Suspended => {
+                delivery::availability::wait_released(&shared, &endpoint, &stop).await;
+                delivery::availability::cool_down(&shared, &endpoint, &breaker, &stop).await;
+                if stop.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
+            worker::Exit::Lost(why) => why,
+        };
+        if !conn.status().connected() {
+            // The run loop tears everything down on the first report; the
+            // others must not wait for room in the channel.
+            tokio::select! {
+                _ = lost_tx.send((endpoint.id.clone(), why)) => {}
+                () = stop.cancelled() => {}
+            }
+            break;
+        }
+        let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
+        let logged = shared
+            .channel_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .hit();
+        if let Some(failures) = logged {
+            tracing::warn!(endpoint = %endpoint.id, error = %why, failures, retry_in_ms = delay.as_millis() as u64, "Endpoint channels failing; restarting their workers (logged with backoff; `failures` counts all endpoints since the last line).");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => break,
+        }
+    }
+}
+
+pub(super) fn spawn_poller(
+    conn: &Arc<Connection>,
+    config: &Config,
+    metrics: &DispatcherMetrics,
+    generation: &CancellationToken,
+    tracker: &TaskTracker,
+) -> CancellationToken {
+    let stop = generation.child_token();
+    tracker.spawn(poll::run(
+        conn.clone(),
+        Arc::new(config.clone()),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    stop
+}
