@@ -13,7 +13,7 @@
 //! | `DELETE /v1/endpoints/{id}[?force=true]` | removes it; its queue goes once empty (with `force`, pending messages are dead-lettered first) |
 //! | `POST /v1/endpoints/{id}/secret/rotate` | new secret, returned once; the old ones sign on for `registry.secret_overlap_ms` |
 
-use crate::ingest::{bearer_matches, body_timeout, error, unauthorized};
+use crate::http::{bearer_matches, body_timeout, error, unauthorized};
 use bytes::Bytes;
 use common::Config;
 use common::amqp::AmqpClient;

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod http;
 pub mod ingest;
 pub mod publisher;
 
