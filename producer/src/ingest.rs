@@ -13,16 +13,17 @@
 //! | 415 | a `content-type` other than JSON |
 //! | 503 | broker unavailable or refusing; retry later (`retry-after: 1`); broker blocking publishes (memory or disk alarm; `retry-after: 5`) |
 
-use crate::http::{bearer_matches, body_timeout, error, unauthorized};
+use crate::http::{
+    BodyError, bearer_matches, body_timeout, error, method_not_allowed, read_body, too_large,
+    unauthorized, unavailable,
+};
 use crate::publisher::{PublishError, Publisher};
-use bytes::Bytes;
 use common::config::IngestConfig;
 use common::metrics::{ProducerMetrics, status_class};
 use common::server::{HttpResponse, json};
 use common::{Event, EventDraft};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 use std::sync::Arc;
@@ -87,12 +88,9 @@ impl Ingest {
             );
         }
         if req.method() != Method::POST {
-            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None);
-            r.headers_mut()
-                .insert("allow", HeaderValue::from_static("POST"));
-            return r;
+            return method_not_allowed("POST");
         }
-        if !self.authorized(req.headers().get(AUTHORIZATION)) {
+        if !bearer_matches(req.headers().get(AUTHORIZATION), &self.config.tokens) {
             return unauthorized();
         }
         if let Some(ct) = req.headers().get(CONTENT_TYPE)
@@ -115,29 +113,14 @@ impl Ingest {
             .and_then(|v| v.parse::<u64>().ok());
         let limit = self.config.max_body_bytes;
         if declared.is_some_and(|n| n > limit as u64) {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("body over {limit} bytes"),
-                None,
-            );
+            return too_large(limit);
         }
-        let read = Limited::new(req.into_body(), limit).collect();
-        let Ok(read) = tokio::time::timeout(self.config.body_read_timeout, read).await else {
-            return body_timeout(self.config.body_read_timeout);
-        };
-        let body: Bytes = match read {
-            Ok(collected) => collected.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("body over {limit} bytes"),
-                    None,
-                );
-            }
-            Err(_) => {
+        let timeout = self.config.body_read_timeout;
+        let body = match read_body(req.into_body(), limit, timeout).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => return too_large(limit),
+            Err(BodyError::TimedOut) => return body_timeout(timeout),
+            Err(BodyError::Broken) => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "could not read the request body",
@@ -186,26 +169,15 @@ impl Ingest {
                 } else {
                     tracing::warn!(error = %e, events = events.len(), "Publish failed; answering 503.");
                 }
-                let mut r = error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &unavailable_message(&e),
-                    None,
-                );
                 // A blocked broker waits for an alarm to clear: seconds at least.
                 let retry_after = if matches!(e, PublishError::Blocked { .. }) {
                     "5"
                 } else {
                     "1"
                 };
-                r.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static(retry_after));
-                r
+                unavailable(&unavailable_message(&e), retry_after)
             }
         }
-    }
-
-    fn authorized(&self, header: Option<&HeaderValue>) -> bool {
-        bearer_matches(header, &self.config.tokens)
     }
 
     fn parse(&self, body: &[u8]) -> Result<Vec<Event>, Rejection> {
