@@ -6,6 +6,14 @@
 //! - the `hookpost-producer publish` command;
 //! - the HTTP ingest, `hookpost-producer serve` ([`ingest`]).
 //!
+//! # Layout
+//! - [`publisher`]: the [`Publisher`] every way in goes through;
+//! - [`ingest`]: `POST /v1/events`;
+//! - [`api`]: the endpoint management API, `/v1/endpoints`;
+//! - `http`: what the ingest and the API share (bearer token, JSON errors,
+//!   reading a body with a cap);
+//! - [`serve()`]: `hookpost-producer serve` on listeners the caller bound.
+//!
 //! ```no_run
 //! use common::{Config, Event};
 //! use producer::Publisher;
@@ -27,4 +35,4 @@ pub mod publisher;
 mod serve;
 
 pub use publisher::{PublishError, Publisher};
-pub use serve::serve;
+pub use serve::{Listeners, serve};

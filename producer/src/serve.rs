@@ -1,20 +1,55 @@
-//! `hookpost-producer serve`: the publisher, the metrics/health server and
-//! the ingest, started together and stopped together.
+//! `hookpost-producer serve`: the publisher, the metrics/health server, the
+//! ingest and (with `[api] tokens`) the management API, started together on
+//! listeners the caller bound, and stopped together.
 
-use crate::{Publisher, ingest};
+use crate::{Publisher, api, ingest};
 use common::Config;
 use common::metrics::{ProcessMetrics, ProducerMetrics};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the ingest server on `listener` and the metrics/health server on
-/// `metrics_listener` until `shutdown` fires.
+/// The sockets [`serve`] answers on, bound by the caller (on port 0 in tests).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The ingest, `POST /v1/events` (`ingest.listen`).
+    pub ingest: TcpListener,
+    /// `/metrics`, `/healthz` and `/readyz` (`metrics.listen`).
+    pub metrics: TcpListener,
+    /// The management API (`api.listen`); `None` leaves it off. The binary
+    /// binds it only when `[api] tokens` is set.
+    pub api: Option<TcpListener>,
+}
+
+/// Runs the ingest, the metrics/health server and, when `listeners.api` is
+/// given, the management API until `shutdown` fires; in-flight requests
+/// finish first.
 ///
 /// # Errors
-/// When `[ingest] tokens` is empty (the server never runs unauthenticated) or
-/// metrics cannot be registered.
+/// When `[ingest] tokens` is empty, or `[api] tokens` is empty with an API
+/// listener given (neither server runs unauthenticated), or metrics cannot be
+/// registered.
 pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // The API stops with the ingest, also when the ingest refuses to start.
+    let api_stop = shutdown.child_token();
+    let api = listeners
+        .api
+        .map(|listener| tokio::spawn(api::serve(config.clone(), listener, api_stop.clone())));
+    let served = serve_ingest(config, listeners.ingest, listeners.metrics, shutdown).await;
+    api_stop.cancel();
+    if let Some(api) = api {
+        api.await??;
+    }
+    served
+}
+
+/// The ingest on `listener` and the metrics/health server on
+/// `metrics_listener`, until `shutdown`.
+async fn serve_ingest(
     config: Config,
     listener: TcpListener,
     metrics_listener: TcpListener,
