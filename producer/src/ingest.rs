@@ -13,21 +13,20 @@
 //! | 415 | a `content-type` other than JSON |
 //! | 503 | broker unavailable or refusing; retry later (`retry-after: 1`); broker blocking publishes (memory or disk alarm; `retry-after: 5`) |
 
+use crate::http::{
+    BodyError, bearer_matches, body_timeout, error, method_not_allowed, read_body, too_large,
+    unauthorized, unavailable,
+};
 use crate::publisher::{PublishError, Publisher};
-use bytes::Bytes;
 use common::config::IngestConfig;
 use common::metrics::{ProducerMetrics, status_class};
 use common::server::{HttpResponse, json};
 use common::{Event, EventDraft};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{
-    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -89,12 +88,9 @@ impl Ingest {
             );
         }
         if req.method() != Method::POST {
-            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None);
-            r.headers_mut()
-                .insert("allow", HeaderValue::from_static("POST"));
-            return r;
+            return method_not_allowed("POST");
         }
-        if !self.authorized(req.headers().get(AUTHORIZATION)) {
+        if !bearer_matches(req.headers().get(AUTHORIZATION), &self.config.tokens) {
             return unauthorized();
         }
         if let Some(ct) = req.headers().get(CONTENT_TYPE)
@@ -117,29 +113,14 @@ impl Ingest {
             .and_then(|v| v.parse::<u64>().ok());
         let limit = self.config.max_body_bytes;
         if declared.is_some_and(|n| n > limit as u64) {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("body over {limit} bytes"),
-                None,
-            );
+            return too_large(limit);
         }
-        let read = Limited::new(req.into_body(), limit).collect();
-        let Ok(read) = tokio::time::timeout(self.config.body_read_timeout, read).await else {
-            return body_timeout(self.config.body_read_timeout);
-        };
-        let body: Bytes = match read {
-            Ok(collected) => collected.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("body over {limit} bytes"),
-                    None,
-                );
-            }
-            Err(_) => {
+        let timeout = self.config.body_read_timeout;
+        let body = match read_body(req.into_body(), limit, timeout).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => return too_large(limit),
+            Err(BodyError::TimedOut) => return body_timeout(timeout),
+            Err(BodyError::Broken) => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "could not read the request body",
@@ -188,26 +169,15 @@ impl Ingest {
                 } else {
                     tracing::warn!(error = %e, events = events.len(), "Publish failed; answering 503.");
                 }
-                let mut r = error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &unavailable_message(&e),
-                    None,
-                );
                 // A blocked broker waits for an alarm to clear: seconds at least.
                 let retry_after = if matches!(e, PublishError::Blocked { .. }) {
                     "5"
                 } else {
                     "1"
                 };
-                r.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static(retry_after));
-                r
+                unavailable(&unavailable_message(&e), retry_after)
             }
         }
-    }
-
-    fn authorized(&self, header: Option<&HeaderValue>) -> bool {
-        bearer_matches(header, &self.config.tokens)
     }
 
     fn parse(&self, body: &[u8]) -> Result<Vec<Event>, Rejection> {
@@ -311,92 +281,5 @@ fn unavailable_message(e: &PublishError) -> String {
             "broker blocking publishes (resource alarm); retry later".into()
         }
         other => format!("not stored: {other}; retry later"),
-    }
-}
-
-pub(crate) fn error(status: StatusCode, message: &str, field: Option<&str>) -> HttpResponse {
-    let body = match field {
-        Some(field) => json!({ "error": message, "field": field }),
-        None => json!({ "error": message }),
-    };
-    json(status, &body)
-}
-
-/// 408: the body took longer than `timeout`; the connection closes after it.
-pub(crate) fn body_timeout(timeout: std::time::Duration) -> HttpResponse {
-    let mut r = error(
-        StatusCode::REQUEST_TIMEOUT,
-        &format!(
-            "request body not received within {} ms",
-            timeout.as_millis()
-        ),
-        None,
-    );
-    r.headers_mut()
-        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-    r
-}
-
-/// 401 with `www-authenticate: Bearer`.
-pub(crate) fn unauthorized() -> HttpResponse {
-    let mut r = error(
-        StatusCode::UNAUTHORIZED,
-        "missing or invalid bearer token",
-        None,
-    );
-    r.headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    r
-}
-
-/// Whether `header` is `Bearer <one of tokens>`. Every token is compared, each
-/// in constant time (`subtle`), so timing reveals neither which token nor how
-/// much of one matched.
-pub(crate) fn bearer_matches(
-    header: Option<&HeaderValue>,
-    tokens: &[common::secret::Redacted],
-) -> bool {
-    let Some(token) = header.and_then(|h| h.to_str().ok()).and_then(|h| {
-        h.strip_prefix("Bearer ")
-            .or_else(|| h.strip_prefix("bearer "))
-    }) else {
-        return false;
-    };
-    let token = token.trim().as_bytes();
-    let found = tokens.iter().fold(subtle::Choice::from(0), |found, t| {
-        found | t.expose().as_bytes().ct_eq(token)
-    });
-    found.into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use common::secret::Redacted;
-
-    #[test]
-    fn bearer_matches_only_a_whole_configured_token() {
-        let tokens = [
-            Redacted::new("first-token-0123"),
-            Redacted::new("second-token-4567"),
-        ];
-        let check = |h: Option<&str>| {
-            let header = h.map(|h| HeaderValue::from_str(h).unwrap());
-            bearer_matches(header.as_ref(), &tokens)
-        };
-        assert!(check(Some("Bearer first-token-0123")));
-        assert!(check(Some("bearer second-token-4567")));
-        assert!(check(Some("Bearer second-token-4567 ")));
-        for refused in [
-            None,
-            Some("Bearer "),
-            Some("Bearer first-token-012"),
-            Some("Bearer first-token-01234"),
-            Some("Bearer second-token-4568"),
-            Some("Basic first-token-0123"),
-            Some("first-token-0123"),
-        ] {
-            assert!(!check(refused), "{refused:?}");
-        }
     }
 }

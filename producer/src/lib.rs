@@ -6,6 +6,14 @@
 //! - the `hookpost-producer publish` command;
 //! - the HTTP ingest, `hookpost-producer serve` ([`ingest`]).
 //!
+//! # Layout
+//! - [`publisher`]: the [`Publisher`] every way in goes through;
+//! - [`ingest`]: `POST /v1/events`;
+//! - [`api`]: the endpoint management API, `/v1/endpoints`;
+//! - `http`: what the ingest and the API share (bearer token, JSON errors,
+//!   reading a body with a cap);
+//! - [`serve()`]: `hookpost-producer serve` on listeners the caller bound.
+//!
 //! ```no_run
 //! use common::{Config, Event};
 //! use producer::Publisher;
@@ -21,74 +29,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod http;
 pub mod ingest;
 pub mod publisher;
+mod serve;
 
 pub use publisher::{PublishError, Publisher};
-
-use common::Config;
-use common::metrics::{ProcessMetrics, ProducerMetrics};
-use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-/// Runs the ingest server on `listener` and the metrics/health server on
-/// `metrics_listener` until `shutdown` fires.
-///
-/// # Errors
-/// When `[ingest] tokens` is empty (the server never runs unauthenticated) or
-/// metrics cannot be registered.
-pub async fn serve(
-    config: Config,
-    listener: TcpListener,
-    metrics_listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !config.ingest.tokens.is_empty(),
-        "{}: key `ingest.tokens`: set at least one bearer token (for example \"${{INGEST_TOKEN}}\") before serving",
-        config.origin.display()
-    );
-    let registry = prometheus::Registry::new();
-    let process = ProcessMetrics::register(&registry, "ingest")?;
-    let metrics = ProducerMetrics::register(&registry)?;
-    let publisher = Arc::new(Publisher::new(&config).with_metrics(metrics.clone()));
-    publisher
-        .client()
-        .report_blocked_to(process.broker_blocked.clone());
-    // Connect in the background so the server answers (503) even while the broker is down.
-    {
-        let publisher = publisher.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = publisher.keep_connected(&shutdown).await {
-                tracing::debug!(error = %e, "Initial broker connection ended.");
-            }
-        });
-    }
-    let ready_publisher = publisher.clone();
-    let ready: common::server::Readiness = Arc::new(move || {
-        process
-            .broker_connected
-            .set(i64::from(ready_publisher.client().is_connected()));
-        ready_publisher.is_ready()
-    });
-    tracing::info!(listen = %listener.local_addr()?, metrics = %metrics_listener.local_addr()?, "Ingest server started.");
-    let ingest = Arc::new(ingest::Ingest::new(
-        config.ingest.clone(),
-        publisher.clone(),
-        metrics,
-    ));
-    let metrics_server = tokio::spawn(common::server::serve_metrics(
-        metrics_listener,
-        config.metrics_limits,
-        registry,
-        ready,
-        shutdown.clone(),
-    ));
-    ingest.serve(listener, shutdown).await;
-    let _ = metrics_server.await;
-    publisher.close().await;
-    tracing::info!("Ingest server stopped.");
-    Ok(())
-}
+pub use serve::{Listeners, serve};

@@ -27,12 +27,12 @@ async fn start(scope: &Scope, url: &str, extra_ingest: &str) -> Server {
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let metrics = format!("http://{}", metrics_listener.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(producer::serve(
-        config,
-        listener,
-        metrics_listener,
-        shutdown.clone(),
-    ));
+    let listeners = producer::Listeners {
+        ingest: listener,
+        metrics: metrics_listener,
+        api: None,
+    };
+    let task = tokio::spawn(producer::serve(config, listeners, shutdown.clone()));
     let server = Server {
         base,
         metrics,
@@ -298,8 +298,69 @@ async fn serve_refuses_to_run_without_tokens() {
     let config = scope.config("");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let metrics_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let err = producer::serve(config, listener, metrics_listener, CancellationToken::new())
+    let listeners = producer::Listeners {
+        ingest: listener,
+        metrics: metrics_listener,
+        api: None,
+    };
+    let err = producer::serve(config, listeners, CancellationToken::new())
         .await
         .expect_err("no tokens");
     assert!(err.to_string().contains("ingest.tokens"), "{err}");
+}
+
+/// Ingest, metrics and API listeners on loopback, the API's address.
+async fn three_listeners() -> (producer::Listeners, std::net::SocketAddr) {
+    let bind = || TcpListener::bind("127.0.0.1:0");
+    let api = bind().await.expect("bind");
+    let api_addr = api.local_addr().expect("addr");
+    let listeners = producer::Listeners {
+        ingest: bind().await.expect("bind"),
+        metrics: bind().await.expect("bind"),
+        api: Some(api),
+    };
+    (listeners, api_addr)
+}
+
+#[tokio::test]
+async fn serve_runs_the_api_on_its_listener_and_stops_it_with_the_ingest() {
+    let scope = Scope::new().await;
+    let config = scope.config(&format!(
+        "[ingest]\ntokens = [\"{TOKEN}\"]\n[api]\ntokens = [\"api-{TOKEN}\"]\n"
+    ));
+    let (listeners, api) = three_listeners().await;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(producer::serve(config, listeners, shutdown.clone()));
+    let r = reqwest::get(format!("http://{api}/v1/endpoints"))
+        .await
+        .expect("the API answers");
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("serve returns after shutdown")
+        .expect("join")
+        .expect("clean shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(api).await.is_err(),
+        "the API still listens after serve returned"
+    );
+}
+
+#[tokio::test]
+async fn an_ingest_that_refuses_to_start_stops_the_api_too() {
+    let scope = Scope::new().await;
+    let config = scope.config(&format!("[api]\ntokens = [\"api-{TOKEN}\"]\n"));
+    let (listeners, api) = three_listeners().await;
+    let serve = producer::serve(config, listeners, CancellationToken::new());
+    let err = tokio::time::timeout(Duration::from_secs(10), serve)
+        .await
+        .expect("serve returns at once")
+        .expect_err("no ingest tokens");
+    assert!(err.to_string().contains("ingest.tokens"), "{err}");
+    assert!(
+        tokio::net::TcpStream::connect(api).await.is_err(),
+        "the API still listens after serve returned"
+    );
 }

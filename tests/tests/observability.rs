@@ -109,12 +109,12 @@ async fn exposition_is_valid_and_covers_the_dashboard_and_alerts() {
         metrics_listener.local_addr().expect("addr"),
     );
     let stop = CancellationToken::new();
-    let server = tokio::spawn(producer::serve(
-        config.clone(),
-        listener,
-        metrics_listener,
-        stop.clone(),
-    ));
+    let listeners = producer::Listeners {
+        ingest: listener,
+        metrics: metrics_listener,
+        api: None,
+    };
+    let server = tokio::spawn(producer::serve(config.clone(), listeners, stop.clone()));
     let client = reqwest::Client::new();
     eventually(WAIT, "an accepted ingest request", || async {
         let r = client

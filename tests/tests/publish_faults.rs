@@ -115,7 +115,12 @@ async fn ingest_under_load_during_outages_never_answers_202_for_a_lost_event() {
     );
     let url = format!("http://{}/v1/events", listener.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(producer::serve(config, listener, metrics, shutdown.clone()));
+    let listeners = producer::Listeners {
+        ingest: listener,
+        metrics,
+        api: None,
+    };
+    let server = tokio::spawn(producer::serve(config, listeners, shutdown.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let flapper = flap(proxy.clone(), stop.clone());
 

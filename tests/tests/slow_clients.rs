@@ -87,13 +87,12 @@ async fn start(scope: &Scope, limits: &str, body: &str) -> Servers {
         api: api.local_addr().expect("addr"),
         shutdown: CancellationToken::new(),
     };
-    tokio::spawn(producer::serve(
-        config.clone(),
+    let listeners = producer::Listeners {
         ingest,
         metrics,
-        servers.shutdown.clone(),
-    ));
-    tokio::spawn(producer::api::serve(config, api, servers.shutdown.clone()));
+        api: Some(api),
+    };
+    tokio::spawn(producer::serve(config, listeners, servers.shutdown.clone()));
     let client = reqwest::Client::new();
     let ready = format!("http://{}/readyz", servers.metrics);
     eventually(Duration::from_secs(10), "ingest ready", || async {

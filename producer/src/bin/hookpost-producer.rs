@@ -5,7 +5,9 @@ use clap::{Parser, Subcommand};
 use common::{Config, EventDraft};
 use producer::Publisher;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -49,14 +51,10 @@ enum Command {
 fn main() -> std::process::ExitCode {
     common::logging::init("info");
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
+    let result = tokio::runtime::Runtime::new()
+        .context("cannot start the runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -104,48 +102,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            let listener = tokio::net::TcpListener::bind(config.ingest.listen)
-                .await
-                .with_context(|| {
-                    format!("cannot listen on {} (ingest.listen)", config.ingest.listen)
-                })?;
-            let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on {} (metrics.listen)",
-                        config.metrics_listen
-                    )
-                })?;
-            let api_listener = if config.api.tokens.is_empty() {
-                None
-            } else {
-                Some(
-                    tokio::net::TcpListener::bind(config.api.listen)
-                        .await
-                        .with_context(|| {
-                            format!("cannot listen on {} (api.listen)", config.api.listen)
-                        })?,
-                )
+            let listeners = producer::Listeners {
+                ingest: bind(config.ingest.listen, "ingest.listen").await?,
+                metrics: bind(config.metrics_listen, "metrics.listen").await?,
+                // The API is off unless it has tokens.
+                api: if config.api.tokens.is_empty() {
+                    None
+                } else {
+                    Some(bind(config.api.listen, "api.listen").await?)
+                },
             };
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            let api = api_listener.map(|listener| {
-                tokio::spawn(producer::api::serve(
-                    config.clone(),
-                    listener,
-                    shutdown.clone(),
-                ))
-            });
-            let served =
-                producer::serve(config, listener, metrics_listener, shutdown.clone()).await;
-            shutdown.cancel();
-            if let Some(api) = api {
-                api.await??;
-            }
-            served
+            producer::serve(config, listeners, shutdown).await
         }
     }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
 }
 
 fn read_data(arg: &str) -> anyhow::Result<serde_json::Value> {
@@ -167,25 +144,21 @@ fn read_data(arg: &str) -> anyhow::Result<serde_json::Value> {
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.
 async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    shutdown.cancel();
-                    return;
-                }
-            };
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        };
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    let _ = tokio::signal::ctrl_c().await;
     tracing::info!("Shutdown requested.");
     shutdown.cancel();
 }
