@@ -8,7 +8,6 @@ use common::topology::Topology;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -22,12 +21,7 @@ pub fn queues(config: &Config) -> Vec<(&'static str, String, String)> {
     for ep in &config.endpoints {
         out.push(("endpoint", ep.id.clone(), t.endpoint_queue(&ep.id)));
     }
-    let tiers: BTreeSet<u64> = config
-        .endpoints
-        .iter()
-        .flat_map(|e| e.retry.tiers_ms())
-        .collect();
-    for tier in tiers {
+    for tier in config.wait_tiers() {
         out.push(("wait", tier.to_string(), t.wait_queue(tier)));
     }
     out

@@ -516,6 +516,14 @@ impl Config {
             })
     }
 
+    /// The wait tiers (ms) the endpoints' retry schedules use, each once.
+    pub fn wait_tiers(&self) -> std::collections::BTreeSet<u64> {
+        self.endpoints
+            .iter()
+            .flat_map(|e| e.retry.tiers_ms())
+            .collect()
+    }
+
     /// Whether `id` names an endpoint of the file (read-only for the API).
     pub fn is_file_endpoint(&self, id: &str) -> bool {
         self.endpoint(id).is_some()

@@ -71,12 +71,7 @@ pub(super) async fn process(
                     Err(SandboxError::Unavailable(e)) => {
                         // Not the event's fault: it goes back to the tail of
                         // its queue, untouched, and waits for the sandbox.
-                        let logged = shared
-                            .channel_failures
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .hit();
-                        if let Some(failures) = logged {
+                        if let Some(failures) = shared.failure_due() {
                             tracing::error!(endpoint = %id, error = %e, failures, "Transforms cannot run; events wait in their queues (logged with backoff).");
                         }
                         tokio::select! {

@@ -53,6 +53,17 @@ pub struct Shared {
     pub channel_failures: Arc<std::sync::Mutex<common::logging::Throttle>>,
 }
 
+impl Shared {
+    /// Counts a repeated failure; `Some(n)` when it should be logged now
+    /// (with backoff), standing for `n` failures.
+    pub fn failure_due(&self) -> Option<u64> {
+        self.channel_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .hit()
+    }
+}
+
 /// Why a worker stopped.
 #[derive(Debug)]
 pub enum Exit {

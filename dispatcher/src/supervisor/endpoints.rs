@@ -7,7 +7,7 @@ use common::Config;
 use common::control;
 use common::topology::{Topology, TopologyError};
 use lapin::Connection;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 /// Registered endpoints already reported as unloadable (id, version).
 pub(crate) type Warned = std::collections::HashSet<(String, u64)>;
@@ -68,12 +68,7 @@ pub(crate) async fn declare(
             object: topology.control(),
             source,
         })?;
-    let tiers: BTreeSet<u64> = config
-        .endpoints
-        .iter()
-        .flat_map(|e| e.retry.tiers_ms())
-        .collect();
-    for tier in tiers {
+    for tier in config.wait_tiers() {
         topology.declare_wait_tier(&channel, tier).await?;
     }
     for endpoint in &config.endpoints {

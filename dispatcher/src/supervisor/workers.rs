@@ -127,12 +127,7 @@ async fn supervise(
             break;
         }
         let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
-        let logged = shared
-            .channel_failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .hit();
-        if let Some(failures) = logged {
+        if let Some(failures) = shared.failure_due() {
             tracing::warn!(endpoint = %endpoint.id, error = %why, failures, retry_in_ms = delay.as_millis() as u64, "Endpoint channels failing; restarting their workers (logged with backoff; `failures` counts all endpoints since the last line).");
         }
         tokio::select! {
