@@ -22,7 +22,6 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use record::Record;
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Duration;
 use view::{DeadLetterView, Filter};
@@ -465,13 +464,7 @@ impl Admin {
         for ep in &self.config.endpoints {
             rows.push((t.endpoint_queue(&ep.id), "endpoint"));
         }
-        let tiers: BTreeSet<u64> = self
-            .config
-            .endpoints
-            .iter()
-            .flat_map(|e| e.retry.tiers_ms())
-            .collect();
-        for tier in tiers {
+        for tier in self.config.wait_tiers() {
             rows.push((t.wait_queue(tier), "wait tier"));
         }
         let mut out = Vec::with_capacity(rows.len());
