@@ -220,6 +220,23 @@ impl Sandbox {
         }
     }
 
+    /// How many transforms of `endpoint` are running now (at most
+    /// `transforms.per_endpoint`).
+    pub fn running(&self, endpoint: &str) -> usize {
+        let map = self
+            .inner
+            .per_endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(endpoint).map_or(0, |s| {
+            self.inner
+                .limits
+                .per_endpoint
+                .max(1)
+                .saturating_sub(s.available_permits())
+        })
+    }
+
     /// Runs `.` once, so a dispatcher with transforms fails at start, with
     /// a clear message, when no worker can run.
     ///
