@@ -10,6 +10,7 @@
 //! or Ctrl-C at any point therefore loses nothing; at worst one message is
 //! both replayed and still in the queue.
 
+pub mod cli;
 pub mod record;
 pub mod view;
 
