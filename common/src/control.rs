@@ -113,12 +113,7 @@ pub fn apply(state: &mut State, command: &Command) -> bool {
     }
 }
 
-/// Now, as RFC 3339.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
+pub use crate::contract::now_rfc3339;
 
 /// Declares the control stream.
 ///

@@ -6,16 +6,11 @@
 
 use crate::config::raw::EndpointSection;
 use crate::config::{Config, Endpoint};
-use crate::registry_ops::OpError;
+pub use crate::secret::SecretsKey;
 use crate::secret::{RandomError, random_bytes};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::fmt;
 
 /// An endpoint as the registry keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,82 +94,35 @@ impl FieldError {
     }
 }
 
-/// The key that seals secrets: 32 bytes, given base64-encoded.
-#[derive(Clone)]
-pub struct SecretsKey(ChaCha20Poly1305);
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// No registered endpoint has this id.
+    #[error("no registered endpoint {0:?}")]
+    NotFound(String),
+    /// The id is taken, or the endpoint is the config file's (read-only).
+    #[error("{0}")]
+    Conflict(String),
+    /// A field is invalid.
+    #[error("{0}")]
+    Invalid(FieldError),
+    /// The broker failed or is unreachable.
+    #[error("broker: {0:#}")]
+    Broker(anyhow::Error),
+    /// Stored data this process cannot use (secrets sealed with another key).
+    #[error("{0}")]
+    Internal(String),
+}
 
-impl fmt::Debug for SecretsKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretsKey(***)")
+impl From<RandomError> for OpError {
+    fn from(e: RandomError) -> Self {
+        Self::Internal(e.to_string())
     }
 }
 
-impl SecretsKey {
-    /// Parses a base64 key of 32 bytes.
-    ///
-    /// # Errors
-    /// A message that never shows the value.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bytes = STANDARD
-            .decode(text.trim())
-            .map_err(|_| "must be base64 (the value is not shown)".to_owned())?;
-        if bytes.len() != 32 {
-            return Err(format!(
-                "must be 32 bytes once decoded, not {} (make one with `head -c 32 /dev/urandom | base64`)",
-                bytes.len()
-            ));
-        }
-        let key = ChaCha20Poly1305::new_from_slice(&bytes)
-            .map_err(|_| "must be 32 bytes once decoded".to_owned())?;
-        Ok(Self(key))
-    }
-
-    /// Seals `plain` for endpoint `id` (bound to it as associated data), under
-    /// a random 96-bit nonce from the OS random source.
-    ///
-    /// # Errors
-    /// When the OS random source fails.
-    pub fn seal(&self, id: &str, plain: &str) -> Result<String, RandomError> {
-        let nonce = random_bytes::<12>()?;
-        let sealed = self
-            .0
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plain.as_bytes(),
-                    aad: id.as_bytes(),
-                },
-            )
-            .unwrap_or_else(|_| unreachable!("encryption of a short text cannot fail"));
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&sealed);
-        Ok(format!("v1:{}", STANDARD.encode(out)))
-    }
-
-    /// Opens what [`SecretsKey::seal`] made for endpoint `id`.
-    ///
-    /// # Errors
-    /// Not sealed by this key for this endpoint (or damaged).
-    pub fn open(&self, id: &str, sealed: &str) -> Result<String, String> {
-        let bytes = sealed
-            .strip_prefix("v1:")
-            .and_then(|b| STANDARD.decode(b).ok())
-            .filter(|b| b.len() > 12)
-            .ok_or_else(|| "not a sealed value".to_owned())?;
-        let (nonce, ciphertext) = bytes.split_at(12);
-        let plain = self
-            .0
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: id.as_bytes(),
-                },
-            )
-            .map_err(|_| {
-                "cannot be opened with this key (a different registry.secrets_key?)".to_owned()
-            })?;
-        String::from_utf8(plain).map_err(|_| "not text".to_owned())
+impl From<FieldError> for OpError {
+    fn from(e: FieldError) -> Self {
+        Self::Invalid(e)
     }
 }
 
@@ -262,7 +210,7 @@ pub fn register(
     settings.remove("id");
     settings.remove("secrets");
     settings.remove("headers");
-    let now = crate::control::now_rfc3339();
+    let now = crate::contract::now_rfc3339();
     Ok(StoredEndpoint {
         id,
         version: previous.map_or(1, |p| p.version + 1),
@@ -430,7 +378,7 @@ pub fn rotate(
     }
     next.secrets = secrets;
     next.version += 1;
-    next.updated_at = crate::control::now_rfc3339();
+    next.updated_at = crate::contract::now_rfc3339();
     Ok(next)
 }
 
@@ -487,6 +435,8 @@ pub fn public_view(stored: &StoredEndpoint, paused: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
 
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 

@@ -7,7 +7,6 @@ use crate::Config;
 use crate::contract;
 use crate::control::{self, Command, State};
 use crate::registry::{self, FieldError, StoredEndpoint};
-use crate::secret::RandomError;
 use crate::topology::Topology;
 use lapin::Connection;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
@@ -15,37 +14,7 @@ use lapin::types::FieldTable;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
-/// Why an operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum OpError {
-    /// No registered endpoint has this id.
-    #[error("no registered endpoint {0:?}")]
-    NotFound(String),
-    /// The id is taken, or the endpoint is the config file's (read-only).
-    #[error("{0}")]
-    Conflict(String),
-    /// A field is invalid.
-    #[error("{0}")]
-    Invalid(FieldError),
-    /// The broker failed or is unreachable.
-    #[error("broker: {0:#}")]
-    Broker(anyhow::Error),
-    /// Stored data this process cannot use (secrets sealed with another key).
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<RandomError> for OpError {
-    fn from(e: RandomError) -> Self {
-        Self::Internal(e.to_string())
-    }
-}
-
-impl From<FieldError> for OpError {
-    fn from(e: FieldError) -> Self {
-        Self::Invalid(e)
-    }
-}
+pub use crate::registry::OpError;
 
 impl From<lapin::Error> for OpError {
     fn from(e: lapin::Error) -> Self {

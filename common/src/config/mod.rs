@@ -94,7 +94,7 @@ pub struct ApiConfig {
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
     /// Seals secrets at rest; `None`: registered endpoints cannot hold secrets or headers.
-    pub secrets_key: Option<crate::registry::SecretsKey>,
+    pub secrets_key: Option<crate::secret::SecretsKey>,
     /// How long rotated-out secrets keep signing.
     pub secret_overlap: Duration,
 }
@@ -408,7 +408,7 @@ impl Config {
             .secrets_key
             .as_deref()
             .filter(|k| !k.trim().is_empty())
-            .map(crate::registry::SecretsKey::parse)
+            .map(crate::secret::SecretsKey::parse)
             .transpose()
             .map_err(|e| invalid("registry.secrets_key".into(), e))?;
         let mut seen = HashSet::new();
