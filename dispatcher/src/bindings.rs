@@ -6,9 +6,9 @@
 
 use common::Config;
 use common::topology::Topology;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use std::collections::BTreeMap;
 
 /// Endpoint id → the event patterns its queue is bound with.
@@ -98,23 +98,19 @@ pub async fn sync(
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let body = serde_json::to_vec(&wanted).unwrap_or_default();
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
-            )
-            .await?
-            .await?;
-        if !matches!(confirm, Confirmation::Ack(None)) {
+        let stored = common::amqp::publish_confirmed(
+            channel,
+            "",
+            &queue,
+            &body,
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into()),
+        )
+        .await;
+        if let Err(e) = stored {
             tracing::warn!(
+                error = %e,
                 "The bindings record was not stored; stale bindings may remain after the next config change."
             );
         }
