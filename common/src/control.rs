@@ -233,6 +233,40 @@ pub async fn read(
     Ok(holds)
 }
 
+/// Follows the control stream until `stop`, starting over (replaying from
+/// the start) one second after a reader fails or ends: the one follower loop
+/// of the dispatcher's supervisor and the management API. `connect` gives
+/// the connection to read on (`None`: give up); `after_each` runs after each
+/// reader that ended, before the pause.
+pub async fn keep_following<C, F>(
+    mut connect: C,
+    topology: &Topology,
+    holds_tx: watch::Sender<Holds>,
+    stop: CancellationToken,
+    mut after_each: impl FnMut(),
+) where
+    C: FnMut() -> F,
+    F: Future<Output = Option<Arc<Connection>>>,
+{
+    loop {
+        let Some(conn) = connect().await else {
+            return;
+        };
+        let result = follow(&conn, topology, holds_tx.clone(), stop.clone()).await;
+        if stop.is_cancelled() {
+            return;
+        }
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "Following the control stream failed; starting over.");
+        }
+        after_each();
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
 /// Replays the control stream, sends the holds once caught up (then on each
 /// change), and follows it until `stop` fires or the channel fails.
 ///

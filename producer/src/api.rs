@@ -298,19 +298,17 @@ async fn follow(
             }
         }
     });
-    loop {
-        let conn = match client.connection(None, &shutdown).await {
-            Ok(conn) => conn,
-            Err(_) => return,
-        };
-        if let Err(e) = control::follow(&conn, &topology, tx.clone(), shutdown.clone()).await {
-            tracing::warn!(error = %e, "Management API: following the control stream failed; starting over.");
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
+    control::keep_following(
+        || {
+            let (client, shutdown) = (client.clone(), shutdown.clone());
+            async move { client.connection(None, &shutdown).await.ok() }
+        },
+        &topology,
+        tx,
+        shutdown.clone(),
+        || {},
+    )
+    .await;
 }
 
 fn created(stored: &StoredEndpoint, generated: Option<String>) -> HttpResponse {

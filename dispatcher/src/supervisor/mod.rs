@@ -288,23 +288,19 @@ async fn follow_control(
     );
     let first_done = CancellationToken::new();
     let first_failed = first_done.clone();
+    // Follows until the generation ends, on the generation's connection.
     tracker.spawn(async move {
-        // Follows until the generation ends; a failed reader starts over
-        // (replaying from the start) after a pause.
-        loop {
-            let result = control::follow(&conn, &topology, tx.clone(), stop.clone()).await;
-            if stop.is_cancelled() {
-                return;
-            }
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, "Following the control stream failed; starting over.");
-            }
-            first_failed.cancel();
-            tokio::select! {
-                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                () = stop.cancelled() => return,
-            }
-        }
+        control::keep_following(
+            || {
+                let conn = conn.clone();
+                async move { Some(conn) }
+            },
+            &topology,
+            tx,
+            stop,
+            || first_failed.cancel(),
+        )
+        .await;
     });
     tokio::select! {
         r = caught_up.changed() => r.map_err(anyhow::Error::from),
