@@ -18,6 +18,7 @@ pub mod batch;
 
 // Run the endpoint's transform, sandboxed.
 pub mod transform;
+pub mod transform_worker;
 
 // Pace: the endpoint's rate limit.
 pub mod limit;
