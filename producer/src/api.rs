@@ -1,7 +1,7 @@
 //! The endpoint management API (`hookpost-producer serve` with `[api]
 //! tokens`): register, update, fetch, list and remove endpoints at runtime.
 //! The contract is `deploy/openapi.json`; the registry lives in RabbitMQ
-//! ([`common::registry_ops`]).
+//! ([`common::registry`]).
 //!
 //! | method and path | does |
 //! |---|---|
@@ -19,9 +19,9 @@ use crate::http::{
 };
 use common::Config;
 use common::amqp::AmqpClient;
-use common::control::{self, Holds, State};
+use common::registry::control::{self, Holds, State};
 use common::registry::{self, StoredEndpoint};
-use common::registry_ops::{Mode, OpError, Registry};
+use common::registry::{Mode, OpError, Registry};
 use common::secret::redact_url;
 use common::server::{HttpResponse, json};
 use common::topology::Topology;

@@ -443,7 +443,7 @@ async fn bad_input_and_bad_tokens_are_refused_with_the_field_named() {
 }
 
 fn tests_merge(target: &mut Value, patch: &Value) {
-    common::registry_ops::merge_patch(target, patch);
+    common::registry::merge_patch(target, patch);
 }
 
 #[tokio::test]
@@ -461,16 +461,16 @@ async fn concurrent_writers_on_several_connections_all_land() {
     .into_iter()
     .map(|c| c.expect("connect"))
     .collect();
-    common::control::ensure(&conns[0], &topology)
+    common::registry::control::ensure(&conns[0], &topology)
         .await
         .expect("created once");
     let results = futures_util::future::join_all(conns.iter().enumerate().map(|(i, conn)| {
         let topology = topology.clone();
         async move {
-            common::control::append(
+            common::registry::control::append(
                 conn,
                 &topology,
-                &common::control::Command::hold(&format!("e{i}"), true),
+                &common::registry::control::Command::hold(&format!("e{i}"), true),
             )
             .await
         }
@@ -479,7 +479,7 @@ async fn concurrent_writers_on_several_connections_all_land() {
     for r in results {
         r.expect("every write lands");
     }
-    let state = common::control::read(&conns[1], &topology, Duration::from_secs(10))
+    let state = common::registry::control::read(&conns[1], &topology, Duration::from_secs(10))
         .await
         .expect("read");
     assert_eq!(state.holds.len(), 4);
@@ -546,8 +546,8 @@ async fn concurrent_updates_never_silently_overwrite_each_other() {
             .expect("connect"),
     );
     let (ra, rb) = (
-        common::registry_ops::Registry::new(&a, &config),
-        common::registry_ops::Registry::new(&b, &config),
+        common::registry::Registry::new(&a, &config),
+        common::registry::Registry::new(&b, &config),
     );
     let body = |v: Value| v.as_object().expect("object").clone();
     ra.create(body(
@@ -555,7 +555,7 @@ async fn concurrent_updates_never_silently_overwrite_each_other() {
     ))
     .await
     .expect("created");
-    let mode = common::registry_ops::Mode::Merge;
+    let mode = common::registry::Mode::Merge;
     let (x, y) = tokio::join!(
         ra.update("race", body(json!({"description": "from a"})), mode),
         rb.update("race", body(json!({"description": "from b"})), mode),
@@ -563,8 +563,8 @@ async fn concurrent_updates_never_silently_overwrite_each_other() {
     let last = ra.get("race").await.expect("still there");
     match (&x, &y) {
         (Ok(_), Ok(_)) => assert_eq!(last.version, 3, "one after the other"),
-        (Ok(w), Err(common::registry_ops::OpError::Conflict(_)))
-        | (Err(common::registry_ops::OpError::Conflict(_)), Ok(w)) => {
+        (Ok(w), Err(common::registry::OpError::Conflict(_)))
+        | (Err(common::registry::OpError::Conflict(_)), Ok(w)) => {
             assert_eq!(&last, w, "the winner's change is the one stored");
             assert_eq!(last.version, 2);
         }

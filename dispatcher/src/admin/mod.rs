@@ -124,10 +124,10 @@ impl Admin {
     /// # Errors
     /// A broker error or refusal.
     pub async fn hold(&self, endpoint: &str, paused: bool) -> anyhow::Result<()> {
-        common::control::append(
+        common::registry::control::append(
             &self.conn,
             &self.topology,
-            &common::control::Command::hold(endpoint, paused),
+            &common::registry::control::Command::hold(endpoint, paused),
         )
         .await
     }
@@ -136,8 +136,8 @@ impl Admin {
     ///
     /// # Errors
     /// A broker error, or the stream could not be read within the publish timeout.
-    pub async fn holds(&self) -> anyhow::Result<common::control::Holds> {
-        common::control::read(
+    pub async fn holds(&self) -> anyhow::Result<common::registry::control::Holds> {
+        common::registry::control::read(
             &self.conn,
             &self.topology,
             self.config
@@ -149,8 +149,8 @@ impl Admin {
     }
 
     /// The endpoint registry (what the management API edits).
-    pub fn registry(&self) -> common::registry_ops::Registry<'_> {
-        common::registry_ops::Registry::new(&self.conn, &self.config)
+    pub fn registry(&self) -> common::registry::Registry<'_> {
+        common::registry::Registry::new(&self.conn, &self.config)
     }
 
     /// The names in use.

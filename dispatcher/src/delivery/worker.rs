@@ -45,7 +45,7 @@ pub struct Shared {
     /// Endpoints paused after a 410, until their config changes.
     pub paused: Arc<std::sync::Mutex<std::collections::HashMap<String, url::Url>>>,
     /// Endpoints an operator paused (`hookpost-admin endpoints pause`).
-    pub holds: tokio::sync::watch::Receiver<common::control::Holds>,
+    pub holds: tokio::sync::watch::Receiver<common::registry::control::Holds>,
     /// Where transforms run.
     pub sandbox: crate::delivery::transform::Sandbox,
     /// Logs endpoint channel failures with backoff across all endpoints

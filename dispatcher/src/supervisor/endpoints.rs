@@ -4,7 +4,7 @@
 
 use crate::{bindings, validate};
 use common::Config;
-use common::control;
+use common::registry::control;
 use common::topology::{Topology, TopologyError};
 use lapin::Connection;
 use std::collections::HashMap;

@@ -6,7 +6,7 @@ use super::output::write_table;
 use crate::admin::Admin;
 use anyhow::bail;
 use common::registry;
-use common::registry_ops::{Mode, OpError};
+use common::registry::{Mode, OpError};
 use common::secret::redact_url;
 use std::io::Write;
 

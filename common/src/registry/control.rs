@@ -8,7 +8,7 @@
 //! To know when it has read everything written before it started, a reader
 //! first appends a `marker` with a fresh token and reads until it meets it.
 
-use crate::registry::StoredEndpoint;
+use super::StoredEndpoint;
 use crate::topology::Topology;
 use futures_util::StreamExt;
 use lapin::options::{

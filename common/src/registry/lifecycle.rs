@@ -1,0 +1,180 @@
+//! The end of a registered endpoint: delete, with its queue drained to the
+//! dead-letter queue when forced, and the queue counts that decide it.
+
+use super::control::{self, Command};
+use super::{OpError, Registry, StoredEndpoint};
+use crate::contract;
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use std::time::Duration;
+
+/// What a delete did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Deleted {
+    /// The endpoint id.
+    pub id: String,
+    /// Messages that were still waiting and went to the dead-letter queue
+    /// (reason `endpoint_deleted`); only with `force`.
+    pub dead_lettered: u32,
+    /// Whether the endpoint's queue was deleted.
+    pub queue_deleted: bool,
+}
+
+/// How long a delete waits for dispatchers to stop consuming the queue.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Registry<'_> {
+    /// Removes a registered endpoint. Its queue is deleted once no dispatcher
+    /// consumes it: when empty, or with `force` after moving what it holds to
+    /// the dead-letter queue (reason `endpoint_deleted`). Without `force`, a
+    /// queue that still holds messages refuses the delete and nothing changes.
+    ///
+    /// # Errors
+    /// Not found, messages waiting (without `force`), or the broker failed.
+    pub async fn delete(&self, id: &str, force: bool) -> Result<Deleted, OpError> {
+        if self.config.is_file_endpoint(id) {
+            return Err(OpError::Conflict(format!(
+                "endpoint {id:?} is defined in {} and is read-only here",
+                self.config.origin.display()
+            )));
+        }
+        let queue = self.topology.endpoint_queue(id);
+        let counts = self.queue_counts(&queue).await?;
+        // Not registered (any more) but its queue is still there: an earlier
+        // delete that timed out, or an endpoint removed from the file. Finish
+        // the job on the queue.
+        let stored = match self.get(id).await {
+            Ok(stored) => Some(stored),
+            Err(OpError::NotFound(_)) if counts.is_some() => None,
+            Err(e) => return Err(e),
+        };
+        let waiting = counts.map_or(0, |(m, _)| m);
+        if waiting > 0 && !force {
+            return Err(OpError::Conflict(format!(
+                "the endpoint's queue {queue} holds {waiting} messages; let them deliver, or delete with force (they go to the dead-letter queue)"
+            )));
+        }
+        if stored.is_some() {
+            self.append(&Command::Delete {
+                id: id.to_owned(),
+                at: control::now_rfc3339(),
+            })
+            .await?;
+        }
+        // Dispatchers stop consuming within moments; unacknowledged
+        // messages return to the queue when they do.
+        let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
+        loop {
+            match self.queue_counts(&queue).await? {
+                None => {
+                    return Ok(Deleted {
+                        id: id.to_owned(),
+                        dead_lettered: 0,
+                        queue_deleted: false,
+                    });
+                }
+                Some((_, 0)) => break,
+                Some(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(OpError::Broker(anyhow::anyhow!(
+                        "the endpoint was removed from the registry but its queue {queue} still has consumers after {RELEASE_TIMEOUT:?}; run the delete again"
+                    )));
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        // Detach it (patterns unbound, waiting retries routed to the
+        // dead-letter queue), then empty it: anything that arrived since the
+        // check above is dead-lettered too, never dropped.
+        let patterns = stored
+            .as_ref()
+            .map(StoredEndpoint::events)
+            .unwrap_or_default();
+        let ch = self.conn.create_channel().await?;
+        self.topology.retire_endpoint(&ch, id, &patterns).await?;
+        let dead_lettered = self.dead_letter_all(id, &queue).await?;
+        let deleted = self.topology.delete_endpoint_queue(&ch, id).await;
+        let _ = ch.close(200, "deleted".into()).await;
+        if let Err(e) = &deleted {
+            tracing::warn!(endpoint = %id, error = %e, "Deleting the endpoint's queue failed; it is detached and can be deleted by hand.");
+        }
+        Ok(Deleted {
+            id: id.to_owned(),
+            dead_lettered,
+            queue_deleted: deleted.is_ok(),
+        })
+    }
+
+    /// `(ready messages, consumers)` of `queue`; `None` if it does not exist.
+    ///
+    /// # Errors
+    /// Any broker error other than the queue's absence (404).
+    pub async fn queue_counts(&self, queue: &str) -> Result<Option<(u32, u32)>, lapin::Error> {
+        // Its own channel: a passive declare of a missing queue closes it.
+        let ch = self.conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match q {
+            Ok(q) => {
+                let _ = ch.close(200, "checked".into()).await;
+                Ok(Some((q.message_count(), q.consumer_count())))
+            }
+            Err(e) if crate::amqp::reply_code(&e) == Some(crate::amqp::reply::NOT_FOUND) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves every message of `queue` to the dead-letter queue, each acked
+    /// only after the broker confirmed its copy.
+    async fn dead_letter_all(&self, id: &str, queue: &str) -> Result<u32, OpError> {
+        let ch = self.conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let mut moved = 0;
+        while let Some(msg) = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            let headers = msg
+                .delivery
+                .properties
+                .headers()
+                .clone()
+                .unwrap_or_default();
+            // The same headers as every other dead letter.
+            let mut letter = contract::DeadLetter::new(
+                id,
+                contract::Reason::EndpointDeleted,
+                contract::attempt(&headers).unwrap_or(1),
+            );
+            "the endpoint was deleted with force".clone_into(&mut letter.last_error);
+            letter.event_type = msg
+                .delivery
+                .properties
+                .kind()
+                .as_ref()
+                .map(ToString::to_string);
+            let headers = letter.write(headers);
+            let properties = crate::amqp::republished_properties(&msg.delivery.properties, headers);
+            crate::amqp::publish_confirmed(&ch, &self.topology.dead(), id, &msg.delivery.data, properties)
+                .await
+                .map_err(|e| {
+                    OpError::Broker(anyhow::anyhow!(
+                        "the dead-letter queue refused a message ({e}); {moved} moved, the rest stay in {queue}"
+                    ))
+                })?;
+            msg.delivery.ack(BasicAckOptions::default()).await?;
+            moved += 1;
+        }
+        let _ = ch.close(200, "moved".into()).await;
+        Ok(moved)
+    }
+}
