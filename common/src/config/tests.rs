@@ -1,4 +1,6 @@
 use super::*;
+use crate::server::Limits;
+use std::time::Duration;
 use proptest::prelude::*;
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";

@@ -1,0 +1,222 @@
+//! Raw → checked: every section's defaults and limits, with errors naming
+//! the file and the key. Endpoints are checked in [`super::endpoint`].
+
+use super::endpoint::checked_endpoint;
+use super::raw::RawConfig;
+use super::types::*;
+use super::{Config, ConfigError, MAX_HOLD_MS};
+use crate::secret::Redacted;
+use crate::server::Limits;
+use ipnet::IpNet;
+use std::collections::HashSet;
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::Path;
+use std::time::Duration;
+
+impl Config {
+    /// Validates a parsed file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad key.
+    pub fn from_raw(raw: RawConfig, origin: &Path) -> Result<Self, ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: origin.to_path_buf(),
+            key,
+            message,
+        };
+        let amqp = raw.amqp;
+        if !(amqp.url.starts_with("amqp://") || amqp.url.starts_with("amqps://")) {
+            return Err(invalid(
+                "amqp.url".into(),
+                "must start with amqp:// or amqps://".into(),
+            ));
+        }
+        if amqp.prefix.is_empty()
+            || amqp.prefix.len() > 100
+            || !amqp
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            return Err(invalid(
+                "amqp.prefix".into(),
+                "must be 1 to 100 characters of [A-Za-z0-9_.-]".into(),
+            ));
+        }
+        let allowed_networks = raw
+            .http
+            .allowed_networks
+            .iter()
+            .enumerate()
+            .map(|(i, net)| {
+                net.parse::<IpNet>().map_err(|_| {
+                    invalid(
+                        format!("http.allowed_networks[{i}]"),
+                        format!("{net:?} is not a network in CIDR form (like 10.0.0.0/8)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (section, tokens) in [("ingest", &raw.ingest.tokens), ("api", &raw.api.tokens)] {
+            for (i, token) in tokens.iter().enumerate() {
+                if token.trim().len() < 16
+                    || token.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(invalid(
+                        format!("{section}.tokens[{i}]"),
+                        "must be at least 16 characters without spaces (the value is not shown)"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if let Some(token) = raw
+            .api
+            .tokens
+            .iter()
+            .find(|t| raw.ingest.tokens.contains(t))
+        {
+            let i = raw.api.tokens.iter().position(|t| t == token).unwrap_or(0);
+            return Err(invalid(
+                format!("api.tokens[{i}]"),
+                "is also an ingest token: management tokens must be separate".into(),
+            ));
+        }
+        let metrics_limits = limits(
+            "metrics",
+            raw.metrics.header_read_timeout_ms,
+            raw.metrics.idle_timeout_ms,
+            raw.metrics.max_connections,
+        )
+        .map_err(|(key, message)| invalid(key, message))?;
+        let ingest_limits = limits(
+            "ingest",
+            raw.ingest.header_read_timeout_ms,
+            raw.ingest.idle_timeout_ms,
+            raw.ingest.max_connections,
+        )
+        .map_err(|(key, message)| invalid(key, message))?;
+        let api_limits = limits(
+            "api",
+            raw.api.header_read_timeout_ms,
+            raw.api.idle_timeout_ms,
+            raw.api.max_connections,
+        )
+        .map_err(|(key, message)| invalid(key, message))?;
+        let ingest_body_read_timeout = at_most_hold(
+            "ingest.body_read_timeout_ms",
+            raw.ingest.body_read_timeout_ms,
+        )
+        .map_err(|(key, message)| invalid(key, message))?;
+        let api_body_read_timeout =
+            at_most_hold("api.body_read_timeout_ms", raw.api.body_read_timeout_ms)
+                .map_err(|(key, message)| invalid(key, message))?;
+        let secrets_key = raw
+            .registry
+            .secrets_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+            .map(crate::secret::SecretsKey::parse)
+            .transpose()
+            .map_err(|e| invalid("registry.secrets_key".into(), e))?;
+        let mut seen = HashSet::new();
+        let endpoints = raw
+            .endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                let id = ep.id.clone();
+                if !seen.insert(id.clone()) {
+                    return Err(invalid(
+                        format!("endpoints[{i}].id"),
+                        format!("{id:?} is used twice"),
+                    ));
+                }
+                checked_endpoint(ep, &raw.defaults).map_err(|(key, message)| {
+                    invalid(
+                        format!("endpoints[{i}].{key}"),
+                        format!("(endpoint {id:?}) {message}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            origin: origin.to_path_buf(),
+            amqp: AmqpConfig {
+                url: Redacted::new(amqp.url),
+                prefix: amqp.prefix,
+                queue_type: amqp.queue_type,
+                unrouted_max_length: amqp.unrouted_max_length.get(),
+                delivery_limit: amqp.delivery_limit.get(),
+                publish_timeout: Duration::from_millis(amqp.publish_timeout_ms.get()),
+                prefetch: amqp.prefetch.get(),
+                max_reconnect_delay: Duration::from_millis(amqp.max_reconnect_delay_ms.get()),
+                max_message_bytes: amqp.max_message_bytes.get(),
+            },
+            metrics_listen: raw.metrics.listen,
+            metrics_limits,
+            queue_poll_interval: Duration::from_millis(raw.metrics.queue_poll_interval_ms.get()),
+            http: HttpConfig {
+                allowed_networks,
+                max_response_body_bytes: raw.http.max_response_body_bytes.get(),
+                max_retry_after: Duration::from_millis(raw.http.max_retry_after_ms.get()),
+            },
+            ingest: IngestConfig {
+                listen: raw.ingest.listen,
+                tokens: raw.ingest.tokens.into_iter().map(Redacted::new).collect(),
+                max_body_bytes: raw.ingest.max_body_bytes.get(),
+                max_events: raw.ingest.max_events.get(),
+                limits: ingest_limits,
+                body_read_timeout: ingest_body_read_timeout,
+            },
+            endpoints,
+            defaults: raw.defaults,
+            api: ApiConfig {
+                listen: raw.api.listen,
+                tokens: raw.api.tokens.into_iter().map(Redacted::new).collect(),
+                limits: api_limits,
+                body_read_timeout: api_body_read_timeout,
+            },
+            registry: RegistryConfig {
+                secrets_key,
+                secret_overlap: Duration::from_millis(raw.registry.secret_overlap_ms.get()),
+            },
+            transforms: TransformsConfig {
+                workers: raw.transforms.workers.get() as usize,
+                per_endpoint: raw.transforms.per_endpoint.get() as usize,
+                timeout: Duration::from_millis(raw.transforms.timeout_ms.get()),
+                memory_bytes: raw.transforms.memory_mb.get().saturating_mul(1 << 20),
+                worker_path: raw.transforms.worker_path,
+            },
+        })
+    }
+}
+
+/// A server timeout in milliseconds as a duration, at most [`MAX_HOLD_MS`];
+/// errors are `(key, message)`.
+pub(super) fn at_most_hold(key: &str, ms: NonZeroU64) -> Result<Duration, (String, String)> {
+    if ms.get() > MAX_HOLD_MS {
+        return Err((
+            key.to_owned(),
+            format!("must be at most {MAX_HOLD_MS} (15 minutes)"),
+        ));
+    }
+    Ok(Duration::from_millis(ms.get()))
+}
+
+/// A listener's `[section]` timeouts and connection cap, checked.
+fn limits(
+    section: &str,
+    header_read_timeout_ms: NonZeroU64,
+    idle_timeout_ms: NonZeroU64,
+    max_connections: NonZeroUsize,
+) -> Result<Limits, (String, String)> {
+    Ok(Limits {
+        header_read_timeout: at_most_hold(
+            &format!("{section}.header_read_timeout_ms"),
+            header_read_timeout_ms,
+        )?,
+        idle_timeout: at_most_hold(&format!("{section}.idle_timeout_ms"), idle_timeout_ms)?,
+        max_connections: max_connections.get(),
+    })
+}

@@ -1,0 +1,251 @@
+//! One endpoint checked: an `[[endpoints]]` table of the file or an object of
+//! the management API, with the config's defaults and the address policy.
+
+use super::raw::SignatureScheme;
+use super::raw::{self, EndpointSection};
+use super::types::*;
+use super::{Config, MAX_BATCH_SIZE, MAX_DELAY_MS, MAX_HOLD_MS};
+use crate::envelope::is_valid_type;
+use crate::retry::RetryPolicy;
+use crate::secret::Redacted;
+use crate::signing::SigningSecret;
+use crate::transform::Transform;
+use std::time::Duration;
+
+impl Config {
+    /// Checks one endpoint written as an `[[endpoints]]` table (as the
+    /// management API receives it) with this config's defaults.
+    ///
+    /// # Errors
+    /// `(key, message)`: the first bad key.
+    /// A URL whose host is a literal IP address must be allowed by the
+    /// address policy ([`crate::addresses`]); names are checked when they
+    /// resolve, at delivery.
+    pub fn check_endpoint(&self, section: EndpointSection) -> Result<Endpoint, (String, String)> {
+        let endpoint = checked_endpoint(section, &self.defaults)?;
+        self.check_address(&endpoint.url)
+            .map_err(|message| ("url".to_owned(), message))?;
+        Ok(endpoint)
+    }
+
+    /// Whether `url`'s host, when it is a literal IP address, may be
+    /// reached under `http.allowed_networks`.
+    ///
+    /// # Errors
+    /// Why the address is refused, and how to allow it.
+    pub fn check_address(&self, url: &url::Url) -> Result<(), String> {
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => std::net::IpAddr::from(ip),
+            Some(url::Host::Ipv6(ip)) => std::net::IpAddr::from(ip),
+            _ => return Ok(()),
+        };
+        crate::addresses::AddressGuard::new(self.http.allowed_networks.clone())
+            .check(ip)
+            .map_err(|why| {
+                format!("{ip} {why}; add its network to http.allowed_networks to allow it")
+            })
+    }
+}
+
+/// Applies defaults and checks one endpoint; errors are `(key, message)`.
+pub(super) fn checked_endpoint(
+    ep: EndpointSection,
+    d: &raw::DefaultsSection,
+) -> Result<Endpoint, (String, String)> {
+    let fail = |key: &str, message: String| Err((key.to_owned(), message));
+    if !is_valid_endpoint_id(&ep.id) {
+        return fail("id", "must be 1 to 100 characters of [a-z0-9_-]".into());
+    }
+    let url = match url::Url::parse(&ep.url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
+        Ok(_) => {
+            return fail(
+                "url",
+                "must be an http:// or https:// URL with a host".into(),
+            );
+        }
+        Err(e) => return fail("url", format!("is not a URL: {e}")),
+    };
+    if ep.events.is_empty() {
+        return fail(
+            "events",
+            "is empty: list at least one pattern (\"#\" = all events)".into(),
+        );
+    }
+    for (j, pattern) in ep.events.iter().enumerate() {
+        if !is_valid_pattern(pattern) {
+            return fail(
+                &format!("events[{j}]"),
+                format!(
+                    "{pattern:?} is not a pattern (dot-separated words of [a-z0-9_-], `*` or `#`)"
+                ),
+            );
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, value) in ep.headers {
+        let lower = name.to_ascii_lowercase();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return fail(
+                &format!("headers.{name}"),
+                "is not a valid header name".into(),
+            );
+        }
+        if lower.starts_with("webhook-")
+            || crate::contract::header::is_reserved(&lower)
+            || lower == "content-type"
+            || lower == "content-length"
+            || lower == "host"
+        {
+            return fail(
+                &format!("headers.{name}"),
+                "is set by hookpost and cannot be overridden".into(),
+            );
+        }
+        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+            return fail(
+                &format!("headers.{name}"),
+                "has control characters (the value is not shown)".into(),
+            );
+        }
+        headers.push((name, Redacted::new(value)));
+    }
+    let mut secrets = Vec::new();
+    for (j, text) in ep.secrets.iter().enumerate() {
+        let parsed = match ep.signature {
+            SignatureScheme::Standard => SigningSecret::parse(text),
+            SignatureScheme::Hex => SigningSecret::raw(text),
+        };
+        secrets.push(parsed.map_err(|e| (format!("secrets[{j}]"), e.to_string()))?);
+    }
+    let retry = RetryPolicy {
+        max_retries: ep.max_retries.unwrap_or(d.max_retries),
+        retry_delay_ms: ep.retry_delay_ms.unwrap_or(d.retry_delay_ms).get(),
+        max_retry_delay_ms: ep.max_retry_delay_ms.unwrap_or(d.max_retry_delay_ms).get(),
+    };
+    if retry.max_retry_delay_ms < retry.retry_delay_ms {
+        return fail(
+            "max_retry_delay_ms",
+            "must not be below retry_delay_ms".into(),
+        );
+    }
+    if retry.max_retries > 100 {
+        return fail("max_retries", "must be at most 100".into());
+    }
+    if retry.max_retry_delay_ms > MAX_DELAY_MS {
+        return fail(
+            "max_retry_delay_ms",
+            format!("must be at most {MAX_DELAY_MS} (30 days)"),
+        );
+    }
+    // A delivery held longer than the broker's consumer_timeout (30 min by
+    // default) closes the channel: keep what a dispatcher holds well below.
+    let timeout_ms = ep.timeout_ms.unwrap_or(d.timeout_ms).get();
+    if timeout_ms > MAX_HOLD_MS {
+        return fail(
+            "timeout_ms",
+            format!("must be at most {MAX_HOLD_MS} (15 minutes)"),
+        );
+    }
+    let batch_interval_ms = ep.batch_interval_ms.unwrap_or(d.batch_interval_ms);
+    if batch_interval_ms > MAX_HOLD_MS {
+        return fail(
+            "batch_interval_ms",
+            format!("must be at most {MAX_HOLD_MS} (15 minutes)"),
+        );
+    }
+    let batch_size = ep.batch_size.unwrap_or(d.batch_size).get();
+    if batch_size > MAX_BATCH_SIZE {
+        return fail("batch_size", format!("must be at most {MAX_BATCH_SIZE}"));
+    }
+    for (key, codes) in [
+        ("retry_on_status.add", &ep.retry_on_status.add),
+        ("retry_on_status.remove", &ep.retry_on_status.remove),
+    ] {
+        if let Some(code) = codes.iter().find(|c| !(300..=599).contains(*c)) {
+            return fail(key, format!("{code} is not a 3xx, 4xx or 5xx status code"));
+        }
+    }
+    if let Some(code) = ep
+        .retry_on_status
+        .add
+        .iter()
+        .find(|c| ep.retry_on_status.remove.contains(c))
+    {
+        return fail(
+            "retry_on_status",
+            format!("{code} is both added and removed"),
+        );
+    }
+    let breaker_failures = ep.breaker_failures.unwrap_or(d.breaker_failures);
+    let cooldown_ms = ep
+        .breaker_cooldown_ms
+        .unwrap_or(d.breaker_cooldown_ms)
+        .get();
+    if cooldown_ms > MAX_HOLD_MS {
+        return fail(
+            "breaker_cooldown_ms",
+            format!("must be at most {MAX_HOLD_MS} (15 minutes)"),
+        );
+    }
+    let rate_limit = ep.rate_limit_per_s.map(|per_s| RateLimit {
+        per_s: per_s.get(),
+        burst: ep.rate_limit_burst.unwrap_or(per_s).get(),
+    });
+    if rate_limit.is_none() && ep.rate_limit_burst.is_some() {
+        return fail("rate_limit_burst", "needs rate_limit_per_s".into());
+    }
+    let transform = match &ep.transform {
+        None => None,
+        Some(source) => Some(std::sync::Arc::new(
+            Transform::compile(source).map_err(|e| ("transform".to_owned(), e.to_string()))?,
+        )),
+    };
+    Ok(Endpoint {
+        id: ep.id,
+        url,
+        events: ep.events,
+        method: ep.method,
+        headers,
+        secrets,
+        timeout: Duration::from_millis(timeout_ms),
+        retry,
+        batch_size,
+        batch_interval: Duration::from_millis(batch_interval_ms),
+        max_in_flight: ep.max_in_flight.unwrap_or(d.max_in_flight).get(),
+        on_exhausted: ep.on_exhausted.unwrap_or(d.on_exhausted),
+        breaker: (breaker_failures > 0).then(|| BreakerPolicy {
+            failures: breaker_failures,
+            cooldown: Duration::from_millis(cooldown_ms),
+        }),
+        retry_add: ep.retry_on_status.add,
+        retry_remove: ep.retry_on_status.remove,
+        rate_limit,
+        signature: ep.signature,
+        transform,
+        secret_expiry: Vec::new(),
+    })
+}
+
+/// Whether `id` may name an endpoint (and its queue).
+pub fn is_valid_endpoint_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 100
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Whether `pattern` is a topic binding key over event types: words, `*`, `#`.
+pub fn is_valid_pattern(pattern: &str) -> bool {
+    pattern == "#"
+        || pattern == "*"
+        || (pattern.len() <= 255
+            && pattern
+                .split('.')
+                .all(|w| w == "*" || w == "#" || is_valid_type(w)))
+}
