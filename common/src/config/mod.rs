@@ -9,6 +9,7 @@
 //! - [`endpoint`]: one endpoint checked (file or API), ids and patterns.
 
 mod check;
+mod defaults;
 mod endpoint;
 pub mod load;
 pub mod raw;

@@ -2,6 +2,7 @@
 //! user documentation; `deploy/hookpost.toml` shows each one with a comment.
 //! [`super::Config::from_raw`] turns this into the checked [`super::Config`].
 
+use super::defaults;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -45,33 +46,33 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct AmqpSection {
     /// Broker URL. Default: the `AMQP_URL` variable, else `amqp://guest:guest@127.0.0.1:5672/%2f`.
-    #[serde(default = "default_amqp_url")]
+    #[serde(default = "defaults::default_amqp_url")]
     pub url: String,
     /// Prefix of every exchange and queue name.
-    #[serde(default = "default_prefix")]
+    #[serde(default = "defaults::default_prefix")]
     pub prefix: String,
     /// `quorum` (replicated, default) or `classic` queues.
     #[serde(default)]
     pub queue_type: QueueType,
     /// Most events kept in the unrouted queue; beyond it publishes of unrouted events are refused.
-    #[serde(default = "default_unrouted_max_length")]
+    #[serde(default = "defaults::default_unrouted_max_length")]
     pub unrouted_max_length: NonZeroU32,
     /// Broker-side redelivery limit of endpoint queues (quorum only): a message
     /// redelivered this often without an ack (a crash loop) is dead-lettered.
-    #[serde(default = "default_delivery_limit")]
+    #[serde(default = "defaults::default_delivery_limit")]
     pub delivery_limit: NonZeroU32,
     /// Longest a publish waits for the broker (reconnect and confirm) before it fails.
-    #[serde(default = "default_publish_timeout_ms")]
+    #[serde(default = "defaults::default_publish_timeout_ms")]
     pub publish_timeout_ms: NonZeroU64,
     /// Unacknowledged deliveries a dispatcher holds per endpoint queue.
-    #[serde(default = "default_prefetch")]
+    #[serde(default = "defaults::default_prefetch")]
     pub prefetch: NonZeroU16,
     /// Longest pause between reconnect attempts.
-    #[serde(default = "default_max_reconnect_delay_ms")]
+    #[serde(default = "defaults::default_max_reconnect_delay_ms")]
     pub max_reconnect_delay_ms: NonZeroU64,
     /// Largest event (JSON bytes) published or delivered; larger ones are
     /// refused by publishers and dead-lettered (`malformed`) by dispatchers.
-    #[serde(default = "default_max_message_bytes")]
+    #[serde(default = "defaults::default_max_message_bytes")]
     pub max_message_bytes: NonZeroUsize,
 }
 
@@ -91,25 +92,25 @@ pub enum QueueType {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     /// Address of the metrics and health server.
-    #[serde(default = "default_metrics_listen")]
+    #[serde(default = "defaults::default_metrics_listen")]
     pub listen: SocketAddr,
     /// How often the dispatcher polls queue depths from the broker.
-    #[serde(default = "default_queue_poll_interval_ms")]
+    #[serde(default = "defaults::default_queue_poll_interval_ms")]
     pub queue_poll_interval_ms: NonZeroU64,
     /// Longest a client may take to send a request's head (request line and
     /// headers), counted from when the server starts waiting for it: a new
     /// connection, or a kept-alive one after its previous response (so this
     /// is also the keep-alive idle limit). Past it the connection is closed.
-    #[serde(default = "default_header_read_timeout_ms")]
+    #[serde(default = "defaults::default_header_read_timeout_ms")]
     pub header_read_timeout_ms: NonZeroU64,
     /// A connection on which no byte moved either way for this long, while
     /// none of its requests is being handled, is closed (a client that stops
     /// reading its response).
-    #[serde(default = "default_idle_timeout_ms")]
+    #[serde(default = "defaults::default_idle_timeout_ms")]
     pub idle_timeout_ms: NonZeroU64,
     /// Connections held at once. At the cap the server stops accepting: new
     /// connections wait in the listen backlog until one closes or times out.
-    #[serde(default = "default_metrics_max_connections")]
+    #[serde(default = "defaults::default_metrics_max_connections")]
     pub max_connections: NonZeroUsize,
 }
 
@@ -123,10 +124,10 @@ pub struct HttpSection {
     #[serde(default)]
     pub allowed_networks: Vec<String>,
     /// Most bytes of a response body read (the rest is discarded).
-    #[serde(default = "default_max_response_bytes")]
+    #[serde(default = "defaults::default_max_response_bytes")]
     pub max_response_body_bytes: NonZeroUsize,
     /// Longest `Retry-After` honoured; longer ones are cut to this.
-    #[serde(default = "default_max_retry_after_ms")]
+    #[serde(default = "defaults::default_max_retry_after_ms")]
     pub max_retry_after_ms: NonZeroU64,
 }
 
@@ -135,25 +136,25 @@ pub struct HttpSection {
 #[serde(deny_unknown_fields)]
 pub struct DefaultsSection {
     /// Request timeout.
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "defaults::default_timeout_ms")]
     pub timeout_ms: NonZeroU64,
     /// Retries after the first attempt before a delivery is dead-lettered.
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "defaults::default_max_retries")]
     pub max_retries: u32,
     /// Delay before the first retry; doubles each retry.
-    #[serde(default = "default_retry_delay_ms")]
+    #[serde(default = "defaults::default_retry_delay_ms")]
     pub retry_delay_ms: NonZeroU64,
     /// Upper bound of the retry delay.
-    #[serde(default = "default_max_retry_delay_ms")]
+    #[serde(default = "defaults::default_max_retry_delay_ms")]
     pub max_retry_delay_ms: NonZeroU64,
     /// Events per request; 1 sends the bare envelope.
-    #[serde(default = "default_batch_size")]
+    #[serde(default = "defaults::default_batch_size")]
     pub batch_size: NonZeroU32,
     /// Longest a partial batch waits after its first event; 0 sends at once.
     #[serde(default)]
     pub batch_interval_ms: u64,
     /// Concurrent requests per endpoint.
-    #[serde(default = "default_max_in_flight")]
+    #[serde(default = "defaults::default_max_in_flight")]
     pub max_in_flight: NonZeroU32,
     /// What happens to a delivery whose retries are used up: `dead_letter` or `drop`.
     #[serde(default)]
@@ -162,7 +163,7 @@ pub struct DefaultsSection {
     #[serde(default)]
     pub breaker_failures: u32,
     /// Circuit breaker: how long a suspended endpoint waits before one probe delivery.
-    #[serde(default = "default_breaker_cooldown_ms")]
+    #[serde(default = "defaults::default_breaker_cooldown_ms")]
     pub breaker_cooldown_ms: NonZeroU64,
 }
 
@@ -171,34 +172,34 @@ pub struct DefaultsSection {
 #[serde(deny_unknown_fields)]
 pub struct IngestSection {
     /// Address of `hookpost-producer serve`.
-    #[serde(default = "default_ingest_listen")]
+    #[serde(default = "defaults::default_ingest_listen")]
     pub listen: SocketAddr,
     /// Bearer tokens accepted on `POST /v1/events`. `serve` refuses to start without one.
     #[serde(default)]
     pub tokens: Vec<String>,
     /// Largest request body accepted (413 beyond).
-    #[serde(default = "default_max_body_bytes")]
+    #[serde(default = "defaults::default_max_body_bytes")]
     pub max_body_bytes: NonZeroUsize,
     /// Most events in one request (413 beyond).
-    #[serde(default = "default_max_events")]
+    #[serde(default = "defaults::default_max_events")]
     pub max_events: NonZeroUsize,
     /// Longest a client may take to send a request's head (request line and
     /// headers), counted from when the server starts waiting for it: a new
     /// connection, or a kept-alive one after its previous response (so this
     /// is also the keep-alive idle limit). Past it the connection is closed.
-    #[serde(default = "default_header_read_timeout_ms")]
+    #[serde(default = "defaults::default_header_read_timeout_ms")]
     pub header_read_timeout_ms: NonZeroU64,
     /// A connection on which no byte moved either way for this long, while
     /// none of its requests is being handled, is closed (a client that stops
     /// reading its response).
-    #[serde(default = "default_idle_timeout_ms")]
+    #[serde(default = "defaults::default_idle_timeout_ms")]
     pub idle_timeout_ms: NonZeroU64,
     /// Connections held at once. At the cap the server stops accepting: new
     /// connections wait in the listen backlog until one closes or times out.
-    #[serde(default = "default_ingest_max_connections")]
+    #[serde(default = "defaults::default_ingest_max_connections")]
     pub max_connections: NonZeroUsize,
     /// Longest a client may take to send a whole request body (408 past it).
-    #[serde(default = "default_body_read_timeout_ms")]
+    #[serde(default = "defaults::default_body_read_timeout_ms")]
     pub body_read_timeout_ms: NonZeroU64,
 }
 
@@ -207,7 +208,7 @@ pub struct IngestSection {
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
     /// Address of the management API (served by `hookpost-producer serve` when `tokens` is set).
-    #[serde(default = "default_api_listen")]
+    #[serde(default = "defaults::default_api_listen")]
     pub listen: SocketAddr,
     /// Bearer tokens accepted on `/v1/endpoints` (separate from ingest tokens). Empty: no API.
     #[serde(default)]
@@ -216,19 +217,19 @@ pub struct ApiSection {
     /// headers), counted from when the server starts waiting for it: a new
     /// connection, or a kept-alive one after its previous response (so this
     /// is also the keep-alive idle limit). Past it the connection is closed.
-    #[serde(default = "default_header_read_timeout_ms")]
+    #[serde(default = "defaults::default_header_read_timeout_ms")]
     pub header_read_timeout_ms: NonZeroU64,
     /// A connection on which no byte moved either way for this long, while
     /// none of its requests is being handled, is closed (a client that stops
     /// reading its response).
-    #[serde(default = "default_idle_timeout_ms")]
+    #[serde(default = "defaults::default_idle_timeout_ms")]
     pub idle_timeout_ms: NonZeroU64,
     /// Connections held at once. At the cap the server stops accepting: new
     /// connections wait in the listen backlog until one closes or times out.
-    #[serde(default = "default_api_max_connections")]
+    #[serde(default = "defaults::default_api_max_connections")]
     pub max_connections: NonZeroUsize,
     /// Longest a client may take to send a whole request body (408 past it).
-    #[serde(default = "default_body_read_timeout_ms")]
+    #[serde(default = "defaults::default_body_read_timeout_ms")]
     pub body_read_timeout_ms: NonZeroU64,
 }
 
@@ -241,7 +242,7 @@ pub struct RegistrySection {
     #[serde(default)]
     pub secrets_key: Option<String>,
     /// After a secret rotation, how long the previous secrets keep signing.
-    #[serde(default = "default_secret_overlap_ms")]
+    #[serde(default = "defaults::default_secret_overlap_ms")]
     pub secret_overlap_ms: NonZeroU64,
 }
 
@@ -253,19 +254,19 @@ pub struct RegistrySection {
 pub struct TransformsSection {
     /// Transform worker processes per dispatcher: the most transforms that
     /// run at the same moment.
-    #[serde(default = "default_transform_workers")]
+    #[serde(default = "defaults::default_transform_workers")]
     pub workers: NonZeroU32,
     /// Most transforms of one endpoint that run at the same moment, so one
     /// endpoint cannot hold every worker.
-    #[serde(default = "default_transform_per_endpoint")]
+    #[serde(default = "defaults::default_transform_per_endpoint")]
     pub per_endpoint: NonZeroU32,
     /// Wall-clock limit of one transform run; the worker is killed and
     /// replaced beyond it, and the event dead-lettered (`transform_error`).
-    #[serde(default = "default_transform_timeout_ms")]
+    #[serde(default = "defaults::default_transform_timeout_ms")]
     pub timeout_ms: NonZeroU64,
     /// Address-space limit of a worker process, in MiB; a program that needs
     /// more is stopped and its event dead-lettered.
-    #[serde(default = "default_transform_memory_mb")]
+    #[serde(default = "defaults::default_transform_memory_mb")]
     pub memory_mb: NonZeroU64,
     /// The `hookpost-dispatcher` executable started as a worker. Default:
     /// the running dispatcher's own executable.
@@ -326,26 +327,6 @@ pub struct EndpointSection {
     pub transform: Option<String>,
 }
 
-fn default_api_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8081))
-}
-
-fn default_transform_workers() -> NonZeroU32 {
-    const { NonZeroU32::new(4).unwrap() }
-}
-fn default_transform_per_endpoint() -> NonZeroU32 {
-    const { NonZeroU32::new(1).unwrap() }
-}
-fn default_transform_timeout_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(2_000).unwrap() }
-}
-fn default_transform_memory_mb() -> NonZeroU64 {
-    const { NonZeroU64::new(256).unwrap() }
-}
-fn default_secret_overlap_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(24 * 3_600_000).unwrap() }
-}
-
 /// `retry_on_status = { add = [...], remove = [...] }`
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -393,92 +374,6 @@ pub enum Method {
 
 /// The broker URL used when the config names none.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-fn default_amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
-}
-fn default_prefix() -> String {
-    "hookpost".to_owned()
-}
-fn default_unrouted_max_length() -> NonZeroU32 {
-    const { NonZeroU32::new(100_000).unwrap() }
-}
-fn default_delivery_limit() -> NonZeroU32 {
-    const { NonZeroU32::new(20).unwrap() }
-}
-fn default_publish_timeout_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(10_000).unwrap() }
-}
-fn default_breaker_cooldown_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(30_000).unwrap() }
-}
-
-fn default_prefetch() -> NonZeroU16 {
-    const { NonZeroU16::new(200).unwrap() }
-}
-fn default_max_reconnect_delay_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(10_000).unwrap() }
-}
-fn default_max_message_bytes() -> NonZeroUsize {
-    const { NonZeroUsize::new(1024 * 1024).unwrap() }
-}
-fn default_metrics_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9464))
-}
-fn default_queue_poll_interval_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(5_000).unwrap() }
-}
-fn default_max_response_bytes() -> NonZeroUsize {
-    const { NonZeroUsize::new(64 * 1024).unwrap() }
-}
-fn default_max_retry_after_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(3_600_000).unwrap() }
-}
-fn default_timeout_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(5_000).unwrap() }
-}
-fn default_max_retries() -> u32 {
-    5
-}
-fn default_retry_delay_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(1_000).unwrap() }
-}
-fn default_max_retry_delay_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(3_600_000).unwrap() }
-}
-fn default_batch_size() -> NonZeroU32 {
-    NonZeroU32::MIN
-}
-fn default_max_in_flight() -> NonZeroU32 {
-    const { NonZeroU32::new(8).unwrap() }
-}
-fn default_ingest_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
-}
-fn default_max_body_bytes() -> NonZeroUsize {
-    const { NonZeroUsize::new(1024 * 1024).unwrap() }
-}
-fn default_max_events() -> NonZeroUsize {
-    const { NonZeroUsize::new(1000).unwrap() }
-}
-fn default_header_read_timeout_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(10_000).unwrap() }
-}
-fn default_idle_timeout_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(60_000).unwrap() }
-}
-fn default_body_read_timeout_ms() -> NonZeroU64 {
-    const { NonZeroU64::new(30_000).unwrap() }
-}
-fn default_ingest_max_connections() -> NonZeroUsize {
-    const { NonZeroUsize::new(512).unwrap() }
-}
-fn default_api_max_connections() -> NonZeroUsize {
-    const { NonZeroUsize::new(64).unwrap() }
-}
-fn default_metrics_max_connections() -> NonZeroUsize {
-    const { NonZeroUsize::new(32).unwrap() }
-}
 
 macro_rules! default_from_serde {
     ($($t:ty),*) => {$(

@@ -1,7 +1,7 @@
 use super::*;
 use crate::server::Limits;
-use std::time::Duration;
 use proptest::prelude::*;
+use std::time::Duration;
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
