@@ -16,6 +16,12 @@
 //! nothing on the connection (not even `connection.close`), so every wait on
 //! the broker needs its own bound; [`AmqpClient::close`] has one.
 
+mod publish;
+pub mod reply;
+
+pub use publish::{CONFIRM_TIMEOUT, publish_confirmed, republished_properties};
+pub use reply::reply_code;
+
 use crate::secret::{Redacted, redact_url};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
@@ -327,128 +333,6 @@ fn set_blocked(inner: &Inner, reason: Option<String>, change: Change) {
     }
 }
 
-/// Longest [`publish_confirmed`] waits for the broker (a broker that blocks
-/// publishers, on a memory or disk alarm, never answers).
-pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Publishes with `mandatory` on a channel in confirm mode and waits for the
-/// broker's confirm, at most [`CONFIRM_TIMEOUT`]; a nack or a return (no
-/// queue bound) is an error.
-///
-/// # Errors
-/// A broker error, a nack, a return, or no confirm in time.
-pub async fn publish_confirmed(
-    ch: &lapin::Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    properties: lapin::BasicProperties,
-) -> anyhow::Result<()> {
-    tokio::time::timeout(
-        CONFIRM_TIMEOUT,
-        publish_confirmed_unbounded(ch, exchange, routing_key, body, properties),
-    )
-    .await
-    .map_err(|_| {
-        anyhow::anyhow!(
-            "no confirm from the broker within {} s (is it blocking publishers? see hookpost_broker_blocked)",
-            CONFIRM_TIMEOUT.as_secs()
-        )
-    })?
-}
-
-async fn publish_confirmed_unbounded(
-    ch: &lapin::Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    properties: lapin::BasicProperties,
-) -> anyhow::Result<()> {
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            lapin::options::BasicPublishOptions {
-                mandatory: true,
-                ..lapin::options::BasicPublishOptions::default()
-            },
-            body,
-            properties,
-        )
-        .await?
-        .await?;
-    match confirm {
-        lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested => Ok(()),
-        lapin::Confirmation::Ack(Some(returned)) => {
-            anyhow::bail!("the broker returned it ({})", returned.reply_text)
-        }
-        lapin::Confirmation::Nack(_) => anyhow::bail!("the broker refused it (nack)"),
-    }
-}
-
-/// The properties of a republished message: the original's, with `headers`,
-/// persistent, and without `user_id` (the broker refuses a user id other than
-/// the publisher's login) or `expiration` (a parked message must not expire).
-pub fn republished_properties(
-    original: &lapin::BasicProperties,
-    headers: lapin::types::FieldTable,
-) -> lapin::BasicProperties {
-    let mut p = lapin::BasicProperties::default()
-        .with_headers(headers)
-        .with_delivery_mode(2);
-    if let Some(v) = original.content_type() {
-        p = p.with_content_type(v.clone());
-    }
-    if let Some(v) = original.content_encoding() {
-        p = p.with_content_encoding(v.clone());
-    }
-    if let Some(v) = original.priority() {
-        p = p.with_priority(*v);
-    }
-    if let Some(v) = original.correlation_id() {
-        p = p.with_correlation_id(v.clone());
-    }
-    if let Some(v) = original.reply_to() {
-        p = p.with_reply_to(v.clone());
-    }
-    if let Some(v) = original.message_id() {
-        p = p.with_message_id(v.clone());
-    }
-    if let Some(v) = original.timestamp() {
-        p = p.with_timestamp(*v);
-    }
-    if let Some(v) = original.kind() {
-        p = p.with_type(v.clone());
-    }
-    if let Some(v) = original.app_id() {
-        p = p.with_app_id(v.clone());
-    }
-    p
-}
-
-/// AMQP 0-9-1 reply codes hookpost acts on (the specification's constants).
-pub mod reply {
-    /// The credentials may not do this (soft, channel closed).
-    pub const ACCESS_REFUSED: u16 = 403;
-    /// No such queue or exchange (soft, channel closed).
-    pub const NOT_FOUND: u16 = 404;
-    /// An exclusive queue in use by another connection (soft).
-    pub const RESOURCE_LOCKED: u16 = 405;
-    /// An existing object with other arguments, or a failed precondition (soft).
-    pub const PRECONDITION_FAILED: u16 = 406;
-}
-
-/// The reply code of the broker's refusal in `e` (see [`reply`]), or `None`
-/// when `e` is not an answer from the broker (I/O, a closed channel or
-/// connection, a client-side error). Classify broker errors with this, never
-/// with their text.
-pub fn reply_code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
-        _ => None,
-    }
-}
-
 /// Reconnect delays: 100 ms doubling to `max`, with jitter, without end.
 pub fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
@@ -463,40 +347,6 @@ pub fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reply_codes_come_from_the_error_kind_not_its_text() {
-        use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError, AMQPSoftError};
-        let broker = |kind, text: &str| {
-            lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
-                kind,
-                text.into(),
-            )))
-        };
-        for (soft, code) in [
-            (AMQPSoftError::NOTFOUND, reply::NOT_FOUND),
-            (
-                AMQPSoftError::PRECONDITIONFAILED,
-                reply::PRECONDITION_FAILED,
-            ),
-            (AMQPSoftError::RESOURCELOCKED, reply::RESOURCE_LOCKED),
-            (AMQPSoftError::ACCESSREFUSED, reply::ACCESS_REFUSED),
-        ] {
-            // The text says something else: only the code counts.
-            let e = broker(AMQPErrorKind::Soft(soft), "NOT_FOUND - inequivalent arg");
-            assert_eq!(reply_code(&e), Some(code));
-        }
-        let hard = broker(
-            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
-            "PRECONDITION_FAILED",
-        );
-        assert_eq!(reply_code(&hard), Some(530));
-        let io = lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
-            std::io::Error::other("PRECONDITION_FAILED - inequivalent arg"),
-        )));
-        assert_eq!(reply_code(&io), None);
-        assert_eq!(reply_code(&lapin::ErrorKind::FutureCompleted.into()), None);
-    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

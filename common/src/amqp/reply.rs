@@ -1,0 +1,58 @@
+//! The broker's refusals: the AMQP 0-9-1 reply codes hookpost acts on
+//! (the specification's constants), read from the error's kind.
+
+/// The credentials may not do this (soft, channel closed).
+pub const ACCESS_REFUSED: u16 = 403;
+/// No such queue or exchange (soft, channel closed).
+pub const NOT_FOUND: u16 = 404;
+/// An exclusive queue in use by another connection (soft).
+pub const RESOURCE_LOCKED: u16 = 405;
+/// An existing object with other arguments, or a failed precondition (soft).
+pub const PRECONDITION_FAILED: u16 = 406;
+
+/// The reply code of the broker's refusal in `e` (one of this module's constants), or `None`
+/// when `e` is not an answer from the broker (I/O, a closed channel or
+/// connection, a client-side error). Classify broker errors with this, never
+/// with their text.
+pub fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_codes_come_from_the_error_kind_not_its_text() {
+        use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError, AMQPSoftError};
+        let broker = |kind, text: &str| {
+            lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
+                kind,
+                text.into(),
+            )))
+        };
+        for (soft, code) in [
+            (AMQPSoftError::NOTFOUND, NOT_FOUND),
+            (AMQPSoftError::PRECONDITIONFAILED, PRECONDITION_FAILED),
+            (AMQPSoftError::RESOURCELOCKED, RESOURCE_LOCKED),
+            (AMQPSoftError::ACCESSREFUSED, ACCESS_REFUSED),
+        ] {
+            // The text says something else: only the code counts.
+            let e = broker(AMQPErrorKind::Soft(soft), "NOT_FOUND - inequivalent arg");
+            assert_eq!(reply_code(&e), Some(code));
+        }
+        let hard = broker(
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
+            "PRECONDITION_FAILED",
+        );
+        assert_eq!(reply_code(&hard), Some(530));
+        let io = lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
+            std::io::Error::other("PRECONDITION_FAILED - inequivalent arg"),
+        )));
+        assert_eq!(reply_code(&io), None);
+        assert_eq!(reply_code(&lapin::ErrorKind::FutureCompleted.into()), None);
+    }
+}
