@@ -2,12 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use common::{Config, EventDraft};
+use common::EventDraft;
 use producer::Publisher;
 use std::io::Read;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -17,9 +14,8 @@ use tokio_util::sync::CancellationToken;
     about = "Publish events to hookpost"
 )]
 struct Cli {
-    /// Config file. Without one, defaults and HOOKPOST_* variables apply.
-    #[arg(long, global = true, env = "HOOKPOST_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: common::cli::ConfigArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,27 +40,17 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         count: usize,
     },
-    /// Serve the HTTP ingest (POST /v1/events) and /metrics.
+    /// Serve the HTTP ingest (POST /v1/events), /metrics, and the management API (/v1/endpoints) when api.tokens is set.
     Serve,
 }
 
 fn main() -> std::process::ExitCode {
-    common::logging::init("info");
     let cli = Cli::parse();
-    let result = tokio::runtime::Runtime::new()
-        .context("cannot start the runtime")
-        .and_then(|rt| rt.block_on(run(cli)));
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::cli::main("info", run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load_optional(cli.config.as_deref())?;
+    let config = cli.config.load()?;
     match cli.command {
         Command::Publish {
             event_type,
@@ -103,26 +89,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve => {
             let listeners = producer::Listeners {
-                ingest: bind(config.ingest.listen, "ingest.listen").await?,
-                metrics: bind(config.metrics_listen, "metrics.listen").await?,
+                ingest: common::cli::bind(config.ingest.listen, "ingest.listen").await?,
+                metrics: common::cli::bind(config.metrics_listen, "metrics.listen").await?,
                 // The API is off unless it has tokens.
                 api: if config.api.tokens.is_empty() {
                     None
                 } else {
-                    Some(bind(config.api.listen, "api.listen").await?)
+                    Some(common::cli::bind(config.api.listen, "api.listen").await?)
                 },
             };
             let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                common::cli::stop_requested().await;
+                tracing::info!("Shutdown requested.");
+                stop.cancel();
+            });
             producer::serve(config, listeners, shutdown).await
         }
     }
-}
-
-async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({key})"))
 }
 
 fn read_data(arg: &str) -> anyhow::Result<serde_json::Value> {
@@ -140,25 +125,4 @@ fn read_data(arg: &str) -> anyhow::Result<serde_json::Value> {
         None => arg.to_owned(),
     };
     serde_json::from_str(&text).context("--data is not valid JSON")
-}
-
-/// Cancels `shutdown` on SIGTERM or Ctrl-C.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("Shutdown requested.");
-    shutdown.cancel();
 }

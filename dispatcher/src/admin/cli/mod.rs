@@ -24,9 +24,8 @@ mod topology;
     about = "Inspect and replay hookpost's dead-letter queue"
 )]
 pub struct Cli {
-    /// Config file (the dispatcher's). Without one, defaults and HOOKPOST_* variables apply.
-    #[arg(long, global = true, env = "HOOKPOST_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: common::cli::ConfigArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -249,7 +248,7 @@ impl Filters {
 /// # Errors
 /// Bad arguments, config or broker errors, with what was involved.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load_optional(cli.config.as_deref())?;
+    let config = cli.config.load()?;
     // Validate flags before touching the broker.
     let filters = match &cli.command {
         Command::Dlq(
