@@ -1,0 +1,168 @@
+//! hookpost's benchmark: the raw broker, raw HTTP and hookpost end to end,
+//! measured in one run on the same broker, queue type and message size, with
+//! each hookpost figure as a ratio to the raw broker's (BENCHMARKS.md).
+//!
+//!   cargo run --release -p tests --bin bench -- [--events N] [--endpoints K] [--batch-size B] [--size BYTES] [--json FILE]
+//!
+//! The dispatcher runs as a child process (this binary with
+//! `--dispatcher-child CONFIG`) so its peak RSS and CPU time are its own.
+
+mod hookpost;
+mod raw;
+mod report;
+
+use clap::Parser;
+use common::Config;
+use hookpost::*;
+use raw::*;
+use report::*;
+use std::path::PathBuf;
+use tests::amqp_url;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "hookpost benchmark: raw broker, raw HTTP and hookpost end to end"
+)]
+struct Args {
+    /// Events per throughput scenario.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Endpoints of the fan-out scenario.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// Batch size of the batched scenario.
+    #[arg(long, default_value_t = 100)]
+    batch_size: u32,
+    /// Event size in bytes (the JSON envelope).
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Offered rate of the latency scenario, events per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds the latency scenario runs.
+    #[arg(long, default_value_t = 10)]
+    latency_seconds: u64,
+    /// Endpoint counts of the memory scenarios.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    memory_endpoints: Vec<usize>,
+    /// Queue type of the memory scenarios: classic (default; safe on a broker
+    /// with the default open-file limit) or quorum (needs a raised limit).
+    #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
+    memory_queue_type: String,
+    /// Only these scenarios (comma-separated: raw-broker, raw-http, batch1, batch, fanout, latency, memory).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Internal: run a dispatcher on this config (the child process).
+    #[arg(long, hide = true)]
+    dispatcher_child: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    if let Some(config) = args.dispatcher_child {
+        return runtime.block_on(dispatcher_child(config));
+    }
+    runtime.block_on(run(args))
+}
+
+async fn dispatcher_child(path: PathBuf) -> anyhow::Result<()> {
+    common::logging::init("error");
+    let config = Config::load(&path)?;
+    let listener = tokio::net::TcpListener::bind(config.metrics_listen).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+        }
+        stop.cancel();
+    });
+    let (_reload, reloads) = tokio::sync::mpsc::channel(1);
+    dispatcher::run(config, listener, reloads, shutdown).await
+}
+
+fn wanted(args: &Args, name: &str) -> bool {
+    args.only.is_empty() || args.only.iter().any(|o| o == name)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    println!(
+        "hookpost bench: {} events of {} bytes, quorum queues, broker {}",
+        args.events,
+        args.size,
+        common::secret::redact_url(&amqp_url())
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut raw = None;
+    if wanted(&args, "raw-broker") {
+        let row = raw_broker(args.events, args.size).await?;
+        raw = Some(row.events_per_s);
+        progress(&row);
+        rows.push(row);
+    }
+    if wanted(&args, "raw-http") {
+        rows.push(progress_of(raw_http(args.events, args.size).await?));
+    }
+    if wanted(&args, "batch1") {
+        rows.push(progress_of(
+            hookpost("hookpost batch 1, 1 endpoint", args.events, args.size, 1, 1).await?,
+        ));
+    }
+    if wanted(&args, "batch") {
+        rows.push(progress_of(
+            hookpost(
+                &format!("hookpost batch {}, 1 endpoint", args.batch_size),
+                args.events,
+                args.size,
+                args.batch_size,
+                1,
+            )
+            .await?,
+        ));
+    }
+    if wanted(&args, "fanout") {
+        let n = (args.events / args.endpoints.max(1)).max(1);
+        rows.push(progress_of(
+            hookpost(
+                &format!("hookpost batch 1, fan-out to {}", args.endpoints),
+                n,
+                args.size,
+                1,
+                args.endpoints,
+            )
+            .await?,
+        ));
+    }
+    if wanted(&args, "latency") {
+        rows.push(progress_of(
+            latency(args.rate, args.latency_seconds, args.size).await?,
+        ));
+    }
+    if wanted(&args, "memory") {
+        for &k in &args.memory_endpoints {
+            rows.push(progress_of(
+                memory(k, args.size, &args.memory_queue_type).await?,
+            ));
+        }
+    }
+    for row in &mut rows {
+        if row.scenario != "raw broker" && row.events_per_s > 0.0 {
+            row.ratio_to_raw_broker = raw
+                .map(|r| row.events_per_s / r)
+                .filter(|_| row.events_per_s > 0.0);
+        }
+    }
+    print_table(&rows);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

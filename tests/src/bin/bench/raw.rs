@@ -1,0 +1,207 @@
+//! The ceilings: the raw broker (publish and consume without hookpost) and
+//! raw HTTP (the same receiver without a broker), and the counting receiver.
+
+use crate::report::*;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tests::{Scope, amqp_url};
+use tokio::sync::Notify;
+
+/// Publish through a topic exchange with pipelined confirms and consume with
+/// manual acks (every 100th acks the ones before it): the ceiling.
+pub(crate) async fn raw_broker(n: usize, size: usize) -> anyhow::Result<Row> {
+    let scope = Scope::new().await;
+    let exchange = format!("{}.raw", scope.prefix);
+    let queue = scope.quorum_queue_behind(&exchange).await;
+    let body = event(size).to_vec();
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let consume = conn.create_channel().await?;
+    consume.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut consumer = consume
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let publish = {
+        let conn2 = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        let exchange = exchange.clone();
+        tokio::spawn(async move {
+            let ch = conn2.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            let mut pending = std::collections::VecDeque::new();
+            for _ in 0..n {
+                if pending.len() >= 1000 {
+                    let c: lapin::PublisherConfirm = pending.pop_front().expect("pending");
+                    c.await?;
+                }
+                pending.push_back(
+                    ch.basic_publish(
+                        exchange.as_str().into(),
+                        "bench.event".into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?,
+                );
+            }
+            for c in pending {
+                c.await?;
+            }
+            Ok::<_, lapin::Error>(conn2)
+        })
+    };
+    let mut got = 0;
+    while got < n {
+        let delivery = consumer
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
+        got += 1;
+        if got % 100 == 0 || got == n {
+            delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = publish.await??;
+    Ok(Row {
+        scenario: "raw broker".into(),
+        events: n,
+        deliveries: n,
+        seconds,
+        events_per_s: n as f64 / seconds,
+        ..Row::default()
+    })
+}
+
+/// The counting receiver: every event's publish-to-receipt latency.
+#[derive(Debug, Default)]
+pub(crate) struct Sink {
+    pub(crate) received: AtomicU64,
+    pub(crate) latencies: std::sync::Mutex<Vec<u64>>,
+    notify: Notify,
+}
+
+pub(crate) async fn sink() -> anyhow::Result<(String, Arc<Sink>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let sink = Arc::new(Sink::default());
+    let s = sink.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let s = s.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let now = now_nanos();
+                            let value: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or_default();
+                            let events = match value.get("events") {
+                                Some(serde_json::Value::Array(list)) => list
+                                    .iter()
+                                    .map(|e| e["data"]["t"].as_u64().unwrap_or(now))
+                                    .collect(),
+                                _ => vec![value["data"]["t"].as_u64().unwrap_or(now)],
+                            };
+                            {
+                                let mut l = s.latencies.lock().expect("lock");
+                                l.extend(events.iter().map(|t| now.saturating_sub(*t)));
+                            }
+                            s.received.fetch_add(events.len() as u64, Ordering::SeqCst);
+                            s.notify.notify_waiters();
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((url, sink))
+}
+
+impl Sink {
+    pub(crate) async fn wait_for(&self, n: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.received.load(Ordering::SeqCst) < n {
+            let notified = self.notify.notified();
+            if self.received.load(Ordering::SeqCst) >= n {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                anyhow::bail!(
+                    "only {} of {n} events arrived within {timeout:?}",
+                    self.received.load(Ordering::SeqCst)
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// N POSTs from one reqwest client, 64 at a time: the HTTP ceiling.
+pub(crate) async fn raw_http(n: usize, size: usize) -> anyhow::Result<Row> {
+    let (url, sink) = sink().await?;
+    let client = reqwest::Client::new();
+    let body = bytes::Bytes::from(event(size).to_vec());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        if tasks.len() >= 64 {
+            tasks.join_next().await;
+        }
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        let _ = i;
+        tasks.spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map(drop)
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    sink.wait_for(n as u64, Duration::from_secs(60)).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Row {
+        scenario: "raw HTTP (no broker)".into(),
+        events: n,
+        deliveries: n,
+        seconds,
+        events_per_s: n as f64 / seconds,
+        ..Row::default()
+    })
+}
