@@ -23,6 +23,8 @@ pub struct Received {
     pub at: Instant,
     /// Method.
     pub method: String,
+    /// The request path.
+    pub path: String,
     /// The status answered (`None`: the connection was dropped unanswered).
     pub answered: Option<u16>,
 }
@@ -156,6 +158,7 @@ impl Receiver {
             body,
             at: Instant::now(),
             method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
             answered: None,
         };
         let behaviour = self.behaviour.lock().expect("lock").clone();

@@ -1,7 +1,7 @@
 //! Raw → checked: every section's defaults and limits, with errors naming
 //! the file and the key. Endpoints are checked in [`super::endpoint`].
 
-use super::endpoint::checked_endpoint;
+use super::endpoint::{checked_endpoint, is_valid_endpoint_id};
 use super::raw::RawConfig;
 use super::types::*;
 use super::{Config, ConfigError, MAX_HOLD_MS};
@@ -42,6 +42,19 @@ impl Config {
                 "amqp.prefix".into(),
                 "must be 1 to 100 characters of [A-Za-z0-9_.-]".into(),
             ));
+        }
+        for (key, value, max) in [
+            ("amqp.consume_channels", amqp.consume_channels.get(), 1024),
+            ("amqp.publish_channels", amqp.publish_channels.get(), 64),
+        ] {
+            if value > max {
+                return Err(invalid(
+                    key.into(),
+                    format!(
+                        "must be at most {max} (RabbitMQ allows 2047 channels per connection by default)"
+                    ),
+                ));
+            }
         }
         let allowed_networks = raw
             .http
@@ -132,14 +145,25 @@ impl Config {
                         format!("{id:?} is used twice"),
                     ));
                 }
-                checked_endpoint(ep, &raw.defaults).map_err(|(key, message)| {
-                    invalid(
-                        format!("endpoints[{i}].{key}"),
-                        format!("(endpoint {id:?}) {message}"),
-                    )
-                })
+                let mut endpoint =
+                    checked_endpoint(ep, &raw.defaults).map_err(|(key, message)| {
+                        invalid(
+                            format!("endpoints[{i}].{key}"),
+                            format!("(endpoint {id:?}) {message}"),
+                        )
+                    })?;
+                endpoint.detailed_metrics = raw.metrics.detailed_endpoints.contains(&id);
+                Ok(endpoint)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for (i, id) in raw.metrics.detailed_endpoints.iter().enumerate() {
+            if !is_valid_endpoint_id(id) {
+                return Err(invalid(
+                    format!("metrics.detailed_endpoints[{i}]"),
+                    format!("{id:?} is not an endpoint id ([a-z0-9_-], 1 to 100 characters)"),
+                ));
+            }
+        }
         Ok(Config {
             origin: origin.to_path_buf(),
             amqp: AmqpConfig {
@@ -150,11 +174,14 @@ impl Config {
                 delivery_limit: amqp.delivery_limit.get(),
                 publish_timeout: Duration::from_millis(amqp.publish_timeout_ms.get()),
                 prefetch: amqp.prefetch.get(),
+                consume_channels: usize::from(amqp.consume_channels.get()),
+                publish_channels: usize::from(amqp.publish_channels.get()),
                 max_reconnect_delay: Duration::from_millis(amqp.max_reconnect_delay_ms.get()),
                 max_message_bytes: amqp.max_message_bytes.get(),
             },
             metrics_listen: raw.metrics.listen,
             metrics_limits,
+            metrics_detailed: raw.metrics.detailed_endpoints,
             queue_poll_interval: Duration::from_millis(raw.metrics.queue_poll_interval_ms.get()),
             http: HttpConfig {
                 allowed_networks,

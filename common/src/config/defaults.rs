@@ -42,6 +42,12 @@ pub(super) fn default_breaker_cooldown_ms() -> NonZeroU64 {
     const { NonZeroU64::new(30_000).unwrap() }
 }
 
+pub(super) fn default_consume_channels() -> NonZeroU16 {
+    const { NonZeroU16::new(128).unwrap() }
+}
+pub(super) fn default_publish_channels() -> NonZeroU16 {
+    const { NonZeroU16::new(8).unwrap() }
+}
 pub(super) fn default_prefetch() -> NonZeroU16 {
     const { NonZeroU16::new(200).unwrap() }
 }

@@ -22,9 +22,10 @@ impl Config {
     /// address policy ([`crate::addresses`]); names are checked when they
     /// resolve, at delivery.
     pub fn check_endpoint(&self, section: EndpointSection) -> Result<Endpoint, (String, String)> {
-        let endpoint = checked_endpoint(section, &self.defaults)?;
+        let mut endpoint = checked_endpoint(section, &self.defaults)?;
         self.check_address(&endpoint.url)
             .map_err(|message| ("url".to_owned(), message))?;
+        endpoint.detailed_metrics = self.metrics_detailed.contains(&endpoint.id);
         Ok(endpoint)
     }
 
@@ -228,6 +229,7 @@ pub(super) fn checked_endpoint(
         signature: ep.signature,
         transform,
         secret_expiry: Vec::new(),
+        detailed_metrics: false,
     })
 }
 

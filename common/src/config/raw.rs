@@ -67,6 +67,15 @@ pub struct AmqpSection {
     /// Unacknowledged deliveries a dispatcher holds per endpoint queue.
     #[serde(default = "defaults::default_prefetch")]
     pub prefetch: NonZeroU16,
+    /// Most channels a dispatcher consumes on (per broker connection). Up
+    /// to this many endpoints get a channel of their own; beyond it,
+    /// endpoints share channels (each consumer keeps its own prefetch).
+    #[serde(default = "defaults::default_consume_channels")]
+    pub consume_channels: NonZeroU16,
+    /// Confirm channels a dispatcher publishes retries and dead letters on,
+    /// shared by every endpoint.
+    #[serde(default = "defaults::default_publish_channels")]
+    pub publish_channels: NonZeroU16,
     /// Longest pause between reconnect attempts.
     #[serde(default = "defaults::default_max_reconnect_delay_ms")]
     pub max_reconnect_delay_ms: NonZeroU64,
@@ -97,6 +106,12 @@ pub struct MetricsSection {
     /// How often the dispatcher polls queue depths from the broker.
     #[serde(default = "defaults::default_queue_poll_interval_ms")]
     pub queue_poll_interval_ms: NonZeroU64,
+    /// Endpoints whose latency and batch-size histograms are kept per
+    /// endpoint. The others are recorded together, under `endpoint="*"`
+    /// (at 10,000 endpoints, per-endpoint histograms alone would be
+    /// hundreds of thousands of series).
+    #[serde(default)]
+    pub detailed_endpoints: Vec<String>,
     /// Longest a client may take to send a request's head (request line and
     /// headers), counted from when the server starts waiting for it: a new
     /// connection, or a kept-alive one after its previous response (so this

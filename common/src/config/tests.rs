@@ -379,3 +379,29 @@ fn server_limits_default_and_are_checked_per_listener() {
     let e = err("[metrics]\nbody_read_timeout_ms = 1000\n", &[]);
     assert!(e.contains("unknown field"), "{e}");
 }
+
+#[test]
+fn channel_pools_and_detailed_metrics_are_checked() {
+    let c = load("", &[]).unwrap();
+    assert_eq!((c.amqp.consume_channels, c.amqp.publish_channels), (128, 8));
+    let e = err("[amqp]\nconsume_channels = 2000\n", &[]);
+    assert!(
+        e.contains("key `amqp.consume_channels`") && e.contains("2047"),
+        "{e}"
+    );
+    let e = err("[amqp]\npublish_channels = 0\n", &[]);
+    assert!(e.contains("key `amqp.publish_channels`"), "{e}");
+    let e = err("[metrics]\ndetailed_endpoints = [\"Not An Id\"]\n", &[]);
+    assert!(e.contains("key `metrics.detailed_endpoints[0]`"), "{e}");
+    let c = load(
+        &format!(
+            "[metrics]\ndetailed_endpoints = [\"p\"]\n{}",
+            one_endpoint("")
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.endpoints[0].histogram_label(), "p");
+    let c = load(&one_endpoint(""), &[]).unwrap();
+    assert_eq!(c.endpoints[0].histogram_label(), "*");
+}

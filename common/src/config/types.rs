@@ -25,6 +25,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// Metrics and health server timeouts and connection cap.
     pub metrics_limits: Limits,
+    /// Endpoints with histograms of their own (`metrics.detailed_endpoints`).
+    pub metrics_detailed: Vec<String>,
     /// How often queue depths are polled.
     pub queue_poll_interval: Duration,
     /// Outbound HTTP rules.
@@ -97,6 +99,10 @@ pub struct AmqpConfig {
     pub publish_timeout: Duration,
     /// Prefetch per endpoint consumer.
     pub prefetch: u16,
+    /// Most consumer channels per connection.
+    pub consume_channels: usize,
+    /// Shared confirm channels for retries and dead letters.
+    pub publish_channels: usize,
     /// Cap of the reconnect backoff.
     pub max_reconnect_delay: Duration,
     /// Largest event published or delivered, in bytes.
@@ -173,9 +179,18 @@ pub struct Endpoint {
     /// When each of `secrets` stops signing (rotation overlap); empty or
     /// `None`: never.
     pub secret_expiry: Vec<Option<time::OffsetDateTime>>,
+    /// Its histograms are its own (`metrics.detailed_endpoints`), not
+    /// recorded under `endpoint="*"`.
+    pub detailed_metrics: bool,
 }
 
 impl Endpoint {
+    /// The `endpoint` label of its histograms: its id when listed in
+    /// `metrics.detailed_endpoints`, else `*` (all the others together).
+    pub fn histogram_label(&self) -> &str {
+        if self.detailed_metrics { &self.id } else { "*" }
+    }
+
     /// The secrets that sign at `now` (all, unless some are past their rotation overlap).
     pub fn signing_secrets(
         &self,

@@ -113,7 +113,7 @@ impl Admin {
         // With the registered endpoints, or their bindings would be removed.
         let state = self.holds().await?;
         let (config, held) = crate::effective_config(&self.config, &state, &mut Default::default());
-        crate::declare(&self.conn, &config, &self.topology, &held).await?;
+        crate::declare(&self.conn, &config, None, &self.topology, &held).await?;
         Ok(())
     }
 

@@ -7,6 +7,10 @@
 //!
 //! Nacks (requeues) go out at once and one by one: a nacked delivery is no
 //! longer unacked at the broker, so a later range ack cannot touch it.
+//!
+//! A channel shared by several consumers ([`super::channels`]) acks one
+//! delivery at a time instead ([`AckTracker::share`]): there a lower tag may
+//! belong to another consumer's delivery not registered yet.
 
 use lapin::Acker;
 use lapin::message::Delivery;
@@ -34,6 +38,8 @@ struct Inner {
     outstanding: BTreeSet<u64>,
     /// Settled (to be acked), with an acker for each tag.
     settled: BTreeMap<u64, Acker>,
+    /// Several consumers use the channel: no range acks.
+    shared: bool,
 }
 
 impl AckTracker {
@@ -76,6 +82,12 @@ impl AckTracker {
         let _ = tokio::time::timeout(SEND_TIMEOUT, nack).await;
     }
 
+    /// From now on, acks one delivery at a time: call before a second
+    /// consumer starts on the channel.
+    pub async fn share(&self) {
+        self.inner.lock().await.shared = true;
+    }
+
     /// Acks what can be acked now.
     ///
     /// # Errors
@@ -91,6 +103,9 @@ impl AckTracker {
 }
 
 async fn flush(inner: &mut Inner) -> Result<(), lapin::Error> {
+    if inner.shared {
+        return flush_each(inner).await;
+    }
     let lowest_open = inner.outstanding.first().copied().unwrap_or(u64::MAX);
     let Some((&upto, acker)) = inner.settled.range(..lowest_open).next_back() else {
         return Ok(());
@@ -102,6 +117,25 @@ async fn flush(inner: &mut Inner) -> Result<(), lapin::Error> {
     inner.settled = inner.settled.split_off(&(upto + 1));
     match sent {
         Ok(result) => result.map(drop),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Acks every settled delivery on its own (a shared channel).
+async fn flush_each(inner: &mut Inner) -> Result<(), lapin::Error> {
+    let settled = std::mem::take(&mut inner.settled);
+    // Sent together: lapin writes them in order without waiting for each.
+    let acks = settled
+        .values()
+        .map(|acker| acker.ack(BasicAckOptions { multiple: false }));
+    let sent = tokio::time::timeout(SEND_TIMEOUT, futures_util::future::join_all(acks)).await;
+    match sent {
+        Ok(results) => results
+            .into_iter()
+            .find(Result::is_err)
+            .unwrap_or(Ok(true))
+            .map(drop),
+        // The broker redelivers whatever was not acked.
         Err(_) => Ok(()),
     }
 }

@@ -131,7 +131,7 @@ pub(super) async fn process(
     shared
         .metrics
         .batch_size
-        .with_label_values(&[id])
+        .with_label_values(&[endpoint.histogram_label()])
         .observe(valid.len() as f64);
     let gauge = shared.metrics.in_flight.with_label_values(&[id]);
     gauge.inc();
@@ -141,7 +141,7 @@ pub(super) async fn process(
     shared
         .metrics
         .request_duration
-        .with_label_values(&[id])
+        .with_label_values(&[endpoint.histogram_label()])
         .observe(started.elapsed().as_secs_f64());
     let (class, last_status, last_error) = match &response {
         Response::Status { code, .. } => (status_class(*code), Some(*code), format!("HTTP {code}")),
@@ -201,7 +201,7 @@ pub(super) async fn process(
                     shared
                         .metrics
                         .end_to_end
-                        .with_label_values(&[id])
+                        .with_label_values(&[endpoint.histogram_label()])
                         .observe(age);
                 }
             }

@@ -10,8 +10,10 @@ pub mod attempt;
 // Whether the endpoint may be consumed (410 pause, hold, breaker).
 pub mod availability;
 
-// Consume: acknowledgements in ranges.
+// Consume: channels shared by the workers, acknowledgements in ranges (or
+// one by one on a shared channel).
 pub mod acks;
+pub mod channels;
 
 // Gather a batch.
 pub mod batch;

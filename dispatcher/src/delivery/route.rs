@@ -3,12 +3,13 @@
 //! message replacing it (retry or dead letter) is confirmed by the broker, so
 //! a crash between the two can duplicate a message but never lose one.
 
+use crate::delivery::channels::Channels;
 use crate::delivery::classify::Reason;
 use common::topology::Topology;
+use lapin::Confirmation;
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Confirmation};
 
 /// Longest wait for a publish confirm or an ack before the message is given
 /// back to the broker (which redelivers it).
@@ -47,23 +48,23 @@ pub struct DeadLetter<'a> {
 /// Republishes and acknowledges for one endpoint.
 #[derive(Debug, Clone)]
 pub struct Router {
-    channel: Channel,
+    channels: Channels,
     topology: Topology,
     endpoint_id: String,
     acks: std::sync::Arc<crate::delivery::acks::AckTracker>,
 }
 
 impl Router {
-    /// A router publishing on `channel`, which must be in confirm mode.
-    /// Acks go through `acks`, the consumer channel's tracker.
+    /// A router publishing on the pool's shared confirm channels. Acks go
+    /// through `acks`, the consumer channel's tracker.
     pub fn new(
-        channel: Channel,
+        channels: Channels,
         topology: Topology,
         endpoint_id: String,
         acks: std::sync::Arc<crate::delivery::acks::AckTracker>,
     ) -> Self {
         Self {
-            channel,
+            channels,
             topology,
             endpoint_id,
             acks,
@@ -84,9 +85,10 @@ impl Router {
         self.acks.requeue(delivery).await;
     }
 
-    /// Whether the publishing channel is still open.
+    /// Whether the connection it publishes on is still up (a failed
+    /// publishing channel is replaced on the next publish).
     pub fn is_open(&self) -> bool {
-        self.channel.status().connected()
+        self.channels.is_open()
     }
 
     /// Sends the message to wait `tier_ms`, then back to its endpoint as
@@ -154,7 +156,9 @@ impl Router {
     ) -> Result<(), RouteError> {
         let properties = common::amqp::republished_properties(&delivery.properties, headers);
         let publish = async {
-            self.channel
+            self.channels
+                .publisher(&self.endpoint_id)
+                .await?
                 .basic_publish(
                     ShortString::from(exchange),
                     ShortString::from(routing_key),

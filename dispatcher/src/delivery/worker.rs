@@ -1,13 +1,15 @@
-//! One endpoint's worker: opens its channels, consumes its queue (or probes
-//! it while the breaker is half-open), gathers batches and runs
-//! `attempt::process` on each, within the endpoint's
-//! concurrency and rate limits; in-flight batches finish before it returns.
+//! One endpoint's worker: takes a place on a consumer channel of the pool
+//! ([`super::channels`]), consumes its queue (or probes it while the breaker
+//! is half-open), gathers batches and runs `attempt::process` on each,
+//! within the endpoint's concurrency and rate limits; in-flight batches
+//! finish before it returns, and what it had prefetched goes back to the
+//! queue.
 
-use crate::delivery::acks::AckTracker;
 use crate::delivery::attempt::process;
 use crate::delivery::availability::is_paused;
 use crate::delivery::batch::next_batch;
 use crate::delivery::breaker::{Breaker, State as BreakerState};
+use crate::delivery::channels::{Channels, Lease};
 use crate::delivery::limit::Limiter;
 use crate::delivery::route::Router;
 use crate::delivery::send::Sender;
@@ -15,12 +17,8 @@ use common::config::Endpoint;
 use common::metrics::DispatcherMetrics;
 use common::topology::Topology;
 use futures_util::StreamExt;
-use lapin::Connection;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, ConfirmSelectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicCancelOptions, BasicGetOptions};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -46,6 +44,8 @@ pub struct Shared {
     pub paused: Arc<std::sync::Mutex<std::collections::HashMap<String, url::Url>>>,
     /// Endpoints an operator paused (`hookpost-admin endpoints pause`).
     pub holds: tokio::sync::watch::Receiver<common::registry::control::Holds>,
+    /// The broker channels of this connection, shared by every worker.
+    pub channels: Channels,
     /// Where transforms run.
     pub sandbox: crate::delivery::transform::Sandbox,
     /// Logs endpoint channel failures with backoff across all endpoints
@@ -75,18 +75,16 @@ pub enum Exit {
     Lost(String),
 }
 
-/// Runs the pipeline for `endpoint` on `conn` until `stop` fires, the
-/// breaker opens, or the channel fails. In-flight requests finish before it
-/// returns; deliveries not yet acked go back to the queue when the channel
-/// closes.
+/// Runs the pipeline for `endpoint` on the pool's channels until `stop`
+/// fires, the breaker opens, or the channel fails. In-flight requests finish
+/// before it returns; deliveries it had not taken go back to the queue.
 pub async fn run(
     endpoint: Arc<Endpoint>,
     shared: Shared,
-    conn: Arc<Connection>,
     stop: CancellationToken,
     breaker: Arc<Breaker>,
 ) -> Exit {
-    match consume(&endpoint, &shared, &conn, &stop, &breaker).await {
+    match consume(&endpoint, &shared, &stop, &breaker).await {
         Ok(exit) => exit,
         Err(e) => Exit::Lost(e.to_string()),
     }
@@ -97,7 +95,6 @@ type Deliveries = std::pin::Pin<Box<dyn futures_util::Stream<Item = Delivery> + 
 async fn consume(
     endpoint: &Arc<Endpoint>,
     shared: &Shared,
-    conn: &Connection,
     stop: &CancellationToken,
     breaker: &Arc<Breaker>,
 ) -> Result<Exit, lapin::Error> {
@@ -121,18 +118,22 @@ async fn consume(
     if matches!(state, BreakerState::Open { .. }) {
         return Ok(Exit::Suspended);
     }
-    let publish = conn.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let acks = Arc::new(AckTracker::default());
+    let queue = shared.topology.endpoint_queue(id);
+    let lease = shared.channels.lease().await?;
+    // A refusal closes a channel for every consumer on it: on a shared one,
+    // make sure the queue exists first.
+    if lease.is_shared() && !shared.channels.queue_exists(&queue).await? {
+        lease.release().await;
+        return Ok(Exit::Lost(format!("queue {queue} does not exist")));
+    }
+    let acks = lease.acks();
     let router = Router::new(
-        publish.clone(),
+        shared.channels.clone(),
         shared.topology.clone(),
         endpoint.id.clone(),
         acks.clone(),
     );
-    let consume = conn.create_channel().await?;
+    let consume = lease.channel().clone();
     let prefetch = crate::delivery::limit::capped_prefetch(
         shared
             .prefetch
@@ -140,11 +141,6 @@ async fn consume(
         endpoint.rate_limit,
         endpoint.batch_size,
     );
-    // Bounded prefetch: a slow endpoint holds at most this many messages.
-    consume
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let queue = shared.topology.endpoint_queue(id);
 
     // A consumer error (channel or connection lost) ends the stream.
     let lost: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
@@ -156,24 +152,6 @@ async fn consume(
     let in_flight = Arc::new(Semaphore::new(endpoint.max_in_flight as usize));
     let mut limiter = endpoint.rate_limit.map(Limiter::new);
     let tracker = TaskTracker::new();
-    // Settled deliveries are acked in ranges at least this often.
-    let flusher_stop = CancellationToken::new();
-    let flusher = {
-        let (acks, stop) = (acks.clone(), flusher_stop.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(crate::delivery::acks::FLUSH_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = stop.cancelled() => return,
-                }
-                if acks.flush().await.is_err() {
-                    return;
-                }
-            }
-        })
-    };
     // An operator's pause suspends the worker like an open breaker.
     let hold_watch = {
         let (mut holds, consuming, suspend, id) = (
@@ -219,7 +197,8 @@ async fn consume(
             }
         } else {
             if consumer.is_none() {
-                match start_consumer(&consume, &queue, &lost).await {
+                // Bounded prefetch: a slow endpoint holds at most this many messages.
+                match start_consumer(&lease, &queue, prefetch, &lost).await {
                     Ok(started) => consumer = Some(started),
                     Err(e) => {
                         note_lost(&lost, &e);
@@ -278,35 +257,33 @@ async fn consume(
             drop(permit);
         });
     }
-    // Stop taking new messages, let in-flight requests finish (each bounded
-    // by its timeout), then close: unacked prefetched messages are requeued.
+    // Stop taking new messages and give back what was prefetched (the
+    // channel may stay open for other endpoints), let in-flight requests
+    // finish (each bounded by its timeout), then leave the channel.
     if let Some((mut deliveries, tag)) = consumer.take() {
-        let _ = consume
+        let cancelled = consume
             .basic_cancel(tag, BasicCancelOptions::default())
-            .await;
-        if suspend.is_cancelled() && router.is_open() {
-            // What was prefetched goes back to the tail of the queue with
-            // its attempt untouched (a requeue would count toward the
-            // quorum queue's delivery limit).
-            while let Ok(Some(delivery)) =
+            .await
+            .is_ok();
+        // After the cancel, the stream yields what was already sent, then ends.
+        let park = suspend.is_cancelled() && router.is_open();
+        while cancelled
+            && let Ok(Some(delivery)) =
                 tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await
-            {
-                acks.register(std::slice::from_ref(&delivery)).await;
-                hand_back(&router, std::slice::from_ref(&delivery), true).await;
-            }
+        {
+            acks.register(std::slice::from_ref(&delivery)).await;
+            // Suspended: to the tail of the queue with its attempt untouched
+            // (a requeue would count toward the quorum queue's delivery limit).
+            hand_back(&router, std::slice::from_ref(&delivery), park).await;
         }
     }
     hold_watch.abort();
     tracker.close();
     tracker.wait().await;
-    // Stop the flusher between flushes (never in the middle of one), then ack the rest.
-    flusher_stop.cancel();
-    let _ = flusher.await;
     if let Err(e) = acks.flush().await {
         tracing::warn!(endpoint = %id, error = %e, "Final acks failed; the broker redelivers those messages.");
     }
-    let _ = consume.close(200, "stopping".into()).await;
-    let _ = publish.close(200, "stopping".into()).await;
+    lease.release().await;
     shared.metrics.consuming.with_label_values(&[id]).set(0);
     if pause.is_cancelled() {
         shared.metrics.paused.with_label_values(&[id]).set(1);
@@ -338,18 +315,12 @@ fn note_lost(lost: &std::sync::Mutex<Option<String>>, e: &lapin::Error) {
 }
 
 async fn start_consumer(
-    channel: &lapin::Channel,
+    lease: &Lease,
     queue: &str,
+    prefetch: u16,
     lost: &Arc<std::sync::Mutex<Option<String>>>,
 ) -> Result<(Deliveries, lapin::types::ShortString), lapin::Error> {
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let consumer = lease.consume(queue, prefetch).await?;
     let tag = consumer.tag();
     let lost_in_stream = lost.clone();
     let deliveries: Deliveries = Box::pin(

@@ -5,7 +5,7 @@
 //! and serves `/metrics`, `/healthz` and `/readyz`.
 
 use crate::delivery::transform as sandbox;
-use crate::delivery::{send, worker};
+use crate::delivery::{self, send, worker};
 use crate::validate;
 use common::Config;
 use common::amqp::{AmqpClient, AmqpError};
@@ -113,6 +113,12 @@ pub async fn run(
             paused: Arc::clone(&paused),
             holds: holds.clone(),
             sandbox: sandbox.clone(),
+            channels: delivery::channels::Channels::new(
+                conn.clone(),
+                config.amqp.consume_channels,
+                config.amqp.publish_channels,
+                metrics.amqp_channels.clone(),
+            ),
             channel_failures: channel_failures.clone(),
         };
         let generation = shutdown.child_token();
@@ -133,7 +139,7 @@ pub async fn run(
         let mut warned = Warned::default();
         let declared = tokio::time::timeout(
             BROKER_WAIT,
-            declare(&conn, &effective, &shared.topology, &held),
+            declare(&conn, &effective, None, &shared.topology, &held),
         )
         .await;
         if !matches!(declared, Ok(Ok(()))) {
@@ -155,7 +161,6 @@ pub async fn run(
         workers.start_missing(
             &effective.endpoints,
             &shared,
-            &conn,
             &generation,
             &lost_tx,
             &tracker,
@@ -195,7 +200,7 @@ pub async fn run(
             workers.stop_stale(&next.endpoints).await;
             match tokio::time::timeout(
                 BROKER_WAIT,
-                declare(&conn, &next, &shared.topology, &next_held),
+                declare(&conn, &next, Some(&effective), &shared.topology, &next_held),
             )
             .await
             {
@@ -209,14 +214,7 @@ pub async fn run(
                     break Some(());
                 }
             }
-            workers.start_missing(
-                &next.endpoints,
-                &shared,
-                &conn,
-                &generation,
-                &lost_tx,
-                &tracker,
-            );
+            workers.start_missing(&next.endpoints, &shared, &generation, &lost_tx, &tracker);
             poller.cancel();
             poller = spawn_poller(&conn, &next, &metrics, &generation, &tracker);
             effective = next;

@@ -4,7 +4,7 @@
 //! depth poller.
 
 use super::BROKER_WAIT;
-use crate::delivery::{breaker, classify, worker};
+use crate::delivery::{breaker, worker};
 use crate::{delivery, poll};
 use common::Config;
 use common::metrics::DispatcherMetrics;
@@ -56,7 +56,6 @@ impl Workers {
         &mut self,
         endpoints: &[common::config::Endpoint],
         shared: &worker::Shared,
-        conn: &Arc<Connection>,
         generation: &CancellationToken,
         lost_tx: &mpsc::Sender<(String, String)>,
         tracker: &TaskTracker,
@@ -70,7 +69,6 @@ impl Workers {
             let handle = tracker.spawn(supervise(
                 endpoint.clone(),
                 shared.clone(),
-                conn.clone(),
                 stop.clone(),
                 lost_tx.clone(),
             ));
@@ -86,21 +84,16 @@ impl Workers {
 async fn supervise(
     endpoint: Arc<common::config::Endpoint>,
     shared: worker::Shared,
-    conn: Arc<Connection>,
     stop: CancellationToken,
     lost_tx: mpsc::Sender<(String, String)>,
 ) {
-    let reasons = classify::Reason::ALL.map(classify::Reason::as_str);
-    shared
-        .metrics
-        .init_endpoint(&endpoint.id, &reasons, &endpoint.retry.tiers_ms());
+    shared.metrics.init_endpoint(&endpoint.id);
     let mut delays = common::amqp::backoff(std::time::Duration::from_secs(10));
     let breaker = Arc::new(breaker::Breaker::new(endpoint.breaker));
     loop {
         let exit = worker::run(
             endpoint.clone(),
             shared.clone(),
-            conn.clone(),
             stop.clone(),
             breaker.clone(),
         )
@@ -117,7 +110,7 @@ async fn supervise(
             }
             worker::Exit::Lost(why) => why,
         };
-        if !conn.status().connected() {
+        if !shared.channels.is_open() {
             // The run loop tears everything down on the first report; the
             // others must not wait for room in the channel.
             tokio::select! {
