@@ -10,6 +10,7 @@
 mod hookpost;
 mod raw;
 mod report;
+mod scale;
 
 use clap::Parser;
 use common::Config;
@@ -50,7 +51,10 @@ struct Args {
     /// with the default open-file limit) or quorum (needs a raised limit).
     #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
     memory_queue_type: String,
-    /// Only these scenarios (comma-separated: raw-broker, raw-http, batch1, batch, fanout, latency, memory).
+    /// Endpoints of the scale scenario (classic queues, one event each).
+    #[arg(long, default_value_t = 10_000)]
+    scale_endpoints: usize,
+    /// Only these scenarios (comma-separated: raw-broker, raw-http, batch1, batch, fanout, latency, memory, scale).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -143,6 +147,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if wanted(&args, "latency") {
         rows.push(progress_of(
             latency(args.rate, args.latency_seconds, args.size).await?,
+        ));
+    }
+    if wanted(&args, "scale") {
+        rows.push(progress_of(
+            scale::scale(args.scale_endpoints, args.size).await?,
         ));
     }
     if wanted(&args, "memory") {

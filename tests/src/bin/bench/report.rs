@@ -17,6 +17,9 @@ pub(crate) struct Row {
     pub(crate) p99_ms: Option<f64>,
     pub(crate) dispatcher_peak_rss_mib: Option<f64>,
     pub(crate) dispatcher_cpu_s: Option<f64>,
+    /// What the table has no column for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) notes: Option<String>,
 }
 
 pub(crate) fn progress(row: &Row) {
@@ -60,6 +63,11 @@ pub(crate) fn print_table(rows: &[Row]) {
             f(r.dispatcher_peak_rss_mib, 1),
             f(r.dispatcher_cpu_s, 2),
         );
+    }
+    for r in rows {
+        if let Some(notes) = &r.notes {
+            println!("\n- {}: {notes}", r.scenario);
+        }
     }
 }
 
