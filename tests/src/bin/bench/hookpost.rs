@@ -16,7 +16,7 @@ pub(crate) struct DispatcherChild {
 }
 
 impl DispatcherChild {
-    fn stats(&self) -> (Option<f64>, Option<f64>) {
+    pub(crate) fn stats(&self) -> (Option<f64>, Option<f64>) {
         let pid = self.child.id();
         let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
@@ -36,7 +36,7 @@ impl DispatcherChild {
         (rss.map(|kb| kb / 1024.0), cpu)
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())

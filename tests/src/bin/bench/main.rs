@@ -7,11 +7,13 @@
 //! The dispatcher runs as a child process (this binary with
 //! `--dispatcher-child CONFIG`) so its peak RSS and CPU time are its own.
 
+mod cli;
 mod hookpost;
 mod raw;
 mod report;
 
 use clap::Parser;
+use cli::*;
 use common::Config;
 use hookpost::*;
 use raw::*;
@@ -50,7 +52,7 @@ struct Args {
     /// with the default open-file limit) or quorum (needs a raised limit).
     #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
     memory_queue_type: String,
-    /// Only these scenarios (comma-separated: raw-broker, raw-http, batch1, batch, fanout, latency, memory).
+    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, fanout, latency, memory).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -101,6 +103,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut rows: Vec<Row> = Vec::new();
     let mut raw = None;
+    // Not in the default run: the raw publisher's variants (BENCHMARKS.md).
+    if args.only.iter().any(|o| o == "raw-variants") {
+        rows.extend(raw_variants(args.events, args.size).await?);
+    }
     if wanted(&args, "raw-broker") {
         let row = raw_broker(args.events, args.size).await?;
         raw = Some(row.events_per_s);
@@ -109,6 +115,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if wanted(&args, "raw-http") {
         rows.push(progress_of(raw_http(args.events, args.size).await?));
+    }
+    if wanted(&args, "publisher") {
+        rows.extend(publisher_alone(args.events, args.size, 2).await?);
+    }
+    if wanted(&args, "cli") {
+        rows.push(progress_of(
+            cli(args.events, args.size, args.batch_size).await?,
+        ));
     }
     if wanted(&args, "batch1") {
         rows.push(progress_of(
@@ -153,7 +167,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     for row in &mut rows {
-        if row.scenario != "raw broker" && row.events_per_s > 0.0 {
+        if !row.scenario.starts_with("raw") && row.ratio_to_raw_broker.is_none() {
             row.ratio_to_raw_broker = raw
                 .map(|r| row.events_per_s / r)
                 .filter(|_| row.events_per_s > 0.0);
