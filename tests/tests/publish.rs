@@ -321,7 +321,7 @@ async fn a_returned_event_fails_only_its_own_publish() {
             Err(e) => panic!("{id}: {e}"),
         }
     }
-    assert_eq!(failed, [lost.id.clone()]);
+    assert_eq!(failed, vec![lost.id.clone()]);
     assert_eq!(scope.depth(&routed).await, 599);
 
     let mut batch: Vec<Event> = (0..200)
