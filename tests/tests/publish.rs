@@ -218,3 +218,179 @@ async fn broker_refusals_are_classified_by_reply_code() {
         other => panic!("not a conflict: {other}"),
     }
 }
+
+/// Many tasks each publishing one event share the publisher's channel and are
+/// in flight together: every one is confirmed, stored once and counted.
+#[tokio::test]
+async fn concurrent_publishes_are_all_confirmed_and_counted() {
+    let scope = Scope::new().await;
+    let config = scope.config("");
+    let registry = prometheus::Registry::new();
+    let metrics = common::metrics::ProducerMetrics::register(&registry).expect("metrics");
+    let publisher = std::sync::Arc::new(
+        Publisher::connect(&config)
+            .await
+            .expect("connect")
+            .with_metrics(metrics.clone()),
+    );
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
+    let events: Vec<Event> = (0..2000)
+        .map(|i| Event::new("many.item", serde_json::json!({ "i": i })).expect("valid"))
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for event in events.clone() {
+        let publisher = publisher.clone();
+        tasks.spawn(async move { publisher.publish(&event).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task").expect("confirmed");
+    }
+    assert_eq!(scope.depth(&all).await, 2000);
+    assert_eq!(
+        metrics
+            .events_published
+            .with_label_values(&["confirmed"])
+            .get(),
+        2000
+    );
+    let mut ids: Vec<String> = scope
+        .take(&all, 2000)
+        .await
+        .iter()
+        .filter_map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+        })
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    publisher.close().await;
+}
+
+/// With the unrouted queue unbound, an event nobody subscribes to comes back
+/// (mandatory). Published among hundreds of routed events in flight at once,
+/// it fails, naming its own id, and only its own call fails; a
+/// `publish_many` holding it fails naming it too.
+#[tokio::test]
+async fn a_returned_event_fails_only_its_own_publish() {
+    let scope = Scope::new().await;
+    let config = scope.config("");
+    let publisher = std::sync::Arc::new(Publisher::connect(&config).await.expect("connect"));
+    let routed = scope
+        .observe(&format!("{}.events", scope.prefix), "routed.*")
+        .await;
+    let unrouted = format!("{}.unrouted", scope.prefix);
+    scope
+        .channel
+        .queue_unbind(
+            unrouted.as_str().into(),
+            unrouted.as_str().into(),
+            "".into(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("unbind the unrouted queue");
+
+    let lost = Event::new("nobody.listens", serde_json::Value::Null).expect("valid");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..600 {
+        let publisher = publisher.clone();
+        let event = if i == 300 {
+            lost.clone()
+        } else {
+            Event::new("routed.item", serde_json::json!({ "i": i })).expect("valid")
+        };
+        tasks.spawn(async move { (event.id.clone(), publisher.publish(&event).await) });
+    }
+    let mut failed = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (id, result) = done.expect("task");
+        match result {
+            Ok(()) => {}
+            Err(PublishError::Unroutable { id: named, .. }) => {
+                assert_eq!(named, id, "the error names the returned event");
+                failed.push(id);
+            }
+            Err(e) => panic!("{id}: {e}"),
+        }
+    }
+    assert_eq!(failed, vec![lost.id.clone()]);
+    assert_eq!(scope.depth(&routed).await, 599);
+
+    let mut batch: Vec<Event> = (0..200)
+        .map(|i| Event::new("routed.item", serde_json::json!({ "i": i })).expect("valid"))
+        .collect();
+    let lost = Event::new("nobody.listens", serde_json::Value::Null).expect("valid");
+    batch.insert(100, lost.clone());
+    match publisher.publish_many(&batch).await {
+        Err(PublishError::Unroutable { id, .. }) => assert_eq!(id, lost.id),
+        other => panic!("publish_many must fail on the returned event: {other:?}"),
+    }
+    publisher.close().await;
+}
+
+/// The unrouted queue holds 3 events and refuses more (`reject-publish`; a
+/// quorum queue applies its limit a little late, so the test publishes in
+/// rounds until the broker refuses some). Of events published at once, those
+/// the broker stored are confirmed and each refused one fails as nacked,
+/// naming itself.
+#[tokio::test]
+async fn a_nack_fails_only_the_refused_events() {
+    let scope = Scope::new().await;
+    let config = scope.config_with("", "unrouted_max_length = 3", &amqp_url());
+    let publisher = std::sync::Arc::new(Publisher::connect(&config).await.expect("connect"));
+    let (mut confirmed, mut nacked) = (Vec::new(), Vec::new());
+    for round in 0..20 {
+        if !nacked.is_empty() {
+            break;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let publisher = publisher.clone();
+            let event = Event::new(
+                "nobody.listens",
+                serde_json::json!({ "round": round, "i": i }),
+            )
+            .expect("valid");
+            tasks.spawn(async move { (event.id.clone(), publisher.publish(&event).await) });
+        }
+        while let Some(done) = tasks.join_next().await {
+            match done.expect("task") {
+                (id, Ok(())) => confirmed.push(id),
+                (id, Err(PublishError::Nacked { id: named })) => {
+                    assert_eq!(named, id, "the error names the refused event");
+                    nacked.push(id);
+                }
+                (id, Err(e)) => panic!("{id}: {e}"),
+            }
+        }
+    }
+    assert!(!nacked.is_empty(), "the queue was over its limit");
+    assert!(!confirmed.is_empty());
+    let mut stored: Vec<String> = scope
+        .drain(&format!("{}.unrouted", scope.prefix))
+        .await
+        .iter()
+        .filter_map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+        })
+        .collect();
+    stored.sort();
+    confirmed.sort();
+    assert_eq!(
+        stored, confirmed,
+        "confirmed means stored, nacked means not"
+    );
+    publisher.close().await;
+}

@@ -7,12 +7,14 @@
 //! The dispatcher runs as a child process (this binary with
 //! `--dispatcher-child CONFIG`) so its peak RSS and CPU time are its own.
 
+mod cli;
 mod hookpost;
 mod raw;
 mod report;
 mod scale;
 
 use clap::Parser;
+use cli::*;
 use common::Config;
 use hookpost::*;
 use raw::*;
@@ -54,7 +56,7 @@ struct Args {
     /// Endpoints of the scale scenario (classic queues, one event each).
     #[arg(long, default_value_t = 10_000)]
     scale_endpoints: usize,
-    /// Only these scenarios (comma-separated: raw-broker, raw-http, batch1, batch, fanout, latency, memory, scale).
+    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, fanout, latency, memory, scale).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -105,6 +107,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut rows: Vec<Row> = Vec::new();
     let mut raw = None;
+    // Not in the default run: the raw publisher's variants (BENCHMARKS.md).
+    if args.only.iter().any(|o| o == "raw-variants") {
+        rows.extend(raw_variants(args.events, args.size).await?);
+    }
     if wanted(&args, "raw-broker") {
         let row = raw_broker(args.events, args.size).await?;
         raw = Some(row.events_per_s);
@@ -113,6 +119,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if wanted(&args, "raw-http") {
         rows.push(progress_of(raw_http(args.events, args.size).await?));
+    }
+    if wanted(&args, "publisher") {
+        rows.extend(publisher_alone(args.events, args.size, 2).await?);
+    }
+    if wanted(&args, "cli") {
+        rows.push(progress_of(
+            cli(args.events, args.size, args.batch_size).await?,
+        ));
     }
     if wanted(&args, "batch1") {
         rows.push(progress_of(
@@ -162,7 +176,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     for row in &mut rows {
-        if row.scenario != "raw broker" && row.events_per_s > 0.0 {
+        if !row.scenario.starts_with("raw") && row.ratio_to_raw_broker.is_none() {
             row.ratio_to_raw_broker = raw
                 .map(|r| row.events_per_s / r)
                 .filter(|_| row.events_per_s > 0.0);

@@ -3,25 +3,209 @@
 
 use crate::report::*;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tests::{Scope, amqp_url};
 use tokio::sync::Notify;
 
-/// Publish through a topic exchange with pipelined confirms and consume with
-/// manual acks (every 100th acks the ones before it): the ceiling.
+/// How a raw publisher keeps publishes in flight (BENCHMARKS.md, "Issue 15":
+/// `raw-variants` measures each, the fastest is [`FASTEST`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Method {
+    /// Await each `basic_publish` (its frames written) before the next, with
+    /// up to `window` confirms outstanding: the ceiling before issue 15.
+    pub(crate) sequential: bool,
+    /// Publishes without a confirm, per channel.
+    pub(crate) window: usize,
+    /// Channels, each on its own connection when `connections`, else all on one.
+    pub(crate) channels: usize,
+    pub(crate) connections: bool,
+}
+
+impl Method {
+    pub(crate) fn name(&self) -> String {
+        format!(
+            "{} sends, window {}, {} channel{}{}",
+            if self.sequential {
+                "sequential"
+            } else {
+                "concurrent"
+            },
+            self.window,
+            self.channels,
+            if self.channels == 1 { "" } else { "s" },
+            if self.connections && self.channels > 1 {
+                " on their own connections"
+            } else {
+                ""
+            },
+        )
+    }
+}
+
+/// The variants `raw-variants` measures.
+pub(crate) const METHODS: &[Method] = &[
+    Method {
+        sequential: true,
+        window: 1000,
+        channels: 1,
+        connections: false,
+    },
+    Method {
+        sequential: false,
+        window: 1000,
+        channels: 1,
+        connections: false,
+    },
+    Method {
+        sequential: false,
+        window: 5000,
+        channels: 1,
+        connections: false,
+    },
+    Method {
+        sequential: false,
+        window: 1000,
+        channels: 4,
+        connections: false,
+    },
+    Method {
+        sequential: false,
+        window: 1000,
+        channels: 4,
+        connections: true,
+    },
+];
+
+/// The fastest of [`METHODS`] in the session BENCHMARKS.md records.
+pub(crate) const FASTEST: Method = METHODS[1];
+
+/// Publishes `n` events of `size` bytes to `exchange` by `method`, each
+/// persistent and confirmed; returns the seconds it took.
+pub(crate) async fn raw_publish(
+    exchange: &str,
+    n: usize,
+    size: usize,
+    method: Method,
+) -> anyhow::Result<f64> {
+    let body = Arc::new(event(size).to_vec());
+    let mut connections =
+        vec![Connection::connect(&amqp_url(), ConnectionProperties::default()).await?];
+    let mut channels = Vec::new();
+    for i in 0..method.channels {
+        if method.connections && i > 0 {
+            connections
+                .push(Connection::connect(&amqp_url(), ConnectionProperties::default()).await?);
+        }
+        let ch = connections
+            .last()
+            .expect("a connection")
+            .create_channel()
+            .await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        channels.push(ch);
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, ch) in channels.into_iter().enumerate() {
+        let count = n / method.channels + usize::from(i < n % method.channels);
+        let (exchange, body) = (exchange.to_owned(), body.clone());
+        tasks.spawn(publish_on(ch, exchange, body, count, method));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    for c in connections {
+        let _ = c.close(200, "bye".into()).await;
+    }
+    Ok(seconds)
+}
+
+async fn publish_on(
+    ch: Channel,
+    exchange: String,
+    body: Arc<Vec<u8>>,
+    count: usize,
+    method: Method,
+) -> anyhow::Result<()> {
+    let publish = |ch: Channel, exchange: String, body: Arc<Vec<u8>>| async move {
+        ch.basic_publish(
+            exchange.as_str().into(),
+            "bench.event".into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+    };
+    if method.sequential {
+        let mut pending = std::collections::VecDeque::new();
+        for _ in 0..count {
+            if pending.len() >= method.window {
+                let c: lapin::PublisherConfirm = pending.pop_front().expect("pending");
+                anyhow::ensure!(c.await?.is_ack(), "nack");
+            }
+            pending.push_back(publish(ch.clone(), exchange.clone(), body.clone()).await?);
+        }
+        for c in pending {
+            anyhow::ensure!(c.await?.is_ack(), "nack");
+        }
+        return Ok(());
+    }
+    // Concurrent: each publish is one future (frames written, then its
+    // confirm), `window` of them polled together.
+    let mut in_flight = FuturesUnordered::new();
+    for _ in 0..count {
+        if in_flight.len() >= method.window
+            && let Some(done) = in_flight.next().await
+        {
+            let done: lapin::Result<lapin::Confirmation> = done;
+            anyhow::ensure!(done?.is_ack(), "nack");
+        }
+        let p = publish(ch.clone(), exchange.clone(), body.clone());
+        in_flight.push(async move { p.await?.await });
+    }
+    while let Some(done) = in_flight.next().await {
+        anyhow::ensure!(done?.is_ack(), "nack");
+    }
+    Ok(())
+}
+
+/// Each of [`METHODS`] publishing into a quorum queue of its own, no consumer.
+pub(crate) async fn raw_variants(n: usize, size: usize) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for method in METHODS {
+        let scope = Scope::new().await;
+        let exchange = format!("{}.raw", scope.prefix);
+        scope.quorum_queue_behind(&exchange).await;
+        let seconds = raw_publish(&exchange, n, size, *method).await?;
+        rows.push(progress_of(Row {
+            scenario: format!("raw publish only: {}", method.name()),
+            events: n,
+            seconds,
+            events_per_s: n as f64 / seconds,
+            ..Row::default()
+        }));
+    }
+    Ok(rows)
+}
+
+/// Publish through a topic exchange by the fastest method ([`FASTEST`]) and
+/// consume with manual acks (every 100th acks the ones before it), at once:
+/// the ceiling.
 pub(crate) async fn raw_broker(n: usize, size: usize) -> anyhow::Result<Row> {
     let scope = Scope::new().await;
     let exchange = format!("{}.raw", scope.prefix);
     let queue = scope.quorum_queue_behind(&exchange).await;
-    let body = event(size).to_vec();
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let consume = conn.create_channel().await?;
     consume.basic_qos(1000, BasicQosOptions::default()).await?;
@@ -34,35 +218,7 @@ pub(crate) async fn raw_broker(n: usize, size: usize) -> anyhow::Result<Row> {
         )
         .await?;
     let started = Instant::now();
-    let publish = {
-        let conn2 = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-        let exchange = exchange.clone();
-        tokio::spawn(async move {
-            let ch = conn2.create_channel().await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            let mut pending = std::collections::VecDeque::new();
-            for _ in 0..n {
-                if pending.len() >= 1000 {
-                    let c: lapin::PublisherConfirm = pending.pop_front().expect("pending");
-                    c.await?;
-                }
-                pending.push_back(
-                    ch.basic_publish(
-                        exchange.as_str().into(),
-                        "bench.event".into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?,
-                );
-            }
-            for c in pending {
-                c.await?;
-            }
-            Ok::<_, lapin::Error>(conn2)
-        })
-    };
+    let publish = tokio::spawn(async move { raw_publish(&exchange, n, size, FASTEST).await });
     let mut got = 0;
     while got < n {
         let delivery = consumer
@@ -78,9 +234,9 @@ pub(crate) async fn raw_broker(n: usize, size: usize) -> anyhow::Result<Row> {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let _ = publish.await??;
+    publish.await??;
     Ok(Row {
-        scenario: "raw broker".into(),
+        scenario: format!("raw broker ({})", FASTEST.name()),
         events: n,
         deliveries: n,
         seconds,

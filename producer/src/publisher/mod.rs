@@ -2,8 +2,10 @@
 //! broker has confirmed them.
 //!
 //! Every publish is `mandatory` and persistent, on a channel in confirm mode.
-//! Publishes are pipelined (up to [`WINDOW`] unconfirmed at once). A nack or a
-//! returned message is an error, never a success. When the connection drops,
+//! One task per channel (`lane.rs`) publishes for every caller: publishes and
+//! confirms are in flight at once (up to [`WINDOW`] unconfirmed), across
+//! concurrent callers too. A nack or a returned message is an error for the
+//! event (and the call that published it), never a success. When the connection drops,
 //! the unconfirmed events are published again on a new connection until the
 //! configured `publish_timeout_ms` runs out; so an event may reach the broker
 //! twice (at-least-once), and none is reported confirmed without a confirm.
@@ -13,22 +15,24 @@
 //! instead of waiting out the timeout: an alarm lasts until an operator or
 //! the consumers free the resource, far longer than a publish should wait.
 
+mod lane;
+
 use common::Event;
 use common::amqp::{AmqpClient, AmqpError};
 use common::config::Config;
 use common::metrics::ProducerMetrics;
 use common::topology::{Topology, TopologyError};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lane::{Item, Lane, Outcome};
+use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
-use lapin::{Confirmation, PublisherConfirm};
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Most publishes awaiting their confirm at once.
+/// Most publishes awaiting their confirm at once, across all callers.
 pub const WINDOW: usize = 1000;
 
 /// Why events were not (or not surely) stored by the broker.
@@ -100,25 +104,19 @@ impl PublishError {
 }
 
 /// A connection to the broker for publishing events. Cheap to share behind an
-/// `Arc`; concurrent publishes share one channel.
+/// `Arc`; concurrent publishes share one channel and are in flight together.
 #[derive(Debug)]
 pub struct Publisher {
     client: AmqpClient,
     topology: Topology,
     timeout: Duration,
-    channel: Mutex<Option<Channel>>,
+    lane: Mutex<Option<Arc<Lane>>>,
     /// The current channel, readable without waiting for `channel`'s lock.
     current: std::sync::Mutex<Option<Channel>>,
     metrics: Option<ProducerMetrics>,
     never: CancellationToken,
     events_exchange: String,
     max_bytes: usize,
-}
-
-/// An event with its serialized body.
-struct Outgoing<'e> {
-    event: &'e Event,
-    body: Vec<u8>,
 }
 
 impl Publisher {
@@ -133,7 +131,7 @@ impl Publisher {
             ),
             topology: Topology::new(&config.amqp),
             timeout: config.amqp.publish_timeout,
-            channel: Mutex::new(None),
+            lane: Mutex::new(None),
             current: std::sync::Mutex::new(None),
             metrics: None,
             never: CancellationToken::new(),
@@ -149,9 +147,7 @@ impl Publisher {
     /// the publish timeout, [`PublishError::Topology`] when it refuses a declaration.
     pub async fn connect(config: &Config) -> Result<Self, PublishError> {
         let publisher = Self::new(config);
-        publisher
-            .channel(Instant::now() + publisher.timeout)
-            .await?;
+        publisher.lane(Instant::now() + publisher.timeout).await?;
         Ok(publisher)
     }
 
@@ -214,96 +210,42 @@ impl Publisher {
             return Err(PublishError::Blocked { reason });
         }
         // Serialize once: retries after a reconnect send the same bytes.
-        let outgoing = events
+        let mut pending = events
             .iter()
-            .map(|event| {
-                let body = event.to_vec();
-                if body.len() > self.max_bytes {
-                    return Err(PublishError::TooLarge {
-                        id: event.id.clone(),
-                        size: body.len(),
-                        max: self.max_bytes,
-                    });
-                }
-                Ok(Outgoing { event, body })
-            })
+            .map(|event| self.item(event).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut pending: Vec<&Outgoing<'_>> = outgoing.iter().collect();
-        while !pending.is_empty() {
-            let channel = self.channel(deadline).await?;
-            let retry = self.publish_window(&channel, pending, deadline).await?;
-            if let Some(first) = retry.first() {
+        while let Some(first) = pending.first() {
+            let first = first.id.clone();
+            let lane = self.lane(deadline).await?;
+            let answer = lane.submit(pending.clone());
+            // Bounded, and cut short when the broker blocks the connection
+            // (memory or disk alarm): it then stops reading our frames.
+            match self.wait(deadline, &first, answer).await? {
+                Ok(Outcome::Confirmed) => return Ok(()),
+                Ok(Outcome::Nacked { id }) => return Err(PublishError::Nacked { id }),
+                Ok(Outcome::Unroutable { id, reply }) => {
+                    return Err(PublishError::Unroutable { id, reply });
+                }
+                Ok(Outcome::Lost { unconfirmed }) => pending = unconfirmed,
+                // The lane closed before taking the job: nothing confirmed.
+                Err(_) => {}
+            }
+            if let Some(first) = pending.first() {
                 if Instant::now() >= deadline {
                     return Err(PublishError::Timeout {
-                        id: first.event.id.clone(),
+                        id: first.id.clone(),
                         timeout: self.timeout,
                     });
                 }
                 tracing::warn!(
-                    unconfirmed = retry.len(),
+                    unconfirmed = pending.len(),
                     "Broker channel lost while publishing; publishing again."
                 );
-                self.forget_channel(&channel).await;
+                self.forget_lane(&lane).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            pending = retry;
         }
         Ok(())
-    }
-
-    /// Publishes `events` on `channel`; returns those to publish again because
-    /// the channel failed before their confirm.
-    async fn publish_window<'a, 'e>(
-        &self,
-        channel: &Channel,
-        events: Vec<&'a Outgoing<'e>>,
-        deadline: Instant,
-    ) -> Result<Vec<&'a Outgoing<'e>>, PublishError> {
-        let mut in_flight: VecDeque<(&Outgoing<'e>, PublisherConfirm)> =
-            VecDeque::with_capacity(WINDOW.min(events.len()));
-        let mut to_send = events.into_iter();
-        let mut retry = Vec::new();
-        let mut broken = false;
-        loop {
-            while !broken && in_flight.len() < WINDOW {
-                let Some(event) = to_send.next() else { break };
-                // Sending is bounded too: a broker that blocked the connection
-                // (memory or disk alarm) stops reading frames.
-                match self
-                    .wait(deadline, &event.event.id, self.send(channel, event))
-                    .await?
-                {
-                    Ok(confirm) => in_flight.push_back((event, confirm)),
-                    Err(_) => {
-                        broken = true;
-                        retry.push(event);
-                    }
-                }
-            }
-            let Some((event, confirm)) = in_flight.pop_front() else {
-                break;
-            };
-            match self.wait(deadline, &event.event.id, confirm).await? {
-                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {}
-                Ok(Confirmation::Ack(Some(returned))) => {
-                    return Err(PublishError::Unroutable {
-                        id: event.event.id.clone(),
-                        reply: returned.reply_text.to_string(),
-                    });
-                }
-                Ok(Confirmation::Nack(_)) => {
-                    return Err(PublishError::Nacked {
-                        id: event.event.id.clone(),
-                    });
-                }
-                Err(_) => {
-                    broken = true;
-                    retry.push(event);
-                }
-            }
-        }
-        retry.extend(to_send);
-        Ok(retry)
     }
 
     /// Waits for `step` of publishing event `id` until `deadline`, or until
@@ -326,43 +268,41 @@ impl Publisher {
         }
     }
 
-    async fn send(
-        &self,
-        channel: &Channel,
-        outgoing: &Outgoing<'_>,
-    ) -> Result<PublisherConfirm, lapin::Error> {
-        let event = outgoing.event;
+    /// The event serialized, with its message properties.
+    fn item(&self, event: &Event) -> Result<Item, PublishError> {
+        let body = event.to_vec();
+        if body.len() > self.max_bytes {
+            return Err(PublishError::TooLarge {
+                id: event.id.clone(),
+                size: body.len(),
+                max: self.max_bytes,
+            });
+        }
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             // 2 = persistent: written to disk before the confirm.
             .with_delivery_mode(2)
+            // The lane finds a returned event by this id.
             .with_message_id(ShortString::from(event.id.as_str()))
             .with_timestamp(u64::try_from(event.timestamp.unix_timestamp()).unwrap_or(0))
             .with_type(ShortString::from(event.event_type.as_str()))
             .with_app_id("hookpost".into());
-        channel
-            .basic_publish(
-                self.events_exchange.as_str().into(),
-                event.event_type.as_str().into(),
-                // mandatory: an event no queue takes comes back as an error
-                // instead of vanishing (the alternate exchange normally takes it).
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &outgoing.body,
-                properties,
-            )
-            .await
+        Ok(Item {
+            id: event.id.clone(),
+            routing_key: event.event_type.as_str().into(),
+            body,
+            properties,
+        })
     }
 
-    /// The publishing channel, opening (and declaring the exchanges) if needed.
-    async fn channel(&self, deadline: Instant) -> Result<Channel, PublishError> {
-        let mut slot = self.channel.lock().await;
-        if let Some(channel) = slot.as_ref()
-            && channel.status().connected()
+    /// The publishing lane, opening its channel (and declaring the
+    /// exchanges) if needed.
+    async fn lane(&self, deadline: Instant) -> Result<Arc<Lane>, PublishError> {
+        let mut slot = self.lane.lock().await;
+        if let Some(lane) = slot.as_ref()
+            && lane.is_open()
         {
-            return Ok(channel.clone());
+            return Ok(lane.clone());
         }
         *slot = None;
         loop {
@@ -381,12 +321,17 @@ impl Publisher {
             };
             match tokio::time::timeout_at(deadline, opened).await {
                 Ok(Ok(channel)) => {
-                    *slot = Some(channel.clone());
                     *self
                         .current
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel.clone());
-                    return Ok(channel);
+                    let lane = Arc::new(Lane::start(
+                        channel,
+                        self.events_exchange.as_str().into(),
+                        WINDOW,
+                    ));
+                    *slot = Some(lane.clone());
+                    return Ok(lane);
                 }
                 Ok(Err(e)) if !e.is_retryable() => return Err(e),
                 // The connection died between connect and setup: try again.
@@ -405,11 +350,11 @@ impl Publisher {
         }
     }
 
-    async fn forget_channel(&self, broken: &Channel) {
-        let mut slot = self.channel.lock().await;
+    async fn forget_lane(&self, broken: &Arc<Lane>) {
+        let mut slot = self.lane.lock().await;
         if slot
             .as_ref()
-            .is_some_and(|c| c.id() == broken.id() && !c.status().connected())
+            .is_some_and(|l| Arc::ptr_eq(l, broken) && !l.is_open())
         {
             *slot = None;
         }
@@ -428,7 +373,7 @@ impl Publisher {
                 match self.client.connection(None, shutdown).await {
                     Err(AmqpError::Shutdown) => break,
                     Err(e) => tracing::warn!(error = %e, "Broker connection failed."),
-                    Ok(_) => match self.channel(Instant::now() + self.timeout).await {
+                    Ok(_) => match self.lane(Instant::now() + self.timeout).await {
                         Ok(_) => {}
                         Err(e) if !e.is_retryable() => {
                             tracing::error!(error = %e, "Broker refused the topology.");

@@ -1,0 +1,461 @@
+//! A lane: one confirm-mode channel and the one task that publishes on it.
+//!
+//! Every caller of [`super::Publisher`] hands its events to the lane as a job
+//! and awaits one answer for the whole job. The lane's task keeps up to
+//! [`super::WINDOW`] publishes in flight at once, across jobs: it does not
+//! wait for one `basic.publish` to be written before issuing the next, nor
+//! for a confirm before the next publish. So concurrent callers and a long
+//! `publish_many` go at the broker's pace.
+//!
+//! One task per channel, because lapin numbers a publish (its delivery tag)
+//! and queues its frames in two steps: two tasks publishing on one channel at
+//! once can swap the order, and a confirm would then be counted for the other
+//! event.
+//!
+//! A returned message (mandatory, no queue took it) reaches lapin before the
+//! confirm that covers it, and lapin hands it to whichever confirm it
+//! completes next, which may belong to another event or another job. So the
+//! lane finds the returned event by its `message_id` (the event id), and
+//! before it answers a job it takes every confirm that is already in
+//! (`drain`): the one carrying the return was completed no later than the
+//! returned event's own.
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use tokio::sync::{mpsc, oneshot};
+
+/// One event ready to publish: serialized once, published again as is after
+/// a reconnect.
+#[derive(Debug)]
+pub(super) struct Item {
+    /// The event id, also the message's `message_id`.
+    pub(super) id: String,
+    pub(super) routing_key: ShortString,
+    pub(super) body: Vec<u8>,
+    pub(super) properties: BasicProperties,
+}
+
+/// A job's answer.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// The broker confirmed every event of the job.
+    Confirmed,
+    /// The broker refused this event (nack).
+    Nacked { id: String },
+    /// The broker returned this event: no queue took it.
+    Unroutable { id: String, reply: String },
+    /// The channel failed; these events have no confirm (some may be stored).
+    Lost { unconfirmed: Vec<Arc<Item>> },
+}
+
+struct Job {
+    items: Vec<Arc<Item>>,
+    answer: oneshot::Sender<Outcome>,
+}
+
+/// The lane's handle: its channel and the way to its task.
+#[derive(Debug)]
+pub(super) struct Lane {
+    channel: Channel,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Lane {
+    /// Starts the task publishing on `channel` (in confirm mode) to `exchange`.
+    pub(super) fn start(channel: Channel, exchange: ShortString, window: usize) -> Self {
+        // Unbounded: each waiting caller has at most one job queued, and each
+        // job is bounded by the caller's own limits (ingest body size, --count).
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(run(channel.clone(), exchange, window, queue));
+        Self { channel, jobs }
+    }
+
+    /// Whether its channel is open and its task still takes jobs.
+    pub(super) fn is_open(&self) -> bool {
+        self.channel.status().connected() && !self.jobs.is_closed()
+    }
+
+    /// Queues `items`; the answer comes once every one is confirmed or one
+    /// failed. A closed lane drops the job: the receiver then fails, which the
+    /// caller reads as "none confirmed".
+    pub(super) fn submit(&self, items: Vec<Arc<Item>>) -> oneshot::Receiver<Outcome> {
+        let (answer, answered) = oneshot::channel();
+        let _ = self.jobs.send(Job { items, answer });
+        answered
+    }
+}
+
+type Key = (u64, usize);
+type Done = (Key, Result<Confirmation, lapin::Error>);
+type InFlight = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
+
+async fn run(
+    channel: Channel,
+    exchange: ShortString,
+    window: usize,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+) {
+    let mut book = Book::default();
+    let mut in_flight: InFlight = FuturesUnordered::new();
+    let mut closed = false;
+    loop {
+        while in_flight.len() < window {
+            let Some((key, item)) = book.next_to_send() else {
+                break;
+            };
+            in_flight.push(Box::pin(publish(
+                channel.clone(),
+                exchange.clone(),
+                key,
+                item,
+            )));
+        }
+        if closed && in_flight.is_empty() {
+            // The publisher let go of this lane and nothing is left to publish.
+            return;
+        }
+        tokio::select! {
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                let mut broken = book.resolve(done);
+                // Take every confirm already in before answering (see the
+                // module doc: a return may ride on another event's confirm).
+                while let Some(done) = ready(&mut in_flight).await {
+                    broken |= book.resolve(done);
+                }
+                if broken {
+                    book.lose_all();
+                    return;
+                }
+                book.answer_finished();
+            }
+            job = queue.recv(), if !closed => match job {
+                Some(job) => book.add(job),
+                None => closed = true,
+            },
+        }
+    }
+}
+
+/// The next result already in, without waiting.
+async fn ready(in_flight: &mut InFlight) -> Option<Done> {
+    std::future::poll_fn(|cx| match in_flight.poll_next_unpin(cx) {
+        Poll::Ready(done) => Poll::Ready(done),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+/// Publishes one event and waits for its confirm.
+async fn publish(channel: Channel, exchange: ShortString, key: Key, item: Arc<Item>) -> Done {
+    let result = async {
+        channel
+            .basic_publish(
+                exchange,
+                item.routing_key.clone(),
+                // mandatory: an event no queue takes comes back as an error
+                // instead of vanishing (the alternate exchange normally takes it).
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &item.body,
+                item.properties.clone(),
+            )
+            .await?
+            .await
+    }
+    .await;
+    (key, result)
+}
+
+/// Where each job stands. Kept apart from the channel so the bookkeeping
+/// (which event a confirm or a return settles) is tested without a broker.
+#[derive(Default)]
+struct Book {
+    next_job: u64,
+    jobs: HashMap<u64, JobState>,
+    /// Events not yet published, in order.
+    to_send: VecDeque<Key>,
+}
+
+struct JobState {
+    items: Vec<Arc<Item>>,
+    confirmed: Vec<bool>,
+    confirmed_count: usize,
+    /// Published, confirm not yet in.
+    in_flight: usize,
+    /// Answered with a failure; its events not yet published never will be.
+    failed: bool,
+    answer: Option<oneshot::Sender<Outcome>>,
+}
+
+impl Book {
+    fn add(&mut self, job: Job) {
+        let id = self.next_job;
+        self.next_job += 1;
+        let n = job.items.len();
+        self.to_send.extend((0..n).map(|i| (id, i)));
+        self.jobs.insert(
+            id,
+            JobState {
+                confirmed: vec![false; n],
+                confirmed_count: 0,
+                in_flight: 0,
+                items: job.items,
+                failed: false,
+                answer: Some(job.answer),
+            },
+        );
+        if n == 0 {
+            self.answer_finished();
+        }
+    }
+
+    /// The next event to publish, skipping those of failed jobs.
+    fn next_to_send(&mut self) -> Option<(Key, Arc<Item>)> {
+        while let Some(key) = self.to_send.pop_front() {
+            if let Some(job) = self.jobs.get_mut(&key.0)
+                && !job.failed
+            {
+                job.in_flight += 1;
+                return Some((key, job.items[key.1].clone()));
+            }
+        }
+        None
+    }
+
+    /// Records one event's result; true when the channel failed.
+    fn resolve(&mut self, (key, result): Done) -> bool {
+        let returned = match result {
+            Err(_) => return true,
+            Ok(Confirmation::Ack(returned)) => {
+                self.settle(key, true);
+                returned
+            }
+            Ok(Confirmation::NotRequested) => {
+                self.settle(key, true);
+                None
+            }
+            Ok(Confirmation::Nack(returned)) => {
+                self.settle(key, false);
+                returned
+            }
+        };
+        if let Some(message) = returned {
+            let id = message
+                .properties
+                .message_id()
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            self.returned(&id, message.reply_text.as_str());
+        }
+        false
+    }
+
+    fn settle(&mut self, (job, i): Key, acked: bool) {
+        let Some(state) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        state.in_flight -= 1;
+        if acked {
+            state.confirmed[i] = true;
+            state.confirmed_count += 1;
+        } else {
+            let id = state.items[i].id.clone();
+            state.fail(Outcome::Nacked { id });
+        }
+    }
+
+    /// The broker returned event `id`: every job still waiting for it fails.
+    fn returned(&mut self, id: &str, reply: &str) {
+        let mut found = false;
+        for state in self.jobs.values_mut() {
+            if state.items.iter().any(|item| item.id == id) {
+                found = true;
+                state.fail(Outcome::Unroutable {
+                    id: id.to_owned(),
+                    reply: reply.to_owned(),
+                });
+            }
+        }
+        if !found {
+            tracing::warn!(event = %id, reply, "Broker returned an event no publish waits for.");
+        }
+    }
+
+    /// Answers the jobs whose every event is confirmed; forgets failed jobs
+    /// once none of their events is in flight.
+    fn answer_finished(&mut self) {
+        self.jobs.retain(|_, state| {
+            if state.failed {
+                return state.in_flight > 0;
+            }
+            if state.confirmed_count < state.items.len() {
+                return true;
+            }
+            if let Some(answer) = state.answer.take() {
+                let _ = answer.send(Outcome::Confirmed);
+            }
+            false
+        });
+    }
+
+    /// The channel failed: every waiting job learns which events have no confirm.
+    fn lose_all(&mut self) {
+        for (_, mut state) in self.jobs.drain() {
+            let unconfirmed = state
+                .items
+                .iter()
+                .zip(&state.confirmed)
+                .filter(|(_, confirmed)| !**confirmed)
+                .map(|(item, _)| item.clone())
+                .collect();
+            if let Some(answer) = state.answer.take() {
+                let _ = answer.send(Outcome::Lost { unconfirmed });
+            }
+        }
+        self.to_send.clear();
+    }
+}
+
+impl JobState {
+    /// Answers at once with the first failure; the job's events not yet
+    /// published are not (those in flight settle unseen).
+    fn fail(&mut self, failure: Outcome) {
+        if let Some(answer) = self.answer.take() {
+            let _ = answer.send(failure);
+        }
+        self.failed = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::message::{BasicReturnMessage, Delivery};
+
+    fn item(id: &str) -> Arc<Item> {
+        Arc::new(Item {
+            id: id.to_owned(),
+            routing_key: "t".into(),
+            body: Vec::new(),
+            properties: BasicProperties::default().with_message_id(id.into()),
+        })
+    }
+
+    fn job(book: &mut Book, ids: &[&str]) -> oneshot::Receiver<Outcome> {
+        let (answer, answered) = oneshot::channel();
+        book.add(Job {
+            items: ids.iter().map(|id| item(id)).collect(),
+            answer,
+        });
+        answered
+    }
+
+    fn returned(id: &str) -> BasicReturnMessage {
+        let mut delivery = Delivery::mock(0, "x".into(), "t".into(), false, Vec::new());
+        delivery.properties = BasicProperties::default().with_message_id(id.into());
+        BasicReturnMessage {
+            delivery,
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+        }
+    }
+
+    fn send_all(book: &mut Book) -> Vec<Key> {
+        std::iter::from_fn(|| book.next_to_send().map(|(key, _)| key)).collect()
+    }
+
+    #[test]
+    fn a_job_is_answered_once_every_event_is_confirmed() {
+        let mut book = Book::default();
+        let mut answered = job(&mut book, &["a", "b"]);
+        let keys = send_all(&mut book);
+        assert_eq!(keys.len(), 2);
+        assert!(!book.resolve((keys[1], Ok(Confirmation::Ack(None)))));
+        book.answer_finished();
+        assert!(answered.try_recv().is_err(), "one confirm is still missing");
+        assert!(!book.resolve((keys[0], Ok(Confirmation::Ack(None)))));
+        book.answer_finished();
+        assert!(matches!(answered.try_recv(), Ok(Outcome::Confirmed)));
+        assert!(book.jobs.is_empty());
+    }
+
+    #[test]
+    fn a_return_carried_by_another_jobs_confirm_fails_only_the_returned_event() {
+        let mut book = Book::default();
+        let mut first = job(&mut book, &["a1", "a2"]);
+        let mut second = job(&mut book, &["b1"]);
+        let keys = send_all(&mut book);
+        // lapin hands the return of b1 to whichever confirm it completes
+        // first: here a1's.
+        book.resolve((keys[0], Ok(Confirmation::Ack(Some(returned("b1"))))));
+        book.resolve((keys[1], Ok(Confirmation::Ack(None))));
+        book.resolve((keys[2], Ok(Confirmation::Ack(None))));
+        book.answer_finished();
+        assert!(matches!(first.try_recv(), Ok(Outcome::Confirmed)));
+        match second.try_recv() {
+            Ok(Outcome::Unroutable { id, reply }) => {
+                assert_eq!((id.as_str(), reply.as_str()), ("b1", "NO_ROUTE"));
+            }
+            other => panic!("b1 must fail as unroutable: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_nack_fails_its_job_at_once_and_the_rest_is_not_published() {
+        let mut book = Book::default();
+        let mut answered = job(&mut book, &["a", "b", "c"]);
+        let mut other = job(&mut book, &["d"]);
+        let (a, _) = book.next_to_send().expect("a");
+        book.resolve((a, Ok(Confirmation::Nack(None))));
+        match answered.try_recv() {
+            Ok(Outcome::Nacked { id }) => assert_eq!(id, "a"),
+            other => panic!("a must be nacked: {other:?}"),
+        }
+        // b and c are skipped; d is next.
+        let rest = send_all(&mut book);
+        assert_eq!(rest.len(), 1);
+        book.resolve((rest[0], Ok(Confirmation::Ack(None))));
+        book.answer_finished();
+        assert!(matches!(other.try_recv(), Ok(Outcome::Confirmed)));
+        assert!(book.jobs.is_empty());
+    }
+
+    #[test]
+    fn a_failed_channel_hands_back_only_the_unconfirmed_events() {
+        let mut book = Book::default();
+        let mut answered = job(&mut book, &["a", "b", "c"]);
+        let keys = send_all(&mut book);
+        book.resolve((keys[1], Ok(Confirmation::Ack(None))));
+        let broken = book.resolve((
+            keys[0],
+            Err(lapin::Error::from(lapin::ErrorKind::InvalidChannel(1))),
+        ));
+        assert!(broken);
+        book.lose_all();
+        match answered.try_recv() {
+            Ok(Outcome::Lost { unconfirmed }) => {
+                let ids: Vec<&str> = unconfirmed.iter().map(|i| i.id.as_str()).collect();
+                assert_eq!(ids, ["a", "c"]);
+            }
+            other => panic!("lost expected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_job_is_confirmed_at_once() {
+        let mut book = Book::default();
+        let mut answered = job(&mut book, &[]);
+        assert!(matches!(answered.try_recv(), Ok(Outcome::Confirmed)));
+    }
+}

@@ -1,0 +1,116 @@
+//! The publishing side of issue 15: hookpost's publisher alone against a raw
+//! publisher in the same run, and the CLI path (`hookpost-producer publish
+//! --count N`, the release binary as a subprocess) through a dispatcher.
+
+use crate::hookpost::*;
+use crate::raw::*;
+use crate::report::*;
+use common::Event;
+use common::topology::Topology;
+use producer::Publisher;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tests::Scope;
+
+/// `publish_many` of `n` events into a quorum queue (an endpoint's, no
+/// dispatcher), against the raw publisher ([`FASTEST`]) into a quorum queue,
+/// alternately, `rounds` times each; the best of each. The publisher's row
+/// carries its ratio to the raw publisher's.
+pub(crate) async fn publisher_alone(
+    n: usize,
+    size: usize,
+    rounds: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let (mut raw_best, mut ours_best) = (0.0_f64, 0.0_f64);
+    for _ in 0..rounds {
+        let scope = Scope::new().await;
+        let exchange = format!("{}.raw", scope.prefix);
+        scope.quorum_queue_behind(&exchange).await;
+        raw_best = raw_best.max(n as f64 / raw_publish(&exchange, n, size, FASTEST).await?);
+        drop(scope);
+
+        let scope = Scope::new().await;
+        let config = scope.config("");
+        let publisher = Publisher::connect(&config).await?;
+        let ch = scope.connection.create_channel().await?;
+        Topology::new(&config.amqp)
+            .declare_endpoint(&ch, "bench", &["#".to_owned()])
+            .await?;
+        scope.track_endpoint(&config, "bench");
+        let events: Vec<Event> = (0..n).map(|_| event(size)).collect();
+        let started = Instant::now();
+        publisher.publish_many(&events).await?;
+        ours_best = ours_best.max(n as f64 / started.elapsed().as_secs_f64());
+        publisher.close().await;
+    }
+    let raw = progress_of(Row {
+        scenario: format!("raw publisher alone ({}), best of {rounds}", FASTEST.name()),
+        events: n,
+        seconds: n as f64 / raw_best,
+        events_per_s: raw_best,
+        ..Row::default()
+    });
+    let ours = progress_of(Row {
+        scenario: format!(
+            "hookpost publisher alone (publish_many), best of {rounds}; ratio to the raw publisher"
+        ),
+        events: n,
+        seconds: n as f64 / ours_best,
+        events_per_s: ours_best,
+        ratio_to_raw_broker: Some(ours_best / raw_best),
+        ..Row::default()
+    });
+    Ok(vec![raw, ours])
+}
+
+/// `hookpost-producer publish --count n` (a process of its own, the release
+/// build beside this binary) → RabbitMQ → dispatcher (child) → receiver,
+/// batches of `batch`. Wall time from the CLI's start to the last receipt.
+pub(crate) async fn cli(n: usize, size: usize, batch: u32) -> anyhow::Result<Row> {
+    let exe = std::env::current_exe()?.with_file_name("hookpost-producer");
+    anyhow::ensure!(
+        exe.exists(),
+        "{} is missing: cargo build --release -p producer --bin hookpost-producer",
+        exe.display()
+    );
+    let scope = Scope::new().await;
+    let (url, sink) = sink().await?;
+    let dispatcher = start_dispatcher(&scope, &endpoints_toml(1, &url, batch), "cli", "").await?;
+    let config = scope.write_config("producer", "", "");
+    let data = std::env::temp_dir().join(format!("{}-data.json", scope.prefix));
+    std::fs::write(&data, serde_json::to_vec(&event(size).data)?)?;
+    let started = Instant::now();
+    let mut child = Command::new(&exe)
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "publish",
+            "--type",
+            "bench.event",
+            "--count",
+            &n.to_string(),
+        ])
+        .arg("--data")
+        .arg(format!("@{}", data.display()))
+        .env("HOOKPOST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()?;
+    let received = sink.wait_for(n as u64, Duration::from_secs(600)).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = child.wait()?;
+    let _ = std::fs::remove_file(&data);
+    let (rss, cpu) = dispatcher.stats();
+    dispatcher.stop();
+    received?;
+    anyhow::ensure!(status.success(), "hookpost-producer publish: {status}");
+    Ok(Row {
+        scenario: format!("hookpost-producer publish --count {n} → dispatcher, batch {batch}"),
+        events: n,
+        deliveries: n,
+        seconds,
+        events_per_s: n as f64 / seconds,
+        dispatcher_peak_rss_mib: rss,
+        dispatcher_cpu_s: cpu,
+        ..Row::default()
+    })
+}
