@@ -12,6 +12,7 @@ mod hookpost;
 mod raw;
 mod report;
 mod scale;
+mod stress;
 
 use clap::Parser;
 use cli::*;
@@ -53,10 +54,16 @@ struct Args {
     /// with the default open-file limit) or quorum (needs a raised limit).
     #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
     memory_queue_type: String,
+    /// Events queued before the backlog scenario's dispatcher starts.
+    #[arg(long, default_value_t = 100_000)]
+    backlog_events: usize,
+    /// The rate limit (events/s) of the backlog scenario's second run.
+    #[arg(long, default_value_t = 5_000)]
+    backlog_rate_limit: u32,
     /// Endpoints of the scale scenario (classic queues, one event each).
     #[arg(long, default_value_t = 10_000)]
     scale_endpoints: usize,
-    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, fanout, latency, memory, scale).
+    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, fanout, latency, memory, noisy, backlog, scale).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -162,6 +169,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rows.push(progress_of(
             latency(args.rate, args.latency_seconds, args.size).await?,
         ));
+    }
+    if wanted(&args, "noisy") {
+        for row in stress::noisy_neighbour(args.events / 5, args.size).await? {
+            rows.push(progress_of(row));
+        }
+    }
+    if wanted(&args, "backlog") {
+        for row in stress::backlog(
+            args.backlog_events,
+            args.size,
+            args.batch_size,
+            args.backlog_rate_limit,
+        )
+        .await?
+        {
+            rows.push(progress_of(row));
+        }
     }
     if wanted(&args, "scale") {
         rows.push(progress_of(

@@ -1,0 +1,149 @@
+//! Heavy and hostile conditions (issue 15): a neighbour whose requests all
+//! hang until their timeout, and a backlog drained after an outage.
+
+use crate::hookpost::start_dispatcher;
+use crate::raw::sink;
+use crate::report::{Row, event};
+use common::Event;
+use producer::Publisher;
+use std::time::{Duration, Instant};
+use tests::Scope;
+
+/// A server that accepts connections and never answers.
+async fn hanging_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hang", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    Ok((url, task))
+}
+
+/// `n` events of `event_type`.
+fn events(n: usize, size: usize, event_type: &str) -> Vec<Event> {
+    (0..n)
+        .map(|_| {
+            let mut e = event(size);
+            event_type.clone_into(&mut e.event_type);
+            e
+        })
+        .collect()
+}
+
+/// The healthy endpoint's rate alone, then beside an endpoint whose every
+/// request hangs until its 1 s timeout; both on one consumer channel
+/// (`amqp.consume_channels = 1`), the pool's worst case.
+pub(crate) async fn noisy_neighbour(n: usize, size: usize) -> anyhow::Result<Vec<Row>> {
+    let (hang_url, hang) = hanging_server().await?;
+    let mut rows = Vec::new();
+    for with_neighbour in [false, true] {
+        let scope = Scope::new().await;
+        let (url, sink) = sink().await?;
+        let mut endpoints = format!(
+            "[[endpoints]]\nid = \"healthy\"\nurl = \"{url}\"\nevents = [\"bench.healthy\"]\nmax_in_flight = 16\n"
+        );
+        if with_neighbour {
+            endpoints.push_str(&format!(
+                "[[endpoints]]\nid = \"hanging\"\nurl = \"{hang_url}\"\nevents = [\"bench.hanging\"]\nmax_in_flight = 16\ntimeout_ms = 1000\nmax_retries = 0\n"
+            ));
+        }
+        let amqp = "consume_channels = 1";
+        let dispatcher = start_dispatcher(&scope, &endpoints, "noisy", amqp).await?;
+        let config = scope.config_with("", amqp, &tests::amqp_url());
+        let publisher = Publisher::connect(&config).await?;
+        if with_neighbour {
+            // Its backlog first: the hanging endpoint is busy for the whole run.
+            publisher
+                .publish_many(&events(n, size, "bench.hanging"))
+                .await?;
+        }
+        let healthy = events(n, size, "bench.healthy");
+        let started = Instant::now();
+        publisher.publish_many(&healthy).await?;
+        sink.wait_for(n as u64, Duration::from_secs(600)).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let (rss, cpu) = dispatcher.stats();
+        dispatcher.stop();
+        publisher.close().await;
+        rows.push(Row {
+            scenario: if with_neighbour {
+                "noisy neighbour: healthy endpoint beside a hanging one (1 channel)".to_owned()
+            } else {
+                "noisy neighbour: healthy endpoint alone (1 channel)".to_owned()
+            },
+            events: n,
+            deliveries: n,
+            seconds,
+            events_per_s: n as f64 / seconds,
+            dispatcher_peak_rss_mib: rss,
+            dispatcher_cpu_s: cpu,
+            ..Row::default()
+        });
+    }
+    hang.abort();
+    let alone = rows[0].events_per_s;
+    rows[1].notes = Some(format!(
+        "{:.2} of the healthy endpoint's rate alone (target ≥ 0.9)",
+        rows[1].events_per_s / alone
+    ));
+    Ok(rows)
+}
+
+/// `n` events queued while the endpoint's dispatcher was down, then drained
+/// (batch `batch`), without and with a rate limit of `limit` per second.
+pub(crate) async fn backlog(
+    n: usize,
+    size: usize,
+    batch: u32,
+    limit: u32,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for rate_limit in [None, Some(limit)] {
+        let scope = Scope::new().await;
+        let (url, sink) = sink().await?;
+        let limit_line = rate_limit.map_or(String::new(), |l| {
+            format!("rate_limit_per_s = {l}\nrate_limit_burst = {l}\n")
+        });
+        let endpoints = format!(
+            "[[endpoints]]\nid = \"backlog\"\nurl = \"{url}\"\nevents = [\"#\"]\nbatch_size = {batch}\nbatch_interval_ms = 20\nmax_in_flight = 16\n{limit_line}"
+        );
+        // Declare the endpoint's queue, then take the dispatcher down.
+        start_dispatcher(&scope, &endpoints, "backlog", "")
+            .await?
+            .stop();
+        let config = scope.config("");
+        let publisher = Publisher::connect(&config).await?;
+        let queued: Vec<Event> = (0..n).map(|_| event(size)).collect();
+        publisher.publish_many(&queued).await?;
+        publisher.close().await;
+        let started = Instant::now();
+        let dispatcher = start_dispatcher(&scope, &endpoints, "backlog", "").await?;
+        sink.wait_for(n as u64, Duration::from_secs(900)).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let (rss, cpu) = dispatcher.stats();
+        dispatcher.stop();
+        rows.push(Row {
+            scenario: match rate_limit {
+                None => format!("backlog drain: {n} queued, batch {batch}"),
+                Some(l) => format!("backlog drain: {n} queued, batch {batch}, rate limit {l}/s"),
+            },
+            events: n,
+            deliveries: n,
+            seconds,
+            events_per_s: n as f64 / seconds,
+            dispatcher_peak_rss_mib: rss,
+            dispatcher_cpu_s: cpu,
+            notes: rate_limit.map(|l| {
+                format!(
+                    "{:.0} events/s against a limit of {l}/s (burst {l}; the start is in the time)",
+                    n as f64 / seconds
+                )
+            }),
+            ..Row::default()
+        });
+    }
+    Ok(rows)
+}
