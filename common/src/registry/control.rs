@@ -683,9 +683,9 @@ async fn follow_with(
             None
         }
     };
-    // No pointer at all (a stream from before snapshots, or its pointer
-    // queue deleted): write one once caught up.
-    let missing = pointer.is_none();
+    // No usable pointer (a stream from before snapshots, its pointer queue
+    // deleted, or a pointer that led nowhere): write one once caught up.
+    let mut missing = pointer.is_none();
     let mut start = match pointer {
         Some(Pointer {
             base: Some(base), ..
@@ -698,6 +698,7 @@ async fn follow_with(
             Pass::NoState(why) if start != Start::First => {
                 tracing::warn!(reason = %why, "The control stream's snapshot pointer is unusable; reading from its first record.");
                 start = Start::First;
+                missing = true;
             }
             Pass::NoState(why) => anyhow::bail!(
                 "the control stream cannot be read: {why}; its retention removed records no complete snapshot covers (registry.control_max_bytes too small for the registry?): state was lost"
