@@ -313,7 +313,7 @@ pub async fn ensure(conn: &Connection, topology: &Topology) -> Result<(), lapin:
 
 /// Declares the stream once more with its retention arguments: the broker
 /// refuses (406) if it was declared with others, or none (before hookpost
-/// set them). Says so once; the stream keeps working either way.
+/// set them). Says so once (INFO); the stream keeps working either way.
 async fn check_retention(conn: &Connection, topology: &Topology) {
     let name = topology.control();
     {
@@ -333,10 +333,11 @@ async fn check_retention(conn: &Connection, topology: &Topology) {
         }
         Err(e) if crate::amqp::reply_code(&e) == Some(crate::amqp::reply::PRECONDITION_FAILED) => {
             let max_bytes = topology.control_max_bytes();
-            tracing::warn!(
+            // INFO: a policy may already bound it, and AMQP cannot see that.
+            tracing::info!(
                 stream = %name,
                 max_bytes,
-                "The control stream was declared without hookpost's retention (or with another registry.control_max_bytes) and keeps growing; queue arguments cannot change, so bound it with a policy: rabbitmqctl set_policy {}-control '^{}$' '{{\"max-length-bytes\":{},\"stream-max-segment-size-bytes\":{}}}' --apply-to queues",
+                "The control stream was declared without hookpost's retention (or with another registry.control_max_bytes); queue arguments cannot change, so unless a policy bounds it, apply one: rabbitmqctl set_policy {}-control '^{}$' '{{\"max-length-bytes\":{},\"stream-max-segment-size-bytes\":{}}}' --apply-to queues",
                 topology.prefix(),
                 regex_escape(&name),
                 max_bytes,
@@ -849,8 +850,10 @@ async fn pass(
                 holds_tx.send_replace(Arc::new(state.clone()));
             }
         }
-        if let Some(state) = replay.state().cloned()
-            && snapshot::due(replay.changes, &state, jitter)
+        if let Some(state) = replay
+            .state()
+            .filter(|s| snapshot::due(replay.changes, s, jitter))
+            .cloned()
         {
             replay.changes = 0;
             if let Err(e) = write_snapshot(conn, topology, &state, offset).await {
