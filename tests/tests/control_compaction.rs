@@ -132,8 +132,9 @@ async fn a_fresh_read_after_compaction_reads_the_snapshot_and_the_tail_not_the_h
     assert_eq!(summary(&state), (expected_versions, expected_holds.clone()));
     assert_eq!(stats.snapshot.as_deref(), Some(written.as_str()));
     assert_eq!(stats.started_at, Some(first.marker + 1));
-    let snapshot_records =
-        ENDPOINTS.div_ceil(snapshot::PART_ITEMS) + expected_holds.len().div_ceil(snapshot::PART_ITEMS) + 2;
+    let snapshot_records = ENDPOINTS.div_ceil(snapshot::PART_ITEMS)
+        + expected_holds.len().div_ceil(snapshot::PART_ITEMS)
+        + 2;
     assert!(
         stats.records <= (snapshot_records + 10) as u64,
         "read {} records; the snapshot has {snapshot_records}",
@@ -199,7 +200,13 @@ async fn compaction_keeps_every_endpoint_pause_and_version_and_compare_and_set_s
     control::append_all(
         conn,
         &topology,
-        &[put("a", 2), put("a", 3), put("b", 3), put("d", 2), put("d", 1)],
+        &[
+            put("a", 2),
+            put("a", 3),
+            put("b", 3),
+            put("d", 2),
+            put("d", 1),
+        ],
     )
     .await
     .expect("changes");
@@ -326,7 +333,9 @@ async fn changes_written_while_a_snapshot_is_written_are_not_lost() {
     control::append(conn, &topology, &put("before-begin", 1))
         .await
         .expect("put");
-    control::append(conn, &topology, &begin).await.expect("begin");
+    control::append(conn, &topology, &begin)
+        .await
+        .expect("begin");
     control::append(conn, &topology, &put("during", 1))
         .await
         .expect("put");
@@ -411,7 +420,9 @@ async fn a_new_stream_is_declared_with_retention_and_an_old_one_without_keeps_wo
     // Declared with the retention arguments: the same declare is accepted,
     // another limit is refused.
     let ch = scope.connection.create_channel().await.expect("channel");
-    control::declare(&ch, &topology).await.expect("same arguments");
+    control::declare(&ch, &topology)
+        .await
+        .expect("same arguments");
     let other = Topology::for_config(&scope.config(""));
     let refused = control::declare(&ch, &other).await;
     assert!(refused.is_err(), "declared with x-max-length-bytes");
@@ -422,7 +433,10 @@ async fn a_new_stream_is_declared_with_retention_and_an_old_one_without_keeps_wo
     let old_config = old.config("");
     let old_topology = Topology::for_config(&old_config);
     let mut args = lapin::types::FieldTable::default();
-    args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("stream".into()));
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("stream".into()),
+    );
     old.channel
         .queue_declare(
             old_topology.control().as_str().into(),
@@ -434,9 +448,13 @@ async fn a_new_stream_is_declared_with_retention_and_an_old_one_without_keeps_wo
         )
         .await
         .expect("old-style stream");
-    control::append_all(&old.connection, &old_topology, &[put("x", 1), Command::hold("x", true)])
-        .await
-        .expect("append");
+    control::append_all(
+        &old.connection,
+        &old_topology,
+        &[put("x", 1), Command::hold("x", true)],
+    )
+    .await
+    .expect("append");
     let (state, stats) = control::read_with_stats(&old.connection, &old_topology, READ)
         .await
         .expect("read");

@@ -153,9 +153,9 @@ pub fn apply(state: &mut State, command: &Command) -> bool {
         Command::Delete { id, .. } => state.endpoints.remove(id).is_some(),
         // A snapshot is read by `snapshot::Replay`, never applied on top of
         // a state (its old versions and holds would undo later changes).
-        Command::SnapshotBegin { .. } | Command::SnapshotPart { .. } | Command::SnapshotEnd { .. } => {
-            false
-        }
+        Command::SnapshotBegin { .. }
+        | Command::SnapshotPart { .. }
+        | Command::SnapshotEnd { .. } => false,
     }
 }
 
@@ -771,9 +771,7 @@ async fn pass(
         // Acked in ranges: a stream consumer's acks only return credit.
         unacked += 1;
         if unacked >= 100 {
-            delivery
-                .ack(BasicAckOptions { multiple: true })
-                .await?;
+            delivery.ack(BasicAckOptions { multiple: true }).await?;
             unacked = 0;
         }
         let Some(offset) = offset_of(&delivery.properties) else {

@@ -354,8 +354,14 @@ mod tests {
         let records = records("s", 41, "t", &state);
         let parts = records.len() - 2;
         assert_eq!(parts, 3 + 1, "250 endpoints in 3 parts, 84 holds in 1");
-        assert!(matches!(records[0], Command::SnapshotBegin { base: 41, .. }));
-        assert!(matches!(records.last(), Some(Command::SnapshotEnd { parts: 4, .. })));
+        assert!(matches!(
+            records[0],
+            Command::SnapshotBegin { base: 41, .. }
+        ));
+        assert!(matches!(
+            records.last(),
+            Some(Command::SnapshotEnd { parts: 4, .. })
+        ));
         let mut replay = Replay::new(Start::After(41));
         let outcomes = feed(&mut replay, 42, records);
         assert_eq!(outcomes.last(), Some(&Outcome::Loaded));
@@ -434,8 +440,18 @@ mod tests {
     fn snapshot_records_never_change_a_known_state() {
         // From the stream's start, an old snapshot's Puts and holds must not
         // resurrect what was deleted or resumed since.
-        let old = replayed(&[put("a", 1), put("a", 2), put("a", 3), Command::hold("a", true)]);
-        let mut stream = vec![put("a", 1), put("a", 2), put("a", 3), Command::hold("a", true)];
+        let old = replayed(&[
+            put("a", 1),
+            put("a", 2),
+            put("a", 3),
+            Command::hold("a", true),
+        ]);
+        let mut stream = vec![
+            put("a", 1),
+            put("a", 2),
+            put("a", 3),
+            Command::hold("a", true),
+        ];
         stream.push(Command::Delete {
             id: "a".into(),
             at: String::new(),
