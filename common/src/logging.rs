@@ -19,7 +19,10 @@ pub fn init(default: &str) {
 /// 404 NOT_FOUND in answer to a queue.declare. hookpost asks "does this queue or stream exist yet?" with a
 /// passive declare, and the broker answers "no" by closing the channel:
 /// an expected answer, which the caller handles (and logs in context when
-/// it matters), not an error.
+/// it matters), not an error. The same for 406 PRECONDITION_FAILED on a
+/// queue.declare: the control stream's retention check asks "was it
+/// declared with these arguments?" that way, and every other declare turns
+/// a 406 into an error naming the queue (`TopologyError::Conflict`).
 #[derive(Debug, Clone, Copy)]
 pub struct ExpectedAnswers;
 
@@ -52,7 +55,8 @@ fn is_expected_answer(event: &tracing::Event<'_>) -> bool {
             if field.name() == "method" {
                 // queue.declare (class 50, method 10): the passive check.
                 let method = format!("{value:?}");
-                self.0 = method.contains("reply_code: 404,")
+                self.0 = (method.contains("reply_code: 404,")
+                    || method.contains("reply_code: 406,"))
                     && method.contains("class_id: 50, method_id: 10");
             }
         }

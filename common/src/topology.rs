@@ -60,6 +60,7 @@ pub struct Topology {
     queue_type: QueueType,
     unrouted_max_length: u32,
     delivery_limit: u32,
+    control_max_bytes: u64,
 }
 
 impl Topology {
@@ -70,7 +71,22 @@ impl Topology {
             queue_type: amqp.queue_type,
             unrouted_max_length: amqp.unrouted_max_length,
             delivery_limit: amqp.delivery_limit,
+            control_max_bytes: crate::config::raw::DEFAULT_CONTROL_MAX_BYTES,
         }
+    }
+
+    /// The topology of `config`: its `[amqp]` section, and the control
+    /// stream's retention (`registry.control_max_bytes`).
+    pub fn for_config(config: &crate::Config) -> Self {
+        Self {
+            control_max_bytes: config.registry.control_max_bytes,
+            ..Self::new(&config.amqp)
+        }
+    }
+
+    /// The control stream's retention in bytes.
+    pub fn control_max_bytes(&self) -> u64 {
+        self.control_max_bytes
     }
 
     /// The name prefix.
@@ -113,10 +129,16 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
-    /// The control stream: operator pauses and resumes, replayed by every
-    /// dispatcher (`dispatcher::control`).
+    /// The control stream: operator pauses and resumes and the endpoint
+    /// registry, read by every dispatcher (`registry::control`).
     pub fn control(&self) -> String {
         format!("{}.control", self.prefix)
+    }
+
+    /// Queue holding the pointer to the control stream's latest snapshot
+    /// (`registry::control`).
+    pub fn control_snapshot(&self) -> String {
+        format!("{}.control-snapshot", self.prefix)
     }
 
     /// Queue holding one message: the event patterns each endpoint queue was

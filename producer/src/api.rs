@@ -71,7 +71,7 @@ impl Api {
         let loaded = Arc::new(AtomicBool::new(false));
         tokio::spawn(follow(
             client.clone(),
-            Topology::new(&config.amqp),
+            Topology::for_config(&config),
             tx,
             loaded.clone(),
             shutdown.clone(),

@@ -143,7 +143,13 @@ impl Scope {
         let t = Topology::new(&config.amqp);
         let mut queues = self.queues.lock().expect("lock");
         let mut exchanges = self.exchanges.lock().expect("lock");
-        queues.extend([t.unrouted(), t.dead(), t.bindings_state(), t.control()]);
+        queues.extend([
+            t.unrouted(),
+            t.dead(),
+            t.bindings_state(),
+            t.control(),
+            t.control_snapshot(),
+        ]);
         exchanges.extend([
             t.events_exchange(),
             t.unrouted(),

@@ -132,6 +132,15 @@ impl Config {
             .map(crate::secret::SecretsKey::parse)
             .transpose()
             .map_err(|e| invalid("registry.secrets_key".into(), e))?;
+        let control_max_bytes = raw.registry.control_max_bytes.get();
+        if control_max_bytes < MIN_CONTROL_MAX_BYTES {
+            return Err(invalid(
+                "registry.control_max_bytes".into(),
+                format!(
+                    "must be at least {MIN_CONTROL_MAX_BYTES} (8 MiB): it holds several snapshots of the registry"
+                ),
+            ));
+        }
         let mut seen = HashSet::new();
         let endpoints = raw
             .endpoints
@@ -207,6 +216,7 @@ impl Config {
             registry: RegistryConfig {
                 secrets_key,
                 secret_overlap: Duration::from_millis(raw.registry.secret_overlap_ms.get()),
+                control_max_bytes,
             },
             transforms: TransformsConfig {
                 workers: raw.transforms.workers.get() as usize,
@@ -218,6 +228,9 @@ impl Config {
         })
     }
 }
+
+/// The smallest `registry.control_max_bytes`: 8 MiB.
+const MIN_CONTROL_MAX_BYTES: u64 = 8 << 20;
 
 /// A server timeout in milliseconds as a duration, at most [`MAX_HOLD_MS`];
 /// errors are `(key, message)`.

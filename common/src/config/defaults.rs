@@ -23,6 +23,9 @@ pub(super) fn default_transform_memory_mb() -> NonZeroU64 {
 pub(super) fn default_secret_overlap_ms() -> NonZeroU64 {
     const { NonZeroU64::new(24 * 3_600_000).unwrap() }
 }
+pub(super) fn default_control_max_bytes() -> NonZeroU64 {
+    NonZeroU64::new(super::raw::DEFAULT_CONTROL_MAX_BYTES).unwrap_or(NonZeroU64::MIN)
+}
 pub(super) fn default_amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| super::raw::DEFAULT_AMQP_URL.to_owned())
 }

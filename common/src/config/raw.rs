@@ -259,6 +259,14 @@ pub struct RegistrySection {
     /// After a secret rotation, how long the previous secrets keep signing.
     #[serde(default = "defaults::default_secret_overlap_ms")]
     pub secret_overlap_ms: NonZeroU64,
+    /// Retention of the control stream `<prefix>.control` in bytes (at
+    /// least 8 MiB): the oldest segments are removed past it. It must hold
+    /// several snapshots of the registry plus the changes between them
+    /// (about 3 × the registry's size in bytes each). Applies when the
+    /// stream is created; an existing stream needs a policy (README,
+    /// "The control stream").
+    #[serde(default = "defaults::default_control_max_bytes")]
+    pub control_max_bytes: NonZeroU64,
 }
 
 /// `[transforms]`: endpoint transforms run in child processes of the
@@ -386,6 +394,9 @@ pub enum Method {
     /// `PUT`
     Put,
 }
+
+/// The default of `registry.control_max_bytes`: 256 MiB.
+pub const DEFAULT_CONTROL_MAX_BYTES: u64 = 256 << 20;
 
 /// The broker URL used when the config names none.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

@@ -80,6 +80,8 @@ pub struct RegistryConfig {
     pub secrets_key: Option<crate::secret::SecretsKey>,
     /// How long rotated-out secrets keep signing.
     pub secret_overlap: Duration,
+    /// The control stream's retention in bytes (at least 8 MiB).
+    pub control_max_bytes: u64,
 }
 
 /// Checked `[amqp]`.

@@ -9,6 +9,8 @@
 //! - [`load`]: record → opened settings → runtime endpoint;
 //! - [`rotation`]: new secrets and their overlap;
 //! - [`view`]: what the API shows;
+//! - [`control`]: the control stream's records, writer and reader;
+//! - [`snapshot`]: snapshots of it, and the reader's replay;
 //! - [`ops`]: create, update, get, rotate through the control stream;
 //! - [`lifecycle`]: delete, draining the queue when forced.
 
@@ -18,6 +20,7 @@ mod load;
 mod model;
 mod ops;
 mod rotation;
+pub mod snapshot;
 mod validate;
 mod view;
 

@@ -44,7 +44,7 @@ impl<'a> Registry<'a> {
         Self {
             conn,
             config,
-            topology: Topology::new(&config.amqp),
+            topology: Topology::for_config(config),
         }
     }
 

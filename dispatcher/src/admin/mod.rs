@@ -46,7 +46,7 @@ impl Admin {
             )
         })?
         .map_err(|e| anyhow::anyhow!("broker {url} unreachable: {e}"))?;
-        let topology = Topology::new(&config.amqp);
+        let topology = Topology::for_config(&config);
         Ok(Self {
             config,
             topology,

@@ -70,7 +70,8 @@ pub(crate) async fn declare(
             source,
         })?;
     topology.declare_base(&channel).await?;
-    control::declare(&channel, topology)
+    // Passive first, on its own channels: see `control::ensure`.
+    control::ensure(conn, topology)
         .await
         .map_err(|source| TopologyError::Broker {
             object: topology.control(),

@@ -104,7 +104,7 @@ pub async fn run(
             Err(e) => break Err(e.into()),
         };
         let shared = worker::Shared {
-            topology: Topology::new(&config.amqp),
+            topology: Topology::for_config(&config),
             sender: send::Sender::new(&config.http)?,
             metrics: metrics.clone(),
             max_retry_after: config.http.max_retry_after,
