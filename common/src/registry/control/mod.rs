@@ -1,0 +1,374 @@
+//! The control stream `<prefix>.control`: an append-only RabbitMQ stream of
+//! operator pauses and resumes (`hookpost-admin endpoints pause|resume ID`)
+//! and of the endpoint registry's changes (the management API). Every
+//! dispatcher reads it and then follows it, so holds and registered
+//! endpoints survive restarts of everything and reach every running
+//! dispatcher within moments. RabbitMQ is the only store.
+//!
+//! To know when it has read everything written before it started, a reader
+//! attaches, then appends a `marker` with a fresh token and reads until it
+//! meets it.
+//!
+//! Readers do not start at the stream's first record: they start after the
+//! latest snapshot ([`super::snapshot`]), found through the pointer queue
+//! `<prefix>.control-snapshot`, so a start reads in proportion to the
+//! current endpoints and holds, not the history. A reader that has read more
+//! than `max(1000, 2 × entries)` changes since its snapshot writes a new one.
+//! Retention (`registry.control_max_bytes`) bounds the stream's size.
+
+mod reader;
+mod store;
+
+use reader::*;
+pub use store::*;
+
+use super::StoredEndpoint;
+use super::snapshot::{self, Outcome, Replay, Start};
+use crate::topology::Topology;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What the control stream says, as of the last record read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    /// The endpoints an operator holds.
+    pub holds: BTreeSet<String>,
+    /// The registered endpoints, by id.
+    pub endpoints: BTreeMap<String, StoredEndpoint>,
+}
+
+/// A shared snapshot of the state.
+pub type Holds = Arc<State>;
+
+/// One record of the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Stop delivering to `endpoint` until resumed.
+    Pause {
+        /// The endpoint id.
+        endpoint: String,
+        /// When (RFC 3339).
+        at: String,
+    },
+    /// Deliver to `endpoint` again.
+    Resume {
+        /// The endpoint id.
+        endpoint: String,
+        /// When (RFC 3339).
+        at: String,
+    },
+    /// A reader's "caught up" marker; changes nothing.
+    Marker {
+        /// The reader's token.
+        token: String,
+    },
+    /// Registers or replaces an endpoint.
+    Put {
+        /// The whole endpoint (secrets sealed).
+        endpoint: StoredEndpoint,
+    },
+    /// Removes a registered endpoint.
+    Delete {
+        /// The endpoint id.
+        id: String,
+        /// When (RFC 3339).
+        at: String,
+    },
+    /// A snapshot of the state as of offset `base` starts; its parts and
+    /// end follow (other records may come in between). Changes nothing.
+    SnapshotBegin {
+        /// The snapshot's id (fresh per snapshot).
+        id: String,
+        /// The stream offset the snapshot's state is as of.
+        base: u64,
+        /// When (RFC 3339).
+        at: String,
+    },
+    /// Part `seq` (from 0) of snapshot `id`: endpoints (whole, with their
+    /// versions and sealed secrets) and holds.
+    SnapshotPart {
+        /// The snapshot's id.
+        id: String,
+        /// The part's number, from 0, consecutive.
+        seq: u32,
+        /// Registered endpoints.
+        #[serde(default)]
+        endpoints: Vec<StoredEndpoint>,
+        /// Held endpoint ids.
+        #[serde(default)]
+        holds: Vec<String>,
+    },
+    /// Snapshot `id` is complete with `parts` parts. A snapshot without its
+    /// end is never used.
+    SnapshotEnd {
+        /// The snapshot's id.
+        id: String,
+        /// How many parts it has.
+        parts: u32,
+    },
+}
+
+impl Command {
+    /// A pause or resume of `endpoint`, now.
+    pub fn hold(endpoint: &str, paused: bool) -> Self {
+        let at = now_rfc3339();
+        let endpoint = endpoint.to_owned();
+        if paused {
+            Self::Pause { endpoint, at }
+        } else {
+            Self::Resume { endpoint, at }
+        }
+    }
+}
+
+/// Applies one record to `state`; returns whether it changed it.
+pub fn apply(state: &mut State, command: &Command) -> bool {
+    match command {
+        Command::Pause { endpoint, .. } => state.holds.insert(endpoint.clone()),
+        Command::Resume { endpoint, .. } => state.holds.remove(endpoint),
+        Command::Marker { .. } => false,
+        Command::Put { endpoint } => {
+            // Compare-and-set on `version`: a change made from an older
+            // version (a concurrent writer lost the race, or the endpoint
+            // was deleted meanwhile) is ignored; its writer sees that and
+            // reports a conflict.
+            let expected = state
+                .endpoints
+                .get(&endpoint.id)
+                .map_or(1, |c| c.version + 1);
+            if endpoint.version != expected {
+                return false;
+            }
+            state
+                .endpoints
+                .insert(endpoint.id.clone(), endpoint.clone());
+            true
+        }
+        Command::Delete { id, .. } => state.endpoints.remove(id).is_some(),
+        // A snapshot is read by `snapshot::Replay`, never applied on top of
+        // a state (its old versions and holds would undo later changes).
+        Command::SnapshotBegin { .. }
+        | Command::SnapshotPart { .. }
+        | Command::SnapshotEnd { .. } => false,
+    }
+}
+
+pub use crate::contract::now_rfc3339;
+/// Reads the control stream up to now and returns the holds.
+///
+/// # Errors
+/// A broker error, or nothing read within `timeout`.
+pub async fn read(
+    conn: &Connection,
+    topology: &Topology,
+    timeout: Duration,
+) -> anyhow::Result<Holds> {
+    read_with_stats(conn, topology, timeout)
+        .await
+        .map(|(holds, _)| holds)
+}
+
+/// [`read`], with what it read.
+///
+/// # Errors
+/// A broker error, or nothing read within `timeout`.
+pub async fn read_with_stats(
+    conn: &Connection,
+    topology: &Topology,
+    timeout: Duration,
+) -> anyhow::Result<(Holds, ReadStats)> {
+    read_once(conn, topology, timeout, false).await
+}
+
+/// Reads the control stream up to now and writes a snapshot of it whatever
+/// the count of changes: what `hookpost-admin` and the tests use to compact
+/// at once.
+///
+/// # Errors
+/// A broker error, or nothing read within `timeout`.
+pub async fn compact(
+    conn: &Connection,
+    topology: &Topology,
+    timeout: Duration,
+) -> anyhow::Result<(Holds, ReadStats)> {
+    read_once(conn, topology, timeout, true).await
+}
+
+async fn read_once(
+    conn: &Connection,
+    topology: &Topology,
+    timeout: Duration,
+    force_snapshot: bool,
+) -> anyhow::Result<(Holds, ReadStats)> {
+    let (tx, mut rx) = watch::channel(Holds::default());
+    let stop = CancellationToken::new();
+    let stats = Arc::new(std::sync::Mutex::new(ReadStats::default()));
+    let options = Options {
+        force_snapshot,
+        stats: Some(stats.clone()),
+    };
+    let follow = follow_with(conn, topology, tx, stop.clone(), &options);
+    tokio::pin!(follow);
+    let mut ended = false;
+    let caught_up = tokio::time::timeout(timeout, async {
+        tokio::select! {
+            r = &mut follow => {
+                ended = true;
+                r.and(Err(anyhow::anyhow!("the control stream ended")))
+            }
+            r = rx.changed() => r.map_err(anyhow::Error::from),
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out reading the control stream"));
+    if !ended {
+        // Let the reader close its channel.
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut follow).await;
+    }
+    caught_up??;
+    let holds = rx.borrow().clone();
+    let stats = stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    Ok((holds, stats))
+}
+
+/// Follows the control stream until `stop`, starting over (from the latest
+/// snapshot) one second after a reader fails or ends: the one follower loop
+/// of the dispatcher's supervisor and the management API. `connect` gives
+/// the connection to read on (`None`: give up); `after_each` runs after each
+/// reader that ended, before the pause.
+pub async fn keep_following<C, F>(
+    mut connect: C,
+    topology: &Topology,
+    holds_tx: watch::Sender<Holds>,
+    stop: CancellationToken,
+    mut after_each: impl FnMut(),
+) where
+    C: FnMut() -> F,
+    F: Future<Output = Option<Arc<Connection>>>,
+{
+    loop {
+        let Some(conn) = connect().await else {
+            return;
+        };
+        let result = follow(&conn, topology, holds_tx.clone(), stop.clone()).await;
+        if stop.is_cancelled() {
+            return;
+        }
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "Following the control stream failed; starting over.");
+        }
+        after_each();
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Reads the control stream from its latest snapshot, sends the holds once
+/// caught up (then on each change), and follows it until `stop` fires or
+/// the channel fails; writes a snapshot when one is due.
+///
+/// # Errors
+/// A broker error, or a stream whose retention removed records that no
+/// snapshot covers.
+pub async fn follow(
+    conn: &Connection,
+    topology: &Topology,
+    holds_tx: watch::Sender<Holds>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    follow_with(conn, topology, holds_tx, stop, &Options::default()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_and_resume_replay_in_order() {
+        let mut state = State::default();
+        assert!(apply(&mut state, &Command::hold("a", true)));
+        assert!(!apply(&mut state, &Command::hold("a", true)), "idempotent");
+        assert!(apply(&mut state, &Command::hold("b", true)));
+        assert!(apply(&mut state, &Command::hold("a", false)));
+        assert!(!apply(&mut state, &Command::Marker { token: "t".into() }));
+        assert_eq!(state.holds.into_iter().collect::<Vec<_>>(), ["b"]);
+    }
+
+    fn stored(id: &str, version: u64) -> StoredEndpoint {
+        StoredEndpoint {
+            id: id.into(),
+            version,
+            name: None,
+            description: None,
+            metadata: serde_json::Map::new(),
+            settings: serde_json::Map::new(),
+            headers: BTreeMap::new(),
+            secrets: Vec::new(),
+            created_at: String::new(),
+            updated_at: format!("v{version}"),
+        }
+    }
+
+    #[test]
+    fn puts_apply_only_on_top_of_the_version_they_read() {
+        let mut state = State::default();
+        let put = |e| Command::Put { endpoint: e };
+        assert!(!apply(&mut state, &put(stored("a", 2))), "no version 1 yet");
+        assert!(apply(&mut state, &put(stored("a", 1))));
+        assert!(
+            !apply(&mut state, &put(stored("a", 1))),
+            "a second create loses"
+        );
+        assert!(apply(&mut state, &put(stored("a", 2))));
+        let mut rival = stored("a", 2);
+        rival.updated_at = "rival".into();
+        assert!(
+            !apply(&mut state, &put(rival)),
+            "a concurrent update from v1 loses"
+        );
+        assert_eq!(state.endpoints["a"].updated_at, "v2");
+        assert!(apply(
+            &mut state,
+            &Command::Delete {
+                id: "a".into(),
+                at: String::new()
+            }
+        ));
+        assert!(
+            !apply(&mut state, &put(stored("a", 3))),
+            "no resurrection by a late update"
+        );
+        assert!(apply(&mut state, &put(stored("a", 1))), "created again");
+    }
+
+    #[test]
+    fn records_are_tagged_json() {
+        let text = serde_json::to_string(&Command::Pause {
+            endpoint: "crm".into(),
+            at: "2026-11-29T00:00:00Z".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"pause","endpoint":"crm","at":"2026-11-29T00:00:00Z"}"#
+        );
+    }
+}
