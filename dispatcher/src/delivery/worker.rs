@@ -78,13 +78,16 @@ pub enum Exit {
 /// Runs the pipeline for `endpoint` on the pool's channels until `stop`
 /// fires, the breaker opens, or the channel fails. In-flight requests finish
 /// before it returns; deliveries it had not taken go back to the queue.
+/// `just_declared`: this process declared the queue moments ago (the first
+/// run after a declaration), so the check that it exists is skipped.
 pub async fn run(
     endpoint: Arc<Endpoint>,
     shared: Shared,
     stop: CancellationToken,
     breaker: Arc<Breaker>,
+    just_declared: bool,
 ) -> Exit {
-    match consume(&endpoint, &shared, &stop, &breaker).await {
+    match consume(&endpoint, &shared, &stop, &breaker, just_declared).await {
         Ok(exit) => exit,
         Err(e) => Exit::Lost(e.to_string()),
     }
@@ -97,6 +100,7 @@ async fn consume(
     shared: &Shared,
     stop: &CancellationToken,
     breaker: &Arc<Breaker>,
+    just_declared: bool,
 ) -> Result<Exit, lapin::Error> {
     let id = endpoint.id.as_str();
     if is_paused(shared, endpoint) {
@@ -121,8 +125,9 @@ async fn consume(
     let queue = shared.topology.endpoint_queue(id);
     let lease = shared.channels.lease().await?;
     // A refusal closes a channel for every consumer on it: on a shared one,
-    // make sure the queue exists first.
-    if lease.is_shared() && !shared.channels.queue_exists(&queue).await? {
+    // make sure the queue exists first (unless it was declared just now:
+    // checking 10,000 queues one at a time would slow every start).
+    if lease.is_shared() && !just_declared && !shared.channels.queue_exists(&queue).await? {
         lease.release().await;
         return Ok(Exit::Lost(format!("queue {queue} does not exist")));
     }

@@ -2,6 +2,7 @@
 //! endpoints plus the registry's, their declarations, and which reloads can
 //! apply without a restart.
 
+use super::BROKER_WAIT;
 use crate::{bindings, validate};
 use common::Config;
 use common::registry::control;
@@ -47,61 +48,161 @@ pub(crate) fn effective_config(
     (out, held)
 }
 
-/// Endpoint declarations in flight at once: each is a queue declare and a
-/// few binds, pipelined on one channel (one round trip at a time would make
-/// 10,000 endpoints take minutes).
-const DECLARES_IN_FLIGHT: usize = 64;
+/// Channels endpoint declarations are spread over. The broker runs the
+/// methods of one channel one after another (each queue declare waits for
+/// the queue's process, each bind for its table write), so pipelining on a
+/// single channel saves only the round trips; several channels let the
+/// broker work on several declarations at once.
+const DECLARE_CHANNELS: usize = 8;
+
+/// Declarations pipelined on each of those channels at once.
+const DECLARES_IN_FLIGHT: usize = 16;
+
+/// Why declaring failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeclareError {
+    /// The broker refused or failed a declaration.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// The broker answered nothing for [`BROKER_WAIT`] (declarations that
+    /// make progress may take as long as they need in total).
+    #[error("the broker did not answer within {}s while declaring {what}", BROKER_WAIT.as_secs())]
+    Stalled {
+        /// What was being declared.
+        what: String,
+    },
+}
+
+impl DeclareError {
+    /// An object exists with other settings: reconnecting cannot fix it.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Topology(TopologyError::Conflict { .. }))
+    }
+}
+
+/// One step of declaring, bounded by [`BROKER_WAIT`].
+async fn step<T, E>(
+    what: impl FnOnce() -> String,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, DeclareError>
+where
+    DeclareError: From<E>,
+{
+    match tokio::time::timeout(BROKER_WAIT, f).await {
+        Ok(r) => r.map_err(DeclareError::from),
+        Err(_) => Err(DeclareError::Stalled { what: what() }),
+    }
+}
+
+fn broker(object: String) -> impl FnOnce(lapin::Error) -> TopologyError {
+    move |source| TopologyError::Broker { object, source }
+}
 
 /// Declares everything `config` needs: base objects, wait tiers, endpoint
 /// queues and bindings. With `previous` (the config running until now),
-/// only the endpoints that are new or changed are declared again.
+/// only the endpoints that are new or changed are declared again. Each step
+/// is bounded by [`BROKER_WAIT`], not the whole: 10,000 endpoints take
+/// longer than that.
 pub(crate) async fn declare(
     conn: &Connection,
     config: &Config,
     previous: Option<&Config>,
     topology: &Topology,
     held: &bindings::Bindings,
-) -> Result<(), TopologyError> {
-    let channel = conn
-        .create_channel()
-        .await
-        .map_err(|source| TopologyError::Broker {
-            object: "channel".into(),
-            source,
-        })?;
-    topology.declare_base(&channel).await?;
+) -> Result<(), DeclareError> {
+    let channel = step(|| "a channel".into(), async {
+        conn.create_channel()
+            .await
+            .map_err(broker("channel".into()))
+    })
+    .await?;
+    step(
+        || "the base exchanges and queues".into(),
+        topology.declare_base(&channel),
+    )
+    .await?;
     // Passive first, on its own channels: see `control::ensure`.
-    control::ensure(conn, topology)
-        .await
-        .map_err(|source| TopologyError::Broker {
-            object: topology.control(),
-            source,
-        })?;
+    step(|| topology.control(), async {
+        control::ensure(conn, topology)
+            .await
+            .map_err(broker(topology.control()))
+    })
+    .await?;
     for tier in config.wait_tiers() {
-        topology.declare_wait_tier(&channel, tier).await?;
+        step(
+            || topology.wait_queue(tier),
+            topology.declare_wait_tier(&channel, tier),
+        )
+        .await?;
     }
     let todo: Vec<&common::config::Endpoint> = config
         .endpoints
         .iter()
         .filter(|e| previous.is_none_or(|p| !p.endpoints.contains(e)))
         .collect();
-    for chunk in todo.chunks(DECLARES_IN_FLIGHT) {
-        let declared = futures_util::future::join_all(
-            chunk
-                .iter()
-                .map(|e| topology.declare_endpoint(&channel, &e.id, &e.events)),
-        )
-        .await;
-        first_error(declared)?;
+    let lanes = DECLARE_CHANNELS.min(todo.len().div_ceil(DECLARES_IN_FLIGHT));
+    let mut channels = Vec::with_capacity(lanes);
+    for _ in 0..lanes {
+        channels.push(
+            step(|| "a channel".into(), async {
+                conn.create_channel()
+                    .await
+                    .map_err(broker("channel".into()))
+            })
+            .await?,
+        );
     }
-    bindings::sync(conn, topology, config, held)
-        .await
-        .map_err(|source| TopologyError::Broker {
-            object: topology.bindings_state(),
-            source,
-        })?;
+    // Endpoint i on channel i % lanes, DECLARES_IN_FLIGHT at a time on each.
+    let declared = futures_util::future::join_all(channels.iter().enumerate().map(|(lane, ch)| {
+        let mine: Vec<&common::config::Endpoint> =
+            todo.iter().skip(lane).step_by(lanes).copied().collect();
+        async move {
+            for chunk in mine.chunks(DECLARES_IN_FLIGHT) {
+                let results = step(|| format!("the queue of endpoint {}", chunk[0].id), async {
+                    Ok::<_, TopologyError>(
+                        futures_util::future::join_all(
+                            chunk
+                                .iter()
+                                .map(|e| topology.declare_endpoint(ch, &e.id, &e.events)),
+                        )
+                        .await,
+                    )
+                })
+                .await?;
+                first_error(results)?;
+            }
+            Ok::<(), DeclareError>(())
+        }
+    }))
+    .await;
+    for ch in &channels {
+        let _ = ch.close(200, "declared".into()).await;
+    }
+    first_declare_error(declared)?;
+    step(|| topology.bindings_state(), async {
+        bindings::sync(conn, topology, config, held)
+            .await
+            .map_err(broker(topology.bindings_state()))
+    })
+    .await?;
     let _ = channel.close(200, "declared".into()).await;
     Ok(())
+}
+
+/// Of the channels' results, the error that explains the others (see
+/// [`first_error`]); a stall otherwise.
+fn first_declare_error(results: Vec<Result<(), DeclareError>>) -> Result<(), DeclareError> {
+    let mut stalled = None;
+    let mut topology = Vec::new();
+    for r in results {
+        match r {
+            Ok(()) => {}
+            Err(DeclareError::Topology(e)) => topology.push(Err(e)),
+            Err(e) => stalled = stalled.or(Some(e)),
+        }
+    }
+    first_error(topology)?;
+    stalled.map_or(Ok(()), Err)
 }
 
 /// The error that explains the others: a refusal closes the channel, and

@@ -11,7 +11,7 @@ use common::Config;
 use common::amqp::{AmqpClient, AmqpError};
 use common::metrics::{DispatcherMetrics, ProcessMetrics};
 use common::registry::control;
-use common::topology::{Topology, TopologyError};
+use common::topology::Topology;
 use lapin::Connection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,22 +137,14 @@ pub async fn run(
         let (mut effective, mut held) =
             effective_config(&config, &state.borrow_and_update(), &mut Warned::default());
         let mut warned = Warned::default();
-        let declared = tokio::time::timeout(
-            BROKER_WAIT,
-            declare(&conn, &effective, None, &shared.topology, &held),
-        )
-        .await;
-        if !matches!(declared, Ok(Ok(()))) {
+        if let Err(e) = declare(&conn, &effective, None, &shared.topology, &held).await {
             generation.cancel();
             tracker.close();
             tracker.wait().await;
-            match declared {
-                Ok(Err(e)) if matches!(e, TopologyError::Conflict { .. }) => break Err(e.into()),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Declaring the topology failed; reconnecting.");
-                }
-                _ => tracing::warn!("Declaring the topology timed out; reconnecting."),
+            if e.is_conflict() {
+                break Err(e.into());
             }
+            tracing::warn!(error = %e, "Declaring the topology failed; reconnecting.");
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             continue;
         }
@@ -198,21 +190,11 @@ pub async fn run(
             // Stop what changed first, so nothing is consumed under the old
             // settings once the new bindings apply.
             workers.stop_stale(&next.endpoints).await;
-            match tokio::time::timeout(
-                BROKER_WAIT,
-                declare(&conn, &next, Some(&effective), &shared.topology, &next_held),
-            )
-            .await
+            if let Err(e) =
+                declare(&conn, &next, Some(&effective), &shared.topology, &next_held).await
             {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Declaring the changed endpoints failed; reconnecting.");
-                    break Some(());
-                }
-                Err(_) => {
-                    tracing::warn!("Declaring the changed endpoints timed out; reconnecting.");
-                    break Some(());
-                }
+                tracing::warn!(error = %e, "Declaring the changed endpoints failed; reconnecting.");
+                break Some(());
             }
             workers.start_missing(&next.endpoints, &shared, &generation, &lost_tx, &tracker);
             poller.cancel();

@@ -90,12 +90,15 @@ async fn supervise(
     shared.metrics.init_endpoint(&endpoint.id);
     let mut delays = common::amqp::backoff(std::time::Duration::from_secs(10));
     let breaker = Arc::new(breaker::Breaker::new(endpoint.breaker));
+    // Workers start right after their queue was declared.
+    let mut just_declared = true;
     loop {
         let exit = worker::run(
             endpoint.clone(),
             shared.clone(),
             stop.clone(),
             breaker.clone(),
+            std::mem::take(&mut just_declared),
         )
         .await;
         let why = match exit {
