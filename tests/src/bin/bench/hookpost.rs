@@ -60,7 +60,19 @@ pub(crate) async fn start_dispatcher(
         &format!("prefetch = 1000\n{amqp_extra}"),
         &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\nqueue_poll_interval_ms = 60000\n[http]\nallowed_networks = [\"127.0.0.0/8\"]\n{endpoints}"),
     );
-    let child = Command::new(std::env::current_exe()?)
+    // HOOKPOST_BENCH_WRAP="heaptrack -o /tmp/ht" (say) runs the child under a
+    // profiler; its RSS and CPU figures are then the profiler's.
+    let wrap = std::env::var("HOOKPOST_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(std::env::current_exe()?);
+            c
+        }
+        None => Command::new(std::env::current_exe()?),
+    };
+    let child = command
         .arg("--dispatcher-child")
         .arg(&path)
         .env("HOOKPOST_LOG", "error")
