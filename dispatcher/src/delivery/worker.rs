@@ -123,12 +123,15 @@ async fn consume(
         return Ok(Exit::Suspended);
     }
     let queue = shared.topology.endpoint_queue(id);
-    let lease = shared.channels.lease().await?;
+    let lease = Box::pin(shared.channels.lease()).await?;
     // A refusal closes a channel for every consumer on it: on a shared one,
     // make sure the queue exists first (unless it was declared just now:
     // checking 10,000 queues one at a time would slow every start).
-    if lease.is_shared() && !just_declared && !shared.channels.queue_exists(&queue).await? {
-        lease.release().await;
+    if lease.is_shared()
+        && !just_declared
+        && !Box::pin(shared.channels.queue_exists(&queue)).await?
+    {
+        Box::pin(lease.release()).await;
         return Ok(Exit::Lost(format!("queue {queue} does not exist")));
     }
     let acks = lease.acks();
@@ -192,7 +195,7 @@ async fn consume(
         }
         let probing = breaker.state() == BreakerState::HalfOpen;
         let batch = if probing {
-            match get_one(&consume, &queue, &consuming).await {
+            match Box::pin(get_one(&consume, &queue, &consuming)).await {
                 Ok(Some(delivery)) => vec![delivery],
                 Ok(None) => break,
                 Err(e) => {
@@ -203,7 +206,7 @@ async fn consume(
         } else {
             if consumer.is_none() {
                 // Bounded prefetch: a slow endpoint holds at most this many messages.
-                match start_consumer(&lease, &queue, prefetch, &lost).await {
+                match Box::pin(start_consumer(&lease, &queue, prefetch, &lost)).await {
                     Ok(started) => consumer = Some(started),
                     Err(e) => {
                         note_lost(&lost, &e);
@@ -242,12 +245,17 @@ async fn consume(
             // Shutting down, pausing, suspending, or the publish channel died:
             // hand the batch back untouched.
             lost_publisher = !router.is_open();
-            hand_back(&router, &batch, suspend.is_cancelled() && !lost_publisher).await;
+            Box::pin(hand_back(
+                &router,
+                &batch,
+                suspend.is_cancelled() && !lost_publisher,
+            ))
+            .await;
             break;
         };
         if probing {
             // The probe's outcome decides whether consuming starts.
-            process(endpoint, shared, &router, batch, &stops).await;
+            Box::pin(process(endpoint, shared, &router, batch, &stops)).await;
             drop(permit);
             continue;
         }
@@ -265,30 +273,20 @@ async fn consume(
     // Stop taking new messages and give back what was prefetched (the
     // channel may stay open for other endpoints), let in-flight requests
     // finish (each bounded by its timeout), then leave the channel.
-    if let Some((mut deliveries, tag)) = consumer.take() {
-        let cancelled = consume
-            .basic_cancel(tag, BasicCancelOptions::default())
-            .await
-            .is_ok();
-        // After the cancel, the stream yields what was already sent, then ends.
+    if let Some(consumer) = consumer.take() {
         let park = suspend.is_cancelled() && router.is_open();
-        while cancelled
-            && let Ok(Some(delivery)) =
-                tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await
-        {
-            acks.register(std::slice::from_ref(&delivery)).await;
-            // Suspended: to the tail of the queue with its attempt untouched
-            // (a requeue would count toward the quorum queue's delivery limit).
-            hand_back(&router, std::slice::from_ref(&delivery), park).await;
-        }
+        Box::pin(give_back_prefetched(
+            &consume, consumer, &acks, &router, park,
+        ))
+        .await;
     }
     hold_watch.abort();
     tracker.close();
     tracker.wait().await;
-    if let Err(e) = acks.flush().await {
+    if let Err(e) = Box::pin(acks.flush()).await {
         tracing::warn!(endpoint = %id, error = %e, "Final acks failed; the broker redelivers those messages.");
     }
-    lease.release().await;
+    Box::pin(lease.release()).await;
     shared.metrics.consuming.with_label_values(&[id]).set(0);
     if pause.is_cancelled() {
         shared.metrics.paused.with_label_values(&[id]).set(1);
@@ -310,6 +308,30 @@ async fn consume(
         return Ok(Exit::Lost(why));
     }
     Ok(Exit::Stopped)
+}
+
+/// Cancels the consumer and returns what it had prefetched: to the tail of
+/// the queue when `park` (a suspension: attempts untouched, where a requeue
+/// would count toward the quorum queue's delivery limit), else by a requeue.
+async fn give_back_prefetched(
+    channel: &lapin::Channel,
+    (mut deliveries, tag): (Deliveries, lapin::types::ShortString),
+    acks: &crate::delivery::acks::AckTracker,
+    router: &Router,
+    park: bool,
+) {
+    let cancelled = channel
+        .basic_cancel(tag, BasicCancelOptions::default())
+        .await
+        .is_ok();
+    // After the cancel, the stream yields what was already sent, then ends.
+    while cancelled
+        && let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await
+    {
+        acks.register(std::slice::from_ref(&delivery)).await;
+        hand_back(router, std::slice::from_ref(&delivery), park).await;
+    }
 }
 
 /// Records why the worker lost its channel (the cleanup after the loop runs as usual).

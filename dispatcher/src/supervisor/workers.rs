@@ -93,19 +93,27 @@ async fn supervise(
     // Workers start right after their queue was declared.
     let mut just_declared = true;
     loop {
-        let exit = worker::run(
+        // Boxed, like the rarer waits below: an idle endpoint's task then
+        // holds only the state of the wait it is in.
+        let exit = Box::pin(worker::run(
             endpoint.clone(),
             shared.clone(),
             stop.clone(),
             breaker.clone(),
             std::mem::take(&mut just_declared),
-        )
+        ))
         .await;
         let why = match exit {
             worker::Exit::Stopped => break,
             worker::Exit::Suspended => {
-                delivery::availability::wait_released(&shared, &endpoint, &stop).await;
-                delivery::availability::cool_down(&shared, &endpoint, &breaker, &stop).await;
+                Box::pin(delivery::availability::wait_released(
+                    &shared, &endpoint, &stop,
+                ))
+                .await;
+                Box::pin(delivery::availability::cool_down(
+                    &shared, &endpoint, &breaker, &stop,
+                ))
+                .await;
                 if stop.is_cancelled() {
                     break;
                 }
