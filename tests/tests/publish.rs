@@ -91,6 +91,44 @@ async fn publish_many_confirms_a_thousand() {
     assert_eq!(ids, want);
 }
 
+/// The publish timeout bounds the wait for the broker's next confirm, not
+/// the whole call: a `publish_many` that lasts many timeouts succeeds while
+/// the broker confirms steadily (it failed with `Timeout` before).
+#[tokio::test]
+async fn a_publish_many_lasting_many_timeouts_succeeds_while_the_broker_confirms() {
+    const N: u32 = 30_000;
+    let scope = Scope::new().await;
+    // Short, but not so short that the broker's own pauses (its disk syncs
+    // hold confirms for 50 to 150 ms here, more beside other tests) trip it.
+    let timeout = Duration::from_millis(500);
+    let config = scope.config_with(
+        "",
+        &format!("publish_timeout_ms = {}", timeout.as_millis()),
+        &amqp_url(),
+    );
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
+    let events: Vec<Event> = (0..N)
+        .map(|i| Event::new("long.call", serde_json::json!({ "i": i })).expect("valid"))
+        .collect();
+    let started = std::time::Instant::now();
+    publisher
+        .publish_many(&events)
+        .await
+        .expect("confirmed steadily, so no timeout");
+    let took = started.elapsed();
+    assert!(
+        took > 2 * timeout,
+        "the call took {took:?}, not clearly longer than the {timeout:?} timeout: publish more events"
+    );
+    // Confirmed means stored.
+    assert_eq!(scope.depth(&all).await, N);
+    println!("publish_many of {N} events took {took:?} with a {timeout:?} publish timeout");
+    publisher.close().await;
+}
+
 #[tokio::test]
 async fn broker_outage_fails_after_a_bounded_wait_then_recovers() {
     let scope = Scope::new().await;

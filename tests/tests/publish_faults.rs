@@ -4,7 +4,7 @@
 //! so that tests running beside this one are not disturbed.
 
 use common::Event;
-use producer::Publisher;
+use producer::{PublishError, Publisher};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -230,4 +230,81 @@ async fn stalled_broker_publish_and_close_are_bounded() {
         .await
         .expect("confirmed after the stall");
     again.close().await;
+}
+
+/// A broker that stalls in the middle of a long `publish_many` fails the
+/// call about one timeout after its last confirm, though the call had
+/// already lasted longer than the timeout; the events before the one it
+/// names were all stored.
+#[tokio::test]
+async fn a_long_publish_many_fails_one_timeout_after_the_broker_stalls() {
+    let scope = Scope::new().await;
+    let proxy = Proxy::start(broker_addr(&amqp_url())).await;
+    let timeout = Duration::from_millis(500);
+    let config = scope.config_with(
+        "",
+        &format!("publish_timeout_ms = {}", timeout.as_millis()),
+        &proxy.amqp_url(&amqp_url()),
+    );
+    let publisher = Arc::new(Publisher::connect(&config).await.expect("connect"));
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
+    // Far more than the broker stores before the stall.
+    let events: Arc<Vec<Event>> = Arc::new(
+        (0..100_000)
+            .map(|i| Event::new("stall.long", serde_json::json!({ "i": i })).expect("valid"))
+            .collect(),
+    );
+    let call = {
+        let (publisher, events) = (publisher.clone(), events.clone());
+        tokio::spawn(async move { publisher.publish_many(&events).await })
+    };
+    // Stall once the broker has been storing the call's events for longer
+    // than the timeout (seen on the test's own connection, not the proxy's).
+    tests::eventually(
+        Duration::from_secs(60),
+        "the first events stored",
+        || async { (scope.depth(&all).await > 0).then_some(()) },
+    )
+    .await;
+    let storing = tokio::time::Instant::now();
+    tests::eventually(
+        Duration::from_secs(60),
+        "the call to publish for longer than the timeout",
+        || async { (storing.elapsed() > 2 * timeout).then_some(()) },
+    )
+    .await;
+    assert!(!call.is_finished(), "the call ended before the stall");
+    proxy.stall();
+    let stalled = tokio::time::Instant::now();
+    let result = tokio::time::timeout(timeout + Duration::from_secs(10), call)
+        .await
+        .expect("the call ends after the stall")
+        .expect("join");
+    let after_stall = stalled.elapsed();
+    let id = match result {
+        Err(PublishError::Timeout { id, .. }) => id,
+        other => panic!("a timeout expected: {other:?}"),
+    };
+    assert!(
+        after_stall < timeout + Duration::from_millis(700),
+        "failed {after_stall:?} after the stall (timeout {timeout:?})"
+    );
+    // The named event is the oldest unconfirmed: every one before it is stored.
+    let index = events
+        .iter()
+        .position(|e| e.id == id)
+        .expect("the error names an event of the call");
+    let depth = scope.depth(&all).await;
+    assert!(
+        usize::try_from(depth).expect("u32") >= index,
+        "{index} events confirmed, {depth} stored"
+    );
+    println!(
+        "stalled after {:?} of publishing: failed {after_stall:?} later on event {index}, {depth} stored",
+        stalled - storing
+    );
+    proxy.resume();
+    publisher.close().await;
 }

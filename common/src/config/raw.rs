@@ -61,7 +61,9 @@ pub struct AmqpSection {
     /// redelivered this often without an ack (a crash loop) is dead-lettered.
     #[serde(default = "defaults::default_delivery_limit")]
     pub delivery_limit: NonZeroU32,
-    /// Longest a publish waits for the broker (reconnect and confirm) before it fails.
+    /// Longest a publish waits for the broker's next confirm (reconnect
+    /// included) before it fails; it counts from the call's last confirm, so a
+    /// long `publish_many` the broker confirms steadily is not cut short.
     #[serde(default = "defaults::default_publish_timeout_ms")]
     pub publish_timeout_ms: NonZeroU64,
     /// Unacknowledged deliveries a dispatcher holds per endpoint queue.

@@ -1,7 +1,9 @@
 //! A lane: one confirm-mode channel and the one task that publishes on it.
 //!
 //! Every caller of [`super::Publisher`] hands its events to the lane as a job
-//! and awaits one answer for the whole job. The lane's task keeps up to
+//! and awaits one answer for the whole job, and meanwhile hears of the job's
+//! progress (see [`Ticket::progress`]): the caller's timeout counts from the
+//! last progress, not from the start of a long job. The lane's task keeps up to
 //! [`super::WINDOW`] publishes in flight at once, across jobs: it does not
 //! wait for one `basic.publish` to be written before issuing the next, nor
 //! for a confirm before the next publish. So concurrent callers and a long
@@ -30,7 +32,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// One event ready to publish: serialized once, published again as is after
 /// a reconnect.
@@ -59,6 +61,21 @@ pub(super) enum Outcome {
 struct Job {
     items: Vec<Arc<Item>>,
     answer: oneshot::Sender<Outcome>,
+    progress: watch::Sender<usize>,
+}
+
+/// What a caller holds for its job.
+#[derive(Debug)]
+pub(super) struct Ticket {
+    /// The job's one answer. Fails when the lane closed without answering:
+    /// nothing of the job is confirmed then.
+    pub(super) answer: oneshot::Receiver<Outcome>,
+    /// Changes (even to the same value) each time the broker made progress
+    /// for the job: one of its events confirmed or, while none of them is in
+    /// flight yet (they wait their turn behind other jobs), any confirm on
+    /// the channel. The value is the index of the job's oldest unconfirmed
+    /// event.
+    pub(super) progress: watch::Receiver<usize>,
 }
 
 /// The lane's handle: its channel and the way to its task.
@@ -84,12 +101,31 @@ impl Lane {
     }
 
     /// Queues `items`; the answer comes once every one is confirmed or one
-    /// failed. A closed lane drops the job: the receiver then fails, which the
+    /// failed. A closed lane drops the job: the answer then fails, which the
     /// caller reads as "none confirmed".
-    pub(super) fn submit(&self, items: Vec<Arc<Item>>) -> oneshot::Receiver<Outcome> {
+    pub(super) fn submit(&self, items: Vec<Arc<Item>>) -> Ticket {
+        let (job, ticket) = Job::new(items);
+        let _ = self.jobs.send(job);
+        ticket
+    }
+}
+
+impl Job {
+    fn new(items: Vec<Arc<Item>>) -> (Self, Ticket) {
         let (answer, answered) = oneshot::channel();
-        let _ = self.jobs.send(Job { items, answer });
-        answered
+        let (progress, progressed) = watch::channel(0);
+        let job = Self {
+            items,
+            answer,
+            progress,
+        };
+        (
+            job,
+            Ticket {
+                answer: answered,
+                progress: progressed,
+            },
+        )
     }
 }
 
@@ -135,6 +171,7 @@ async fn run(
                     return;
                 }
                 book.answer_finished();
+                book.report_progress();
             }
             job = queue.recv(), if !closed => match job {
                 Some(job) => book.add(job),
@@ -190,11 +227,16 @@ struct JobState {
     items: Vec<Arc<Item>>,
     confirmed: Vec<bool>,
     confirmed_count: usize,
+    /// The index of its oldest unconfirmed event.
+    oldest_unconfirmed: usize,
+    /// One of its events was confirmed since the last progress report.
+    progressed: bool,
     /// Published, confirm not yet in.
     in_flight: usize,
     /// Answered with a failure; its events not yet published never will be.
     failed: bool,
     answer: Option<oneshot::Sender<Outcome>>,
+    progress: watch::Sender<usize>,
 }
 
 impl Book {
@@ -208,10 +250,13 @@ impl Book {
             JobState {
                 confirmed: vec![false; n],
                 confirmed_count: 0,
+                oldest_unconfirmed: 0,
+                progressed: false,
                 in_flight: 0,
                 items: job.items,
                 failed: false,
                 answer: Some(job.answer),
+                progress: job.progress,
             },
         );
         if n == 0 {
@@ -269,6 +314,10 @@ impl Book {
         if acked {
             state.confirmed[i] = true;
             state.confirmed_count += 1;
+            state.progressed = true;
+            while state.confirmed.get(state.oldest_unconfirmed) == Some(&true) {
+                state.oldest_unconfirmed += 1;
+            }
         } else {
             let id = state.items[i].id.clone();
             state.fail(Outcome::Nacked { id });
@@ -307,6 +356,19 @@ impl Book {
             }
             false
         });
+    }
+
+    /// Tells each waiting job that the broker made progress for it, after a
+    /// round of confirms: one of its events was confirmed, or none of its
+    /// events is in flight (they wait their turn, and the confirms just in
+    /// make room for them).
+    fn report_progress(&mut self) {
+        for state in self.jobs.values_mut() {
+            if state.answer.is_some() && (state.progressed || state.in_flight == 0) {
+                state.progress.send_replace(state.oldest_unconfirmed);
+            }
+            state.progressed = false;
+        }
     }
 
     /// The channel failed: every waiting job learns which events have no confirm.
@@ -352,13 +414,20 @@ mod tests {
         })
     }
 
+    fn ticket(book: &mut Book, ids: &[&str]) -> Ticket {
+        let (job, ticket) = Job::new(ids.iter().map(|id| item(id)).collect());
+        book.add(job);
+        ticket
+    }
+
     fn job(book: &mut Book, ids: &[&str]) -> oneshot::Receiver<Outcome> {
-        let (answer, answered) = oneshot::channel();
-        book.add(Job {
-            items: ids.iter().map(|id| item(id)).collect(),
-            answer,
-        });
-        answered
+        ticket(book, ids).answer
+    }
+
+    fn ack(book: &mut Book, key: Key) {
+        assert!(!book.resolve((key, Ok(Confirmation::Ack(None)))));
+        book.answer_finished();
+        book.report_progress();
     }
 
     fn returned(id: &str) -> BasicReturnMessage {
@@ -457,5 +526,60 @@ mod tests {
         let mut book = Book::default();
         let mut answered = job(&mut book, &[]);
         assert!(matches!(answered.try_recv(), Ok(Outcome::Confirmed)));
+    }
+
+    #[test]
+    fn each_confirm_reports_progress_with_the_oldest_unconfirmed_event() {
+        let mut book = Book::default();
+        let mut t = ticket(&mut book, &["a", "b", "c"]);
+        let keys = send_all(&mut book);
+        ack(&mut book, keys[1]);
+        assert!(t.progress.has_changed().expect("open"), "b confirmed");
+        assert_eq!(*t.progress.borrow_and_update(), 0, "a is still unconfirmed");
+        ack(&mut book, keys[0]);
+        assert!(t.progress.has_changed().expect("open"));
+        assert_eq!(*t.progress.borrow_and_update(), 2, "a and b confirmed");
+        ack(&mut book, keys[2]);
+        assert!(matches!(t.answer.try_recv(), Ok(Outcome::Confirmed)));
+    }
+
+    #[test]
+    fn a_job_waiting_its_turn_progresses_with_the_jobs_ahead_of_it() {
+        let mut book = Book::default();
+        let mut ahead = ticket(&mut book, &["a1", "a2"]);
+        let mut behind = ticket(&mut book, &["b1"]);
+        // A window of one: a1 goes out, a2 and b1 wait.
+        let (a1, _) = book.next_to_send().expect("a1");
+        ack(&mut book, a1);
+        assert!(ahead.progress.has_changed().expect("open"));
+        assert!(
+            behind.progress.has_changed().expect("open"),
+            "room was made"
+        );
+        ahead.progress.mark_unchanged();
+        behind.progress.mark_unchanged();
+        let (a2, _) = book.next_to_send().expect("a2");
+        let (b1, _) = book.next_to_send().expect("b1");
+        // Once b1 is in flight, only its own confirm is progress for it.
+        ack(&mut book, a2);
+        assert!(matches!(ahead.answer.try_recv(), Ok(Outcome::Confirmed)));
+        assert!(!behind.progress.has_changed().expect("open"));
+        ack(&mut book, b1);
+        assert!(matches!(behind.answer.try_recv(), Ok(Outcome::Confirmed)));
+    }
+
+    #[test]
+    fn a_job_whose_events_are_not_confirmed_sees_no_progress() {
+        let mut book = Book::default();
+        let mut stuck = ticket(&mut book, &["s"]);
+        let mut moving = ticket(&mut book, &["m1", "m2"]);
+        let keys = send_all(&mut book);
+        // The broker confirms the other job's events, never s (a queue
+        // without its quorum, say).
+        ack(&mut book, keys[1]);
+        ack(&mut book, keys[2]);
+        assert!(matches!(moving.answer.try_recv(), Ok(Outcome::Confirmed)));
+        assert!(!stuck.progress.has_changed().expect("open"));
+        assert!(stuck.answer.try_recv().is_err());
     }
 }

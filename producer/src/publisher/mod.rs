@@ -6,9 +6,18 @@
 //! confirms are in flight at once (up to [`WINDOW`] unconfirmed), across
 //! concurrent callers too. A nack or a returned message is an error for the
 //! event (and the call that published it), never a success. When the connection drops,
-//! the unconfirmed events are published again on a new connection until the
-//! configured `publish_timeout_ms` runs out; so an event may reach the broker
-//! twice (at-least-once), and none is reported confirmed without a confirm.
+//! the unconfirmed events are published again on a new connection; so an
+//! event may reach the broker twice (at-least-once), and none is reported
+//! confirmed without a confirm.
+//!
+//! `amqp.publish_timeout_ms` bounds how long a call waits without progress,
+//! not the whole call (`watchdog.rs`): the call fails with
+//! [`PublishError::Timeout`] (or [`PublishError::Unavailable`] while
+//! reconnecting) once that long has passed since the broker last confirmed
+//! one of its events (or since the call started). So a `publish_many` of
+//! 100,000 events the broker confirms steadily succeeds however long it
+//! takes, and a broker that stops confirming, or stays away, fails it about
+//! one timeout after its last confirm.
 //!
 //! While the broker blocks the connection (`connection.blocked`: a memory or
 //! disk alarm), publishing fails at once with [`PublishError::Blocked`]
@@ -16,13 +25,14 @@
 //! the consumers free the resource, far longer than a publish should wait.
 
 mod lane;
+mod watchdog;
 
 use common::Event;
 use common::amqp::{AmqpClient, AmqpError};
 use common::config::Config;
 use common::metrics::ProducerMetrics;
 use common::topology::{Topology, TopologyError};
-use lane::{Item, Lane, Outcome};
+use lane::{Item, Lane, Outcome, Ticket};
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
@@ -31,6 +41,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use watchdog::Watchdog;
 
 /// Most publishes awaiting their confirm at once, across all callers.
 pub const WINDOW: usize = 1000;
@@ -38,8 +49,9 @@ pub const WINDOW: usize = 1000;
 /// Why events were not (or not surely) stored by the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// No broker connection within the publish timeout. Nothing was confirmed
-    /// from the unconfirmed events; publishing them again is safe.
+    /// No broker connection within the publish timeout (counted from the
+    /// call's start or its last confirm). Nothing was confirmed from the
+    /// unconfirmed events; publishing them again is safe.
     #[error("broker unavailable: {0}")]
     Unavailable(#[from] AmqpError),
     /// The broker refused to store an event (for example the unrouted queue is full).
@@ -56,11 +68,14 @@ pub enum PublishError {
         /// The broker's reply text.
         reply: String,
     },
-    /// No confirm arrived in time (broker overloaded or blocked): the event may
-    /// or may not be stored.
-    #[error("event {id}: not confirmed within {timeout:?}; it may or may not have been stored")]
+    /// The broker confirmed none of the call's events for the publish
+    /// timeout (overloaded, stalled or blocked): the call's oldest
+    /// unconfirmed event, and those after it, may or may not be stored.
+    #[error(
+        "event {id}: not confirmed within {timeout:?} of the broker's last progress; it may or may not have been stored"
+    )]
     Timeout {
-        /// The event id.
+        /// The oldest unconfirmed event's id.
         id: String,
         /// The publish timeout.
         timeout: Duration,
@@ -184,13 +199,15 @@ impl Publisher {
 
     /// Publishes events pipelined; returns once the broker confirmed all of
     /// them. On error, some may have been stored: publishing them again is
-    /// safe (receivers dedupe on `webhook-id`).
+    /// safe (receivers dedupe on `webhook-id`). The publish timeout bounds
+    /// the wait for the broker's next confirm, not the whole call: a long
+    /// call the broker confirms steadily succeeds.
     ///
     /// # Errors
     /// See [`PublishError`].
     pub async fn publish_many(&self, events: &[Event]) -> Result<(), PublishError> {
         let started = Instant::now();
-        let result = self.publish_until(events, started + self.timeout).await;
+        let result = self.publish_all(events).await;
         if let Some(m) = &self.metrics {
             let outcome = if result.is_ok() {
                 "confirmed"
@@ -205,7 +222,7 @@ impl Publisher {
         result
     }
 
-    async fn publish_until(&self, events: &[Event], deadline: Instant) -> Result<(), PublishError> {
+    async fn publish_all(&self, events: &[Event]) -> Result<(), PublishError> {
         if let Some(reason) = self.client.blocked() {
             return Err(PublishError::Blocked { reason });
         }
@@ -214,13 +231,15 @@ impl Publisher {
             .iter()
             .map(|event| self.item(event).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        while let Some(first) = pending.first() {
-            let first = first.id.clone();
-            let lane = self.lane(deadline).await?;
-            let answer = lane.submit(pending.clone());
+        // One deadline for the call, moved by each confirm, carried across
+        // reconnects (a lost channel is not progress).
+        let mut watchdog = Watchdog::start(self.timeout);
+        while !pending.is_empty() {
+            let lane = self.lane(watchdog.deadline()).await?;
+            let ticket = lane.submit(pending.clone());
             // Bounded, and cut short when the broker blocks the connection
             // (memory or disk alarm): it then stops reading our frames.
-            match self.wait(deadline, &first, answer).await? {
+            match self.wait(&mut watchdog, &pending, ticket).await? {
                 Ok(Outcome::Confirmed) => return Ok(()),
                 Ok(Outcome::Nacked { id }) => return Err(PublishError::Nacked { id }),
                 Ok(Outcome::Unroutable { id, reply }) => {
@@ -231,7 +250,7 @@ impl Publisher {
                 Err(_) => {}
             }
             if let Some(first) = pending.first() {
-                if Instant::now() >= deadline {
+                if watchdog.expired() {
                     return Err(PublishError::Timeout {
                         id: first.id.clone(),
                         timeout: self.timeout,
@@ -248,24 +267,39 @@ impl Publisher {
         Ok(())
     }
 
-    /// Waits for `step` of publishing event `id` until `deadline`, or until
-    /// the broker blocks the connection, whichever comes first.
-    async fn wait<T>(
+    /// Waits for the answer to the job of `items` until the watchdog's
+    /// deadline (moved by the job's progress), or until the broker blocks the
+    /// connection, whichever comes first.
+    async fn wait(
         &self,
-        deadline: Instant,
-        id: &str,
-        step: impl std::future::Future<Output = T>,
-    ) -> Result<T, PublishError> {
+        watchdog: &mut Watchdog,
+        items: &[Arc<Item>],
+        ticket: Ticket,
+    ) -> Result<Result<Outcome, tokio::sync::oneshot::error::RecvError>, PublishError> {
+        let Ticket {
+            answer,
+            mut progress,
+        } = ticket;
         let mut blocked = self.client.watch_blocked();
-        tokio::select! {
-            done = tokio::time::timeout_at(deadline, step) => done.map_err(|_| PublishError::Timeout {
-                id: id.to_owned(),
+        let done = tokio::select! {
+            done = watchdog.wait(answer, &mut progress) => done,
+            Ok(reason) = blocked.wait_for(Option::is_some) => {
+                return Err(PublishError::Blocked {
+                    reason: reason.clone().unwrap_or_default(),
+                });
+            }
+        };
+        done.ok_or_else(|| {
+            let oldest = *progress.borrow();
+            PublishError::Timeout {
+                id: items
+                    .get(oldest)
+                    .or(items.first())
+                    .map(|item| item.id.clone())
+                    .unwrap_or_default(),
                 timeout: self.timeout,
-            }),
-            Ok(reason) = blocked.wait_for(Option::is_some) => Err(PublishError::Blocked {
-                reason: reason.clone().unwrap_or_default(),
-            }),
-        }
+            }
+        })
     }
 
     /// The event serialized, with its message properties.
