@@ -27,31 +27,30 @@ pub fn queues(config: &Config) -> Vec<(&'static str, String, String)> {
     out
 }
 
-/// Polls until `stop`, every `config.queue_poll_interval`.
+/// Passive declares in flight at once while polling (one round trip at a
+/// time would take seconds per round at 10,000 endpoints).
+const POLLS_IN_FLIGHT: usize = 16;
+
+/// Polls `queues` until `stop`: a round, then `interval` of rest (a round
+/// over 10,000 queues takes a while; the broker is never polled back to back).
 pub async fn run(
     conn: Arc<Connection>,
-    config: Arc<Config>,
+    queues: Vec<(&'static str, String, String)>,
+    interval: std::time::Duration,
     metrics: DispatcherMetrics,
     stop: CancellationToken,
 ) {
     metrics.queue_messages.reset();
     metrics.queue_consumers.reset();
-    let queues = queues(&config);
     let mut channel: Option<Channel> = None;
-    let mut tick = tokio::time::interval(config.queue_poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        for (kind, name, queue) in &queues {
+        for chunk in queues.chunks(POLLS_IN_FLIGHT) {
             if channel.as_ref().is_none_or(|c| !c.status().connected()) {
                 channel = conn.create_channel().await.ok();
             }
             let Some(ch) = channel.as_ref() else { break };
-            let declared = ch
-                .queue_declare(
+            let declared = futures_util::future::join_all(chunk.iter().map(|(_, _, queue)| {
+                ch.queue_declare(
                     queue.as_str().into(),
                     QueueDeclareOptions {
                         passive: true,
@@ -59,18 +58,29 @@ pub async fn run(
                     },
                     FieldTable::default(),
                 )
-                .await;
-            // A missing queue closes the channel; the next one opens a new channel.
-            if let Ok(q) = declared {
-                metrics
-                    .queue_messages
-                    .with_label_values(&[*kind, name.as_str()])
-                    .set(i64::from(q.message_count()));
-                metrics
-                    .queue_consumers
-                    .with_label_values(&[*kind, name.as_str()])
-                    .set(i64::from(q.consumer_count()));
+            }))
+            .await;
+            // A missing queue closes the channel (and fails the declares
+            // pipelined behind it); the next chunk opens a new channel.
+            for ((kind, name, _), declared) in chunk.iter().zip(declared) {
+                if let Ok(q) = declared {
+                    metrics
+                        .queue_messages
+                        .with_label_values(&[*kind, name.as_str()])
+                        .set(i64::from(q.message_count()));
+                    metrics
+                        .queue_consumers
+                        .with_label_values(&[*kind, name.as_str()])
+                        .set(i64::from(q.consumer_count()));
+                }
             }
+            if stop.is_cancelled() {
+                return;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
         }
     }
 }

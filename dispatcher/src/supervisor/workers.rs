@@ -151,7 +151,8 @@ pub(super) fn spawn_poller(
     let stop = generation.child_token();
     tracker.spawn(poll::run(
         conn.clone(),
-        Arc::new(config.clone()),
+        poll::queues(config),
+        config.queue_poll_interval,
         metrics.clone(),
         stop.clone(),
     ));
