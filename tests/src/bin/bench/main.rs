@@ -171,7 +171,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
     if wanted(&args, "noisy") {
-        for row in stress::noisy_neighbour(args.events / 5, args.size).await? {
+        for row in stress::noisy_neighbour(args.events / 2, args.size).await? {
             rows.push(progress_of(row));
         }
     }

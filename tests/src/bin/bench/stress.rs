@@ -33,23 +33,20 @@ fn events(n: usize, size: usize, event_type: &str) -> Vec<Event> {
         .collect()
 }
 
-/// The healthy endpoint's rate alone, then beside an endpoint whose every
-/// request hangs until its 1 s timeout; both on one consumer channel
-/// (`amqp.consume_channels = 1`), the pool's worst case.
+/// The healthy endpoint's rate while its neighbour is idle, then while every
+/// request of the neighbour hangs until its 1 s timeout; both endpoints on
+/// one consumer channel (`amqp.consume_channels = 1`, the pool's worst case)
+/// in both runs, so only the neighbour's traffic differs. The two runs
+/// alternate twice; the best of each counts (the machine is noisy).
 pub(crate) async fn noisy_neighbour(n: usize, size: usize) -> anyhow::Result<Vec<Row>> {
     let (hang_url, hang) = hanging_server().await?;
-    let mut rows = Vec::new();
-    for with_neighbour in [false, true] {
+    let mut rows: Vec<Row> = Vec::new();
+    for with_neighbour in [false, true, false, true] {
         let scope = Scope::new().await;
         let (url, sink) = sink().await?;
-        let mut endpoints = format!(
-            "[[endpoints]]\nid = \"healthy\"\nurl = \"{url}\"\nevents = [\"bench.healthy\"]\nmax_in_flight = 16\n"
+        let endpoints = format!(
+            "[[endpoints]]\nid = \"healthy\"\nurl = \"{url}\"\nevents = [\"bench.healthy\"]\nmax_in_flight = 16\n[[endpoints]]\nid = \"hanging\"\nurl = \"{hang_url}\"\nevents = [\"bench.hanging\"]\nmax_in_flight = 16\ntimeout_ms = 1000\nmax_retries = 0\n"
         );
-        if with_neighbour {
-            endpoints.push_str(&format!(
-                "[[endpoints]]\nid = \"hanging\"\nurl = \"{hang_url}\"\nevents = [\"bench.hanging\"]\nmax_in_flight = 16\ntimeout_ms = 1000\nmax_retries = 0\n"
-            ));
-        }
         let amqp = "consume_channels = 1";
         let dispatcher = start_dispatcher(&scope, &endpoints, "noisy", amqp).await?;
         let config = scope.config_with("", amqp, &tests::amqp_url());
@@ -68,11 +65,13 @@ pub(crate) async fn noisy_neighbour(n: usize, size: usize) -> anyhow::Result<Vec
         let (rss, cpu) = dispatcher.stats();
         dispatcher.stop();
         publisher.close().await;
-        rows.push(Row {
+        let row = Row {
             scenario: if with_neighbour {
-                "noisy neighbour: healthy endpoint beside a hanging one (1 channel)".to_owned()
+                "noisy neighbour: healthy endpoint, neighbour hanging (1 channel, best of 2)"
+                    .to_owned()
             } else {
-                "noisy neighbour: healthy endpoint alone (1 channel)".to_owned()
+                "noisy neighbour: healthy endpoint, neighbour idle (1 channel, best of 2)"
+                    .to_owned()
             },
             events: n,
             deliveries: n,
@@ -81,12 +80,18 @@ pub(crate) async fn noisy_neighbour(n: usize, size: usize) -> anyhow::Result<Vec
             dispatcher_peak_rss_mib: rss,
             dispatcher_cpu_s: cpu,
             ..Row::default()
-        });
+        };
+        let slot = usize::from(with_neighbour);
+        if rows.len() <= slot {
+            rows.push(row);
+        } else if row.events_per_s > rows[slot].events_per_s {
+            rows[slot] = row;
+        }
     }
     hang.abort();
     let alone = rows[0].events_per_s;
     rows[1].notes = Some(format!(
-        "{:.2} of the healthy endpoint's rate alone (target ≥ 0.9)",
+        "{:.2} of the healthy endpoint's rate with the neighbour idle (target ≥ 0.9)",
         rows[1].events_per_s / alone
     ));
     Ok(rows)
