@@ -60,9 +60,13 @@ struct Args {
     /// The rate limit (events/s) of the backlog scenario's second run.
     #[arg(long, default_value_t = 5_000)]
     backlog_rate_limit: u32,
-    /// Endpoints of the scale scenario (classic queues, one event each).
+    /// Endpoints of the scale scenario (one event type and one event each).
     #[arg(long, default_value_t = 10_000)]
     scale_endpoints: usize,
+    /// Queue type of the scale scenario: classic (default) or quorum (needs
+    /// a broker with a raised open-file limit, BENCHMARKS.md).
+    #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
+    scale_queue_type: String,
     /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, fanout, latency, memory, noisy, backlog, scale).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -189,7 +193,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if wanted(&args, "scale") {
         rows.push(progress_of(
-            scale::scale(args.scale_endpoints, args.size).await?,
+            scale::scale(args.scale_endpoints, args.size, &args.scale_queue_type).await?,
         ));
     }
     if wanted(&args, "memory") {
