@@ -263,14 +263,16 @@ impl<'a> Registry<'a> {
     }
 
     /// Appends a new version and checks it won: the stream applies a change
-    /// only on top of the version it was made from.
+    /// only on top of the version it was made from. A change another writer
+    /// made on top of this one, before this check read the stream, does not
+    /// make it a conflict.
     async fn put(&self, stored: &StoredEndpoint) -> Result<(), OpError> {
         self.append(&Command::Put {
             endpoint: stored.clone(),
         })
         .await?;
         let state = self.state().await?;
-        if state.endpoints.get(&stored.id) != Some(stored) {
+        if !state.landed(stored) {
             return Err(OpError::Conflict(format!(
                 "endpoint {:?} was changed by someone else at the same time; fetch it and try again",
                 stored.id

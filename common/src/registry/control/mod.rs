@@ -40,12 +40,64 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// What the control stream says, as of the last record read.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct State {
     /// The endpoints an operator holds.
     pub holds: BTreeSet<String>,
     /// The registered endpoints, by id.
     pub endpoints: BTreeMap<String, StoredEndpoint>,
+    /// The last [`RECENT`] versions applied to each endpoint (version and a
+    /// digest of the record), so a writer whose change was followed at once
+    /// by another one made on top of it can tell that its change landed.
+    /// Not part of snapshots; not compared.
+    recent: BTreeMap<String, std::collections::VecDeque<(u64, u64)>>,
+}
+
+/// Versions per endpoint kept in [`State`]'s recent history.
+const RECENT: usize = 8;
+
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        self.holds == other.holds && self.endpoints == other.endpoints
+    }
+}
+
+impl State {
+    /// Whether `stored` was applied: it is the endpoint's current version,
+    /// or one of its recent versions with the same content. `false` when
+    /// another writer's record won that version, or (rarely) when the state
+    /// came from a snapshot written after a later version.
+    pub fn landed(&self, stored: &StoredEndpoint) -> bool {
+        match self.endpoints.get(&stored.id) {
+            Some(current) if current.version == stored.version => current == stored,
+            Some(current) if current.version > stored.version => {
+                let digest = digest(stored);
+                self.recent
+                    .get(&stored.id)
+                    .is_some_and(|r| r.contains(&(stored.version, digest)))
+            }
+            _ => false,
+        }
+    }
+
+    fn remember(&mut self, stored: &StoredEndpoint) {
+        let recent = self.recent.entry(stored.id.clone()).or_default();
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back((stored.version, digest(stored)));
+    }
+}
+
+/// A digest of a stored endpoint, for [`State::landed`] (compared only
+/// within one process).
+fn digest(stored: &StoredEndpoint) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(stored)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 /// A shared snapshot of the state.
@@ -151,12 +203,16 @@ pub fn apply(state: &mut State, command: &Command) -> bool {
             if endpoint.version != expected {
                 return false;
             }
+            state.remember(endpoint);
             state
                 .endpoints
                 .insert(endpoint.id.clone(), endpoint.clone());
             true
         }
-        Command::Delete { id, .. } => state.endpoints.remove(id).is_some(),
+        Command::Delete { id, .. } => {
+            state.recent.remove(id);
+            state.endpoints.remove(id).is_some()
+        }
         // A snapshot is read by `snapshot::Replay`, never applied on top of
         // a state (its old versions and holds would undo later changes).
         Command::SnapshotBegin { .. }
@@ -357,6 +413,40 @@ mod tests {
             "no resurrection by a late update"
         );
         assert!(apply(&mut state, &put(stored("a", 1))), "created again");
+    }
+
+    #[test]
+    fn a_writer_can_tell_its_change_landed_when_another_followed_it() {
+        let mut state = State::default();
+        let put = |e| Command::Put { endpoint: e };
+        let (mine, mut rival) = (stored("a", 2), stored("a", 2));
+        rival.updated_at = "rival".into();
+        assert!(apply(&mut state, &put(stored("a", 1))));
+        assert!(apply(&mut state, &put(mine.clone())));
+        assert!(
+            !apply(&mut state, &put(rival.clone())),
+            "made from v1: loses"
+        );
+        assert!(state.landed(&mine));
+        assert!(!state.landed(&rival));
+        // Another writer read `mine` and changed it again.
+        assert!(apply(&mut state, &put(stored("a", 3))));
+        assert!(state.landed(&mine), "followed, still landed");
+        assert!(!state.landed(&rival), "never applied");
+        assert!(!state.landed(&stored("a", 4)), "not written");
+        // Only the last few versions are remembered.
+        for v in 4..=20 {
+            assert!(apply(&mut state, &put(stored("a", v))));
+        }
+        assert!(!state.landed(&mine), "too old to tell: a conflict");
+        assert!(apply(
+            &mut state,
+            &Command::Delete {
+                id: "a".into(),
+                at: String::new()
+            }
+        ));
+        assert!(!state.landed(&stored("a", 20)), "deleted");
     }
 
     #[test]
