@@ -37,6 +37,10 @@ impl DispatcherChild {
     }
 
     pub(crate) fn stop(mut self) {
+        // Under HOOKPOST_BENCH_WRAP the dispatcher is the wrapper's child.
+        let _ = Command::new("pkill")
+            .args(["-TERM", "-P", &self.child.id().to_string()])
+            .status();
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())

@@ -123,7 +123,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rows.extend(raw_variants(args.events, args.size).await?);
     }
     if wanted(&args, "raw-broker") {
-        let row = raw_broker(args.events, args.size).await?;
+        let row = raw_broker_best(args.events, args.size).await?;
         raw = Some(row.events_per_s);
         progress(&row);
         rows.push(row);
