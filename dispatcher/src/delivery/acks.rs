@@ -9,8 +9,9 @@
 //! longer unacked at the broker, so a later range ack cannot touch it.
 //!
 //! A channel shared by several consumers ([`super::channels`]) acks one
-//! delivery at a time instead ([`AckTracker::share`]): there a lower tag may
-//! belong to another consumer's delivery not registered yet.
+//! delivery at a time instead, as soon as it is settled
+//! ([`AckTracker::share`]): there a lower tag may belong to another
+//! consumer's delivery not registered yet.
 
 use lapin::Acker;
 use lapin::message::Delivery;
@@ -60,6 +61,18 @@ impl AckTracker {
     pub async fn settle(&self, delivery: &Delivery) -> Result<(), lapin::Error> {
         let mut inner = self.inner.lock().await;
         inner.outstanding.remove(&delivery.delivery_tag);
+        if inner.shared {
+            // One at a time anyway: at once, so a consumer whose prefetch is
+            // below FLUSH_AT never waits for the flusher's tick.
+            drop(inner);
+            let sent = tokio::time::timeout(
+                SEND_TIMEOUT,
+                delivery.acker.ack(BasicAckOptions { multiple: false }),
+            )
+            .await;
+            // On a timeout the broker redelivers the message.
+            return sent.unwrap_or(Ok(true)).map(drop);
+        }
         inner
             .settled
             .insert(delivery.delivery_tag, delivery.acker.clone());

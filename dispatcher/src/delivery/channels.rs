@@ -57,6 +57,8 @@ struct Inner {
     check: Mutex<Option<Channel>>,
     /// `hookpost_amqp_channels{role}`.
     gauge: IntGaugeVec,
+    /// More endpoints than consumer channels: channels are or will be shared.
+    crowded: std::sync::atomic::AtomicBool,
 }
 
 /// One consumer channel and who uses it.
@@ -103,6 +105,7 @@ impl Channels {
                 publish_open: AtomicUsize::new(0),
                 check: Mutex::new(None),
                 gauge,
+                crowded: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -221,6 +224,37 @@ impl Channels {
         self.inner.conn.status().connected()
     }
 
+    /// Closes the publishing and checking channels (call once every worker
+    /// has stopped, before the connection closes). Left to lapin, a channel
+    /// whose last handle goes is closed by a task of its own, which fails
+    /// with "invalid channel state" and logs an ERROR when the connection
+    /// is closing at the same time.
+    pub async fn close(&self) {
+        let mut open: Vec<Channel> = Vec::new();
+        for slot in &self.inner.publish {
+            open.extend(slot.lock().await.take());
+        }
+        open.extend(self.inner.check.lock().await.take());
+        let closing = open
+            .iter()
+            .filter(|ch| ch.status().connected())
+            .map(|ch| ch.close(200, "stopping".into()));
+        let _ = tokio::time::timeout(
+            crate::delivery::route::BROKER_TIMEOUT,
+            futures_util::future::join_all(closing),
+        )
+        .await;
+    }
+
+    /// Tells the pool how many endpoints consume: beyond `consume_channels`
+    /// channels get shared, and [`Lease::may_be_shared`] says so from the
+    /// first lease (a consumer's prefetch is fixed when it starts).
+    pub fn expect_consumers(&self, endpoints: usize) {
+        self.inner
+            .crowded
+            .store(endpoints > self.inner.max_consume, Ordering::SeqCst);
+    }
+
     /// Consumer channels open now (for tests and logs).
     pub async fn consumer_channels(&self) -> usize {
         self.inner.consume.lock().await.len()
@@ -236,6 +270,12 @@ impl Lease {
     /// Whether other workers use (or may use) the channel too.
     pub fn is_shared(&self) -> bool {
         self.shared
+    }
+
+    /// Whether other workers use the channel or may join it later (more
+    /// endpoints than channels).
+    pub fn may_be_shared(&self) -> bool {
+        self.shared || self.pool.crowded.load(Ordering::SeqCst)
     }
 
     /// The channel's ack tracker.

@@ -66,9 +66,33 @@ pub fn capped_prefetch(prefetch: u16, limit: Option<RateLimit>, batch_size: u32)
     u16::try_from(ten_minutes).map_or(prefetch, |cap| prefetch.min(cap))
 }
 
+/// The prefetch of a consumer on a shared channel: at most four times what
+/// the endpoint works on at once (`max_in_flight` batches), at least one batch.
+///
+/// A shared channel acks one delivery at a time, and RabbitMQ finds the
+/// delivery an ack names by walking the channel's unacked deliveries from
+/// the oldest. A stuck endpoint's prefetched messages are the oldest there:
+/// with a prefetch of 1,000 they made a neighbour's every ack walk past
+/// 1,000 entries and cut its rate by a third (BENCHMARKS.md, noisy
+/// neighbour). Capped, a stuck neighbour holds a few dozen.
+pub fn shared_prefetch(prefetch: u16, max_in_flight: u32, batch_size: u32) -> u16 {
+    let working = u64::from(max_in_flight.max(1)).saturating_mul(u64::from(batch_size.max(1)));
+    let cap = working.saturating_mul(4).max(u64::from(batch_size.max(1)));
+    u16::try_from(cap).map_or(prefetch, |cap| prefetch.min(cap))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_consumer_prefetches_four_times_what_it_works_on() {
+        assert_eq!(shared_prefetch(1000, 16, 1), 64);
+        assert_eq!(shared_prefetch(1000, 2, 100), 800);
+        assert_eq!(shared_prefetch(200, 16, 100), 200, "never raised");
+        assert_eq!(shared_prefetch(1000, 1, 1), 4);
+        assert_eq!(shared_prefetch(65535, u32::MAX, 1000), 65535, "no overflow");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_steady_rate() {

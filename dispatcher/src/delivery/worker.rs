@@ -142,13 +142,20 @@ async fn consume(
         acks.clone(),
     );
     let consume = lease.channel().clone();
-    let prefetch = crate::delivery::limit::capped_prefetch(
+    let mut prefetch = crate::delivery::limit::capped_prefetch(
         shared
             .prefetch
             .max(u16::try_from(endpoint.batch_size).unwrap_or(u16::MAX)),
         endpoint.rate_limit,
         endpoint.batch_size,
     );
+    if lease.may_be_shared() {
+        prefetch = crate::delivery::limit::shared_prefetch(
+            prefetch,
+            endpoint.max_in_flight,
+            endpoint.batch_size,
+        );
+    }
 
     // A consumer error (channel or connection lost) ends the stream.
     let lost: Arc<std::sync::Mutex<Option<String>>> = Arc::default();

@@ -150,6 +150,7 @@ pub async fn run(
         }
         let (lost_tx, mut lost_rx) = mpsc::channel::<(String, String)>(64);
         let mut workers = Workers::default();
+        shared.channels.expect_consumers(effective.endpoints.len());
         workers.start_missing(
             &effective.endpoints,
             &shared,
@@ -196,6 +197,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "Declaring the changed endpoints failed; reconnecting.");
                 break Some(());
             }
+            shared.channels.expect_consumers(next.endpoints.len());
             workers.start_missing(&next.endpoints, &shared, &generation, &lost_tx, &tracker);
             poller.cancel();
             poller = spawn_poller(&conn, &next, &metrics, &generation, &tracker);
@@ -218,6 +220,7 @@ pub async fn run(
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("Some workers did not stop in time; going on without them.");
         }
+        shared.channels.close().await;
         if next.is_none() {
             break Ok(());
         }
