@@ -60,6 +60,11 @@ struct Args {
     /// The rate limit (events/s) of the backlog scenario's second run.
     #[arg(long, default_value_t = 5_000)]
     backlog_rate_limit: u32,
+    /// Events queued for the hanging neighbour of the noisy-neighbour
+    /// scenario before the healthy endpoint's run (its 16 requests in flight
+    /// take 16 a second).
+    #[arg(long, default_value_t = 2_000)]
+    noisy_backlog: usize,
     /// Endpoints of the scale scenario (one event type and one event each).
     #[arg(long, default_value_t = 10_000)]
     scale_endpoints: usize,
@@ -175,7 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
     if wanted(&args, "noisy") {
-        for row in stress::noisy_neighbour(args.events / 2, args.size).await? {
+        for row in stress::noisy_neighbour(args.events / 2, args.size, args.noisy_backlog).await? {
             rows.push(progress_of(row));
         }
     }

@@ -38,7 +38,11 @@ fn events(n: usize, size: usize, event_type: &str) -> Vec<Event> {
 /// one consumer channel (`amqp.consume_channels = 1`, the pool's worst case)
 /// in both runs, so only the neighbour's traffic differs. The two runs
 /// alternate twice; the best of each counts (the machine is noisy).
-pub(crate) async fn noisy_neighbour(n: usize, size: usize) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn noisy_neighbour(
+    n: usize,
+    size: usize,
+    neighbour_backlog: usize,
+) -> anyhow::Result<Vec<Row>> {
     let (hang_url, hang) = hanging_server().await?;
     let mut rows: Vec<Row> = Vec::new();
     for with_neighbour in [false, true, false, true] {
@@ -54,7 +58,7 @@ pub(crate) async fn noisy_neighbour(n: usize, size: usize) -> anyhow::Result<Vec
         if with_neighbour {
             // Its backlog first: the hanging endpoint is busy for the whole run.
             publisher
-                .publish_many(&events(n, size, "bench.hanging"))
+                .publish_many(&events(neighbour_backlog, size, "bench.hanging"))
                 .await?;
         }
         let healthy = events(n, size, "bench.healthy");
