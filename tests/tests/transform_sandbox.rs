@@ -60,7 +60,14 @@ async fn hostile_transforms_are_stopped_and_dead_lettered_while_others_deliver()
     let healthy = Receiver::start().await;
     let sink = Receiver::start().await;
     let hostile = [
-        ("recurse", "def f: [f]; f", "recursion too deep"),
+        // Each level also allocates an array: on a loaded machine the 64 MiB
+        // limit can trip before the stack does (seen once, under load); both
+        // are this sandbox stopping the recursion.
+        (
+            "recurse",
+            "def f: [f]; f",
+            "recursion too deep|memory limit",
+        ),
         (
             "spin",
             "last(range(1e18))",
@@ -123,7 +130,9 @@ async fn hostile_transforms_are_stopped_and_dead_lettered_while_others_deliver()
         let errors = by_endpoint.get(*id).cloned().unwrap_or_default();
         assert_eq!(errors.len(), EVENTS, "{id}: {errors:?}");
         assert!(
-            errors.iter().all(|e| e.contains(reason)),
+            errors
+                .iter()
+                .all(|e| reason.split('|').any(|r| e.contains(r))),
             "{id}: expected {reason:?} in {errors:?}"
         );
     }
