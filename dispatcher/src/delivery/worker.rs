@@ -272,8 +272,10 @@ async fn consume(
             router.clone(),
             stops.clone(),
         );
+        // Boxed: spawning moves the task's future, and `process` (with the
+        // HTTP request inline) is several KB.
         tracker.spawn(async move {
-            process(&endpoint, &shared, &router, batch, &stops).await;
+            Box::pin(process(&endpoint, &shared, &router, batch, &stops)).await;
             drop(permit);
         });
     }
