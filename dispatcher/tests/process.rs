@@ -171,6 +171,37 @@ async fn sigterm_drains_and_exits_zero() {
     let _ = std::fs::remove_file(&config);
 }
 
+/// Retries and dead letters open the dispatcher's publishing channel; a
+/// SIGTERM afterwards still stops it without an ERROR line (lapin used to
+/// log one when it closed that channel during the connection's close).
+#[tokio::test]
+async fn sigterm_after_dead_letters_logs_no_error() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::with(Arc::new(|_, _| Reply::Status(500, Vec::new()))).await;
+    let config = write_config(
+        &scope,
+        "dead",
+        &endpoint("ep", &receiver.url, "max_retries = 1"),
+    );
+    let log = std::env::temp_dir().join(format!("{}-dead.log", scope.prefix));
+    let mut first = Dispatcher::start(&config, log);
+    scope.wait_consumers("ep", 1).await;
+    publish(&config, 5).await;
+    let dead = format!("{}.dead", scope.prefix);
+    eventually(WAIT, "5 dead letters", || async {
+        (scope.depth(&dead).await == 5).then_some(())
+    })
+    .await;
+    first.signal("TERM");
+    let status = first.wait_exit(WAIT).await;
+    let log = first.log();
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    assert!(log.contains("Dispatcher stopped."), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "ERROR lines:\n{}", errors.join("\n"));
+    let _ = std::fs::remove_file(&config);
+}
+
 #[tokio::test]
 async fn sighup_reloads_and_rejects_an_invalid_config() {
     let scope = Scope::new().await;
