@@ -37,6 +37,23 @@ pub struct StoredEndpoint {
 }
 
 impl StoredEndpoint {
+    /// A minimal record for unit tests: no settings, `updated_at = "v{version}"`.
+    #[cfg(test)]
+    pub(crate) fn sample(id: &str, version: u64) -> Self {
+        Self {
+            id: id.into(),
+            version,
+            name: None,
+            description: None,
+            metadata: serde_json::Map::new(),
+            settings: serde_json::Map::new(),
+            headers: std::collections::BTreeMap::new(),
+            secrets: Vec::new(),
+            created_at: String::new(),
+            updated_at: format!("v{version}"),
+        }
+    }
+
     /// Its event patterns, as stored.
     pub fn events(&self) -> Vec<String> {
         self.settings

@@ -294,21 +294,9 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn stored(id: &str, version: u64) -> StoredEndpoint {
-        StoredEndpoint {
-            id: id.into(),
-            version,
-            name: None,
-            description: None,
-            metadata: serde_json::Map::new(),
-            settings: serde_json::Map::new(),
-            headers: BTreeMap::new(),
-            secrets: Vec::new(),
-            created_at: String::new(),
-            updated_at: format!("v{version}"),
-        }
+        StoredEndpoint::sample(id, version)
     }
 
     fn put(id: &str, version: u64) -> Command {

@@ -369,18 +369,7 @@ mod tests {
     }
 
     fn stored(id: &str, version: u64) -> StoredEndpoint {
-        StoredEndpoint {
-            id: id.into(),
-            version,
-            name: None,
-            description: None,
-            metadata: serde_json::Map::new(),
-            settings: serde_json::Map::new(),
-            headers: BTreeMap::new(),
-            secrets: Vec::new(),
-            created_at: String::new(),
-            updated_at: format!("v{version}"),
-        }
+        StoredEndpoint::sample(id, version)
     }
 
     #[test]
