@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod registry;
 pub mod retry;
+pub mod routing;
 pub mod secret;
 pub mod server;
 pub mod signing;
