@@ -35,6 +35,15 @@ pub enum EnvelopeError {
     /// `timestamp` is not RFC 3339.
     #[error("field `timestamp`: {0:?} is not an RFC 3339 date-time")]
     Timestamp(String),
+    /// `tenant` or `environment` is not 1 to 64 of `[a-z0-9_-]`.
+    #[error("field `{0}`: {1:?} must be 1 to 64 characters of [a-z0-9_-]")]
+    Scope(&'static str, String),
+    /// The routing key of a scoped event (type plus tenant and environment)
+    /// would be over the broker's 255 bytes.
+    #[error(
+        "field `type`: with the tenant and environment its routing key is {0} bytes, over 255; shorten the type"
+    )]
+    ScopedKeyTooLong(usize),
 }
 
 /// A validated event.
@@ -51,6 +60,14 @@ pub struct Event {
     /// The publishing service, if it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The customer it belongs to: only that tenant's endpoints (and global
+    /// ones) receive it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The environment (`prd`, `snd`): only endpoint variants declared for it
+    /// receive it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
     /// The payload, any JSON value.
     #[serde(default)]
     pub data: serde_json::Value,
@@ -74,6 +91,12 @@ pub struct EventDraft {
     /// Optional source.
     #[serde(default)]
     pub source: Option<String>,
+    /// Optional tenant, `[a-z0-9_-]{1,64}`.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Optional environment, `[a-z0-9_-]{1,64}`.
+    #[serde(default)]
+    pub environment: Option<String>,
     /// Payload.
     #[serde(default)]
     pub data: serde_json::Value,
@@ -95,6 +118,8 @@ impl EventDraft {
             event_type: self.event_type,
             timestamp,
             source: self.source,
+            tenant: self.tenant,
+            environment: self.environment,
             data: self.data,
         };
         event.validate()?;
@@ -114,6 +139,31 @@ impl Event {
             ..EventDraft::default()
         }
         .into_event()
+    }
+
+    /// Sets the `tenant` and `environment` (each optional).
+    ///
+    /// # Errors
+    /// [`EnvelopeError::Scope`] or [`EnvelopeError::ScopedKeyTooLong`].
+    pub fn with_scope(
+        mut self,
+        tenant: Option<&str>,
+        environment: Option<&str>,
+    ) -> Result<Self, EnvelopeError> {
+        self.tenant = tenant.map(str::to_owned);
+        self.environment = environment.map(str::to_owned);
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Where it is published: the exchange and the routing key
+    /// ([`crate::routing::route`]).
+    pub fn route(&self) -> (crate::routing::Exchange, String) {
+        crate::routing::route(
+            self.tenant.as_deref(),
+            self.environment.as_deref(),
+            &self.event_type,
+        )
     }
 
     /// Sets the `source` field.
@@ -158,6 +208,17 @@ impl Event {
             && !is_printable(source, 255)
         {
             return Err(EnvelopeError::Source);
+        }
+        for (field, value) in [("tenant", &self.tenant), ("environment", &self.environment)] {
+            if let Some(v) = value
+                && !crate::routing::is_valid_scope(v)
+            {
+                return Err(EnvelopeError::Scope(field, v.chars().take(80).collect()));
+            }
+        }
+        let key = self.route().1.len();
+        if key > crate::routing::MAX_KEY_LEN {
+            return Err(EnvelopeError::ScopedKeyTooLong(key));
         }
         Ok(())
     }
@@ -259,6 +320,34 @@ mod tests {
         ));
         let empty_id = br#"{"id":"","type":"a","timestamp":"2026-11-22T10:00:00Z","data":1}"#;
         assert_eq!(Event::from_slice(empty_id), Err(EnvelopeError::Id));
+    }
+
+    #[test]
+    fn tenant_and_environment_are_checked_and_routed() {
+        let ok = br#"{"id":"e1","type":"a.b","timestamp":"2026-11-22T10:00:00Z","tenant":"acme","environment":"snd"}"#;
+        let event = Event::from_slice(ok).unwrap();
+        assert_eq!(event.route().1, "t=acme.e=snd.a.b");
+        assert_eq!(Event::from_slice(&event.to_vec()).unwrap(), event);
+        let plain = Event::new("a.b", serde_json::Value::Null).unwrap();
+        assert!(
+            !String::from_utf8(plain.to_vec())
+                .unwrap()
+                .contains("tenant")
+        );
+        assert_eq!(
+            plain.clone().with_scope(Some("Acme"), None),
+            Err(EnvelopeError::Scope("tenant", "Acme".into()))
+        );
+        assert_eq!(
+            plain.with_scope(None, Some("")),
+            Err(EnvelopeError::Scope("environment", String::new()))
+        );
+        // A 255-byte type is fine alone, too long with a scope.
+        let long = Event::new(&"a".repeat(255), serde_json::Value::Null).unwrap();
+        assert!(matches!(
+            long.with_scope(Some("t"), None),
+            Err(EnvelopeError::ScopedKeyTooLong(262))
+        ));
     }
 
     proptest! {

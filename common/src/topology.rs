@@ -99,6 +99,28 @@ impl Topology {
         format!("{}.events", self.prefix)
     }
 
+    /// Topic exchange of events with a tenant or an environment (routing key
+    /// `t=<tenant>.e=<environment>.<type>`, [`crate::routing`]).
+    pub fn scoped_exchange(&self) -> String {
+        format!("{}.events.scoped", self.prefix)
+    }
+
+    /// Alternate exchange of the scoped exchange, and its queue: scoped
+    /// events no endpoint subscribed to (a tenant that registered nothing for
+    /// that type). Bounded, oldest dropped first: with many tenants this is
+    /// normal traffic, not a fault that should refuse publishes.
+    pub fn unrouted_scoped(&self) -> String {
+        format!("{}.unrouted.scoped", self.prefix)
+    }
+
+    /// The exchange a binding key is for ([`crate::routing::Exchange::of_key`]).
+    pub fn exchange_of_key(&self, key: &str) -> String {
+        match crate::routing::Exchange::of_key(key) {
+            crate::routing::Exchange::Events => self.events_exchange(),
+            crate::routing::Exchange::Scoped => self.scoped_exchange(),
+        }
+    }
+
     /// Fanout exchange and queue (same name) holding events nobody subscribes to.
     pub fn unrouted(&self) -> String {
         format!("{}.unrouted", self.prefix)
@@ -185,6 +207,25 @@ impl Topology {
         .await?;
         declare_exchange(
             ch,
+            &self.unrouted_scoped(),
+            ExchangeKind::Fanout,
+            FieldTable::default(),
+        )
+        .await?;
+        let mut scoped_args = FieldTable::default();
+        scoped_args.insert(
+            "alternate-exchange".into(),
+            long_string(&self.unrouted_scoped()),
+        );
+        declare_exchange(
+            ch,
+            &self.scoped_exchange(),
+            ExchangeKind::Topic,
+            scoped_args,
+        )
+        .await?;
+        declare_exchange(
+            ch,
             &self.endpoints_exchange(),
             ExchangeKind::Direct,
             FieldTable::default(),
@@ -210,14 +251,27 @@ impl Topology {
             .await?;
         bind(ch, &self.unrouted(), &self.unrouted(), "").await?;
 
+        let mut scoped_unrouted_args = self.queue_args();
+        scoped_unrouted_args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(self.unrouted_max_length.into()),
+        );
+        // Unlike `unrouted`, drop the oldest when full: a tenant without an
+        // endpoint for a type is ordinary, and must not make publishes fail.
+        scoped_unrouted_args.insert("x-overflow".into(), long_string("drop-head"));
+        self.declare_queue(ch, &self.unrouted_scoped(), scoped_unrouted_args)
+            .await?;
+        bind(ch, &self.unrouted_scoped(), &self.unrouted_scoped(), "").await?;
+
         self.declare_queue(ch, &self.dead(), self.queue_args())
             .await?;
         bind(ch, &self.dead(), &self.dead(), "").await?;
         Ok(())
     }
 
-    /// Declares one endpoint's queue, dead-lettering to `dead`, bound to the
-    /// events exchange with each pattern and to the endpoints exchange with its id.
+    /// Declares one endpoint's queue, dead-lettering to `dead`, bound with
+    /// each of its binding `keys` ([`crate::routing::binding_keys`]) to the
+    /// events or the scoped exchange, and to the endpoints exchange with its id.
     ///
     /// # Errors
     /// [`TopologyError`] naming the object the broker refused.
@@ -225,7 +279,7 @@ impl Topology {
         &self,
         ch: &Channel,
         endpoint_id: &str,
-        patterns: &[String],
+        keys: &[String],
     ) -> Result<(), TopologyError> {
         let queue = self.endpoint_queue(endpoint_id);
         let mut args = self.dead_lettering_args(&self.dead());
@@ -238,8 +292,8 @@ impl Topology {
             );
         }
         self.declare_queue(ch, &queue, args).await?;
-        for pattern in patterns {
-            bind(ch, &queue, &self.events_exchange(), pattern).await?;
+        for key in keys {
+            bind(ch, &queue, &self.exchange_of_key(key), key).await?;
         }
         bind(ch, &queue, &self.endpoints_exchange(), endpoint_id).await
     }
@@ -269,7 +323,7 @@ impl Topology {
         bind(ch, &queue, &exchange, "").await
     }
 
-    /// Detaches a removed endpoint's queue: unbinds its patterns and its
+    /// Detaches a removed endpoint's queue: unbinds its binding keys and its
     /// retry route, and routes retries still waiting for it to the
     /// dead-letter queue instead (they would otherwise be dropped as
     /// unroutable when they come back).
@@ -280,14 +334,14 @@ impl Topology {
         &self,
         ch: &Channel,
         endpoint_id: &str,
-        patterns: &[String],
+        keys: &[String],
     ) -> Result<(), lapin::Error> {
         let queue = self.endpoint_queue(endpoint_id);
-        for pattern in patterns {
+        for key in keys {
             ch.queue_unbind(
                 queue.as_str().into(),
-                self.events_exchange().as_str().into(),
-                pattern.as_str().into(),
+                self.exchange_of_key(key).as_str().into(),
+                key.as_str().into(),
                 FieldTable::default(),
             )
             .await?;
@@ -438,6 +492,10 @@ mod tests {
         let t = Topology::new(&crate::Config::defaults().amqp);
         assert_eq!(t.events_exchange(), "hookpost.events");
         assert_eq!(t.unrouted(), "hookpost.unrouted");
+        assert_eq!(t.scoped_exchange(), "hookpost.events.scoped");
+        assert_eq!(t.unrouted_scoped(), "hookpost.unrouted.scoped");
+        assert_eq!(t.exchange_of_key("t=a.e=.x"), "hookpost.events.scoped");
+        assert_eq!(t.exchange_of_key("order.*"), "hookpost.events");
         assert_eq!(t.endpoints_exchange(), "hookpost.endpoints");
         assert_eq!(t.endpoint_queue("crm"), "hookpost.ep.crm");
         assert_eq!(t.retry_exchange(1000), "hookpost.retry.1000");

@@ -1,5 +1,7 @@
 //! Removing bindings an older config made. AMQP cannot list a queue's
-//! bindings, so the dispatcher records the patterns it applied, per endpoint,
+//! bindings, so the dispatcher records the binding keys it applied
+//! ([`common::routing::binding_keys`]: event patterns, and scoped keys, the
+//! ones with `=`, on the scoped exchange), per endpoint,
 //! as the one message of `<prefix>.state.bindings`; at start it unbinds what
 //! that record has and the running config no longer wants, then records the
 //! running config. Replicas on the same config agree, so the record is stable.
@@ -11,7 +13,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use std::collections::BTreeMap;
 
-/// Endpoint id → the event patterns its queue is bound with.
+/// Endpoint id → the keys its queue is bound with.
 pub type Bindings = BTreeMap<String, Vec<String>>;
 
 /// The bindings `config` wants.
@@ -19,7 +21,7 @@ pub fn wanted(config: &Config) -> Bindings {
     config
         .endpoints
         .iter()
-        .map(|e| (e.id.clone(), e.events.clone()))
+        .map(|e| (e.id.clone(), e.binding_keys()))
         .collect()
 }
 
@@ -130,12 +132,12 @@ async fn unbind(
     ch: &Channel,
     topology: &Topology,
     id: &str,
-    pattern: &str,
+    key: &str,
 ) -> Result<(), lapin::Error> {
     ch.queue_unbind(
         topology.endpoint_queue(id).as_str().into(),
-        topology.events_exchange().as_str().into(),
-        pattern.into(),
+        topology.exchange_of_key(key).as_str().into(),
+        key.into(),
         FieldTable::default(),
     )
     .await

@@ -266,7 +266,8 @@ impl Rejection {
 fn field_of(e: &common::envelope::EnvelopeError) -> &'static str {
     use common::envelope::EnvelopeError as E;
     match e {
-        E::Type(_) => "type",
+        E::Type(_) | E::ScopedKeyTooLong(_) => "type",
+        E::Scope(field, _) => field,
         E::Id => "id",
         E::Source => "source",
         E::Timestamp(_) => "timestamp",

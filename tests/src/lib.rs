@@ -145,6 +145,7 @@ impl Scope {
         let mut exchanges = self.exchanges.lock().expect("lock");
         queues.extend([
             t.unrouted(),
+            t.unrouted_scoped(),
             t.dead(),
             t.bindings_state(),
             t.control(),
@@ -152,7 +153,9 @@ impl Scope {
         ]);
         exchanges.extend([
             t.events_exchange(),
+            t.scoped_exchange(),
             t.unrouted(),
+            t.unrouted_scoped(),
             t.endpoints_exchange(),
             t.dead(),
         ]);

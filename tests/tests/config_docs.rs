@@ -35,8 +35,13 @@ fn example_configs_parse() {
     let text = std::fs::read_to_string(&path).expect("read example");
     let config = common::Config::from_toml_str(&text, &path, &example_env())
         .expect("example config is valid");
-    assert_eq!(config.endpoints.len(), 1);
+    let ids: Vec<&str> = config.endpoints.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["crm", "acme-orders", "acme-orders~prd", "acme-orders~snd"]
+    );
     assert_eq!(config.endpoints[0].batch_size, 10);
+    assert_eq!(config.endpoints[3].timeout.as_millis(), 3000);
     assert_eq!(config.ingest.tokens.len(), 1);
 
     let path = root().join("deploy/local.toml");

@@ -473,13 +473,36 @@ fn boundary_cases() -> Vec<(Value, bool)> {
         // events: at least one pattern of words, * and #
         (json!({"events": ["#"]}), true),
         (json!({"events": ["a.*.#", "b_c-d.e"]}), true),
-        (json!({"events": ["a".repeat(255)]}), true),
+        // (a global endpoint binds `*.e=.<pattern>` too: 250 + 5 bytes)
+        (json!({"events": ["a".repeat(250)]}), true),
+        (json!({"events": ["a".repeat(251)]}), false),
         (json!({"events": []}), false),
         (json!({"events": [""]}), false),
-        (json!({"events": ["a".repeat(256)]}), false),
         (json!({"events": ["a..b"]}), false),
         (json!({"events": ["Order.created"]}), false),
         (json!({"events": ["a.b*"]}), false),
+        // tenant and environments: [a-z0-9_-]{1,64}, at most 8, url required
+        (json!({"tenant": "acme_1-x"}), true),
+        (json!({"tenant": "Acme"}), false),
+        (json!({"tenant": ""}), false),
+        (json!({"tenant": "a".repeat(65)}), false),
+        (
+            json!({"environments": {"snd": {"url": "https://snd.example.com/"}}}),
+            true,
+        ),
+        (
+            json!({"environments": {"Snd": {"url": "https://snd.example.com/"}}}),
+            false,
+        ),
+        (json!({"environments": {"snd": {"method": "PUT"}}}), false),
+        (
+            json!({"environments": {"snd": {"url": "https://x.example.com/", "x": 1}}}),
+            false,
+        ),
+        (
+            json!({"environments": {"snd": {"url": "https://x.example.com/", "timeout_ms": 900001}}}),
+            false,
+        ),
         // headers: token names, not reserved, values without control characters
         (
             json!({"headers": {"X-Api-Key": "v\tw", "authorization": "Bearer x"}}),

@@ -47,6 +47,8 @@ async fn publish(config: &Config, range: std::ops::Range<usize>) -> BTreeMap<usi
                 event_type: format!("scale.{i}"),
                 timestamp: None,
                 source: None,
+                tenant: None,
+                environment: None,
                 data: serde_json::json!({ "i": i }),
             }
             .into_event()

@@ -154,17 +154,23 @@ impl Config {
                         format!("{id:?} is used twice"),
                     ));
                 }
-                let mut endpoint =
-                    checked_endpoint(ep, &raw.defaults).map_err(|(key, message)| {
-                        invalid(
-                            format!("endpoints[{i}].{key}"),
-                            format!("(endpoint {id:?}) {message}"),
-                        )
-                    })?;
-                endpoint.detailed_metrics = raw.metrics.detailed_endpoints.contains(&id);
-                Ok(endpoint)
+                let endpoint = checked_endpoint(ep, &raw.defaults).map_err(|(key, message)| {
+                    invalid(
+                        format!("endpoints[{i}].{key}"),
+                        format!("(endpoint {id:?}) {message}"),
+                    )
+                })?;
+                let detailed = raw.metrics.detailed_endpoints.contains(&id);
+                let mut runtime = endpoint.into_runtime();
+                for e in &mut runtime {
+                    e.detailed_metrics = detailed;
+                }
+                Ok(runtime)
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
         for (i, id) in raw.metrics.detailed_endpoints.iter().enumerate() {
             if !is_valid_endpoint_id(id) {
                 return Err(invalid(

@@ -10,6 +10,7 @@ use crate::retry::RetryPolicy;
 use crate::secret::Redacted;
 use crate::signing::SigningSecret;
 use crate::transform::Transform;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 impl Config {
@@ -25,7 +26,14 @@ impl Config {
         let mut endpoint = checked_endpoint(section, &self.defaults)?;
         self.check_address(&endpoint.url)
             .map_err(|message| ("url".to_owned(), message))?;
-        endpoint.detailed_metrics = self.metrics_detailed.contains(&endpoint.id);
+        let detailed = self.metrics_detailed.contains(&endpoint.id);
+        endpoint.detailed_metrics = detailed;
+        for variant in &mut endpoint.variants {
+            let environment = variant.environment.as_deref().unwrap_or_default();
+            self.check_address(&variant.url)
+                .map_err(|message| (format!("environments.{environment}.url"), message))?;
+            variant.detailed_metrics = detailed;
+        }
         Ok(endpoint)
     }
 
@@ -57,16 +65,7 @@ pub(super) fn checked_endpoint(
     if !is_valid_endpoint_id(&ep.id) {
         return fail("id", "must be 1 to 100 characters of [a-z0-9_-]".into());
     }
-    let url = match url::Url::parse(&ep.url) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
-        Ok(_) => {
-            return fail(
-                "url",
-                "must be an http:// or https:// URL with a host".into(),
-            );
-        }
-        Err(e) => return fail("url", format!("is not a URL: {e}")),
-    };
+    let url = checked_url("url", &ep.url)?;
     if ep.events.is_empty() {
         return fail(
             "events",
@@ -83,46 +82,51 @@ pub(super) fn checked_endpoint(
             );
         }
     }
-    let mut headers = Vec::new();
-    for (name, value) in ep.headers {
-        let lower = name.to_ascii_lowercase();
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
-            return fail(
-                &format!("headers.{name}"),
-                "is not a valid header name".into(),
-            );
-        }
-        if lower.starts_with("webhook-")
-            || crate::contract::header::is_reserved(&lower)
-            || lower == "content-type"
-            || lower == "content-length"
-            || lower == "host"
-        {
-            return fail(
-                &format!("headers.{name}"),
-                "is set by hookpost and cannot be overridden".into(),
-            );
-        }
-        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
-            return fail(
-                &format!("headers.{name}"),
-                "has control characters (the value is not shown)".into(),
-            );
-        }
-        headers.push((name, Redacted::new(value)));
+    if let Some(tenant) = &ep.tenant
+        && !crate::routing::is_valid_scope(tenant)
+    {
+        return fail("tenant", "must be 1 to 64 characters of [a-z0-9_-]".into());
     }
-    let mut secrets = Vec::new();
-    for (j, text) in ep.secrets.iter().enumerate() {
-        let parsed = match ep.signature {
-            SignatureScheme::Standard => SigningSecret::parse(text),
-            SignatureScheme::Hex => SigningSecret::raw(text),
-        };
-        secrets.push(parsed.map_err(|e| (format!("secrets[{j}]"), e.to_string()))?);
+    if let Some(name) = ep
+        .environments
+        .keys()
+        .find(|n| !crate::routing::is_valid_scope(n))
+    {
+        return fail(
+            &format!("environments.{name}"),
+            "the name must be 1 to 64 characters of [a-z0-9_-]".into(),
+        );
     }
+    for (j, pattern) in ep.events.iter().enumerate() {
+        let scopes = std::iter::once(None).chain(ep.environments.keys().map(|k| Some(k.as_str())));
+        for environment in scopes {
+            let keys = crate::routing::binding_keys(
+                ep.tenant.as_deref(),
+                environment,
+                std::slice::from_ref(pattern),
+            );
+            if let Some(long) = keys.iter().find(|k| k.len() > crate::routing::MAX_KEY_LEN) {
+                return fail(
+                    &format!("events[{j}]"),
+                    format!(
+                        "with the tenant and environment the binding key is {} bytes, over the broker's 255; shorten the pattern",
+                        long.len()
+                    ),
+                );
+            }
+        }
+    }
+    if ep.environments.len() > MAX_ENVIRONMENTS {
+        return fail(
+            "environments",
+            format!(
+                "has {} entries; at most {MAX_ENVIRONMENTS}",
+                ep.environments.len()
+            ),
+        );
+    }
+    let headers = checked_headers("headers", ep.headers)?;
+    let secrets = checked_secrets("secrets", &ep.secrets, ep.signature)?;
     let retry = RetryPolicy {
         max_retries: ep.max_retries.unwrap_or(d.max_retries),
         retry_delay_ms: ep.retry_delay_ms.unwrap_or(d.retry_delay_ms).get(),
@@ -206,7 +210,33 @@ pub(super) fn checked_endpoint(
             Transform::compile(source).map_err(|e| ("transform".to_owned(), e.to_string()))?,
         )),
     };
-    Ok(Endpoint {
+    let mut variants = Vec::with_capacity(ep.environments.len());
+    for (name, env) in ep.environments {
+        let key = format!("environments.{name}");
+        if !crate::routing::is_valid_scope(&name) {
+            return fail(
+                &key,
+                "the name must be 1 to 64 characters of [a-z0-9_-]".into(),
+            );
+        }
+        let env_timeout_ms = env.timeout_ms.map_or(timeout_ms, NonZeroU64::get);
+        if env_timeout_ms > MAX_HOLD_MS {
+            return fail(
+                &format!("{key}.timeout_ms"),
+                format!("must be at most {MAX_HOLD_MS} (15 minutes)"),
+            );
+        }
+        variants.push(Variant {
+            id: format!("{}{VARIANT_SEPARATOR}{name}", ep.id),
+            url: checked_url(&format!("{key}.url"), &env.url)?,
+            method: env.method.unwrap_or(ep.method),
+            headers: checked_headers(&format!("{key}.headers"), env.headers)?,
+            secrets: checked_secrets(&format!("{key}.secrets"), &env.secrets, ep.signature)?,
+            timeout: Duration::from_millis(env_timeout_ms),
+            environment: name,
+        });
+    }
+    let base = Endpoint {
         id: ep.id,
         url,
         events: ep.events,
@@ -230,7 +260,102 @@ pub(super) fn checked_endpoint(
         transform,
         secret_expiry: Vec::new(),
         detailed_metrics: false,
-    })
+        tenant: ep.tenant,
+        environment: None,
+        variants: Vec::new(),
+    };
+    let variants = variants.into_iter().map(|v| v.of(&base)).collect();
+    Ok(Endpoint { variants, ..base })
+}
+
+/// Most environments one endpoint may declare (each is a queue and a worker).
+pub const MAX_ENVIRONMENTS: usize = 8;
+
+/// What a variant sets; the rest is its endpoint's.
+struct Variant {
+    id: String,
+    environment: String,
+    url: url::Url,
+    method: raw::Method,
+    headers: Vec<(String, Redacted)>,
+    secrets: Vec<SigningSecret>,
+    timeout: Duration,
+}
+
+impl Variant {
+    fn of(self, base: &Endpoint) -> Endpoint {
+        Endpoint {
+            id: self.id,
+            url: self.url,
+            method: self.method,
+            headers: self.headers,
+            secrets: self.secrets,
+            timeout: self.timeout,
+            environment: Some(self.environment),
+            variants: Vec::new(),
+            ..base.clone()
+        }
+    }
+}
+
+fn checked_url(key: &str, text: &str) -> Result<url::Url, (String, String)> {
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+        Ok(_) => Err((
+            key.to_owned(),
+            "must be an http:// or https:// URL with a host".into(),
+        )),
+        Err(e) => Err((key.to_owned(), format!("is not a URL: {e}"))),
+    }
+}
+
+fn checked_headers(
+    key: &str,
+    given: std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, Redacted)>, (String, String)> {
+    let mut headers = Vec::new();
+    for (name, value) in given {
+        let lower = name.to_ascii_lowercase();
+        let fail = |message: &str| Err((format!("{key}.{name}"), message.to_owned()));
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return fail("is not a valid header name");
+        }
+        if lower.starts_with("webhook-")
+            || crate::contract::header::is_reserved(&lower)
+            || lower == "content-type"
+            || lower == "content-length"
+            || lower == "host"
+        {
+            return fail("is set by hookpost and cannot be overridden");
+        }
+        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+            return fail("has control characters (the value is not shown)");
+        }
+        headers.push((name, Redacted::new(value)));
+    }
+    Ok(headers)
+}
+
+fn checked_secrets(
+    key: &str,
+    texts: &[String],
+    scheme: SignatureScheme,
+) -> Result<Vec<SigningSecret>, (String, String)> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(j, text)| {
+            match scheme {
+                SignatureScheme::Standard => SigningSecret::parse(text),
+                SignatureScheme::Hex => SigningSecret::raw(text),
+            }
+            .map_err(|e| (format!("{key}[{j}]"), e.to_string()))
+        })
+        .collect()
 }
 
 /// Whether `id` may name an endpoint (and its queue).

@@ -350,6 +350,29 @@ pub struct EndpointSection {
     pub signature: SignatureScheme,
     /// A jq program applied to each envelope; `null` or no output drops the event for this endpoint.
     pub transform: Option<String>,
+    /// The customer it belongs to (`[a-z0-9_-]{1,64}`): it receives only events of this tenant. Unset: events of every tenant and events without one.
+    pub tenant: Option<String>,
+    /// Variants by environment name (`prd`, `snd`; at most 8): an event of environment E goes only to variant E, with E's url, method, headers, secrets and timeout; events without an environment use the settings above.
+    #[serde(default)]
+    pub environments: BTreeMap<String, EnvironmentSection>,
+}
+
+/// One environment's variant of an endpoint: `environments.<name> = { url = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentSection {
+    /// Where this environment's deliveries go (required: an environment never falls back to another URL).
+    pub url: String,
+    /// Overrides the endpoint's `method`.
+    pub method: Option<Method>,
+    /// This environment's extra headers (not inherited from the endpoint).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// This environment's signing secrets (not inherited: none means unsigned).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Overrides the endpoint's `timeout_ms`.
+    pub timeout_ms: Option<NonZeroU64>,
 }
 
 /// `retry_on_status = { add = [...], remove = [...] }`

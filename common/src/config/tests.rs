@@ -405,3 +405,94 @@ fn channel_pools_and_detailed_metrics_are_checked() {
     let c = load(&one_endpoint(""), &[]).unwrap();
     assert_eq!(c.endpoints[0].histogram_label(), "*");
 }
+
+#[test]
+fn tenants_and_environments_become_runtime_endpoints() {
+    let text = format!(
+        r#"
+[[endpoints]]
+id = "acme"
+url = "https://acme.example.com/hooks"
+events = ["order.*"]
+tenant = "acme"
+method = "PUT"
+timeout_ms = 2000
+secrets = ["{SECRET}"]
+headers = {{ Authorization = "Bearer base" }}
+environments = {{ prd = {{ url = "https://prd.acme.example.com/" }}, snd = {{ url = "https://snd.acme.example.com/", method = "POST", timeout_ms = 900, headers = {{ X-Sandbox = "1" }}, secrets = ["{SECRET}"] }} }}
+"#
+    );
+    let config = load(&text, &[]).unwrap();
+    let ids: Vec<&str> = config.endpoints.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["acme", "acme~prd", "acme~snd"]);
+    let [base, prd, snd] = &config.endpoints[..] else {
+        unreachable!()
+    };
+    assert!(base.variants.is_empty());
+    assert_eq!(base.environment, None);
+    assert_eq!(base.binding_keys(), ["t=acme.e=.order.*"]);
+    assert_eq!(prd.environment.as_deref(), Some("prd"));
+    assert_eq!(prd.base_id(), "acme");
+    assert_eq!(prd.tenant.as_deref(), Some("acme"));
+    assert_eq!(prd.binding_keys(), ["t=acme.e=prd.order.*"]);
+    assert_eq!(prd.url.as_str(), "https://prd.acme.example.com/");
+    // Method and timeout are inherited; headers and secrets never are.
+    assert_eq!(prd.method, raw::Method::Put);
+    assert_eq!(prd.timeout, Duration::from_millis(2000));
+    assert!(prd.headers.is_empty() && prd.secrets.is_empty());
+    assert_eq!(snd.method, raw::Method::Post);
+    assert_eq!(snd.timeout, Duration::from_millis(900));
+    assert_eq!(snd.headers[0].0, "X-Sandbox");
+    assert_eq!(snd.secrets.len(), 1);
+    // A global endpoint binds its patterns on both exchanges.
+    let global = load(&one_endpoint(""), &[]).unwrap();
+    assert_eq!(global.endpoints[0].tenant, None);
+    assert_eq!(global.endpoints[0].binding_keys().len(), 2);
+}
+
+#[test]
+fn bad_tenants_and_environments_name_the_key() {
+    for (extra, key) in [
+        ("tenant = \"Acme\"", "endpoints[0].tenant"),
+        ("tenant = \"\"", "endpoints[0].tenant"),
+        (
+            "environments = { \"Snd\" = { url = \"https://x.example.com\" } }",
+            "endpoints[0].environments.Snd",
+        ),
+        (
+            "environments = { snd = { url = \"ftp://x.example.com\" } }",
+            "endpoints[0].environments.snd.url",
+        ),
+        (
+            "environments = { snd = { url = \"https://x.example.com\", headers = { Host = \"x\" } } }",
+            "endpoints[0].environments.snd.headers.Host",
+        ),
+        (
+            "environments = { snd = { url = \"https://x.example.com\", secrets = [\"nope\"] } }",
+            "endpoints[0].environments.snd.secrets[0]",
+        ),
+        (
+            "environments = { snd = { url = \"https://x.example.com\", timeout_ms = 999999999 } }",
+            "endpoints[0].environments.snd.timeout_ms",
+        ),
+        (
+            "environments = { snd = { url = \"https://x.example.com\", extra = 1 } }",
+            "extra",
+        ),
+        ("environments = { snd = { method = \"PUT\" } }", "url"),
+    ] {
+        let e = err(&one_endpoint(extra), &[]);
+        assert!(e.contains(key), "{extra}: {e}");
+    }
+    let nine: Vec<String> = (0..9)
+        .map(|i| format!("e{i} = {{ url = \"https://x.example.com\" }}"))
+        .collect();
+    let e = err(
+        &one_endpoint(&format!("environments = {{ {} }}", nine.join(", "))),
+        &[],
+    );
+    assert!(
+        e.contains("endpoints[0].environments") && e.contains("at most 8"),
+        "{e}"
+    );
+}

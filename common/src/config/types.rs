@@ -184,9 +184,41 @@ pub struct Endpoint {
     /// Its histograms are its own (`metrics.detailed_endpoints`), not
     /// recorded under `endpoint="*"`.
     pub detailed_metrics: bool,
+    /// The customer it belongs to; `None`: a global endpoint.
+    pub tenant: Option<String>,
+    /// The environment it serves: `None` for an endpoint's base settings,
+    /// `Some(E)` for its variant E (id `<id>~E`, its own queue).
+    pub environment: Option<String>,
+    /// The variants declared under `environments`, each a complete endpoint;
+    /// empty once [`Endpoint::into_runtime`] has split them out.
+    pub variants: Vec<Endpoint>,
 }
 
+/// Separates a variant's environment from its endpoint id: `<id>~<env>`.
+pub const VARIANT_SEPARATOR: char = '~';
+
 impl Endpoint {
+    /// The id of the endpoint it belongs to: its own, or for a variant the
+    /// part before `~`.
+    pub fn base_id(&self) -> &str {
+        base_id(&self.id)
+    }
+
+    /// The keys its queue is bound with ([`crate::routing::binding_keys`]).
+    pub fn binding_keys(&self) -> Vec<String> {
+        crate::routing::binding_keys(
+            self.tenant.as_deref(),
+            self.environment.as_deref(),
+            &self.events,
+        )
+    }
+
+    /// The endpoints that run: its base settings, then each variant.
+    pub fn into_runtime(mut self) -> Vec<Endpoint> {
+        let variants = std::mem::take(&mut self.variants);
+        std::iter::once(self).chain(variants).collect()
+    }
+
     /// The `endpoint` label of its histograms: its id when listed in
     /// `metrics.detailed_endpoints`, else `*` (all the others together).
     pub fn histogram_label(&self) -> &str {
@@ -251,6 +283,14 @@ impl fmt::Debug for Endpoint {
             .field("rate_limit", &self.rate_limit)
             .field("signature", &self.signature)
             .field("transform", &self.transform.as_ref().map(|t| t.source()))
+            .field("tenant", &self.tenant)
+            .field("environment", &self.environment)
+            .field("variants", &self.variants)
             .finish()
     }
+}
+
+/// The endpoint id of a runtime id: `acme` for `acme` and for `acme~snd`.
+pub fn base_id(id: &str) -> &str {
+    id.split(VARIANT_SEPARATOR).next().unwrap_or(id)
 }

@@ -2,7 +2,7 @@
 //! dead-letter queue when forced, and the queue counts that decide it.
 
 use super::control::{self, Command};
-use super::{OpError, Registry, StoredEndpoint};
+use super::{OpError, Registry};
 use crate::contract;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -85,9 +85,11 @@ impl Registry<'_> {
         // Detach it (patterns unbound, waiting retries routed to the
         // dead-letter queue), then empty it: anything that arrived since the
         // check above is dead-lettered too, never dropped.
+        // TODO(variants): its environments' queues `<id>~<env>` too.
         let patterns = stored
             .as_ref()
-            .map(StoredEndpoint::events)
+            .and_then(|s| s.runtime_bindings().into_iter().next())
+            .map(|(_, keys)| keys)
             .unwrap_or_default();
         let ch = self.conn.create_channel().await?;
         self.topology.retire_endpoint(&ch, id, &patterns).await?;

@@ -67,6 +67,39 @@ impl StoredEndpoint {
             .unwrap_or_default()
     }
 
+    /// Its tenant, as stored.
+    pub fn tenant(&self) -> Option<&str> {
+        self.settings.get("tenant").and_then(Value::as_str)
+    }
+
+    /// The names of its environments, as stored.
+    pub fn environment_names(&self) -> Vec<String> {
+        self.settings
+            .get("environments")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Each queue it runs on, by runtime id (its own, then `<id>~<env>` for
+    /// each environment), with the keys that queue is bound with: what a
+    /// dispatcher that cannot load it keeps bound, and what a delete detaches.
+    pub fn runtime_bindings(&self) -> Vec<(String, Vec<String>)> {
+        let events = self.events();
+        let tenant = self.tenant();
+        std::iter::once((
+            self.id.clone(),
+            crate::routing::binding_keys(tenant, None, &events),
+        ))
+        .chain(self.environment_names().into_iter().map(|env| {
+            (
+                format!("{}{}{env}", self.id, crate::config::VARIANT_SEPARATOR),
+                crate::routing::binding_keys(tenant, Some(&env), &events),
+            )
+        }))
+        .collect()
+    }
+
     /// Its URL, as stored.
     pub fn url(&self) -> &str {
         self.settings

@@ -35,10 +35,9 @@ pub(crate) fn effective_config(
             config.registry.secrets_key.as_ref(),
             now,
         ) {
-            Ok(endpoint) => out.endpoints.push(endpoint),
+            Ok(endpoint) => out.endpoints.extend(endpoint.into_runtime()),
             Err(e) => {
-                let patterns = stored.events();
-                held.insert(stored.id.clone(), patterns);
+                held.extend(stored.runtime_bindings());
                 if warned.insert((stored.id.clone(), stored.version)) {
                     tracing::error!(endpoint = %stored.id, version = stored.version, error = %e, "Cannot load a registered endpoint; its events wait in its queue.");
                 }
@@ -160,11 +159,11 @@ pub(crate) async fn declare(
             for chunk in mine.chunks(DECLARES_IN_FLIGHT) {
                 let results = step(|| format!("the queue of endpoint {}", chunk[0].id), async {
                     Ok::<_, TopologyError>(
-                        futures_util::future::join_all(
-                            chunk
-                                .iter()
-                                .map(|e| topology.declare_endpoint(ch, &e.id, &e.events)),
-                        )
+                        futures_util::future::join_all(chunk.iter().map(|e| async move {
+                            topology
+                                .declare_endpoint(ch, &e.id, &e.binding_keys())
+                                .await
+                        }))
                         .await,
                     )
                 })

@@ -33,6 +33,14 @@ enum Command {
         /// The publishing service's name.
         #[arg(long)]
         source: Option<String>,
+        /// The customer the event belongs to ([a-z0-9_-], 1 to 64): only that
+        /// tenant's endpoints and global ones receive it.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The environment (such as prd or snd): only endpoint variants
+        /// declared for it receive it.
+        #[arg(long)]
+        environment: Option<String>,
         /// Event id (only with --count 1); generated when absent.
         #[arg(long)]
         id: Option<String>,
@@ -56,6 +64,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             event_type,
             data,
             source,
+            tenant,
+            environment,
             id,
             count,
         } => {
@@ -72,6 +82,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         event_type: event_type.clone(),
                         timestamp: None,
                         source: source.clone(),
+                        tenant: tenant.clone(),
+                        environment: environment.clone(),
                         data: data.clone(),
                     }
                     .into_event()

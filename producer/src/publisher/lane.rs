@@ -40,6 +40,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub(super) struct Item {
     /// The event id, also the message's `message_id`.
     pub(super) id: String,
+    /// `<prefix>.events`, or `<prefix>.events.scoped` for an event with a
+    /// tenant or environment (`common::routing`).
+    pub(super) exchange: ShortString,
     pub(super) routing_key: ShortString,
     pub(super) body: Vec<u8>,
     pub(super) properties: BasicProperties,
@@ -86,12 +89,12 @@ pub(super) struct Lane {
 }
 
 impl Lane {
-    /// Starts the task publishing on `channel` (in confirm mode) to `exchange`.
-    pub(super) fn start(channel: Channel, exchange: ShortString, window: usize) -> Self {
+    /// Starts the task publishing on `channel` (in confirm mode).
+    pub(super) fn start(channel: Channel, window: usize) -> Self {
         // Unbounded: each waiting caller has at most one job queued, and each
         // job is bounded by the caller's own limits (ingest body size, --count).
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(run(channel.clone(), exchange, window, queue));
+        tokio::spawn(run(channel.clone(), window, queue));
         Self { channel, jobs }
     }
 
@@ -133,12 +136,7 @@ type Key = (u64, usize);
 type Done = (Key, Result<Confirmation, lapin::Error>);
 type InFlight = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
 
-async fn run(
-    channel: Channel,
-    exchange: ShortString,
-    window: usize,
-    mut queue: mpsc::UnboundedReceiver<Job>,
-) {
+async fn run(channel: Channel, window: usize, mut queue: mpsc::UnboundedReceiver<Job>) {
     let mut book = Book::default();
     let mut in_flight: InFlight = FuturesUnordered::new();
     let mut closed = false;
@@ -147,12 +145,7 @@ async fn run(
             let Some((key, item)) = book.next_to_send() else {
                 break;
             };
-            in_flight.push(Box::pin(publish(
-                channel.clone(),
-                exchange.clone(),
-                key,
-                item,
-            )));
+            in_flight.push(Box::pin(publish(channel.clone(), key, item)));
         }
         if closed && in_flight.is_empty() {
             // The publisher let go of this lane and nothing is left to publish.
@@ -191,11 +184,11 @@ async fn ready(in_flight: &mut InFlight) -> Option<Done> {
 }
 
 /// Publishes one event and waits for its confirm.
-async fn publish(channel: Channel, exchange: ShortString, key: Key, item: Arc<Item>) -> Done {
+async fn publish(channel: Channel, key: Key, item: Arc<Item>) -> Done {
     let result = async {
         channel
             .basic_publish(
-                exchange,
+                item.exchange.clone(),
                 item.routing_key.clone(),
                 // mandatory: an event no queue takes comes back as an error
                 // instead of vanishing (the alternate exchange normally takes it).
@@ -408,6 +401,7 @@ mod tests {
     fn item(id: &str) -> Arc<Item> {
         Arc::new(Item {
             id: id.to_owned(),
+            exchange: "x".into(),
             routing_key: "t".into(),
             body: Vec::new(),
             properties: BasicProperties::default().with_message_id(id.into()),

@@ -31,6 +31,7 @@ use common::Event;
 use common::amqp::{AmqpClient, AmqpError};
 use common::config::Config;
 use common::metrics::ProducerMetrics;
+use common::routing::Exchange;
 use common::topology::{Topology, TopologyError};
 use lane::{Item, Lane, Outcome, Ticket};
 use lapin::options::ConfirmSelectOptions;
@@ -130,7 +131,8 @@ pub struct Publisher {
     current: std::sync::Mutex<Option<Channel>>,
     metrics: Option<ProducerMetrics>,
     never: CancellationToken,
-    events_exchange: String,
+    events_exchange: ShortString,
+    scoped_exchange: ShortString,
     max_bytes: usize,
 }
 
@@ -150,7 +152,8 @@ impl Publisher {
             current: std::sync::Mutex::new(None),
             metrics: None,
             never: CancellationToken::new(),
-            events_exchange: Topology::new(&config.amqp).events_exchange(),
+            events_exchange: Topology::new(&config.amqp).events_exchange().into(),
+            scoped_exchange: Topology::new(&config.amqp).scoped_exchange().into(),
             max_bytes: config.amqp.max_message_bytes,
         }
     }
@@ -321,9 +324,14 @@ impl Publisher {
             .with_timestamp(u64::try_from(event.timestamp.unix_timestamp()).unwrap_or(0))
             .with_type(ShortString::from(event.event_type.as_str()))
             .with_app_id("hookpost".into());
+        let (exchange, key) = event.route();
         Ok(Item {
             id: event.id.clone(),
-            routing_key: event.event_type.as_str().into(),
+            exchange: match exchange {
+                Exchange::Events => self.events_exchange.clone(),
+                Exchange::Scoped => self.scoped_exchange.clone(),
+            },
+            routing_key: key.into(),
             body,
             properties,
         })
@@ -359,11 +367,7 @@ impl Publisher {
                         .current
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel.clone());
-                    let lane = Arc::new(Lane::start(
-                        channel,
-                        self.events_exchange.as_str().into(),
-                        WINDOW,
-                    ));
+                    let lane = Arc::new(Lane::start(channel, WINDOW));
                     *slot = Some(lane.clone());
                     return Ok(lane);
                 }
