@@ -22,10 +22,14 @@ pub mod header {
     pub const FAILED_AT: &str = "hookpost-failed-at";
     /// The event type (the message's `type` property, kept for filters).
     pub const EVENT_TYPE: &str = "hookpost-event-type";
+    /// The tenant: the endpoint's, else the event's (kept for filters).
+    pub const TENANT: &str = "hookpost-tenant";
+    /// The environment: the endpoint variant's, else the event's.
+    pub const ENVIRONMENT: &str = "hookpost-environment";
 
     /// Every header a dead letter carries that a replay removes (it starts
     /// afresh), with the broker's own `x-death`.
-    pub const DEAD_LETTER: [&str; 8] = [
+    pub const DEAD_LETTER: [&str; 10] = [
         ATTEMPT,
         ENDPOINT,
         REASON,
@@ -33,6 +37,8 @@ pub mod header {
         LAST_ERROR,
         FAILED_AT,
         EVENT_TYPE,
+        TENANT,
+        ENVIRONMENT,
         "x-death",
     ];
 
@@ -60,17 +66,21 @@ pub enum Reason {
     TransformError,
     /// The endpoint was deleted with force while its queue held the event.
     EndpointDeleted,
+    /// The event's tenant or environment is not the endpoint's (a client
+    /// published a routing key that disagrees with its envelope).
+    Misrouted,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Exhausted,
         Self::Rejected,
         Self::Gone,
         Self::Malformed,
         Self::TransformError,
         Self::EndpointDeleted,
+        Self::Misrouted,
     ];
 
     /// The header and label value.
@@ -82,6 +92,7 @@ impl Reason {
             Self::Malformed => "malformed",
             Self::TransformError => "transform_error",
             Self::EndpointDeleted => "endpoint_deleted",
+            Self::Misrouted => "misrouted",
         }
     }
 
@@ -110,6 +121,10 @@ pub struct DeadLetter {
     pub failed_at: String,
     /// The event type, when known.
     pub event_type: Option<String>,
+    /// The tenant, when there is one.
+    pub tenant: Option<String>,
+    /// The environment, when there is one.
+    pub environment: Option<String>,
 }
 
 impl DeadLetter {
@@ -123,6 +138,8 @@ impl DeadLetter {
             last_error: String::new(),
             failed_at: now_rfc3339(),
             event_type: None,
+            tenant: None,
+            environment: None,
         }
     }
 
@@ -146,8 +163,14 @@ impl DeadLetter {
         );
         headers.insert(header::LAST_ERROR.into(), text(&error));
         headers.insert(header::FAILED_AT.into(), text(&self.failed_at));
-        if let Some(event_type) = &self.event_type {
-            headers.insert(header::EVENT_TYPE.into(), text(event_type));
+        for (name, value) in [
+            (header::EVENT_TYPE, &self.event_type),
+            (header::TENANT, &self.tenant),
+            (header::ENVIRONMENT, &self.environment),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name.into(), text(value));
+            }
         }
         headers
     }
@@ -163,6 +186,8 @@ impl DeadLetter {
             last_error: text(headers, header::LAST_ERROR).unwrap_or_default(),
             failed_at: text(headers, header::FAILED_AT).unwrap_or_default(),
             event_type: text(headers, header::EVENT_TYPE),
+            tenant: text(headers, header::TENANT),
+            environment: text(headers, header::ENVIRONMENT),
         }
     }
 }
@@ -232,6 +257,8 @@ mod tests {
             last_error: "HTTP 503".into(),
             failed_at: "2026-12-02T13:00:00Z".into(),
             event_type: Some("order.created".into()),
+            tenant: Some("acme".into()),
+            environment: Some("snd".into()),
         };
         let headers = written.write(original);
         assert_eq!(DeadLetter::read(&headers), written);

@@ -238,3 +238,54 @@ async fn serve_runs_the_management_api_when_api_tokens_are_set() {
     let status = child.wait().expect("serve exits");
     assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
+
+#[tokio::test]
+async fn publish_with_tenant_and_environment_routes_on_the_scoped_exchange() {
+    let scope = Scope::new().await;
+    scope.track_config(&scope.config(""));
+    producer::Publisher::connect(&scope.config(""))
+        .await
+        .expect("connect");
+    let scoped = scope
+        .observe(&format!("{}.events.scoped", scope.prefix), "t=acme.e=snd.#")
+        .await;
+    let out = producer(&scope)
+        .args([
+            "publish",
+            "--type",
+            "order.created",
+            "--tenant",
+            "acme",
+            "--environment",
+            "snd",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = scope.take(&scoped, 1).await;
+    assert_eq!(
+        got[0].delivery.routing_key.as_str(),
+        "t=acme.e=snd.order.created"
+    );
+    let event = Event::from_slice(&got[0].delivery.data).expect("envelope");
+    assert_eq!(event.tenant.as_deref(), Some("acme"));
+    assert_eq!(event.environment.as_deref(), Some("snd"));
+
+    for (flag, value) in [("--tenant", "Acme Corp"), ("--environment", "a.b")] {
+        let out = producer(&scope)
+            .args(["publish", "--type", "order.created", flag, value])
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let field = flag.trim_start_matches("--");
+        assert!(
+            stderr.contains(&format!("field `{field}`")) && stderr.contains("[a-z0-9_-]"),
+            "{stderr}"
+        );
+    }
+}

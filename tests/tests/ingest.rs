@@ -364,3 +364,35 @@ async fn an_ingest_that_refuses_to_start_stops_the_api_too() {
         "the API still listens after serve returned"
     );
 }
+
+#[tokio::test]
+async fn tenant_and_environment_are_routed_and_checked() {
+    let scope = Scope::new().await;
+    let server = start(&scope, &amqp_url(), "").await;
+    let scoped = scope
+        .observe(&format!("{}.events.scoped", scope.prefix), "t=acme.#")
+        .await;
+    let (status, body) = post(
+        &server,
+        Some(TOKEN),
+        r#"{"type":"order.created","tenant":"acme","environment":"prd"}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let got = scope.take(&scoped, 1).await;
+    assert_eq!(
+        got[0].delivery.routing_key.as_str(),
+        "t=acme.e=prd.order.created"
+    );
+    for (body, field) in [
+        (r#"{"type":"a","tenant":"ACME"}"#, "tenant"),
+        (r#"{"type":"a","tenant":""}"#, "tenant"),
+        (r#"{"type":"a","environment":"snd box"}"#, "environment"),
+        (r#"{"type":"a","tenant":7}"#, "tenant"),
+    ] {
+        let (status, answer) = post(&server, Some(TOKEN), body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer.to_string().contains(field), "{body}: {answer}");
+    }
+    server.shutdown.cancel();
+}

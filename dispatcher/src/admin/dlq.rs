@@ -21,7 +21,7 @@ use std::io::Write;
 use std::time::Duration;
 
 /// Headers a dead letter carries that a replay removes (it starts afresh).
-const DEAD_LETTER_HEADERS: [&str; 8] = common::contract::header::DEAD_LETTER;
+const DEAD_LETTER_HEADERS: [&str; 10] = common::contract::header::DEAD_LETTER;
 
 /// What to do with matching dead letters.
 #[derive(Debug, Clone)]

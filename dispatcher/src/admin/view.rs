@@ -29,6 +29,12 @@ pub struct DeadLetterView {
     /// When it was dead-lettered.
     #[serde(with = "time::serde::rfc3339::option")]
     pub failed_at: Option<OffsetDateTime>,
+    /// The tenant (`hookpost-tenant`, else the envelope's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The environment (`hookpost-environment`, else the envelope's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 impl DeadLetterView {
@@ -73,6 +79,12 @@ impl DeadLetterView {
             last_status: letter.last_status,
             last_error: letter.last_error,
             failed_at: OffsetDateTime::parse(&letter.failed_at, &Rfc3339).ok(),
+            tenant: letter
+                .tenant
+                .or_else(|| envelope["tenant"].as_str().map(str::to_owned)),
+            environment: letter
+                .environment
+                .or_else(|| envelope["environment"].as_str().map(str::to_owned)),
         }
     }
 }
@@ -100,6 +112,10 @@ pub struct Filter {
     pub since: Option<OffsetDateTime>,
     /// Failed before.
     pub until: Option<OffsetDateTime>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Environment.
+    pub environment: Option<String>,
 }
 
 impl Filter {
@@ -118,6 +134,14 @@ impl Filter {
             && self
                 .until
                 .is_none_or(|t| view.failed_at.is_some_and(|f| f < t))
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| view.tenant.as_ref() == Some(t))
+            && self
+                .environment
+                .as_ref()
+                .is_none_or(|e| view.environment.as_ref() == Some(e))
     }
 }
 

@@ -53,7 +53,9 @@ pub(super) async fn process(
         } else {
             Event::from_slice(&delivery.data).map_err(|e| e.to_string())
         };
-        let parsed = parsed.map_err(|e| (Reason::Malformed, e));
+        let parsed = parsed
+            .map_err(|e| (Reason::Malformed, e))
+            .and_then(|event| in_scope(endpoint, event));
         let transformed = match (&parsed, &endpoint.transform) {
             (Ok(_), Some(transform)) => {
                 match shared.sandbox.run(id, transform, &delivery.data).await {
@@ -99,6 +101,7 @@ pub(super) async fn process(
                     attempt,
                     last_status: None,
                     last_error: &e,
+                    scope: scope_of(endpoint, None),
                 };
                 dead_letter(shared, router, id, &delivery, &why).await;
             }
@@ -221,6 +224,7 @@ pub(super) async fn process(
                     attempt: v.attempt,
                     last_status,
                     last_error: &last_error,
+                    scope: scope_of(endpoint, Some(&v.event)),
                 };
                 dead_letter(shared, router, id, &v.delivery, &why).await;
             }
@@ -251,6 +255,47 @@ pub(super) async fn process(
     if delivered > 0 {
         tracing::debug!(endpoint = %id, events = delivered, webhook_id = %prepared.webhook_id, "Delivered.");
     }
+}
+
+/// The event, if the endpoint may receive it: the bindings route only the
+/// endpoint's tenant and environment to its queue, but an AMQP client can
+/// publish a routing key that disagrees with the envelope it sends.
+fn in_scope(endpoint: &Endpoint, event: Event) -> Result<Event, (Reason, String)> {
+    let ours = (endpoint.tenant.as_deref(), endpoint.environment.as_deref());
+    let theirs = (event.tenant.as_deref(), event.environment.as_deref());
+    if common::routing::accepts(ours, theirs) {
+        return Ok(event);
+    }
+    let show = |s: Option<&str>| s.map_or_else(|| "none".to_owned(), |s| format!("{s:?}"));
+    Err((
+        Reason::Misrouted,
+        format!(
+            "event of tenant {} and environment {} on an endpoint of tenant {} and environment {}: its routing key disagrees with its envelope",
+            show(theirs.0),
+            show(theirs.1),
+            ours.0
+                .map_or_else(|| "any".to_owned(), |t| format!("{t:?}")),
+            show(ours.1),
+        ),
+    ))
+}
+
+/// The tenant and environment a dead letter records: the endpoint's, else
+/// the event's (a global endpoint's dead letters still say whose they were).
+fn scope_of<'a>(
+    endpoint: &'a Endpoint,
+    event: Option<&'a Event>,
+) -> (Option<&'a str>, Option<&'a str>) {
+    (
+        endpoint
+            .tenant
+            .as_deref()
+            .or_else(|| event.and_then(|e| e.tenant.as_deref())),
+        endpoint
+            .environment
+            .as_deref()
+            .or_else(|| event.and_then(|e| e.environment.as_deref())),
+    )
 }
 
 async fn dead_letter(

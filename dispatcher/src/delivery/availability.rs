@@ -47,17 +47,23 @@ pub(super) fn report_breaker(
     }
 }
 
+/// Whether an operator holds the endpoint `id`: itself, or for a variant
+/// (`<id>~<env>`) the endpoint it belongs to.
+pub fn held(state: &common::registry::control::State, id: &str) -> bool {
+    state.holds.contains(id) || state.holds.contains(common::config::base_id(id))
+}
+
 /// Waits while an operator holds the endpoint (or until `stop`).
 pub async fn wait_released(shared: &Shared, endpoint: &Endpoint, stop: &CancellationToken) {
     let id = endpoint.id.as_str();
     let mut holds = shared.holds.clone();
-    if !holds.borrow_and_update().holds.contains(id) {
+    if !held(&holds.borrow_and_update(), id) {
         return;
     }
     shared.metrics.paused.with_label_values(&[id]).set(1);
     tracing::warn!(endpoint = %id, "Endpoint paused by an operator; its messages wait in its queue until `hookpost-admin endpoints resume`.");
     tokio::select! {
-        _ = holds.wait_for(|h| !h.holds.contains(id)) => {
+        _ = holds.wait_for(|h| !held(h, id)) => {
             shared.metrics.paused.with_label_values(&[id]).set(0);
             tracing::info!(endpoint = %id, "Endpoint resumed by an operator.");
         }

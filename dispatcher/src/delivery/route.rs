@@ -43,6 +43,9 @@ pub struct DeadLetter<'a> {
     pub last_status: Option<u16>,
     /// The last error text.
     pub last_error: &'a str,
+    /// The tenant and environment to record (`hookpost-tenant`,
+    /// `hookpost-environment`).
+    pub scope: (Option<&'a str>, Option<&'a str>),
 }
 
 /// Republishes and acknowledges for one endpoint.
@@ -142,6 +145,8 @@ impl Router {
         letter.last_status = why.last_status;
         why.last_error.clone_into(&mut letter.last_error);
         letter.event_type = original_type(delivery);
+        letter.tenant = why.scope.0.map(str::to_owned);
+        letter.environment = why.scope.1.map(str::to_owned);
         let headers = letter.write(headers_of(delivery));
         self.republish(delivery, &self.topology.dead(), &self.endpoint_id, headers)
             .await

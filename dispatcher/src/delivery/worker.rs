@@ -109,7 +109,7 @@ async fn consume(
         stop.cancelled().await;
         return Ok(Exit::Stopped);
     }
-    if shared.holds.borrow().holds.contains(id) {
+    if crate::delivery::availability::held(&shared.holds.borrow(), id) {
         return Ok(Exit::Suspended);
     }
     shared.metrics.paused.with_label_values(&[id]).set(0);
@@ -177,7 +177,7 @@ async fn consume(
         );
         tokio::spawn(async move {
             tokio::select! {
-                r = holds.wait_for(|h| h.holds.contains(&id)) => if r.is_ok() {
+                r = holds.wait_for(|h| crate::delivery::availability::held(h, &id)) => if r.is_ok() {
                     suspend.cancel();
                     consuming.cancel();
                 },

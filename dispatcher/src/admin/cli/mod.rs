@@ -205,6 +205,12 @@ struct Filters {
     /// Failed before: RFC 3339, or a duration ago.
     #[arg(long)]
     until: Option<String>,
+    /// Only this tenant's (the endpoint's tenant, else the event's).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only this environment's (the endpoint variant's, else the event's).
+    #[arg(long)]
+    environment: Option<String>,
     /// At most this many messages.
     #[arg(long)]
     limit: Option<usize>,
@@ -226,6 +232,16 @@ impl Filters {
         {
             bail!("--type {p:?} is not a pattern (dot-separated words, `*` or `#`)");
         }
+        for (value, flag) in [
+            (&self.tenant, "--tenant"),
+            (&self.environment, "--environment"),
+        ] {
+            if let Some(v) = value
+                && !common::routing::is_valid_scope(v)
+            {
+                bail!("{flag} {v:?} must be 1 to 64 characters of [a-z0-9_-]");
+            }
+        }
         let time =
             |t: &Option<String>, flag: &str| -> anyhow::Result<Option<time::OffsetDateTime>> {
                 t.as_deref()
@@ -238,6 +254,8 @@ impl Filters {
             reason: self.reason.clone(),
             since: time(&self.since, "--since")?,
             until: time(&self.until, "--until")?,
+            tenant: self.tenant.clone(),
+            environment: self.environment.clone(),
         };
         Ok((filter, self.limit))
     }
