@@ -177,6 +177,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tenant_and_environment_come_from_the_headers_else_the_envelope_and_filter() {
+        let mut letter =
+            common::contract::DeadLetter::new("shop~snd", common::contract::Reason::Exhausted, 2);
+        letter.tenant = Some("acme".into());
+        letter.environment = Some("snd".into());
+        let properties =
+            BasicProperties::default().with_headers(letter.write(FieldTable::default()));
+        let view = DeadLetterView::of(&properties, br#"{"tenant":"other"}"#, "hp");
+        assert_eq!(view.tenant.as_deref(), Some("acme"));
+        assert_eq!(view.environment.as_deref(), Some("snd"));
+        // A message without the headers (dead-lettered by the broker) falls
+        // back to the envelope.
+        let bare = DeadLetterView::of(
+            &BasicProperties::default(),
+            br#"{"tenant":"globex","environment":"prd"}"#,
+            "hp",
+        );
+        assert_eq!(bare.tenant.as_deref(), Some("globex"));
+        let filter = |tenant: Option<&str>, environment: Option<&str>| Filter {
+            tenant: tenant.map(str::to_owned),
+            environment: environment.map(str::to_owned),
+            ..Filter::default()
+        };
+        assert!(filter(Some("acme"), None).matches(&view));
+        assert!(filter(Some("acme"), Some("snd")).matches(&view));
+        assert!(!filter(Some("acme"), Some("prd")).matches(&view));
+        assert!(!filter(Some("globex"), None).matches(&view));
+        assert!(filter(None, None).matches(&view));
+    }
+
+    #[test]
     fn times() {
         let now = time::macros::datetime!(2026-11-29 12:00:00 UTC);
         assert_eq!(
