@@ -385,3 +385,73 @@ async fn a_plain_amqp_client_routes_by_key_and_a_lying_envelope_is_misrouted() {
     assert!(global_rx.ids().contains(&lying));
     assert!(!global_rx.ids().contains(&sandbox_on_plain_key));
 }
+
+/// The scale scenario at a size CI affords (the benchmark runs 1,000
+/// tenants): 40 tenants with three endpoints each on one dispatcher, events
+/// for every tenant; each endpoint gets exactly its tenant's matching events.
+#[tokio::test]
+async fn forty_tenants_with_three_endpoints_each_get_exactly_their_events() {
+    const TENANTS: usize = 40;
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let kinds = [
+        ("orders", "order.*"),
+        ("billing", "invoice.*"),
+        ("all", "#"),
+    ];
+    let mut endpoints = String::new();
+    for t in 0..TENANTS {
+        for (name, pattern) in kinds {
+            endpoints.push_str(&endpoint(
+                &format!("t{t}-{name}"),
+                &format!("{}/t{t}/{name}", receiver.url.trim_end_matches('/')),
+                &[pattern],
+                &format!("tenant = \"t{t}\""),
+            ));
+        }
+    }
+    let config = scope.config_with(
+        &format!("{FAST}{endpoints}"),
+        "queue_type = \"classic\"",
+        &tests::amqp_url(),
+    );
+    let dispatcher = Running::start(config.clone()).await;
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let events: Vec<Event> = (0..TENANTS)
+        .flat_map(|t| {
+            [
+                "order.created",
+                "order.paid",
+                "invoice.sent",
+                "user.created",
+            ]
+            .map(|ty| event(ty, Some(&format!("t{t}")), None))
+        })
+        .collect();
+    publish(&publisher, &events).await;
+    let all: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    // The `all` endpoints together receive every event once; 7 per tenant in total.
+    receiver
+        .wait_requests(TENANTS * 7, Duration::from_secs(60))
+        .await;
+    receiver.wait_ids(&all, WAIT).await;
+    dispatcher.stop().await.expect("clean stop");
+    let received = receiver.received();
+    assert_eq!(received.len(), TENANTS * 7);
+    for t in 0..TENANTS {
+        let tenant = format!("t{t}");
+        for (name, pattern) in kinds {
+            let path_end = format!("/t{t}/{name}");
+            let got: BTreeSet<String> = received
+                .iter()
+                .filter(|r| r.path.ends_with(&path_end))
+                .flat_map(tests::receiver::Received::ids)
+                .collect();
+            let want = ids(events.iter().filter(|e| {
+                e.tenant.as_deref() == Some(tenant.as_str())
+                    && common::routing::topic_matches(pattern, &e.event_type)
+            }));
+            assert_eq!(got, want, "{path_end}");
+        }
+    }
+}

@@ -13,6 +13,7 @@ mod raw;
 mod report;
 mod scale;
 mod stress;
+mod tenants;
 
 use clap::Parser;
 use cli::*;
@@ -72,7 +73,10 @@ struct Args {
     /// a broker with a raised open-file limit, BENCHMARKS.md).
     #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
     scale_queue_type: String,
-    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, fanout, latency, memory, noisy, backlog, scale).
+    /// Tenants of the tenants scenario (three endpoints each).
+    #[arg(long, default_value_t = 1_000)]
+    tenants: usize,
+    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, fanout, latency, memory, noisy, backlog, scale, tenants).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -199,6 +203,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if wanted(&args, "scale") {
         rows.push(progress_of(
             scale::scale(args.scale_endpoints, args.size, &args.scale_queue_type).await?,
+        ));
+    }
+    if wanted(&args, "tenants") {
+        rows.push(progress_of(
+            tenants::tenants(args.tenants, args.size).await?,
         ));
     }
     if wanted(&args, "memory") {

@@ -277,6 +277,10 @@ pub(crate) struct Sink {
     pub(crate) received: AtomicU64,
     pub(crate) latencies: std::sync::Mutex<Vec<u64>>,
     notify: Notify,
+    /// When set ([`Sink::record_paths`]): each request path's events, by
+    /// their envelope's `tenant` (the tenants scenario checks isolation).
+    record: std::sync::atomic::AtomicBool,
+    pub(crate) by_path: std::sync::Mutex<std::collections::HashMap<String, Vec<Option<String>>>>,
 }
 
 pub(crate) async fn sink() -> anyhow::Result<(String, Arc<Sink>)> {
@@ -296,6 +300,7 @@ pub(crate) async fn sink() -> anyhow::Result<(String, Arc<Sink>)> {
                         let s = s.clone();
                         async move {
                             use http_body_util::BodyExt;
+                            let path = req.uri().path().to_owned();
                             let body = req
                                 .into_body()
                                 .collect()
@@ -316,6 +321,21 @@ pub(crate) async fn sink() -> anyhow::Result<(String, Arc<Sink>)> {
                                 let mut l = s.latencies.lock().expect("lock");
                                 l.extend(events.iter().map(|t| now.saturating_sub(*t)));
                             }
+                            if s.record.load(Ordering::Relaxed) {
+                                let tenants: Vec<Option<String>> = match value.get("events") {
+                                    Some(serde_json::Value::Array(list)) => list
+                                        .iter()
+                                        .map(|e| e["tenant"].as_str().map(str::to_owned))
+                                        .collect(),
+                                    _ => vec![value["tenant"].as_str().map(str::to_owned)],
+                                };
+                                s.by_path
+                                    .lock()
+                                    .expect("lock")
+                                    .entry(path)
+                                    .or_default()
+                                    .extend(tenants);
+                            }
                             s.received.fetch_add(events.len() as u64, Ordering::SeqCst);
                             s.notify.notify_waiters();
                             Ok::<_, std::convert::Infallible>(hyper::Response::new(
@@ -334,6 +354,11 @@ pub(crate) async fn sink() -> anyhow::Result<(String, Arc<Sink>)> {
 }
 
 impl Sink {
+    /// Records each path's events from now on (costs a lock per request).
+    pub(crate) fn record_paths(&self) {
+        self.record.store(true, Ordering::Relaxed);
+    }
+
     pub(crate) async fn wait_for(&self, n: u64, timeout: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         while self.received.load(Ordering::SeqCst) < n {
