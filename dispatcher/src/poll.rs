@@ -17,6 +17,7 @@ pub fn queues(config: &Config) -> Vec<(&'static str, String, String)> {
     let mut out = vec![
         ("dead", "dead".to_owned(), t.dead()),
         ("unrouted", "unrouted".to_owned(), t.unrouted()),
+        ("unrouted", "scoped".to_owned(), t.unrouted_scoped()),
     ];
     for ep in &config.endpoints {
         out.push(("endpoint", ep.id.clone(), t.endpoint_queue(&ep.id)));

@@ -455,3 +455,61 @@ async fn forty_tenants_with_three_endpoints_each_get_exactly_their_events() {
         }
     }
 }
+
+/// An endpoint whose queue an older version bound with plain patterns gets
+/// its scoped bindings at the next start; giving it a tenant later removes
+/// its global bindings (the recorded keys it no longer wants are unbound).
+#[tokio::test]
+async fn an_existing_endpoint_gains_tenant_events_and_a_tenant_change_rebinds_it() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let global = scope.config(&format!(
+        "{FAST}{}",
+        endpoint("legacy", &receiver.url, &["order.*"], "")
+    ));
+    let topology = Topology::new(&global.amqp);
+    // What a version before tenants declared: the pattern on `events` only.
+    topology.declare_base(&scope.channel).await.expect("base");
+    topology
+        .declare_endpoint(&scope.channel, "legacy", &["order.*".to_owned()])
+        .await
+        .expect("old-style endpoint");
+    let dispatcher = Running::start(global.clone()).await;
+    let publisher = Publisher::connect(&global).await.expect("connect");
+    let before = [
+        event("order.created", None, None),
+        event("order.created", Some("acme"), None),
+    ];
+    publish(&publisher, &before).await;
+    receiver
+        .wait_ids(
+            &before.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            WAIT,
+        )
+        .await;
+    dispatcher.stop().await.expect("clean stop");
+
+    let tenant = scope.config(&format!(
+        "{FAST}{}",
+        endpoint("legacy", &receiver.url, &["order.*"], "tenant = \"acme\"")
+    ));
+    let dispatcher = Running::start(tenant).await;
+    let after = [
+        event("order.created", None, None),
+        event("order.created", Some("globex"), None),
+        event("order.created", Some("acme"), None),
+    ];
+    publish(&publisher, &after).await;
+    receiver
+        .wait_ids(std::slice::from_ref(&after[2].id), WAIT)
+        .await;
+    dispatcher.stop().await.expect("clean stop");
+    let got: BTreeSet<String> = receiver.ids().into_iter().collect();
+    assert!(
+        !got.contains(&after[0].id) && !got.contains(&after[1].id),
+        "{got:?}"
+    );
+    // The untenanted event found no endpoint: kept in `unrouted`.
+    let unrouted = scope.take(&topology.unrouted(), 1).await;
+    assert_eq!(ids_in(&unrouted), ids([&after[0]]));
+}

@@ -125,7 +125,11 @@ impl Admin {
         &self,
     ) -> anyhow::Result<Vec<(String, &'static str, Option<(u32, u32)>)>> {
         let t = &self.topology;
-        let mut rows = vec![(t.unrouted(), "unrouted"), (t.dead(), "dead letters")];
+        let mut rows = vec![
+            (t.unrouted(), "unrouted"),
+            (t.unrouted_scoped(), "unrouted (tenants, environments)"),
+            (t.dead(), "dead letters"),
+        ];
         for ep in &self.config.endpoints {
             rows.push((t.endpoint_queue(&ep.id), "endpoint"));
         }
