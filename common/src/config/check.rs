@@ -1,7 +1,7 @@
 //! Raw → checked: every section's defaults and limits, with errors naming
 //! the file and the key. Endpoints are checked in [`super::endpoint`].
 
-use super::endpoint::{checked_endpoint, is_valid_endpoint_id};
+use super::endpoint::{check_queue_names, checked_endpoint, is_valid_endpoint_id};
 use super::raw::RawConfig;
 use super::types::*;
 use super::{Config, ConfigError, MAX_HOLD_MS};
@@ -155,6 +155,12 @@ impl Config {
                     ));
                 }
                 let endpoint = checked_endpoint(ep, &raw.defaults).map_err(|(key, message)| {
+                    invalid(
+                        format!("endpoints[{i}].{key}"),
+                        format!("(endpoint {id:?}) {message}"),
+                    )
+                })?;
+                check_queue_names(&amqp.prefix, &endpoint).map_err(|(key, message)| {
                     invalid(
                         format!("endpoints[{i}].{key}"),
                         format!("(endpoint {id:?}) {message}"),

@@ -26,6 +26,7 @@ impl Config {
         let mut endpoint = checked_endpoint(section, &self.defaults)?;
         self.check_address(&endpoint.url)
             .map_err(|message| ("url".to_owned(), message))?;
+        check_queue_names(&self.amqp.prefix, &endpoint)?;
         let detailed = self.metrics_detailed.contains(&endpoint.id);
         endpoint.detailed_metrics = detailed;
         for variant in &mut endpoint.variants {
@@ -266,6 +267,25 @@ pub(super) fn checked_endpoint(
     };
     let variants = variants.into_iter().map(|v| v.of(&base)).collect();
     Ok(Endpoint { variants, ..base })
+}
+
+/// Whether each variant's queue name `<prefix>.ep.<id>~<env>` fits AMQP's
+/// 255 bytes (the base's always does: prefix and id are at most 100 each).
+pub(super) fn check_queue_names(prefix: &str, endpoint: &Endpoint) -> Result<(), (String, String)> {
+    for variant in &endpoint.variants {
+        let len = prefix.len() + ".ep.".len() + variant.id.len();
+        if len > 255 {
+            let environment = variant.environment.as_deref().unwrap_or_default();
+            return Err((
+                format!("environments.{environment}"),
+                format!(
+                    "its queue name {prefix}.ep.{} would be {len} bytes, over AMQP's 255; use a shorter id or environment name",
+                    variant.id
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Most environments one endpoint may declare (each is a queue and a worker).

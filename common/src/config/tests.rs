@@ -484,6 +484,17 @@ fn bad_tenants_and_environments_name_the_key() {
         let e = err(&one_endpoint(extra), &[]);
         assert!(e.contains(key), "{extra}: {e}");
     }
+    let long = format!(
+        "[amqp]\nprefix = \"{}\"\n[[endpoints]]\nid = \"{}\"\nurl = \"https://p.example.com/\"\nevents = [\"#\"]\nenvironments = {{ {} = {{ url = \"https://x.example.com\" }} }}\n",
+        "p".repeat(100),
+        "i".repeat(100),
+        "e".repeat(64)
+    );
+    let e = err(&long, &[]);
+    assert!(
+        e.contains("endpoints[0].environments.eee") && e.contains("over AMQP's 255"),
+        "{e}"
+    );
     let nine: Vec<String> = (0..9)
         .map(|i| format!("e{i} = {{ url = \"https://x.example.com\" }}"))
         .collect();
