@@ -19,6 +19,9 @@ pub struct ProcessMetrics {
     /// `hookpost_broker_blocked`: 1 while the broker blocks the connection
     /// (`connection.blocked`: a memory or disk alarm), else 0.
     pub broker_blocked: IntGauge,
+    /// `hookpost_broker_node{node}`: 1 for the broker node (`host:port`)
+    /// the connection is on, 0 for the other configured nodes.
+    pub broker_node: IntGaugeVec,
 }
 
 impl ProcessMetrics {
@@ -48,9 +51,18 @@ impl ProcessMetrics {
             "1 while the broker blocks this process's connection (memory or disk alarm; publishes wait), else 0.",
         )?;
         registry.register(Box::new(broker_blocked.clone()))?;
+        let broker_node = IntGaugeVec::new(
+            Opts::new(
+                "hookpost_broker_node",
+                "1 for the broker node (amqp.url or one of amqp.urls, as host:port) this process is connected to, 0 for the others.",
+            ),
+            &["node"],
+        )?;
+        registry.register(Box::new(broker_node.clone()))?;
         Ok(Self {
             broker_connected,
             broker_blocked,
+            broker_node,
         })
     }
 }

@@ -63,7 +63,7 @@ impl Api {
     /// An API over `config`'s broker.
     pub fn new(config: Config, shutdown: CancellationToken) -> Self {
         let client = AmqpClient::new(
-            config.amqp.url.clone(),
+            config.amqp.urls.clone(),
             "hookpost-api",
             config.amqp.max_reconnect_delay,
         );

@@ -67,6 +67,9 @@ async fn serve_ingest(
     publisher
         .client()
         .report_blocked_to(process.broker_blocked.clone());
+    publisher
+        .client()
+        .report_node_to(process.broker_node.clone());
     // Connect in the background so the server answers (503) even while the broker is down.
     {
         let publisher = publisher.clone();

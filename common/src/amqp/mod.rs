@@ -26,7 +26,7 @@ use crate::secret::{Redacted, redact_url};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{Connection, ConnectionProperties};
-use prometheus::IntGauge;
+use prometheus::{IntGauge, IntGaugeVec};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -71,7 +71,11 @@ pub struct AmqpClient {
 
 #[derive(Debug)]
 struct Inner {
-    url: Redacted,
+    /// The nodes to try, in order; never empty.
+    urls: Vec<Redacted>,
+    /// The index in `urls` of the node last connected to (tried first).
+    preferred: std::sync::atomic::AtomicUsize,
+    node_gauge: OnceLock<IntGaugeVec>,
     name: String,
     max_delay: Duration,
     current: Mutex<Option<Arc<Connection>>>,
@@ -90,12 +94,20 @@ struct Inner {
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl AmqpClient {
-    /// A client for `url`, shown as `name` in the broker's connection list.
-    /// Nothing connects until [`AmqpClient::connection`] is called.
-    pub fn new(url: Redacted, name: &str, max_delay: Duration) -> Self {
+    /// A client for the broker at `urls` (one node, or the nodes of a
+    /// cluster: it connects to the first that answers, starting with the one
+    /// it was last connected to), shown as `name` in the broker's connection
+    /// list. Nothing connects until [`AmqpClient::connection`] is called.
+    ///
+    /// # Panics
+    /// When `urls` is empty (the config never makes it so).
+    pub fn new(urls: Vec<Redacted>, name: &str, max_delay: Duration) -> Self {
+        assert!(!urls.is_empty(), "AmqpClient needs at least one URL");
         Self {
             inner: Arc::new(Inner {
-                url,
+                urls,
+                preferred: std::sync::atomic::AtomicUsize::new(0),
+                node_gauge: OnceLock::new(),
                 name: name.to_owned(),
                 max_delay,
                 current: Mutex::new(None),
@@ -112,6 +124,16 @@ impl AmqpClient {
     pub fn report_blocked_to(&self, gauge: IntGauge) {
         gauge.set(i64::from(self.inner.blocked.borrow().is_some()));
         let _ = self.inner.blocked_gauge.set(gauge);
+    }
+
+    /// Keeps `gauge` (`hookpost_broker_node{node}`) at 1 for the node this
+    /// client is connected to and 0 for its other nodes (`node` = host:port,
+    /// never credentials). Only the first gauge given is used.
+    pub fn report_node_to(&self, gauge: IntGaugeVec) {
+        for url in &self.inner.urls {
+            gauge.with_label_values(&[&node_label(url.expose())]).set(0);
+        }
+        let _ = self.inner.node_gauge.set(gauge);
     }
 
     /// Why the broker blocks the current connection (for example
@@ -171,32 +193,58 @@ impl AmqpClient {
             .await;
         }
         self.inner.state.send_replace(ConnState::Connecting);
+        self.set_node(None);
         let started = Instant::now();
-        let url = redact_url(self.inner.url.expose());
+        let urls = &self.inner.urls;
         let mut delays = backoff(self.inner.max_delay);
+        // Each round tries every node once, starting with the one last
+        // connected to; a backoff delay separates the rounds.
+        let mut first = self.inner.preferred.load(Ordering::Relaxed) % urls.len();
         loop {
-            let attempt = Connection::connect(
-                self.inner.url.expose(),
-                ConnectionProperties::default()
-                    .with_connection_name(self.inner.name.as_str().into()),
-            );
-            let result = match deadline {
-                Some(d) => tokio::time::timeout_at(d, attempt)
-                    .await
-                    .map_err(|_| "connection attempt timed out".to_owned())
-                    .and_then(|r| r.map_err(|e| e.to_string())),
-                None => attempt.await.map_err(|e| e.to_string()),
-            };
-            let last_error = match result {
-                Ok(conn) => {
-                    let conn = Arc::new(conn);
-                    follow_blocked(&self.inner, &conn);
-                    *current = Some(conn.clone());
-                    self.inner.state.send_replace(ConnState::Connected);
-                    tracing::info!(url = %url, name = %self.inner.name, "Connected to the broker.");
-                    return Ok(conn);
+            let mut errors = Vec::with_capacity(urls.len());
+            for i in (0..urls.len()).map(|k| (first + k) % urls.len()) {
+                let url = redact_url(urls[i].expose());
+                let attempt = Connection::connect(
+                    urls[i].expose(),
+                    ConnectionProperties::default()
+                        .with_connection_name(self.inner.name.as_str().into()),
+                );
+                let result = match deadline {
+                    Some(d) => tokio::time::timeout_at(d, attempt)
+                        .await
+                        .map_err(|_| "connection attempt timed out".to_owned())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                    None => tokio::select! {
+                        r = attempt => r.map_err(|e| e.to_string()),
+                        () = shutdown.cancelled() => return Err(AmqpError::Shutdown),
+                    },
+                };
+                match result {
+                    Ok(conn) => {
+                        let conn = Arc::new(conn);
+                        follow_blocked(&self.inner, &conn);
+                        *current = Some(conn.clone());
+                        self.inner.preferred.store(i, Ordering::Relaxed);
+                        self.set_node(Some(i));
+                        self.inner.state.send_replace(ConnState::Connected);
+                        tracing::info!(url = %url, name = %self.inner.name, "Connected to the broker.");
+                        return Ok(conn);
+                    }
+                    Err(e) => errors.push(if urls.len() > 1 {
+                        format!("{url}: {e}")
+                    } else {
+                        e
+                    }),
                 }
-                Err(e) => e,
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+            }
+            let last_error = errors.join("; ");
+            let url = if urls.len() == 1 {
+                redact_url(urls[0].expose())
+            } else {
+                format!("{} nodes", urls.len())
             };
             self.inner.state.send_replace(ConnState::Disconnected);
             let delay = delays.next().unwrap_or(self.inner.max_delay);
@@ -211,6 +259,17 @@ impl AmqpClient {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = shutdown.cancelled() => return Err(AmqpError::Shutdown),
+            }
+            first = 0;
+        }
+    }
+
+    fn set_node(&self, connected: Option<usize>) {
+        if let Some(gauge) = self.inner.node_gauge.get() {
+            for (i, url) in self.inner.urls.iter().enumerate() {
+                gauge
+                    .with_label_values(&[&node_label(url.expose())])
+                    .set(i64::from(connected == Some(i)));
             }
         }
     }
@@ -333,6 +392,23 @@ fn set_blocked(inner: &Inner, reason: Option<String>, change: Change) {
     }
 }
 
+/// The `node` label of a broker URL: `host:port` (no user, password or vhost).
+pub fn node_label(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    if host.contains(':') && !host.ends_with(']') {
+        host.to_owned()
+    } else {
+        let port = if url.starts_with("amqps://") {
+            5671
+        } else {
+            5672
+        };
+        format!("{host}:{port}")
+    }
+}
+
 /// Reconnect delays: 100 ms doubling to `max`, with jitter, without end.
 pub fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
@@ -347,6 +423,17 @@ pub fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_labels_never_hold_credentials() {
+        assert_eq!(node_label("amqp://u:p@10.0.0.1:5673/%2f"), "10.0.0.1:5673");
+        assert_eq!(
+            node_label("amqps://u:p@rabbit.example/vh"),
+            "rabbit.example:5671"
+        );
+        assert_eq!(node_label("amqp://rabbit"), "rabbit:5672");
+        assert_eq!(node_label("amqp://u:p@w@[::1]:5672"), "[::1]:5672");
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -364,7 +451,7 @@ mod tests {
     async fn unreachable_broker_fails_at_the_deadline() {
         // Port 1 on loopback refuses at once; the paused clock skips the waits.
         let client = AmqpClient::new(
-            Redacted::new("amqp://u:secretpw@127.0.0.1:1/%2f"),
+            vec![Redacted::new("amqp://u:secretpw@127.0.0.1:1/%2f")],
             "test",
             Duration::from_secs(1),
         );

@@ -25,12 +25,30 @@ impl Config {
             message,
         };
         let amqp = raw.amqp;
-        if !(amqp.url.starts_with("amqp://") || amqp.url.starts_with("amqps://")) {
+        let amqp_scheme = |url: &str| url.starts_with("amqp://") || url.starts_with("amqps://");
+        if !amqp_scheme(&amqp.url) {
             return Err(invalid(
                 "amqp.url".into(),
                 "must start with amqp:// or amqps://".into(),
             ));
         }
+        if !amqp.urls.is_empty() && amqp.url != super::defaults::default_amqp_url() {
+            return Err(invalid(
+                "amqp.urls".into(),
+                "set amqp.url (one node) or amqp.urls (the nodes of a cluster), not both".into(),
+            ));
+        }
+        if let Some(i) = amqp.urls.iter().position(|u| !amqp_scheme(u)) {
+            return Err(invalid(
+                format!("amqp.urls[{i}]"),
+                "must start with amqp:// or amqps://".into(),
+            ));
+        }
+        let urls: Vec<Redacted> = if amqp.urls.is_empty() {
+            vec![Redacted::new(amqp.url.clone())]
+        } else {
+            amqp.urls.iter().cloned().map(Redacted::new).collect()
+        };
         if amqp.prefix.is_empty()
             || amqp.prefix.len() > 100
             || !amqp
@@ -188,7 +206,8 @@ impl Config {
         Ok(Config {
             origin: origin.to_path_buf(),
             amqp: AmqpConfig {
-                url: Redacted::new(amqp.url),
+                url: urls[0].clone(),
+                urls,
                 prefix: amqp.prefix,
                 queue_type: amqp.queue_type,
                 unrouted_max_length: amqp.unrouted_max_length.get(),

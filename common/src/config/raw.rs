@@ -48,6 +48,9 @@ pub struct AmqpSection {
     /// Broker URL. Default: the `AMQP_URL` variable, else `amqp://guest:guest@127.0.0.1:5672/%2f`.
     #[serde(default = "defaults::default_amqp_url")]
     pub url: String,
+    /// The nodes of one RabbitMQ cluster, instead of `url`: each process connects to the first that answers and, when it loses it, fails over to the next.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// Prefix of every exchange and queue name.
     #[serde(default = "defaults::default_prefix")]
     pub prefix: String,

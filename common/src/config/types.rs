@@ -87,8 +87,10 @@ pub struct RegistryConfig {
 /// Checked `[amqp]`.
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
-    /// Broker URL (holds the password: shown redacted).
+    /// Broker URL (holds the password: shown redacted); the first of `urls`.
     pub url: Redacted,
+    /// Every broker URL to try, in order (`amqp.urls`, else `amqp.url` alone).
+    pub urls: Vec<Redacted>,
     /// Name prefix of exchanges and queues.
     pub prefix: String,
     /// Queue flavour.

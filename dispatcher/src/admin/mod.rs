@@ -30,22 +30,32 @@ impl Admin {
     /// # Errors
     /// A one-line message naming the broker (credentials redacted).
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
-        let url = redact_url(config.amqp.url.expose());
-        let conn = tokio::time::timeout(
-            config.amqp.publish_timeout,
-            Connection::connect(
-                config.amqp.url.expose(),
-                ConnectionProperties::default().with_connection_name("hookpost-admin".into()),
-            ),
-        )
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "broker {url} unreachable: no answer within {:?}",
-                config.amqp.publish_timeout
+        // Each node of `amqp.urls` in turn, each within the timeout.
+        let mut errors = Vec::new();
+        let mut conn = None;
+        for url in &config.amqp.urls {
+            let shown = redact_url(url.expose());
+            match tokio::time::timeout(
+                config.amqp.publish_timeout,
+                Connection::connect(
+                    url.expose(),
+                    ConnectionProperties::default().with_connection_name("hookpost-admin".into()),
+                ),
             )
-        })?
-        .map_err(|e| anyhow::anyhow!("broker {url} unreachable: {e}"))?;
+            .await
+            {
+                Ok(Ok(c)) => {
+                    conn = Some(c);
+                    break;
+                }
+                Ok(Err(e)) => errors.push(format!("broker {shown} unreachable: {e}")),
+                Err(_) => errors.push(format!(
+                    "broker {shown} unreachable: no answer within {:?}",
+                    config.amqp.publish_timeout
+                )),
+            }
+        }
+        let conn = conn.ok_or_else(|| anyhow::anyhow!("{}", errors.join("; ")))?;
         let topology = Topology::for_config(&config);
         Ok(Self {
             config,

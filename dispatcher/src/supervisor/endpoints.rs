@@ -227,10 +227,10 @@ fn first_error(results: Vec<Result<(), TopologyError>>) -> Result<(), TopologyEr
 pub(super) fn check_reload(old: &Config, new: &Config) -> anyhow::Result<()> {
     validate(new)?;
     anyhow::ensure!(
-        old.amqp.url == new.amqp.url
+        old.amqp.urls == new.amqp.urls
             && old.amqp.prefix == new.amqp.prefix
             && old.amqp.queue_type == new.amqp.queue_type,
-        "amqp.url, amqp.prefix and amqp.queue_type cannot change on reload; restart instead"
+        "amqp.url(s), amqp.prefix and amqp.queue_type cannot change on reload; restart instead"
     );
     let topology = Topology::new(&old.amqp);
     for endpoint in old

@@ -45,13 +45,14 @@ pub async fn run(
     let process = ProcessMetrics::register(&registry, "dispatcher")?;
     let metrics = DispatcherMetrics::register(&registry)?;
     let client = AmqpClient::new(
-        config.amqp.url.clone(),
+        config.amqp.urls.clone(),
         "hookpost-dispatcher",
         config.amqp.max_reconnect_delay,
     );
     // While blocked, retry and dead-letter publishes wait (route::BROKER_TIMEOUT)
     // and the delivery stays unacked: the broker redelivers it, nothing is lost.
     client.report_blocked_to(process.broker_blocked.clone());
+    client.report_node_to(process.broker_node.clone());
     let consuming = Arc::new(AtomicBool::new(false));
     // The endpoints this dispatcher should consume now.
     let expected: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();

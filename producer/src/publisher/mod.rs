@@ -142,7 +142,7 @@ impl Publisher {
     pub fn new(config: &Config) -> Self {
         Self {
             client: AmqpClient::new(
-                config.amqp.url.clone(),
+                config.amqp.urls.clone(),
                 "hookpost-producer",
                 config.amqp.max_reconnect_delay,
             ),
