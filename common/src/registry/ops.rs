@@ -220,6 +220,15 @@ impl<'a> Registry<'a> {
             }
             _ => {}
         }
+        keep_environment_values(&mut next, &settings, mode);
+        // A tenant is who the endpoint belongs to (and what its queues are
+        // bound by): set once, at creation, never changed, added or removed.
+        if next.get("tenant").and_then(Value::as_str) != current.tenant() {
+            return Err(OpError::Invalid(FieldError {
+                field: "tenant".into(),
+                message: "cannot change; create a new endpoint instead".into(),
+            }));
+        }
         next.insert("id".into(), Value::String(id.to_owned()));
         let mut stored = super::register(next, self.config, key, Some(&current))?;
         // Secrets kept as they were keep their rotation expiries.
@@ -288,6 +297,54 @@ impl<'a> Registry<'a> {
     }
 }
 
+/// The environments' secrets and header values, as the top level's: a
+/// `"***"` (what the API shows) keeps the stored value at that place (a
+/// header of that name, a secret at that index), and with `PUT` an
+/// environment given without `secrets` or `headers` keeps its stored ones.
+/// `old` is the opened stored endpoint.
+fn keep_environment_values(next: &mut Map<String, Value>, old: &Map<String, Value>, mode: Mode) {
+    let (Some(Value::Object(new_envs)), Some(Value::Object(old_envs))) =
+        (next.get_mut("environments"), old.get("environments"))
+    else {
+        return;
+    };
+    for (name, env) in new_envs.iter_mut() {
+        let (Value::Object(env), Some(Value::Object(stored))) = (env, old_envs.get(name)) else {
+            continue;
+        };
+        for field in ["secrets", "headers"] {
+            if mode == Mode::Replace
+                && !env.contains_key(field)
+                && let Some(v) = stored.get(field)
+            {
+                env.insert(field.into(), v.clone());
+            }
+        }
+        if let (Some(Value::Array(new)), Some(Value::Array(old))) =
+            (env.get_mut("secrets"), stored.get("secrets"))
+        {
+            for (i, value) in new.iter_mut().enumerate() {
+                if value.as_str() == Some("***")
+                    && let Some(v) = old.get(i)
+                {
+                    *value = v.clone();
+                }
+            }
+        }
+        if let (Some(Value::Object(new)), Some(Value::Object(old))) =
+            (env.get_mut("headers"), stored.get("headers"))
+        {
+            for (header, value) in new.iter_mut() {
+                if value.as_str() == Some("***")
+                    && let Some(v) = old.get(header)
+                {
+                    *value = v.clone();
+                }
+            }
+        }
+    }
+}
+
 fn open(key: Option<&super::SecretsKey>, id: &str, sealed: &str) -> Option<String> {
     key.and_then(|k| k.open(id, sealed).ok())
 }
@@ -315,6 +372,37 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_values_shown_as_stars_are_kept() {
+        let old = serde_json::json!({"environments": {
+            "prd": {"url": "https://p/", "secrets": ["s0", "s1"], "headers": {"A": "a", "B": "b"}},
+            "snd": {"url": "https://s/", "secrets": ["t0"], "headers": {"C": "c"}}
+        }});
+        let old = old.as_object().unwrap();
+        let body = serde_json::json!({"environments": {
+            "prd": {"url": "https://p/", "secrets": ["***", "new"], "headers": {"A": "***", "B": "x", "D": "***"}},
+            "snd": {"url": "https://s/"},
+            "dev": {"url": "https://d/", "headers": {"E": "***"}}
+        }});
+        let mut next = body.as_object().unwrap().clone();
+        keep_environment_values(&mut next, old, Mode::Replace);
+        assert_eq!(
+            next["environments"],
+            serde_json::json!({
+                "prd": {"url": "https://p/", "secrets": ["s0", "new"], "headers": {"A": "a", "B": "x", "D": "***"}},
+                "snd": {"url": "https://s/", "secrets": ["t0"], "headers": {"C": "c"}},
+                "dev": {"url": "https://d/", "headers": {"E": "***"}}
+            })
+        );
+        let mut patched = body.as_object().unwrap().clone();
+        keep_environment_values(&mut patched, old, Mode::Merge);
+        assert_eq!(
+            patched["environments"]["snd"],
+            serde_json::json!({"url": "https://s/"}),
+            "a merge patch already carries what it leaves out"
+        );
+    }
 
     #[test]
     fn merge_patch_follows_rfc_7396() {
