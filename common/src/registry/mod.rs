@@ -12,7 +12,9 @@
 //! - [`control`]: the control stream's records, writer and reader;
 //! - [`snapshot`]: snapshots of it, and the reader's replay;
 //! - [`ops`]: create, update, get, rotate through the control stream;
-//! - [`lifecycle`]: delete, draining the queue when forced.
+//! - [`lifecycle`]: delete, draining the queues when forced;
+//! - [`tokens`]: tenant tokens (format, hash, authentication); minted and
+//!   revoked through the control stream by [`ops`].
 
 pub mod control;
 mod lifecycle;
@@ -21,6 +23,7 @@ mod model;
 mod ops;
 mod rotation;
 pub mod snapshot;
+pub mod tokens;
 mod validate;
 mod view;
 
@@ -28,7 +31,7 @@ pub use crate::secret::SecretsKey;
 pub use lifecycle::Deleted;
 pub use load::{Opened, opened_settings, to_endpoint};
 pub use model::{EXTRA_FIELDS, FieldError, OUTPUT_FIELDS, OpError, StoredEndpoint, StoredSecret};
-pub use ops::{Mode, Registry, merge_patch};
+pub use ops::{Mode, Registry, check_tenant, merge_patch};
 pub use rotation::{new_secret, rotate};
 pub use validate::register;
 pub use view::public_view;
