@@ -4,7 +4,7 @@
 //! cannot (anything else answers 404, operator routes 403, a revoked token
 //! 401); the operators' `?tenant=` filter; tokens carried by snapshots; the
 //! control stream never holding a plain token, secret or header value; and
-//! a delete removing the environments' queues too.
+//! a delete removing (and with force, draining) the environments' queues too.
 
 use common::Config;
 use common::registry::control::{self, Command};
@@ -669,14 +669,56 @@ async fn deleting_an_endpoint_removes_its_environments_queues_too() {
     assert_eq!(status, 200, "{body}");
     assert!(!exists(&scope, &snd).await);
 
+    // A message waiting in an environment's queue (no dispatcher running):
+    // the delete is refused without force, and with force it goes to the
+    // dead-letter queue under the variant's id.
+    dispatcher.stop().await.expect("stop");
+    let prd = format!("{}.ep.multi~prd", scope.prefix);
+    scope
+        .channel
+        .basic_publish(
+            "".into(),
+            prd.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"waiting",
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    eventually(READ, "the message in the prd queue", || async {
+        (scope.depth(&prd).await == 1).then_some(())
+    })
+    .await;
     let (status, body) = api
         .call(OPERATOR, M::DELETE, "/v1/endpoints/multi", None)
         .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains(&prd),
+        "{body}"
+    );
+    let (status, body) = api
+        .call(OPERATOR, M::DELETE, "/v1/endpoints/multi?force=true", None)
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["queue_deleted"], true, "{body}");
+    assert_eq!(body["dead_lettered"], 1, "{body}");
     for id in ["multi", "multi~prd"] {
         let queue = format!("{}.ep.{id}", scope.prefix);
         assert!(!exists(&scope, &queue).await, "{queue} deleted");
     }
-    dispatcher.stop().await.expect("stop");
+    let dead = scope.drain(&format!("{}.dead", scope.prefix)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(&dead[0].delivery.data[..], b"waiting");
+    let endpoint = dead[0]
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("hookpost-endpoint").cloned());
+    assert_eq!(
+        endpoint,
+        Some(AMQPValue::LongString("multi~prd".into())),
+        "dead-lettered under the variant's id"
+    );
 }
