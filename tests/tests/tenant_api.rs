@@ -223,6 +223,18 @@ async fn a_tenant_token_reaches_only_its_own_endpoints_and_stops_once_revoked() 
         .await;
     assert_eq!(still["version"], 1, "untouched: {still}");
 
+    // A taken id answers 409 without saying whose, or where the file is.
+    for taken in ["globex-hooks", "filed"] {
+        let (status, body) = api
+            .call(&acme, M::POST, "/v1/endpoints", Some(endpoint(taken)))
+            .await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(
+            body,
+            json!({ "error": format!("endpoint id {taken:?} is taken; pick another") })
+        );
+    }
+
     // Not for another tenant, not moved.
     let mut foreign = endpoint("acme-for-globex");
     foreign["tenant"] = json!("globex");

@@ -141,13 +141,22 @@ impl<'a> Registry<'a> {
                 message: "is required (a string of [a-z0-9_-])".into(),
             })?
             .to_owned();
+        // Ids are one namespace: a tenant learns that an id is taken, never
+        // by what (nor where the config file is).
+        let taken = || OpError::Conflict(format!("endpoint id {id:?} is taken; pick another"));
         if self.config.is_file_endpoint(&id) {
+            if self.tenant.is_some() {
+                return Err(taken());
+            }
             return Err(OpError::Conflict(format!(
                 "endpoint {id:?} is defined in {} and is read-only here",
                 self.config.origin.display()
             )));
         }
         let state = self.state().await?;
+        if self.tenant.is_some() && state.endpoints.contains_key(&id) {
+            return Err(taken());
+        }
         if state.endpoints.contains_key(&id) {
             return Err(OpError::Conflict(format!(
                 "endpoint {id:?} exists; update it instead"
