@@ -598,3 +598,107 @@ async fn endpoints_create_update_get_rotate_and_delete_from_the_command_line() {
     assert!(err.contains("no registered endpoint"), "{err}");
     dispatcher.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn endpoints_list_filters_by_tenant_and_environment() {
+    let scope = Scope::new().await;
+    let config = scope.write_config(
+        "tenants",
+        "",
+        "[http]\nallowed_networks = [\"127.0.0.0/8\"]\n\
+         [[endpoints]]\nid = \"a-shop\"\nurl = \"http://127.0.0.1:9/a\"\nevents = [\"#\"]\ntenant = \"acme\"\n\
+         environments = { prd = { url = \"http://127.0.0.1:9/a/prd\" }, snd = { url = \"http://127.0.0.1:9/a/snd\" } }\n\
+         [[endpoints]]\nid = \"g-shop\"\nurl = \"http://127.0.0.1:9/g\"\nevents = [\"#\"]\ntenant = \"globex\"\n\
+         environments = { prd = { url = \"http://127.0.0.1:9/g/prd\" } }\n\
+         [[endpoints]]\nid = \"any\"\nurl = \"http://127.0.0.1:9/n\"\nevents = [\"#\"]\n",
+    );
+    let loaded = common::Config::load(&config).expect("config");
+    for id in ["a-reg", "a-reg~prd"] {
+        scope.track_endpoint(&loaded, id);
+    }
+    let body = r##"{"id": "a-reg", "url": "http://127.0.0.1:9/r", "events": ["#"], "tenant": "acme",
+        "environments": {"prd": {"url": "http://127.0.0.1:9/r/prd"}}}"##;
+    ok(&admin(&config, &["endpoints", "create", "--json", body]));
+    let ids = |out: &str| -> Vec<String> {
+        sorted(
+            out.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_owned)
+                .collect(),
+        )
+    };
+    let everything = ok(&admin(&config, &["endpoints"]));
+    assert_eq!(
+        ids(&everything),
+        sorted(
+            [
+                "a-shop",
+                "a-shop~prd",
+                "a-shop~snd",
+                "g-shop",
+                "g-shop~prd",
+                "any",
+                "a-reg",
+                "a-reg~prd"
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        ),
+        "{everything}"
+    );
+    let row = everything
+        .lines()
+        .find(|l| l.starts_with("a-reg~prd"))
+        .expect("variant row");
+    assert!(
+        row.contains("http://127.0.0.1:9/r/prd")
+            && row.contains("registry")
+            && row.contains("acme"),
+        "{everything}"
+    );
+    let acme = ok(&admin(&config, &["endpoints", "--tenant", "acme"]));
+    assert_eq!(
+        ids(&acme),
+        sorted(
+            ["a-shop", "a-shop~prd", "a-shop~snd", "a-reg", "a-reg~prd"]
+                .map(str::to_owned)
+                .to_vec()
+        ),
+        "{acme}"
+    );
+    let prd = ok(&admin(
+        &config,
+        &["endpoints", "list", "--environment", "prd"],
+    ));
+    assert_eq!(
+        ids(&prd),
+        sorted(
+            ["a-shop~prd", "g-shop~prd", "a-reg~prd"]
+                .map(str::to_owned)
+                .to_vec()
+        ),
+        "{prd}"
+    );
+    let both = ok(&admin(
+        &config,
+        &[
+            "endpoints",
+            "list",
+            "--tenant",
+            "acme",
+            "--environment",
+            "snd",
+        ],
+    ));
+    assert_eq!(ids(&both), ["a-shop~snd"], "{both}");
+    let none = ok(&admin(&config, &["endpoints", "--tenant", "initech"]));
+    assert!(ids(&none).is_empty(), "{none}");
+    let err = failed(&admin(&config, &["endpoints", "--tenant", "Acme"]));
+    assert!(err.contains("--tenant"), "{err}");
+    let err = failed(&admin(
+        &config,
+        &["endpoints", "list", "--environment", "a.b"],
+    ));
+    assert!(err.contains("--environment"), "{err}");
+}

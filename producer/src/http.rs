@@ -85,17 +85,31 @@ pub(crate) fn bearer_matches(
     header: Option<&HeaderValue>,
     tokens: &[common::secret::Redacted],
 ) -> bool {
-    let Some(token) = header.and_then(|h| h.to_str().ok()).and_then(|h| {
-        h.strip_prefix("Bearer ")
-            .or_else(|| h.strip_prefix("bearer "))
-    }) else {
+    let Some(token) = bearer(header) else {
         return false;
     };
-    let token = token.trim().as_bytes();
+    let token = token.as_bytes();
     let found = tokens.iter().fold(subtle::Choice::from(0), |found, t| {
         found | t.expose().as_bytes().ct_eq(token)
     });
     found.into()
+}
+
+/// The token of `Bearer <token>` (surrounding spaces trimmed), if the
+/// header is one.
+pub(crate) fn bearer(header: Option<&HeaderValue>) -> Option<&str> {
+    header
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// 403: the caller is known but may not do this.
+pub(crate) fn forbidden(message: &str) -> HttpResponse {
+    error(StatusCode::FORBIDDEN, message, None)
 }
 
 /// Why a request body was not read.

@@ -278,6 +278,83 @@ async fn every_operation_answers_as_documented() {
         }
         seen.insert((method, template, status));
     }
+    // Tenant tokens: minted, used, listed, refused, revoked.
+    let tokens = "/v1/tenants/{tenant}/tokens";
+    let token_one = "/v1/tenants/{tenant}/tokens/{id}";
+    let (status, minted) = call("POST", "/v1/tenants/acme/tokens", None, Some(TOKEN)).await;
+    check(&doc, tokens, "post", status, &minted);
+    seen.insert(("post", tokens, status));
+    let tenant_token = minted["token"].as_str().expect("token").to_owned();
+    let token_id = minted["id"].as_str().expect("id").to_owned();
+    let revoke = format!("/v1/tenants/acme/tokens/{token_id}");
+    let more: Vec<(&str, &str, String, Option<&str>)> = vec![
+        (
+            "get",
+            "/v1/endpoints",
+            "/v1/endpoints?tenant=acme".into(),
+            Some(TOKEN),
+        ),
+        (
+            "get",
+            "/v1/endpoints",
+            "/v1/endpoints?tenant=Acme".into(),
+            Some(TOKEN),
+        ),
+        (
+            "get",
+            "/v1/endpoints",
+            "/v1/endpoints".into(),
+            Some(&tenant_token),
+        ),
+        (
+            "get",
+            one,
+            "/v1/endpoints/filed".into(),
+            Some(&tenant_token),
+        ),
+        (
+            "post",
+            tokens,
+            "/v1/tenants/Acme/tokens".into(),
+            Some(TOKEN),
+        ),
+        (
+            "post",
+            tokens,
+            "/v1/tenants/acme/tokens".into(),
+            Some(&tenant_token),
+        ),
+        ("get", tokens, "/v1/tenants/acme/tokens".into(), Some(TOKEN)),
+        (
+            "get",
+            tokens,
+            "/v1/tenants/acme/tokens".into(),
+            Some(&tenant_token),
+        ),
+        ("delete", token_one, revoke.clone(), Some(&tenant_token)),
+        ("delete", token_one, revoke.clone(), Some(TOKEN)),
+        ("delete", token_one, revoke.clone(), Some(TOKEN)),
+        (
+            "get",
+            "/v1/endpoints",
+            "/v1/endpoints".into(),
+            Some(&tenant_token),
+        ),
+    ];
+    for (method, template, path, token) in more {
+        let (status, answer) = call(&method.to_uppercase(), &path, None, token).await;
+        check(&doc, template, method, status, &answer);
+        seen.insert((method, template, status));
+    }
+    for expected in [
+        ("get", "/v1/endpoints", 400),
+        ("get", tokens, 403),
+        ("delete", token_one, 200),
+        ("delete", token_one, 404),
+        ("get", "/v1/endpoints", 401),
+    ] {
+        assert!(seen.contains(&expected), "{expected:?} seen");
+    }
     // The walk covered a success and an error of every operation.
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for method in item

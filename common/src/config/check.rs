@@ -243,6 +243,7 @@ impl Config {
                 tokens: raw.api.tokens.into_iter().map(Redacted::new).collect(),
                 limits: api_limits,
                 body_read_timeout: api_body_read_timeout,
+                max_endpoints_per_tenant: raw.api.max_endpoints_per_tenant.get(),
             },
             registry: RegistryConfig {
                 secrets_key,

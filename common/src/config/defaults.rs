@@ -111,6 +111,9 @@ pub(super) fn default_body_read_timeout_ms() -> NonZeroU64 {
 pub(super) fn default_ingest_max_connections() -> NonZeroUsize {
     const { NonZeroUsize::new(512).unwrap() }
 }
+pub(super) fn default_max_endpoints_per_tenant() -> NonZeroUsize {
+    const { NonZeroUsize::new(100).unwrap() }
+}
 pub(super) fn default_api_max_connections() -> NonZeroUsize {
     const { NonZeroUsize::new(64).unwrap() }
 }

@@ -251,6 +251,10 @@ pub struct ApiSection {
     /// Longest a client may take to send a whole request body (408 past it).
     #[serde(default = "defaults::default_body_read_timeout_ms")]
     pub body_read_timeout_ms: NonZeroU64,
+    /// Most registered endpoints one tenant may have: a create past it
+    /// answers 409 (whoever asks, operator or tenant token).
+    #[serde(default = "defaults::default_max_endpoints_per_tenant")]
+    pub max_endpoints_per_tenant: NonZeroUsize,
 }
 
 /// `[registry]`

@@ -71,6 +71,8 @@ pub struct ApiConfig {
     pub limits: Limits,
     /// Longest a request body may take to arrive.
     pub body_read_timeout: Duration,
+    /// Most registered endpoints per tenant.
+    pub max_endpoints_per_tenant: usize,
 }
 
 /// Checked `[registry]`.

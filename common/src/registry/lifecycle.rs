@@ -16,7 +16,8 @@ pub struct Deleted {
     /// Messages that were still waiting and went to the dead-letter queue
     /// (reason `endpoint_deleted`); only with `force`.
     pub dead_lettered: u32,
-    /// Whether the endpoint's queue was deleted.
+    /// Whether the endpoint's queues (its own and its environments') were
+    /// deleted: `false` when none existed or one could not be deleted.
     pub queue_deleted: bool,
 }
 
@@ -24,7 +25,8 @@ pub struct Deleted {
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Registry<'_> {
-    /// Removes a registered endpoint. Its queue is deleted once no dispatcher
+    /// Removes a registered endpoint. Its queue, and each of its
+    /// environments' queues `<id>~<env>`, is deleted once no dispatcher
     /// consumes it: when empty, or with `force` after moving what it holds to
     /// the dead-letter queue (reason `endpoint_deleted`). Without `force`, a
     /// queue that still holds messages refuses the delete and nothing changes.
@@ -32,28 +34,46 @@ impl Registry<'_> {
     /// # Errors
     /// Not found, messages waiting (without `force`), or the broker failed.
     pub async fn delete(&self, id: &str, force: bool) -> Result<Deleted, OpError> {
+        self.check_scope(id)?;
         if self.config.is_file_endpoint(id) {
             return Err(OpError::Conflict(format!(
                 "endpoint {id:?} is defined in {} and is read-only here",
                 self.config.origin.display()
             )));
         }
-        let queue = self.topology.endpoint_queue(id);
-        let counts = self.queue_counts(&queue).await?;
         // Not registered (any more) but its queue is still there: an earlier
-        // delete that timed out, or an endpoint removed from the file. Finish
-        // the job on the queue.
+        // delete that timed out, an endpoint removed from the file, or an
+        // environment removed from an endpoint (`<id>~<env>`). Finish the job
+        // on the queue.
         let stored = match self.get(id).await {
             Ok(stored) => Some(stored),
-            Err(OpError::NotFound(_)) if counts.is_some() => None,
+            // A tenant never finishes a queue it cannot see.
+            Err(OpError::NotFound(_)) if self.tenant.is_none() => None,
             Err(e) => return Err(e),
         };
-        let waiting = counts.map_or(0, |(m, _)| m);
-        if waiting > 0 && !force {
-            return Err(OpError::Conflict(format!(
-                "the endpoint's queue {queue} holds {waiting} messages; let them deliver, or delete with force (they go to the dead-letter queue)"
-            )));
+        // Every queue it runs on: its own, then one per environment.
+        let runtime = stored.as_ref().map_or_else(
+            || vec![(id.to_owned(), Vec::new())],
+            |s| s.runtime_bindings(),
+        );
+        let mut waiting = 0u64;
+        let mut existing = 0;
+        for (runtime_id, _) in &runtime {
+            let queue = self.topology.endpoint_queue(runtime_id);
+            if let Some((messages, _)) = self.queue_counts(&queue).await? {
+                existing += 1;
+                if messages > 0 && !force {
+                    return Err(OpError::Conflict(format!(
+                        "the endpoint's queue {queue} holds {messages} messages; let them deliver, or delete with force (they go to the dead-letter queue)"
+                    )));
+                }
+                waiting += u64::from(messages);
+            }
         }
+        if stored.is_none() && existing == 0 {
+            return Err(OpError::NotFound(id.to_owned()));
+        }
+        tracing::debug!(endpoint = %id, waiting, "Deleting an endpoint.");
         if stored.is_some() {
             self.append(&Command::Delete {
                 id: id.to_owned(),
@@ -62,47 +82,48 @@ impl Registry<'_> {
             .await?;
         }
         // Dispatchers stop consuming within moments; unacknowledged
-        // messages return to the queue when they do.
+        // messages return to the queues when they do.
         let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
-        loop {
-            match self.queue_counts(&queue).await? {
-                None => {
-                    return Ok(Deleted {
-                        id: id.to_owned(),
-                        dead_lettered: 0,
-                        queue_deleted: false,
-                    });
+        let mut present = Vec::new();
+        for (runtime_id, keys) in runtime {
+            let queue = self.topology.endpoint_queue(&runtime_id);
+            loop {
+                match self.queue_counts(&queue).await? {
+                    None => break,
+                    Some((_, 0)) => {
+                        present.push((runtime_id, keys, queue));
+                        break;
+                    }
+                    Some(_) if tokio::time::Instant::now() >= deadline => {
+                        return Err(OpError::Broker(anyhow::anyhow!(
+                            "the endpoint was removed from the registry but its queue {queue} still has consumers after {RELEASE_TIMEOUT:?}; run the delete again"
+                        )));
+                    }
+                    Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
-                Some((_, 0)) => break,
-                Some(_) if tokio::time::Instant::now() >= deadline => {
-                    return Err(OpError::Broker(anyhow::anyhow!(
-                        "the endpoint was removed from the registry but its queue {queue} still has consumers after {RELEASE_TIMEOUT:?}; run the delete again"
-                    )));
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
-        // Detach it (patterns unbound, waiting retries routed to the
+        // Detach each (keys unbound, waiting retries routed to the
         // dead-letter queue), then empty it: anything that arrived since the
         // check above is dead-lettered too, never dropped.
-        // TODO(variants): its environments' queues `<id>~<env>` too.
-        let patterns = stored
-            .as_ref()
-            .and_then(|s| s.runtime_bindings().into_iter().next())
-            .map(|(_, keys)| keys)
-            .unwrap_or_default();
+        let mut dead_lettered = 0;
+        let mut queue_deleted = !present.is_empty();
         let ch = self.conn.create_channel().await?;
-        self.topology.retire_endpoint(&ch, id, &patterns).await?;
-        let dead_lettered = self.dead_letter_all(id, &queue).await?;
-        let deleted = self.topology.delete_endpoint_queue(&ch, id).await;
-        let _ = ch.close(200, "deleted".into()).await;
-        if let Err(e) = &deleted {
-            tracing::warn!(endpoint = %id, error = %e, "Deleting the endpoint's queue failed; it is detached and can be deleted by hand.");
+        for (runtime_id, keys, queue) in present {
+            self.topology
+                .retire_endpoint(&ch, &runtime_id, &keys)
+                .await?;
+            dead_lettered += self.dead_letter_all(&runtime_id, &queue).await?;
+            if let Err(e) = self.topology.delete_endpoint_queue(&ch, &runtime_id).await {
+                queue_deleted = false;
+                tracing::warn!(endpoint = %runtime_id, error = %e, "Deleting the endpoint's queue failed; it is detached and can be deleted by hand.");
+            }
         }
+        let _ = ch.close(200, "deleted".into()).await;
         Ok(Deleted {
             id: id.to_owned(),
             dead_lettered,
-            queue_deleted: deleted.is_ok(),
+            queue_deleted,
         })
     }
 

@@ -27,6 +27,26 @@ pub fn opened_settings(
     };
     let mut settings = stored.settings.clone();
     settings.insert("id".into(), Value::String(stored.id.clone()));
+    // Environments' secrets and header values are sealed in place.
+    if let Some(Value::Object(environments)) = settings.get_mut("environments") {
+        for (name, env) in environments.iter_mut() {
+            let Value::Object(env) = env else { continue };
+            if let Some(Value::Array(secrets)) = env.get_mut("secrets") {
+                for (i, s) in secrets.iter_mut().enumerate() {
+                    if let Value::String(sealed) = s {
+                        *sealed = open(&format!("environments.{name}.secrets[{i}]"), sealed)?;
+                    }
+                }
+            }
+            if let Some(Value::Object(headers)) = env.get_mut("headers") {
+                for (header, value) in headers.iter_mut() {
+                    if let Value::String(sealed) = value {
+                        *sealed = open(&format!("environments.{name}.headers.{header}"), sealed)?;
+                    }
+                }
+            }
+        }
+    }
     let mut headers = Map::new();
     for (name, sealed) in &stored.headers {
         headers.insert(

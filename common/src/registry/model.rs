@@ -144,6 +144,12 @@ pub enum OpError {
     /// No registered endpoint has this id.
     #[error("no registered endpoint {0:?}")]
     NotFound(String),
+    /// A tenant token asked to act for another tenant.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No live tenant token has this id (for this tenant).
+    #[error("no live token {0:?} for this tenant")]
+    UnknownToken(String),
     /// The id is taken, or the endpoint is the config file's (read-only).
     #[error("{0}")]
     Conflict(String),

@@ -5,6 +5,7 @@
 //! are in [`super::lifecycle`].
 
 use super::control::{self, Command, State};
+use super::tokens::StoredToken;
 use super::{FieldError, OpError, StoredEndpoint};
 use crate::Config;
 use crate::topology::Topology;
@@ -33,6 +34,9 @@ pub struct Registry<'a> {
     pub(super) conn: &'a Connection,
     pub(super) config: &'a Config,
     pub(super) topology: Topology,
+    /// Set for a tenant token's requests: only this tenant's registered
+    /// endpoints exist; every other one answers [`OpError::NotFound`].
+    pub(super) tenant: Option<String>,
 }
 
 /// How long a read of the control stream may take.
@@ -45,6 +49,44 @@ impl<'a> Registry<'a> {
             conn,
             config,
             topology: Topology::for_config(config),
+            tenant: None,
+        }
+    }
+
+    /// The same registry as seen by a tenant token of `tenant`: endpoints
+    /// of other tenants, global ones and the config file's do not exist
+    /// (404); a create without `tenant` gets this one; a body naming another
+    /// tenant is refused ([`OpError::Forbidden`]) and changes nothing.
+    #[must_use]
+    pub fn scoped(mut self, tenant: &str) -> Self {
+        self.tenant = Some(tenant.to_owned());
+        self
+    }
+
+    /// For a scoped registry: `NotFound` for a config-file endpoint (before
+    /// any other check could tell it exists).
+    pub(super) fn check_scope(&self, id: &str) -> Result<(), OpError> {
+        if self.tenant.is_some() && self.config.is_file_endpoint(id) {
+            return Err(OpError::NotFound(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// For a scoped registry: the body's `tenant` set to the scope's when
+    /// absent, refused when another.
+    fn scope_body(&self, body: &mut Map<String, Value>) -> Result<(), OpError> {
+        let Some(tenant) = &self.tenant else {
+            return Ok(());
+        };
+        match body.get("tenant") {
+            None | Some(Value::Null) => {
+                body.insert("tenant".into(), Value::String(tenant.clone()));
+                Ok(())
+            }
+            Some(Value::String(t)) if t == tenant => Ok(()),
+            Some(_) => Err(OpError::Forbidden(
+                "a tenant token acts for its own tenant only; tenant must be left out or be the token's".into(),
+            )),
         }
     }
 
@@ -72,10 +114,12 @@ impl<'a> Registry<'a> {
     /// # Errors
     /// [`OpError::NotFound`], or the broker failed.
     pub async fn get(&self, id: &str) -> Result<StoredEndpoint, OpError> {
+        self.check_scope(id)?;
         self.state()
             .await?
             .endpoints
             .remove(id)
+            .filter(|e| self.tenant.is_none() || e.tenant() == self.tenant.as_deref())
             .ok_or_else(|| OpError::NotFound(id.to_owned()))
     }
 
@@ -88,6 +132,7 @@ impl<'a> Registry<'a> {
         &self,
         mut input: Map<String, Value>,
     ) -> Result<(StoredEndpoint, Option<String>), OpError> {
+        self.scope_body(&mut input)?;
         let id = input
             .get("id")
             .and_then(Value::as_str)
@@ -96,17 +141,39 @@ impl<'a> Registry<'a> {
                 message: "is required (a string of [a-z0-9_-])".into(),
             })?
             .to_owned();
+        // Ids are one namespace: a tenant learns that an id is taken, never
+        // by what (nor where the config file is).
+        let taken = || OpError::Conflict(format!("endpoint id {id:?} is taken; pick another"));
         if self.config.is_file_endpoint(&id) {
+            if self.tenant.is_some() {
+                return Err(taken());
+            }
             return Err(OpError::Conflict(format!(
                 "endpoint {id:?} is defined in {} and is read-only here",
                 self.config.origin.display()
             )));
         }
         let state = self.state().await?;
+        if self.tenant.is_some() && state.endpoints.contains_key(&id) {
+            return Err(taken());
+        }
         if state.endpoints.contains_key(&id) {
             return Err(OpError::Conflict(format!(
                 "endpoint {id:?} exists; update it instead"
             )));
+        }
+        if let Some(tenant) = input.get("tenant").and_then(Value::as_str) {
+            let max = self.config.api.max_endpoints_per_tenant;
+            let held = state
+                .endpoints
+                .values()
+                .filter(|e| e.tenant() == Some(tenant))
+                .count();
+            if held >= max {
+                return Err(OpError::Conflict(format!(
+                    "the tenant has {held} endpoints, the most it may have (api.max_endpoints_per_tenant = {max})"
+                )));
+            }
         }
         let generated = match input.get("secrets") {
             None | Some(Value::Null) if self.config.registry.secrets_key.is_some() => {
@@ -139,7 +206,9 @@ impl<'a> Registry<'a> {
         )?;
         // An id used before: stop sending its retries to the dead-letter queue.
         let ch = self.conn.create_channel().await?;
-        let _ = self.topology.revive_endpoint(&ch, &id).await;
+        for (runtime_id, _) in stored.runtime_bindings() {
+            let _ = self.topology.revive_endpoint(&ch, &runtime_id).await;
+        }
         let _ = ch.close(200, "revived".into()).await;
         self.put(&stored).await?;
         Ok((stored, generated))
@@ -152,9 +221,11 @@ impl<'a> Registry<'a> {
     pub async fn update(
         &self,
         id: &str,
-        body: Map<String, Value>,
+        mut body: Map<String, Value>,
         mode: Mode,
     ) -> Result<StoredEndpoint, OpError> {
+        self.check_scope(id)?;
+        self.scope_body(&mut body)?;
         if self.config.is_file_endpoint(id) {
             return Err(OpError::Conflict(format!(
                 "endpoint {id:?} is defined in {} and is read-only here",
@@ -220,6 +291,15 @@ impl<'a> Registry<'a> {
             }
             _ => {}
         }
+        keep_environment_values(&mut next, &settings, mode);
+        // A tenant is who the endpoint belongs to (and what its queues are
+        // bound by): set once, at creation, never changed, added or removed.
+        if next.get("tenant").and_then(Value::as_str) != current.tenant() {
+            return Err(OpError::Invalid(FieldError {
+                field: "tenant".into(),
+                message: "cannot change; create a new endpoint instead".into(),
+            }));
+        }
         next.insert("id".into(), Value::String(id.to_owned()));
         let mut stored = super::register(next, self.config, key, Some(&current))?;
         // Secrets kept as they were keep their rotation expiries.
@@ -249,6 +329,7 @@ impl<'a> Registry<'a> {
                 message: "registry.secrets_key is not set: secrets cannot be stored".into(),
             })
         })?;
+        self.check_scope(id)?;
         if self.config.is_file_endpoint(id) {
             return Err(OpError::Conflict(format!(
                 "endpoint {id:?} is defined in {}: rotate its secrets there",
@@ -260,6 +341,49 @@ impl<'a> Registry<'a> {
         let next = super::rotate(&current, key, &secret, self.config.registry.secret_overlap)?;
         self.put(&next).await?;
         Ok((next, secret))
+    }
+
+    /// Mints a tenant token for `tenant`: the token (shown once) and what
+    /// the control stream keeps (its hash).
+    ///
+    /// # Errors
+    /// A bad tenant, the tenant's cap of live tokens reached, the OS random
+    /// source failed, or the broker failed.
+    pub async fn mint_token(&self, tenant: &str) -> Result<(String, StoredToken), OpError> {
+        check_tenant(tenant)?;
+        let state = self.state().await?;
+        let max = super::tokens::MAX_PER_TENANT;
+        if super::tokens::of_tenant(&state, tenant).len() >= max {
+            return Err(OpError::Conflict(format!(
+                "the tenant has {max} live tokens, the most it may have; revoke one first"
+            )));
+        }
+        let (token, stored) = super::tokens::mint(tenant)?;
+        self.append(&Command::mint(&stored)).await?;
+        if self.state().await?.tokens.get(&stored.id) != Some(&stored) {
+            return Err(OpError::Conflict(
+                "tokens were minted for the tenant at the same time; list them and try again"
+                    .into(),
+            ));
+        }
+        Ok((token, stored))
+    }
+
+    /// Revokes token `id` of `tenant`.
+    ///
+    /// # Errors
+    /// A bad tenant, [`OpError::UnknownToken`], or the broker failed.
+    pub async fn revoke_token(&self, tenant: &str, id: &str) -> Result<(), OpError> {
+        check_tenant(tenant)?;
+        let state = self.state().await?;
+        if state.tokens.get(id).is_none_or(|t| t.tenant != tenant) {
+            return Err(OpError::UnknownToken(id.to_owned()));
+        }
+        self.append(&Command::TokenRevoke {
+            tenant: tenant.to_owned(),
+            id: id.to_owned(),
+        })
+        .await
     }
 
     /// Appends a new version and checks it won: the stream applies a change
@@ -285,6 +409,69 @@ impl<'a> Registry<'a> {
         control::append(self.conn, &self.topology, command)
             .await
             .map_err(OpError::Broker)
+    }
+}
+
+/// The environments' secrets and header values, as the top level's: a
+/// `"***"` (what the API shows) keeps the stored value at that place (a
+/// header of that name, a secret at that index), and with `PUT` an
+/// environment given without `secrets` or `headers` keeps its stored ones.
+/// `old` is the opened stored endpoint.
+fn keep_environment_values(next: &mut Map<String, Value>, old: &Map<String, Value>, mode: Mode) {
+    let (Some(Value::Object(new_envs)), Some(Value::Object(old_envs))) =
+        (next.get_mut("environments"), old.get("environments"))
+    else {
+        return;
+    };
+    for (name, env) in new_envs.iter_mut() {
+        let (Value::Object(env), Some(Value::Object(stored))) = (env, old_envs.get(name)) else {
+            continue;
+        };
+        for field in ["secrets", "headers"] {
+            if mode == Mode::Replace
+                && !env.contains_key(field)
+                && let Some(v) = stored.get(field)
+            {
+                env.insert(field.into(), v.clone());
+            }
+        }
+        if let (Some(Value::Array(new)), Some(Value::Array(old))) =
+            (env.get_mut("secrets"), stored.get("secrets"))
+        {
+            for (i, value) in new.iter_mut().enumerate() {
+                if value.as_str() == Some("***")
+                    && let Some(v) = old.get(i)
+                {
+                    *value = v.clone();
+                }
+            }
+        }
+        if let (Some(Value::Object(new)), Some(Value::Object(old))) =
+            (env.get_mut("headers"), stored.get("headers"))
+        {
+            for (header, value) in new.iter_mut() {
+                if value.as_str() == Some("***")
+                    && let Some(v) = old.get(header)
+                {
+                    *value = v.clone();
+                }
+            }
+        }
+    }
+}
+
+/// `tenant` as the API takes it: `[a-z0-9_-]{1,64}`.
+///
+/// # Errors
+/// [`OpError::Invalid`] naming `tenant` (never echoing a long value).
+pub fn check_tenant(tenant: &str) -> Result<(), OpError> {
+    if crate::routing::is_valid_scope(tenant) {
+        Ok(())
+    } else {
+        Err(OpError::Invalid(FieldError {
+            field: "tenant".into(),
+            message: "must be 1 to 64 characters of [a-z0-9_-]".into(),
+        }))
     }
 }
 
@@ -315,6 +502,37 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_values_shown_as_stars_are_kept() {
+        let old = serde_json::json!({"environments": {
+            "prd": {"url": "https://p/", "secrets": ["s0", "s1"], "headers": {"A": "a", "B": "b"}},
+            "snd": {"url": "https://s/", "secrets": ["t0"], "headers": {"C": "c"}}
+        }});
+        let old = old.as_object().unwrap();
+        let body = serde_json::json!({"environments": {
+            "prd": {"url": "https://p/", "secrets": ["***", "new"], "headers": {"A": "***", "B": "x", "D": "***"}},
+            "snd": {"url": "https://s/"},
+            "dev": {"url": "https://d/", "headers": {"E": "***"}}
+        }});
+        let mut next = body.as_object().unwrap().clone();
+        keep_environment_values(&mut next, old, Mode::Replace);
+        assert_eq!(
+            next["environments"],
+            serde_json::json!({
+                "prd": {"url": "https://p/", "secrets": ["s0", "new"], "headers": {"A": "a", "B": "x", "D": "***"}},
+                "snd": {"url": "https://s/", "secrets": ["t0"], "headers": {"C": "c"}},
+                "dev": {"url": "https://d/", "headers": {"E": "***"}}
+            })
+        );
+        let mut patched = body.as_object().unwrap().clone();
+        keep_environment_values(&mut patched, old, Mode::Merge);
+        assert_eq!(
+            patched["environments"]["snd"],
+            serde_json::json!({"url": "https://s/"}),
+            "a merge patch already carries what it leaves out"
+        );
+    }
 
     #[test]
     fn merge_patch_follows_rfc_7396() {

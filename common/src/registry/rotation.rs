@@ -1,5 +1,9 @@
 //! New secrets and their rotation: the new secret signs at once, older ones
 //! keep signing for the overlap.
+//!
+//! Rotation is the endpoint's own (top-level) secrets only. An environment's
+//! secrets (`environments.<name>.secrets`, sealed in place in `settings`)
+//! are replaced with an update (PUT or PATCH) and have no overlap.
 
 use super::{StoredEndpoint, StoredSecret};
 use crate::secret::{RandomError, SecretsKey, random_bytes};

@@ -18,6 +18,7 @@
 
 use super::StoredEndpoint;
 use super::control::{Command, State, apply};
+use super::tokens::StoredToken;
 use std::collections::HashMap;
 
 /// Endpoints or holds per `snapshot_part` record: small records, each well
@@ -32,12 +33,28 @@ pub const MIN_CHANGES: u64 = 1000;
 pub fn records(id: &str, base: u64, at: &str, state: &State) -> Vec<Command> {
     let endpoints: Vec<&StoredEndpoint> = state.endpoints.values().collect();
     let holds: Vec<&String> = state.holds.iter().collect();
+    let tokens: Vec<&StoredToken> = state.tokens.values().collect();
     let mut parts = Vec::new();
     for chunk in endpoints.chunks(PART_ITEMS) {
-        parts.push((chunk.iter().map(|e| (*e).clone()).collect(), Vec::new()));
+        parts.push((
+            chunk.iter().map(|e| (*e).clone()).collect(),
+            Vec::new(),
+            Vec::new(),
+        ));
     }
     for chunk in holds.chunks(PART_ITEMS) {
-        parts.push((Vec::new(), chunk.iter().map(|h| (*h).clone()).collect()));
+        parts.push((
+            Vec::new(),
+            chunk.iter().map(|h| (*h).clone()).collect(),
+            Vec::new(),
+        ));
+    }
+    for chunk in tokens.chunks(PART_ITEMS) {
+        parts.push((
+            Vec::new(),
+            Vec::new(),
+            chunk.iter().map(|t| (*t).clone()).collect(),
+        ));
     }
     let count = u32::try_from(parts.len()).unwrap_or(u32::MAX);
     let mut out = Vec::with_capacity(parts.len() + 2);
@@ -46,12 +63,13 @@ pub fn records(id: &str, base: u64, at: &str, state: &State) -> Vec<Command> {
         base,
         at: at.to_owned(),
     });
-    for (seq, (endpoints, holds)) in parts.into_iter().enumerate() {
+    for (seq, (endpoints, holds, tokens)) in parts.into_iter().enumerate() {
         out.push(Command::SnapshotPart {
             id: id.to_owned(),
             seq: u32::try_from(seq).unwrap_or(u32::MAX),
             endpoints,
             holds,
+            tokens,
         });
     }
     out.push(Command::SnapshotEnd {
@@ -68,7 +86,7 @@ pub fn records(id: &str, base: u64, at: &str, state: &State) -> Vec<Command> {
 /// write one at the same record. A start then reads the snapshot plus at
 /// most about that many changes: in proportion to the state, not the history.
 pub fn due(changes: u64, state: &State, jitter: f64) -> bool {
-    let entries = (state.endpoints.len() + state.holds.len()) as u64;
+    let entries = (state.endpoints.len() + state.holds.len() + state.tokens.len()) as u64;
     let threshold = MIN_CHANGES.max(entries.saturating_mul(2));
     let stretched = (threshold as f64 * (1.0 + jitter.clamp(0.0, 0.5))) as u64;
     changes >= stretched
@@ -212,6 +230,7 @@ impl Replay {
                 seq,
                 endpoints,
                 holds,
+                tokens,
             } => {
                 if let Some(p) = self.loading.get_mut(&id) {
                     if seq == p.next_seq && !p.broken {
@@ -220,6 +239,9 @@ impl Replay {
                             .endpoints
                             .extend(endpoints.into_iter().map(|e| (e.id.clone(), e)));
                         p.state.holds.extend(holds);
+                        p.state
+                            .tokens
+                            .extend(tokens.into_iter().map(|t| (t.id.clone(), t)));
                     } else {
                         p.broken = true;
                     }
@@ -324,6 +346,10 @@ mod tests {
             }
         }
         commands.push(Command::hold("file-only", true));
+        for i in 0..n / 20 {
+            let (_, token) = crate::registry::tokens::mint(&format!("t{}", i % 10)).unwrap();
+            commands.push(Command::mint(&token));
+        }
         replayed(&commands)
     }
 
@@ -341,19 +367,28 @@ mod tests {
         let state = sample(250);
         let records = records("s", 41, "t", &state);
         let parts = records.len() - 2;
-        assert_eq!(parts, 3 + 1, "250 endpoints in 3 parts, 84 holds in 1");
+        assert_eq!(
+            parts,
+            3 + 1 + 1,
+            "250 endpoints in 3 parts, 84 holds in 1, 12 tokens in 1"
+        );
         assert!(matches!(
             records[0],
             Command::SnapshotBegin { base: 41, .. }
         ));
         assert!(matches!(
             records.last(),
-            Some(Command::SnapshotEnd { parts: 4, .. })
+            Some(Command::SnapshotEnd { parts: 5, .. })
         ));
         let mut replay = Replay::new(Start::After(41));
         let outcomes = feed(&mut replay, 42, records);
         assert_eq!(outcomes.last(), Some(&Outcome::Loaded));
-        assert_eq!(replay.state(), Some(&state), "versions and holds kept");
+        assert_eq!(state.tokens.len(), 12);
+        assert_eq!(
+            replay.state(),
+            Some(&state),
+            "versions, holds and tokens kept"
+        );
         assert_eq!(replay.loaded.as_deref(), Some("s"));
         assert_eq!(replay.changes, 0);
     }
@@ -495,8 +530,8 @@ mod tests {
         assert!(due(1000, &small, 0.0));
         assert!(!due(1400, &small, 0.5), "jitter stretches it");
         assert!(due(1500, &small, 0.5));
-        let big = sample(3000); // 3000 endpoints + 1001 holds
-        assert!(!due(7999, &big, 0.0));
-        assert!(due(8002, &big, 0.0));
+        let big = sample(3000); // 3000 endpoints + 1001 holds + 150 tokens
+        assert!(!due(8301, &big, 0.0));
+        assert!(due(8302, &big, 0.0));
     }
 }

@@ -51,7 +51,12 @@ pub fn register(
         )
         .into());
     }
-    let needs_key = !section.secrets.is_empty() || !section.headers.is_empty();
+    let needs_key = !section.secrets.is_empty()
+        || !section.headers.is_empty()
+        || section
+            .environments
+            .values()
+            .any(|e| !e.secrets.is_empty() || !e.headers.is_empty());
     let key = match (key, needs_key) {
         (Some(key), _) => Some(key),
         (None, true) => {
@@ -82,6 +87,7 @@ pub fn register(
             })
         })
         .collect::<Result<_, RandomError>>()?;
+    seal_environments(&mut settings, &seal)?;
     settings.remove("id");
     settings.remove("secrets");
     settings.remove("headers");
@@ -98,6 +104,37 @@ pub fn register(
         created_at: previous.map_or_else(|| now.clone(), |p| p.created_at.clone()),
         updated_at: now,
     })
+}
+
+/// Seals each environment's `secrets` and header values in place (in
+/// `settings.environments`, already checked): the stored record keeps their
+/// shape, never their values. An environment without secrets stays unsigned
+/// (none is generated for it).
+fn seal_environments(
+    settings: &mut Map<String, Value>,
+    seal: &dyn Fn(&str) -> Result<String, RandomError>,
+) -> Result<(), RandomError> {
+    let Some(Value::Object(environments)) = settings.get_mut("environments") else {
+        return Ok(());
+    };
+    for env in environments.values_mut() {
+        let Value::Object(env) = env else { continue };
+        if let Some(Value::Array(secrets)) = env.get_mut("secrets") {
+            for s in secrets.iter_mut() {
+                if let Value::String(plain) = s {
+                    *plain = seal(plain)?;
+                }
+            }
+        }
+        if let Some(Value::Object(headers)) = env.get_mut("headers") {
+            for value in headers.values_mut() {
+                if let Value::String(plain) = value {
+                    *plain = seal(plain)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn take_text(

@@ -1,6 +1,7 @@
 //! The control stream `<prefix>.control`: an append-only RabbitMQ stream of
-//! operator pauses and resumes (`hookpost-admin endpoints pause|resume ID`)
-//! and of the endpoint registry's changes (the management API). Every
+//! operator pauses and resumes (`hookpost-admin endpoints pause|resume ID`),
+//! of the endpoint registry's changes (the management API) and of tenant
+//! tokens minted and revoked (their hashes only, [`super::tokens`]). Every
 //! dispatcher reads it and then follows it, so holds and registered
 //! endpoints survive restarts of everything and reach every running
 //! dispatcher within moments. RabbitMQ is the only store.
@@ -24,6 +25,7 @@ pub use store::*;
 
 use super::StoredEndpoint;
 use super::snapshot::{self, Outcome, Replay, Start};
+use super::tokens::{self, StoredToken};
 use crate::topology::Topology;
 use futures_util::StreamExt;
 use lapin::options::{
@@ -46,6 +48,8 @@ pub struct State {
     pub holds: BTreeSet<String>,
     /// The registered endpoints, by id.
     pub endpoints: BTreeMap<String, StoredEndpoint>,
+    /// The live tenant tokens (hashes only), by token id.
+    pub tokens: BTreeMap<String, StoredToken>,
     /// The last [`RECENT`] versions applied to each endpoint (version and a
     /// digest of the record), so a writer whose change was followed at once
     /// by another one made on top of it can tell that its change landed.
@@ -58,7 +62,9 @@ const RECENT: usize = 8;
 
 impl PartialEq for State {
     fn eq(&self, other: &Self) -> bool {
-        self.holds == other.holds && self.endpoints == other.endpoints
+        self.holds == other.holds
+            && self.endpoints == other.endpoints
+            && self.tokens == other.tokens
     }
 }
 
@@ -149,7 +155,7 @@ pub enum Command {
         at: String,
     },
     /// Part `seq` (from 0) of snapshot `id`: endpoints (whole, with their
-    /// versions and sealed secrets) and holds.
+    /// versions and sealed secrets), holds and live tenant tokens (hashes).
     SnapshotPart {
         /// The snapshot's id.
         id: String,
@@ -161,6 +167,30 @@ pub enum Command {
         /// Held endpoint ids.
         #[serde(default)]
         holds: Vec<String>,
+        /// Live tenant tokens.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tokens: Vec<StoredToken>,
+    },
+    /// A tenant token was minted (only its hash is recorded). Ignored when
+    /// the id is live already or the tenant holds
+    /// [`tokens::MAX_PER_TENANT`] live tokens: its writer sees that it did
+    /// not land.
+    TokenMint {
+        /// The tenant it acts for.
+        tenant: String,
+        /// The token's id.
+        id: String,
+        /// Lowercase hex SHA-256 of the whole token.
+        hash: String,
+        /// When (RFC 3339).
+        created_at: String,
+    },
+    /// A tenant token was revoked.
+    TokenRevoke {
+        /// The tenant it acted for (a revoke naming another tenant changes nothing).
+        tenant: String,
+        /// The token's id.
+        id: String,
     },
     /// Snapshot `id` is complete with `parts` parts. A snapshot without its
     /// end is never used.
@@ -181,6 +211,16 @@ impl Command {
             Self::Pause { endpoint, at }
         } else {
             Self::Resume { endpoint, at }
+        }
+    }
+
+    /// The `token_mint` record of `token`.
+    pub fn mint(token: &StoredToken) -> Self {
+        Self::TokenMint {
+            tenant: token.tenant.clone(),
+            id: token.id.clone(),
+            hash: token.hash.clone(),
+            created_at: token.created_at.clone(),
         }
     }
 }
@@ -212,6 +252,36 @@ pub fn apply(state: &mut State, command: &Command) -> bool {
         Command::Delete { id, .. } => {
             state.recent.remove(id);
             state.endpoints.remove(id).is_some()
+        }
+        Command::TokenMint {
+            tenant,
+            id,
+            hash,
+            created_at,
+        } => {
+            if state.tokens.contains_key(id)
+                || tokens::of_tenant(state, tenant).len() >= tokens::MAX_PER_TENANT
+            {
+                return false;
+            }
+            state.tokens.insert(
+                id.clone(),
+                StoredToken {
+                    tenant: tenant.clone(),
+                    id: id.clone(),
+                    hash: hash.clone(),
+                    created_at: created_at.clone(),
+                },
+            );
+            true
+        }
+        Command::TokenRevoke { tenant, id } => {
+            if state.tokens.get(id).is_some_and(|t| &t.tenant == tenant) {
+                state.tokens.remove(id);
+                true
+            } else {
+                false
+            }
         }
         // A snapshot is read by `snapshot::Replay`, never applied on top of
         // a state (its old versions and holds would undo later changes).

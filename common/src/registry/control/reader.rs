@@ -225,6 +225,8 @@ pub(super) fn describe(command: &Command) -> String {
             endpoint.id, endpoint.version
         ),
         Command::Delete { id, .. } => format!("endpoint {id} removed from the registry"),
+        Command::TokenMint { tenant, id, .. } => format!("token {id} minted for tenant {tenant}"),
+        Command::TokenRevoke { tenant, id } => format!("token {id} of tenant {tenant} revoked"),
         Command::SnapshotBegin { id, base, .. } => format!("snapshot {id} as of {base}"),
         Command::SnapshotPart { id, seq, .. } => format!("snapshot {id} part {seq}"),
         Command::SnapshotEnd { id, parts } => format!("snapshot {id} end ({parts} parts)"),

@@ -1,8 +1,8 @@
 //! `hookpost-admin endpoints …`: the endpoint table; pause, resume; create,
 //! update, get, delete and rotate registered endpoints.
 
-use super::EndpointsCmd;
 use super::output::write_table;
+use super::{EndpointFilters, EndpointsCmd};
 use crate::admin::Admin;
 use anyhow::bail;
 use common::registry;
@@ -14,6 +14,7 @@ use std::io::Write;
 pub(super) async fn run(
     admin: &Admin,
     action: Option<EndpointsCmd>,
+    filters: EndpointFilters,
     mut stdout: &mut std::io::StdoutLock<'_>,
 ) -> anyhow::Result<()> {
     match action {
@@ -84,62 +85,133 @@ pub(super) async fn run(
             eprintln!("new secret for {id} (shown once); the previous ones sign until {until}");
             Ok(())
         }
-        None | Some(EndpointsCmd::List) => {
-            let holds = admin.holds().await?;
-            let mut rows = Vec::new();
-            // (id, url, patterns, source) of the file's endpoints, then the registry's.
-            let mut all: Vec<(String, String, Vec<String>, &str)> = admin
-                .config()
-                .endpoints
-                .iter()
-                .map(|e| (e.id.clone(), e.url.to_string(), e.events.clone(), "file"))
-                .collect();
-            for s in holds.endpoints.values() {
-                if admin.config().is_file_endpoint(&s.id) {
-                    continue;
-                }
-                all.push((s.id.clone(), s.url().to_owned(), s.events(), "registry"));
-            }
-            for (id, url, events, source) in &all {
-                let status = admin
-                    .queue_status(&admin.topology().endpoint_queue(id))
-                    .await?;
-                let (depth, consumers) = status
-                    .map_or(("-".to_owned(), "-".to_owned()), |(d, c)| {
-                        (d.to_string(), c.to_string())
-                    });
-                let state = match status {
-                    _ if holds.holds.contains(id) => "paused by an operator",
-                    None => "not declared",
-                    Some((_, 0)) => "not consumed (no dispatcher, or paused)",
-                    Some(_) => "consumed",
-                };
-                rows.push(vec![
-                    id.clone(),
-                    redact_url(url),
-                    events.join(","),
-                    depth,
-                    consumers,
-                    state.to_owned(),
-                    (*source).to_owned(),
-                ]);
-            }
-            write_table(
-                &mut stdout,
-                &[
-                    "ID",
-                    "URL",
-                    "EVENTS",
-                    "QUEUED",
-                    "CONSUMERS",
-                    "STATE",
-                    "SOURCE",
-                ],
-                &rows,
-            )?;
-            Ok(())
+        None => list(admin, &filters, stdout).await,
+        Some(EndpointsCmd::List(f)) => list(admin, &f, stdout).await,
+    }
+}
+
+/// One row of the table: a queue (an endpoint's own, or `<id>~<env>`).
+struct Row {
+    id: String,
+    url: String,
+    events: Vec<String>,
+    source: &'static str,
+    tenant: Option<String>,
+    environment: Option<String>,
+}
+
+/// The table: each endpoint, then each of its variants; the file's first,
+/// then the registry's; filtered by tenant and environment.
+async fn list(
+    admin: &Admin,
+    filters: &EndpointFilters,
+    stdout: &mut std::io::StdoutLock<'_>,
+) -> anyhow::Result<()> {
+    for (flag, value) in [
+        ("--tenant", &filters.tenant),
+        ("--environment", &filters.environment),
+    ] {
+        if let Some(v) = value
+            && !common::routing::is_valid_scope(v)
+        {
+            bail!("{flag} {v:?}: must be 1 to 64 characters of [a-z0-9_-]");
         }
     }
+    let holds = admin.holds().await?;
+    let mut all = Vec::new();
+    // The config holds each file variant as an endpoint of its own.
+    for e in &admin.config().endpoints {
+        all.push(Row {
+            id: e.id.clone(),
+            url: e.url.to_string(),
+            events: e.events.clone(),
+            source: "file",
+            tenant: e.tenant.clone(),
+            environment: e.environment.clone(),
+        });
+    }
+    for s in holds.endpoints.values() {
+        if admin.config().is_file_endpoint(&s.id) {
+            continue;
+        }
+        let tenant = s.tenant().map(str::to_owned);
+        all.push(Row {
+            id: s.id.clone(),
+            url: s.url().to_owned(),
+            events: s.events(),
+            source: "registry",
+            tenant: tenant.clone(),
+            environment: None,
+        });
+        for env in s.environment_names() {
+            let url = s
+                .settings
+                .get("environments")
+                .and_then(|e| e.get(&env))
+                .and_then(|e| e.get("url"))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            all.push(Row {
+                id: format!("{}{}{env}", s.id, common::config::VARIANT_SEPARATOR),
+                url,
+                events: s.events(),
+                source: "registry",
+                tenant: tenant.clone(),
+                environment: Some(env),
+            });
+        }
+    }
+    all.retain(|r| {
+        filters
+            .tenant
+            .as_ref()
+            .is_none_or(|t| r.tenant.as_ref() == Some(t))
+            && filters
+                .environment
+                .as_ref()
+                .is_none_or(|e| r.environment.as_ref() == Some(e))
+    });
+    let mut rows = Vec::new();
+    for r in &all {
+        let status = admin
+            .queue_status(&admin.topology().endpoint_queue(&r.id))
+            .await?;
+        let (depth, consumers) = status.map_or(("-".to_owned(), "-".to_owned()), |(d, c)| {
+            (d.to_string(), c.to_string())
+        });
+        let state = match status {
+            _ if holds.holds.contains(&r.id) => "paused by an operator",
+            None => "not declared",
+            Some((_, 0)) => "not consumed (no dispatcher, or paused)",
+            Some(_) => "consumed",
+        };
+        rows.push(vec![
+            r.id.clone(),
+            redact_url(&r.url),
+            r.events.join(","),
+            depth,
+            consumers,
+            state.to_owned(),
+            r.source.to_owned(),
+            r.tenant.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    write_table(
+        stdout,
+        &[
+            "ID",
+            "URL",
+            "EVENTS",
+            "QUEUED",
+            "CONSUMERS",
+            "STATE",
+            "SOURCE",
+            "TENANT",
+        ],
+        &rows,
+    )?;
+    Ok(())
 }
 
 /// An operation's error as one line.

@@ -39,6 +39,8 @@ enum Command {
     Endpoints {
         #[command(subcommand)]
         action: Option<EndpointsCmd>,
+        #[command(flatten)]
+        filters: EndpointFilters,
     },
     /// Declare the topology, or show every hookpost queue with its depth.
     Topology {
@@ -47,10 +49,21 @@ enum Command {
     },
 }
 
+/// Which rows `endpoints [list]` shows.
+#[derive(Debug, Default, Clone, clap::Args)]
+struct EndpointFilters {
+    /// Only endpoints of this tenant (`[a-z0-9_-]{1,64}`).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only the variants (`<id>~<env>` queues) of this environment.
+    #[arg(long)]
+    environment: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum EndpointsCmd {
-    /// Each endpoint: URL, patterns, queue depth, consumers, state (the default).
-    List,
+    /// Each endpoint and each of its environments' variants: URL, patterns, queue depth, consumers, state, tenant (the default).
+    List(EndpointFilters),
     /// Register an endpoint (the management API's JSON object); prints it, with a generated secret if none was given.
     Create {
         #[command(flatten)]
@@ -303,7 +316,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let (filter, limit) = filters.unwrap_or_default();
     let result = match cli.command {
         Command::Dlq(cmd) => dlq::run(&admin, cmd, filter, limit, records, &mut stdout).await,
-        Command::Endpoints { action } => endpoints::run(&admin, action, &mut stdout).await,
+        Command::Endpoints { action, filters } => {
+            endpoints::run(&admin, action, filters, &mut stdout).await
+        }
         Command::Topology { action } => topology::run(&admin, &action, &mut stdout).await,
     };
     admin.close().await;

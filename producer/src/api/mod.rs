@@ -12,6 +12,17 @@
 //! | `PATCH /v1/endpoints/{id}` | JSON merge patch |
 //! | `DELETE /v1/endpoints/{id}[?force=true]` | removes it; its queue goes once empty (with `force`, pending messages are dead-lettered first) |
 //! | `POST /v1/endpoints/{id}/secret/rotate` | new secret, returned once; the old ones sign on for `registry.secret_overlap_ms` |
+//! | `POST /v1/tenants/{tenant}/tokens` | mints a tenant token, returned once (operator only) |
+//! | `GET /v1/tenants/{tenant}/tokens` | the tenant's live tokens: ids and creation times (operator only) |
+//! | `DELETE /v1/tenants/{tenant}/tokens/{id}` | revokes one (operator only) |
+//!
+//! Two kinds of bearer token ([`Caller`]): an operator token (`api.tokens`)
+//! may do everything; a tenant token (`hptk_…`, [`tenants`]) sees only its
+//! tenant's registered endpoints (any other answers 404 as if it did not
+//! exist), cannot name another tenant in a body (403), and gets 403 on the
+//! operator-only routes.
+
+mod tenants;
 
 use crate::http::{
     self, BodyError, bearer_matches, body_timeout, error, method_not_allowed, read_body, too_large,
@@ -37,11 +48,22 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Every route: path template and methods (what `deploy/openapi.json` documents).
-pub const ROUTES: [(&str, &[&str]); 3] = [
+pub const ROUTES: [(&str, &[&str]); 5] = [
     ("/v1/endpoints", &["GET", "POST"]),
     ("/v1/endpoints/{id}", &["GET", "PUT", "PATCH", "DELETE"]),
     ("/v1/endpoints/{id}/secret/rotate", &["POST"]),
+    ("/v1/tenants/{tenant}/tokens", &["GET", "POST"]),
+    ("/v1/tenants/{tenant}/tokens/{id}", &["DELETE"]),
 ];
+
+/// Who a request acts for, from its bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An operator token (`api.tokens`): every endpoint and route.
+    Operator,
+    /// A live tenant token: this tenant's registered endpoints only.
+    Tenant(String),
+}
 
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -127,10 +149,13 @@ impl Api {
     /// Handles one request.
     pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
         let path = req.uri().path().to_owned();
+        if let Some(rest) = path.strip_prefix("/v1/tenants/") {
+            return tenants::handle(self, req, rest).await;
+        }
         let Some(rest) = path.strip_prefix("/v1/endpoints") else {
             return error(
                 StatusCode::NOT_FOUND,
-                "not found; the API is under /v1/endpoints",
+                "not found; the API is under /v1/endpoints and /v1/tenants",
                 None,
             );
         };
@@ -149,13 +174,21 @@ impl Api {
         if !methods.contains(&method.as_str()) {
             return method_not_allowed(&methods.join(", "));
         }
-        if !bearer_matches(req.headers().get(AUTHORIZATION), &self.config.api.tokens) {
-            return unauthorized();
-        }
-        let force = req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p == "force=true" || p == "force=1"));
+        let caller = match self.caller(req.headers().get(AUTHORIZATION)).await {
+            Ok(caller) => caller,
+            Err(r) => return r,
+        };
+        let query = req.uri().query().unwrap_or("");
+        let force = query
+            .split('&')
+            .any(|p| p == "force=true" || p == "force=1");
+        let tenant_filter = match query_param(query, "tenant") {
+            Some(t) => match registry::check_tenant(t) {
+                Ok(()) => Some(t.to_owned()),
+                Err(e) => return op_error(&e),
+            },
+            None => None,
+        };
         let id = segments.first().map(|s| (*s).to_owned());
         let body =
             if matches!(method, Method::POST | Method::PUT | Method::PATCH) && segments.len() < 2 {
@@ -183,10 +216,13 @@ impl Api {
             Ok(conn) => conn,
             Err(e) => return unavailable(&e.to_string()),
         };
-        let registry = Registry::new(&conn, &self.config);
+        let registry = match &caller {
+            Caller::Operator => Registry::new(&conn, &self.config),
+            Caller::Tenant(t) => Registry::new(&conn, &self.config).scoped(t),
+        };
         let result = match (method.clone(), id, body) {
-            (Method::GET, None, _) => self.list().await,
-            (Method::GET, Some(id), _) => self.get(&id).await,
+            (Method::GET, None, _) => self.list(&caller, tenant_filter.as_deref()).await,
+            (Method::GET, Some(id), _) => self.get(&caller, &id).await,
             (Method::POST, None, Some(body)) => match registry.create(body).await {
                 Ok((stored, generated)) => {
                     let version = stored.version;
@@ -250,32 +286,70 @@ impl Api {
         }
     }
 
-    async fn list(&self) -> Result<HttpResponse, OpError> {
+    /// Who the `authorization` header is: an operator token, a live tenant
+    /// token, or 401. Operator tokens are compared first, each in constant
+    /// time; a tenant token is checked for its format before it is hashed.
+    async fn caller(&self, header: Option<&HeaderValue>) -> Result<Caller, HttpResponse> {
+        if bearer_matches(header, &self.config.api.tokens) {
+            return Ok(Caller::Operator);
+        }
+        let Some(token) = http::bearer(header) else {
+            return Err(unauthorized());
+        };
+        if registry::tokens::parse_id(token).is_none() {
+            return Err(unauthorized());
+        }
+        let state = self.current().await.map_err(|e| op_error(&e))?;
+        registry::tokens::authenticate(&state, token)
+            .map(|tenant| Caller::Tenant(tenant.to_owned()))
+            .ok_or_else(unauthorized)
+    }
+
+    /// Registered endpoints, then the config file's; a tenant sees only its
+    /// registered ones. `tenant`: only those of this tenant.
+    async fn list(&self, caller: &Caller, tenant: Option<&str>) -> Result<HttpResponse, OpError> {
         let state = self.current().await?;
+        let own = match caller {
+            Caller::Operator => None,
+            Caller::Tenant(t) => Some(t.as_str()),
+        };
+        let wanted = |t: Option<&str>| {
+            own.is_none_or(|own| t == Some(own)) && tenant.is_none_or(|want| t == Some(want))
+        };
         let mut endpoints: Vec<Value> = state
             .endpoints
             .values()
-            .filter(|e| !self.config.is_file_endpoint(&e.id))
+            .filter(|e| !self.config.is_file_endpoint(&e.id) && wanted(e.tenant()))
             .map(|e| registry::public_view(e, state.holds.contains(&e.id)))
             .collect();
-        endpoints.extend(
-            self.config
-                .endpoints
-                .iter()
-                .map(|e| file_view(e, state.holds.contains(&e.id))),
-        );
+        if own.is_none() {
+            endpoints.extend(
+                self.config
+                    .endpoints
+                    .iter()
+                    .filter(|e| wanted(e.tenant.as_deref()))
+                    .map(|e| file_view(e, state.holds.contains(&e.id))),
+            );
+        }
         Ok(json(StatusCode::OK, &json!({ "endpoints": endpoints })))
     }
 
-    async fn get(&self, id: &str) -> Result<HttpResponse, OpError> {
+    async fn get(&self, caller: &Caller, id: &str) -> Result<HttpResponse, OpError> {
         let state = self.current().await?;
         let paused = state.holds.contains(id);
-        if let Some(e) = self.config.endpoint(id) {
+        if let Some(e) = self.config.endpoint(id)
+            && *caller == Caller::Operator
+        {
             return Ok(json(StatusCode::OK, &file_view(e, paused)));
         }
         let stored = state
             .endpoints
             .get(id)
+            .filter(|e| !self.config.is_file_endpoint(&e.id))
+            .filter(|e| match caller {
+                Caller::Operator => true,
+                Caller::Tenant(t) => e.tenant() == Some(t.as_str()),
+            })
             .ok_or_else(|| OpError::NotFound(id.to_owned()))?;
         Ok(json(StatusCode::OK, &registry::public_view(stored, paused)))
     }
@@ -361,9 +435,22 @@ async fn read_object(
     }
 }
 
+/// The raw value of query parameter `name` (the last one given).
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .next_back()
+}
+
 fn op_error(e: &OpError) -> HttpResponse {
     match e {
-        OpError::NotFound(_) => error(StatusCode::NOT_FOUND, &e.to_string(), None),
+        OpError::NotFound(_) | OpError::UnknownToken(_) => {
+            error(StatusCode::NOT_FOUND, &e.to_string(), None)
+        }
+        OpError::Forbidden(m) => error(StatusCode::FORBIDDEN, m, Some("tenant")),
         OpError::Conflict(m) => error(StatusCode::CONFLICT, m, None),
         OpError::Invalid(f) => error(
             StatusCode::BAD_REQUEST,
