@@ -146,7 +146,19 @@ impl DeadLetter {
     /// `headers` (the original message's) with this dead letter's headers
     /// set; every header of the contract is written, `hookpost-last-status`
     /// as void when there was no HTTP status.
-    pub fn write(&self, mut headers: FieldTable) -> FieldTable {
+    pub fn write(&self, headers: FieldTable) -> FieldTable {
+        // Never keep the original message's type, tenant or environment
+        // headers: an AMQP client could have set them to point `dlq --tenant`
+        // at someone else.
+        let mut headers: FieldTable = headers
+            .inner()
+            .iter()
+            .filter(|(name, _)| {
+                ![header::EVENT_TYPE, header::TENANT, header::ENVIRONMENT].contains(&name.as_str())
+            })
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into();
         let text = |s: &str| AMQPValue::LongString(LongString::from(s));
         let mut error = self.last_error.clone();
         truncate_utf8(&mut error, MAX_ERROR_BYTES);
@@ -260,8 +272,17 @@ mod tests {
             tenant: Some("acme".into()),
             environment: Some("snd".into()),
         };
-        let headers = written.write(original);
+        original.insert(
+            header::TENANT.into(),
+            AMQPValue::LongString("forged".into()),
+        );
+        let headers = written.write(original.clone());
         assert_eq!(DeadLetter::read(&headers), written);
+        // A header the original message carried is not kept when the dead
+        // letter has no value for it.
+        let mut untenanted = written.clone();
+        untenanted.tenant = None;
+        assert_eq!(DeadLetter::read(&untenanted.write(original)).tenant, None);
         assert_eq!(text(&headers, "x-custom").as_deref(), Some("kept"));
         // Without a status, type, tenant or environment: void status, no
         // header for the others.

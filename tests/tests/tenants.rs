@@ -513,3 +513,21 @@ async fn an_existing_endpoint_gains_tenant_events_and_a_tenant_change_rebinds_it
     let unrouted = scope.take(&topology.unrouted(), 1).await;
     assert_eq!(ids_in(&unrouted), ids([&after[0]]));
 }
+
+/// `Event`'s fields are public: the Publisher checks them again, since the
+/// tenant and environment become the routing key.
+#[tokio::test]
+async fn the_publisher_refuses_an_event_whose_scope_was_changed_after_it_was_built() {
+    let scope = Scope::new().await;
+    let config = scope.config("");
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let mut forged = event("order.created", Some("acme"), None);
+    forged.tenant = Some("acme.e=prd".into());
+    let err = publisher.publish(&forged).await.expect_err("refused");
+    assert!(
+        matches!(err, producer::PublishError::Invalid { .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("tenant"), "{err}");
+}

@@ -73,6 +73,24 @@ pub(super) fn checked_endpoint(
             "is empty: list at least one pattern (\"#\" = all events)".into(),
         );
     }
+    if ep.events.len() > MAX_PATTERNS {
+        return fail(
+            "events",
+            format!(
+                "has {} patterns; at most {MAX_PATTERNS} (each is a binding per queue)",
+                ep.events.len()
+            ),
+        );
+    }
+    if ep.environments.len() > MAX_ENVIRONMENTS {
+        return fail(
+            "environments",
+            format!(
+                "has {} entries; at most {MAX_ENVIRONMENTS}",
+                ep.environments.len()
+            ),
+        );
+    }
     for (j, pattern) in ep.events.iter().enumerate() {
         if !is_valid_pattern(pattern) {
             return fail(
@@ -116,15 +134,6 @@ pub(super) fn checked_endpoint(
                 );
             }
         }
-    }
-    if ep.environments.len() > MAX_ENVIRONMENTS {
-        return fail(
-            "environments",
-            format!(
-                "has {} entries; at most {MAX_ENVIRONMENTS}",
-                ep.environments.len()
-            ),
-        );
     }
     let headers = checked_headers("headers", ep.headers)?;
     let secrets = checked_secrets("secrets", &ep.secrets, ep.signature)?;
@@ -287,6 +296,10 @@ pub(super) fn check_queue_names(prefix: &str, endpoint: &Endpoint) -> Result<(),
     }
     Ok(())
 }
+
+/// Most event patterns of one endpoint (each is a binding of each of its
+/// queues: an API caller must not make the broker hold millions).
+pub const MAX_PATTERNS: usize = 100;
 
 /// Most environments one endpoint may declare (each is a queue and a worker).
 pub const MAX_ENVIRONMENTS: usize = 8;

@@ -124,9 +124,14 @@ impl Api {
 
     /// Waits (a little) until the live registry shows a write, so a read
     /// right after it sees it; the write itself is already durable.
-    async fn settle(&self, done: impl Fn(&State) -> bool) {
+    /// Waits (at most 5 s) until this process's follower has applied what
+    /// `done` looks for; whether it has.
+    async fn settle(&self, done: impl Fn(&State) -> bool) -> bool {
         let mut state = self.state.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| done(s))).await;
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| done(s))).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Serves on `listener` until shutdown; in-flight requests finish first.
@@ -399,14 +404,18 @@ fn created(stored: &StoredEndpoint, generated: Option<String>) -> HttpResponse {
 
 /// A file endpoint as the API shows it (read-only; nothing secret).
 fn file_view(e: &common::config::Endpoint, paused: bool) -> Value {
-    json!({
+    let mut view = json!({
         "id": e.id,
         "url": redact_url(e.url.as_str()),
         "events": e.events,
         "source": "file",
         "read_only": true,
         "paused": paused,
-    })
+    });
+    if let Some(tenant) = &e.tenant {
+        view["tenant"] = json!(tenant);
+    }
+    view
 }
 
 async fn read_object(

@@ -97,7 +97,13 @@ pub(super) async fn handle(api: &Api, req: Request<Incoming>, rest: &str) -> Htt
         },
         Some(id) => match registry.revoke_token(tenant, id).await {
             Ok(()) => {
-                api.settle(|s| !s.tokens.contains_key(id)).await;
+                if !api.settle(|s| !s.tokens.contains_key(id)).await {
+                    // Stored, but this process still accepts the token:
+                    // never tell the operator it is dead before it is.
+                    return unavailable(
+                        "the revoke is stored, but this API has not applied it within 5 s and may still accept the token; check the broker and list the tokens again",
+                    );
+                }
                 json(
                     StatusCode::OK,
                     &json!({ "id": id, "tenant": tenant, "revoked": true }),

@@ -89,6 +89,15 @@ pub enum PublishError {
         /// The broker's reason, such as "low on memory".
         reason: String,
     },
+    /// The event breaks the envelope's rules (its public fields were changed
+    /// after it was built); nothing was published.
+    #[error("event {id}: {source}")]
+    Invalid {
+        /// The event id.
+        id: String,
+        /// The rule it breaks.
+        source: common::envelope::EnvelopeError,
+    },
     /// The event is larger than `amqp.max_message_bytes`; nothing was published.
     #[error("event {id}: {size} bytes, over amqp.max_message_bytes ({max})")]
     TooLarge {
@@ -114,6 +123,7 @@ impl PublishError {
             self,
             Self::Unroutable { .. }
                 | Self::TooLarge { .. }
+                | Self::Invalid { .. }
                 | Self::Topology(TopologyError::Conflict { .. })
         )
     }
@@ -307,6 +317,12 @@ impl Publisher {
 
     /// The event serialized, with its message properties.
     fn item(&self, event: &Event) -> Result<Item, PublishError> {
+        // Its fields are public: a caller may have changed them since it was
+        // checked, and the tenant and environment become the routing key.
+        event.validate().map_err(|source| PublishError::Invalid {
+            id: event.id.chars().take(255).collect(),
+            source,
+        })?;
         let body = event.to_vec();
         if body.len() > self.max_bytes {
             return Err(PublishError::TooLarge {

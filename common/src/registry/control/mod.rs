@@ -236,11 +236,15 @@ pub fn apply(state: &mut State, command: &Command) -> bool {
             // version (a concurrent writer lost the race, or the endpoint
             // was deleted meanwhile) is ignored; its writer sees that and
             // reports a conflict.
-            let expected = state
-                .endpoints
-                .get(&endpoint.id)
-                .map_or(1, |c| c.version + 1);
+            let current = state.endpoints.get(&endpoint.id);
+            let expected = current.map_or(1, |c| c.version + 1);
             if endpoint.version != expected {
+                return false;
+            }
+            // A tenant never changes: a change written from a read of
+            // another tenant's endpoint of the same id (deleted and created
+            // again by someone else meanwhile) is ignored, like a lost race.
+            if current.is_some_and(|c| c.tenant() != endpoint.tenant()) {
                 return false;
             }
             state.remember(endpoint);
@@ -472,6 +476,15 @@ mod tests {
             "no resurrection by a late update"
         );
         assert!(apply(&mut state, &put(stored("a", 1))), "created again");
+        // Created again by tenant b: a late update read from a's endpoint of
+        // the same id and version cannot take it over.
+        let mut of_b = stored("t", 1);
+        of_b.settings.insert("tenant".into(), "b".into());
+        assert!(apply(&mut state, &put(of_b)));
+        let mut late_a = stored("t", 2);
+        late_a.settings.insert("tenant".into(), "a".into());
+        assert!(!apply(&mut state, &put(late_a)), "the tenant never changes");
+        assert_eq!(state.endpoints["t"].tenant(), Some("b"));
     }
 
     #[test]

@@ -86,7 +86,14 @@ pub(super) async fn run(
             Ok(())
         }
         None => list(admin, &filters, stdout).await,
-        Some(EndpointsCmd::List(f)) => list(admin, &f, stdout).await,
+        // `endpoints --tenant T list` and `endpoints list --tenant T` alike.
+        Some(EndpointsCmd::List(f)) => {
+            let merged = EndpointFilters {
+                tenant: f.tenant.or(filters.tenant),
+                environment: f.environment.or(filters.environment),
+            };
+            list(admin, &merged, stdout).await
+        }
     }
 }
 
@@ -181,7 +188,12 @@ async fn list(
             (d.to_string(), c.to_string())
         });
         let state = match status {
-            _ if holds.holds.contains(&r.id) => "paused by an operator",
+            // A hold on an endpoint holds its variants too.
+            _ if holds.holds.contains(&r.id)
+                || holds.holds.contains(common::config::base_id(&r.id)) =>
+            {
+                "paused by an operator"
+            }
             None => "not declared",
             Some((_, 0)) => "not consumed (no dispatcher, or paused)",
             Some(_) => "consumed",
