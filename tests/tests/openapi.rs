@@ -460,6 +460,11 @@ fn violations(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<Strin
         {
             fail(format!("fewer than {min} items"));
         }
+        if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+            && (items.len() as u64) > max
+        {
+            fail(format!("more than {max} items"));
+        }
         if let Some(item) = schema.get("items") {
             for (i, v) in items.iter().enumerate() {
                 out.extend(violations(doc, item, v, &format!("{at}[{i}]")));
@@ -553,6 +558,14 @@ fn boundary_cases() -> Vec<(Value, bool)> {
         // (a global endpoint binds `*.e=.<pattern>` too: 250 + 5 bytes)
         (json!({"events": ["a".repeat(250)]}), true),
         (json!({"events": ["a".repeat(251)]}), false),
+        (
+            json!({"events": (0..100).map(|i| format!("e{i}")).collect::<Vec<_>>()}),
+            true,
+        ),
+        (
+            json!({"events": (0..101).map(|i| format!("e{i}")).collect::<Vec<_>>()}),
+            false,
+        ),
         (json!({"events": []}), false),
         (json!({"events": [""]}), false),
         (json!({"events": ["a..b"]}), false),
