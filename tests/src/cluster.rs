@@ -34,6 +34,14 @@
 //!
 //! Nodes are numbered 1, 2, 3 in every method. `rabbitmqctl` runs inside the
 //! node's namespace ([`Cluster::ctl`]), so it works while the node is cut.
+//! Commands that gather from every node (`list_queues`, `list_connections`)
+//! time out: the other nodes answer the CLI node directly and resolve its
+//! host name (`localhost.localdomain`) to their own loopback. Use `--local`
+//! on each node (`list_queues --local` lists the quorum queues a node
+//! leads), `rabbitmq-queues quorum_status` ([`Cluster::cli`]) or
+//! [`Cluster::quorum_leader_and_members`]. (From the root namespace,
+//! single-node commands work too: `rabbitmqctl --longnames -n hpc1@10.231.X.11`
+//! with the cluster's `HOME` for the cookie.)
 //! The three boot at once as single nodes, then 2 and 3 join node 1
 //! (`stop_app`, `join_cluster`, `start_app`); a node restarted later rejoins
 //! by itself.
@@ -81,7 +89,10 @@ pub struct Cluster {
 }
 
 fn ip(args: &[&str]) -> Output {
-    Command::new("ip").args(args).output().expect("run ip")
+    Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)")
 }
 
 /// Runs `ip args`, panicking with its error when it fails.
@@ -423,11 +434,21 @@ impl Cluster {
     /// # Panics
     /// When rabbitmqctl cannot be run at all.
     pub fn rabbitmqctl(&self, i: usize, args: &[&str]) -> Output {
-        self.in_namespace(i, Path::new("/usr/lib/rabbitmq/bin/rabbitmqctl"))
+        self.cli(i, "rabbitmqctl", args)
+    }
+
+    /// Runs RabbitMQ CLI tool `tool` (`rabbitmq-queues`,
+    /// `rabbitmq-diagnostics`, ...) like [`Cluster::rabbitmqctl`]; e.g.
+    /// `cli(1, "rabbitmq-queues", &["quorum_status", "q", "--formatter", "json"])`.
+    ///
+    /// # Panics
+    /// When the tool cannot be run at all.
+    pub fn cli(&self, i: usize, tool: &str, args: &[&str]) -> Output {
+        self.in_namespace(i, &Path::new("/usr/lib/rabbitmq/bin").join(tool))
             .args(["-q", "--longnames", "-n", &self.node(i)])
             .args(args)
             .output()
-            .expect("run rabbitmqctl")
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"))
     }
 
     /// Like [`Cluster::rabbitmqctl`], panicking with its output when it
