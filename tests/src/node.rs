@@ -40,7 +40,7 @@ pub fn free_port() -> u16 {
         .expect("a free local port")
 }
 
-fn server_binary() -> Option<PathBuf> {
+pub(crate) fn server_binary() -> Option<PathBuf> {
     // Debian's /usr/sbin wrapper switches user with `su`, which drops the
     // environment; the script it wraps takes it as given.
     let lib = Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
@@ -204,14 +204,14 @@ impl Drop for Node {
     }
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-fn user_exists(name: &str) -> bool {
+pub(crate) fn user_exists(name: &str) -> bool {
     Command::new("id")
         .arg(name)
         .output()
