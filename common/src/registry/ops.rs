@@ -313,6 +313,26 @@ impl<'a> Registry<'a> {
                 stored.secrets = current.secrets.clone();
             }
         }
+        // An environment added (perhaps again, after its queue was deleted):
+        // stop sending its retries to the dead-letter queue, as a create does.
+        let before: Vec<String> = current
+            .runtime_bindings()
+            .into_iter()
+            .map(|(runtime_id, _)| runtime_id)
+            .collect();
+        let added: Vec<String> = stored
+            .runtime_bindings()
+            .into_iter()
+            .map(|(runtime_id, _)| runtime_id)
+            .filter(|r| !before.contains(r))
+            .collect();
+        if !added.is_empty() {
+            let ch = self.conn.create_channel().await?;
+            for runtime_id in &added {
+                let _ = self.topology.revive_endpoint(&ch, runtime_id).await;
+            }
+            let _ = ch.close(200, "revived".into()).await;
+        }
         self.put(&stored).await?;
         Ok(stored)
     }
