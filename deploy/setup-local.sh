@@ -7,7 +7,9 @@
 #   promtool  Prometheus' promtool (Debian package prometheus), which the tests
 #             use to check the metrics exposition and the alert rules
 #   python    the example receiver's package (standardwebhooks, from PyPI)
-# Usage: deploy/setup-local.sh broker [promtool] [python]
+#   network   iproute2's `ip`, which the cluster tests use to give each
+#             RabbitMQ node its own network namespace (they need root)
+# Usage: deploy/setup-local.sh broker [promtool] [python] [network]
 # Each step does nothing when what it provides is already there.
 set -euo pipefail
 
@@ -71,9 +73,13 @@ step_python() {
     || python3 -m pip install -q --break-system-packages standardwebhooks
 }
 
+step_network() {
+  command -v ip >/dev/null 2>&1 || apt_install iproute2
+}
+
 for step in "$@"; do
   case "$step" in
-    broker | promtool | python) "step_$step" ;;
+    broker | promtool | python | network) "step_$step" ;;
     *) say "unknown step: $step"; exit 2 ;;
   esac
 done

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The README's test command: makes sure a RabbitMQ runs here (or uses
-# AMQP_URL), that promtool and the example receiver's Python package are
-# installed, then runs every test of the workspace. Extra arguments go to
-# `cargo test` (say, `-p tests --test dispatch`).
+# AMQP_URL), that promtool, the example receiver's Python package and
+# iproute2 (the cluster tests' network namespaces) are installed, then runs
+# every test of the workspace. Extra arguments go to `cargo test` (say,
+# `-p tests --test dispatch`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deploy/setup-local.sh broker promtool python
+deploy/setup-local.sh broker promtool python network
 exec cargo test --workspace --locked "$@"
