@@ -98,6 +98,19 @@ impl Lane {
         Self { channel, jobs }
     }
 
+    /// Closes its channel (best effort, in the background): events of other
+    /// calls still unconfirmed on it are then published again on a new one.
+    pub(super) fn close(&self) {
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                channel.close(200, "replaced after a nack".into()),
+            )
+            .await;
+        });
+    }
+
     /// Whether its channel is open and its task still takes jobs.
     pub(super) fn is_open(&self) -> bool {
         self.channel.status().connected() && !self.jobs.is_closed()

@@ -254,7 +254,15 @@ impl Publisher {
             // (memory or disk alarm): it then stops reading our frames.
             match self.wait(&mut watchdog, &pending, ticket).await? {
                 Ok(Outcome::Confirmed) => return Ok(()),
-                Ok(Outcome::Nacked { id }) => return Err(PublishError::Nacked { id }),
+                Ok(Outcome::Nacked { id }) => {
+                    // A channel that saw a quorum queue without a leader can
+                    // keep refusing after a new one is elected (seen on a
+                    // 3.10 cluster after a node died: every later publish on
+                    // the channel nacked, a new channel's acked at once).
+                    // The next call starts on a new channel.
+                    self.replace_lane(&lane).await;
+                    return Err(PublishError::Nacked { id });
+                }
                 Ok(Outcome::Unroutable { id, reply }) => {
                     return Err(PublishError::Unroutable { id, reply });
                 }
@@ -401,6 +409,14 @@ impl Publisher {
                     }));
                 }
             }
+        }
+    }
+
+    async fn replace_lane(&self, suspect: &Arc<Lane>) {
+        let mut slot = self.lane.lock().await;
+        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, suspect)) {
+            *slot = None;
+            suspect.close();
         }
     }
 
