@@ -263,3 +263,157 @@ async fn unplugged_node_pauses_and_returns() {
         at.elapsed()
     );
 }
+
+/// Issue 17, scenario a: while 5,000 events flow to two endpoints through two
+/// dispatchers, `kill -9` the node the publisher and one dispatcher are
+/// connected to. Every confirmed event must be delivered to both endpoints
+/// (or dead-lettered); duplicates are counted and reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_node_of_the_publisher_and_a_dispatcher_loses_nothing() {
+    use common::{Config, Event};
+    use producer::Publisher;
+    use std::collections::{BTreeSet, HashMap};
+    use tests::dispatcher_harness::Running;
+    use tests::fixtures::endpoint;
+    use tests::receiver::Receiver;
+
+    const EVENTS: usize = 5_000;
+    const CHUNK: usize = 100;
+    let Some(cluster) = blocking(|| Cluster::start("kill")) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let (first_rx, second_rx) = (Receiver::start().await, Receiver::start().await);
+    let endpoints = format!(
+        "{}{}",
+        endpoint("one", &first_rx.url, &["#"], "max_in_flight = 8"),
+        endpoint("two", &second_rx.url, &["#"], "max_in_flight = 8")
+    );
+    let config = |order: [usize; 3]| {
+        let list: Vec<String> = order
+            .iter()
+            .map(|i| format!("\"{}\"", urls[i - 1]))
+            .collect();
+        let text = format!(
+            "[amqp]\nurls = [{}]\nprefix = \"hpt-cluster\"\nmax_reconnect_delay_ms = 500\npublish_timeout_ms = 20000\n[http]\nallowed_networks = [\"127.0.0.0/8\"]\n[defaults]\nretry_delay_ms = 100\nmax_retry_delay_ms = 400\nmax_retries = 5\n{endpoints}",
+            list.join(", ")
+        );
+        Config::from_toml_str(&text, "cluster.toml".as_ref(), &[]).expect("config")
+    };
+    // The publisher and dispatcher A on node 1; dispatcher B on node 2.
+    let on_first = config([1, 2, 3]);
+    let a = Running::start(on_first.clone()).await;
+    let b = Running::start(config([2, 3, 1])).await;
+    let publisher = Publisher::connect(&on_first).await.expect("publisher");
+
+    let events: Vec<Event> = (0..EVENTS)
+        .map(|i| Event::new("cluster.test", serde_json::json!({ "i": i })).expect("event"))
+        .collect();
+    let began = Instant::now();
+    let mut killed_at = None;
+    let mut first_retry_chunk = None;
+    let mut publish_retries = 0;
+    for (n, chunk) in events.chunks(CHUNK).enumerate() {
+        if n == EVENTS / CHUNK / 2 {
+            for q in ["hpt-cluster.ep.one", "hpt-cluster.ep.two"] {
+                let (leader, members) = blocking(|| cluster.quorum_leader_and_members(2, q));
+                assert_eq!(members.len(), 3, "{q} is replicated on every node");
+                eprintln!("{q}: leader {leader}, members {members:?}");
+            }
+            killed_at = Some(blocking(|| cluster.kill9(1)));
+            eprintln!("chunk {n}: node 1 killed");
+        }
+        // A chunk whose call failed is published again whole (at least
+        // once), as a producer would, after a pause: while a dead leader's
+        // queues elect a new one the broker refuses (nacks) publishes.
+        let retry_until = Instant::now() + Duration::from_secs(90);
+        loop {
+            match publisher.publish_many(chunk).await {
+                Ok(()) => break,
+                Err(e) => {
+                    first_retry_chunk.get_or_insert(n);
+                    publish_retries += 1;
+                    assert!(
+                        Instant::now() < retry_until,
+                        "publishing did not recover within 90 s: {e}"
+                    );
+                    if publish_retries % 10 == 1 {
+                        eprintln!("chunk {n}: publish retried after: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+    let published_s = began.elapsed();
+    let want: BTreeSet<String> = events.iter().map(|e| e.id.clone()).collect();
+    // Dead letters, read through node 2 (node 1 is dead).
+    let dead_ids = |queue_owner: &'static str| {
+        let url = urls[1].clone();
+        async move {
+            let conn = Connection::connect(&url, ConnectionProperties::default())
+                .await
+                .expect("node 2");
+            let ch = conn.create_channel().await.expect("channel");
+            let mut ids = BTreeSet::new();
+            while let Some(m) = ch
+                .basic_get("hpt-cluster.dead".into(), BasicGetOptions { no_ack: false })
+                .await
+                .expect("get")
+            {
+                let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+                if common::contract::DeadLetter::read(&headers).endpoint == queue_owner
+                    && let Ok(e) = Event::from_slice(&m.delivery.data)
+                {
+                    ids.insert(e.id);
+                }
+            }
+            let _ = conn.close(200, "bye".into()).await;
+            ids
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (mut missing_one, mut missing_two);
+    loop {
+        let got_one: BTreeSet<String> = first_rx.delivered_ids().into_iter().collect();
+        let got_two: BTreeSet<String> = second_rx.delivered_ids().into_iter().collect();
+        missing_one = want.difference(&got_one).count();
+        missing_two = want.difference(&got_two).count();
+        if missing_one == 0 && missing_two == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let (d1, d2) = (dead_ids("one").await, dead_ids("two").await);
+            missing_one = want
+                .difference(&got_one)
+                .filter(|id| !d1.contains(*id))
+                .count();
+            missing_two = want
+                .difference(&got_two)
+                .filter(|id| !d2.contains(*id))
+                .count();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let delivered_s = began.elapsed();
+    let duplicates = |rx: &Receiver| {
+        let mut count: HashMap<String, usize> = HashMap::new();
+        for id in rx.delivered_ids() {
+            *count.entry(id).or_default() += 1;
+        }
+        count.values().filter(|n| **n > 1).count()
+    };
+    eprintln!(
+        "timing: scenario a: {EVENTS} events to 2 endpoints; node 1 killed {:?} after the start; published in {published_s:?} ({publish_retries} chunk retries, the first at chunk {first_retry_chunk:?} of {}, the kill at chunk {}); all delivered after {delivered_s:?}; duplicates: {} and {}; lost: {missing_one} and {missing_two}",
+        killed_at.map(|k| k - began),
+        EVENTS / CHUNK,
+        EVENTS / CHUNK / 2,
+        duplicates(&first_rx),
+        duplicates(&second_rx)
+    );
+    assert_eq!((missing_one, missing_two), (0, 0), "events lost");
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+    publisher.close().await;
+}
