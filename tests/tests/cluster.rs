@@ -413,6 +413,9 @@ async fn killing_the_node_of_the_publisher_and_a_dispatcher_loses_nothing() {
         duplicates(&second_rx)
     );
     assert_eq!((missing_one, missing_two), (0, 0), "events lost");
+    // Dispatcher A lost its node: it is ready again on another one.
+    a.wait_ready().await;
+    b.wait_ready().await;
     let _ = a.stop().await;
     let _ = b.stop().await;
     publisher.close().await;
