@@ -264,30 +264,52 @@ async fn unplugged_node_pauses_and_returns() {
     );
 }
 
-/// Issue 17, scenario a: while 5,000 events flow to two endpoints through two
-/// dispatchers, `kill -9` the node the publisher and one dispatcher are
-/// connected to. Every confirmed event must be delivered to both endpoints
-/// (or dead-lettered); duplicates are counted and reported.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killing_the_node_of_the_publisher_and_a_dispatcher_loses_nothing() {
-    use common::{Config, Event};
-    use producer::Publisher;
-    use std::collections::{BTreeSet, HashMap};
-    use tests::dispatcher_harness::Running;
-    use tests::fixtures::endpoint;
-    use tests::receiver::Receiver;
+/// Two endpoints served by two dispatchers, the publisher and dispatcher A
+/// on node 1 first, dispatcher B on node 2 first: the issue's scenarios.
+struct Flow {
+    a: tests::dispatcher_harness::Running,
+    b: tests::dispatcher_harness::Running,
+    publisher: producer::Publisher,
+    receivers: [tests::receiver::Receiver; 2],
+    second_node: String,
+}
 
-    const EVENTS: usize = 5_000;
-    const CHUNK: usize = 100;
-    let Some(cluster) = blocking(|| Cluster::start("kill")) else {
-        return;
-    };
+/// What a scenario saw.
+struct Outcome {
+    publish_retries: usize,
+    first_retry_chunk: Option<usize>,
+    published: Duration,
+    delivered: Duration,
+    lost: [usize; 2],
+    duplicates: [usize; 2],
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "published in {:.1?} ({} chunk retries, the first at chunk {:?}); every event at both endpoints after {:.1?}; lost {:?}; duplicates {:?}",
+            self.published,
+            self.publish_retries,
+            self.first_retry_chunk,
+            self.delivered,
+            self.lost,
+            self.duplicates
+        )
+    }
+}
+
+async fn start_flow(cluster: &Cluster) -> Flow {
+    use tests::fixtures::endpoint;
     let urls = cluster.urls();
-    let (first_rx, second_rx) = (Receiver::start().await, Receiver::start().await);
+    let receivers = [
+        tests::receiver::Receiver::start().await,
+        tests::receiver::Receiver::start().await,
+    ];
     let endpoints = format!(
         "{}{}",
-        endpoint("one", &first_rx.url, &["#"], "max_in_flight = 8"),
-        endpoint("two", &second_rx.url, &["#"], "max_in_flight = 8")
+        endpoint("one", &receivers[0].url, &["#"], "max_in_flight = 8"),
+        endpoint("two", &receivers[1].url, &["#"], "max_in_flight = 8")
     );
     let config = |order: [usize; 3]| {
         let list: Vec<String> = order
@@ -298,125 +320,204 @@ async fn killing_the_node_of_the_publisher_and_a_dispatcher_loses_nothing() {
             "[amqp]\nurls = [{}]\nprefix = \"hpt-cluster\"\nmax_reconnect_delay_ms = 500\npublish_timeout_ms = 20000\n[http]\nallowed_networks = [\"127.0.0.0/8\"]\n[defaults]\nretry_delay_ms = 100\nmax_retry_delay_ms = 400\nmax_retries = 5\n{endpoints}",
             list.join(", ")
         );
-        Config::from_toml_str(&text, "cluster.toml".as_ref(), &[]).expect("config")
+        common::Config::from_toml_str(&text, "cluster.toml".as_ref(), &[]).expect("config")
     };
-    // The publisher and dispatcher A on node 1; dispatcher B on node 2.
     let on_first = config([1, 2, 3]);
-    let a = Running::start(on_first.clone()).await;
-    let b = Running::start(config([2, 3, 1])).await;
-    let publisher = Publisher::connect(&on_first).await.expect("publisher");
+    let a = tests::dispatcher_harness::Running::start(on_first.clone()).await;
+    let b = tests::dispatcher_harness::Running::start(config([2, 3, 1])).await;
+    let publisher = producer::Publisher::connect(&on_first)
+        .await
+        .expect("publisher");
+    for q in ["hpt-cluster.ep.one", "hpt-cluster.ep.two"] {
+        let (_, members) = blocking(|| cluster.quorum_leader_and_members(2, q));
+        assert_eq!(
+            members.len(),
+            3,
+            "{q} is replicated on every node: {members:?}"
+        );
+    }
+    Flow {
+        a,
+        b,
+        publisher,
+        receivers,
+        second_node: urls[1].clone(),
+    }
+}
 
-    let events: Vec<Event> = (0..EVENTS)
-        .map(|i| Event::new("cluster.test", serde_json::json!({ "i": i })).expect("event"))
-        .collect();
-    let began = Instant::now();
-    let mut killed_at = None;
-    let mut first_retry_chunk = None;
-    let mut publish_retries = 0;
-    for (n, chunk) in events.chunks(CHUNK).enumerate() {
-        if n == EVENTS / CHUNK / 2 {
-            for q in ["hpt-cluster.ep.one", "hpt-cluster.ep.two"] {
-                let (leader, members) = blocking(|| cluster.quorum_leader_and_members(2, q));
-                assert_eq!(members.len(), 3, "{q} is replicated on every node");
-                eprintln!("{q}: leader {leader}, members {members:?}");
-            }
-            killed_at = Some(blocking(|| cluster.kill9(1)));
-            eprintln!("chunk {n}: node 1 killed");
-        }
-        // A chunk whose call failed is published again whole (at least
-        // once), as a producer would, after a pause: while a dead leader's
-        // queues elect a new one the broker refuses (nacks) publishes.
-        let retry_until = Instant::now() + Duration::from_secs(90);
-        loop {
-            match publisher.publish_many(chunk).await {
-                Ok(()) => break,
-                Err(e) => {
-                    first_retry_chunk.get_or_insert(n);
-                    publish_retries += 1;
-                    assert!(
-                        Instant::now() < retry_until,
-                        "publishing did not recover within 90 s: {e}"
-                    );
-                    if publish_retries % 10 == 1 {
-                        eprintln!("chunk {n}: publish retried after: {e}");
+impl Flow {
+    /// Publishes `events` in chunks of 100, `pace` apart, calling `before`
+    /// with each chunk's number first; a chunk whose call failed is published
+    /// again whole (at least once) after a pause, as a producer would. Then
+    /// waits until both endpoints got every event (or it was dead-lettered),
+    /// and stops the dispatchers once both are ready again.
+    async fn run(
+        self,
+        events: &[common::Event],
+        pace: Duration,
+        mut before: impl FnMut(usize),
+    ) -> Outcome {
+        use std::collections::{BTreeSet, HashMap};
+        let began = Instant::now();
+        let (mut publish_retries, mut first_retry_chunk) = (0, None);
+        for (n, chunk) in events.chunks(100).enumerate() {
+            before(n);
+            let retry_until = Instant::now() + Duration::from_secs(90);
+            loop {
+                match self.publisher.publish_many(chunk).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        first_retry_chunk.get_or_insert(n);
+                        publish_retries += 1;
+                        assert!(
+                            Instant::now() < retry_until,
+                            "publishing did not recover within 90 s: {e}"
+                        );
+                        if publish_retries % 10 == 1 {
+                            eprintln!("chunk {n}: publish retried after: {e}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
+            tokio::time::sleep(pace).await;
         }
-    }
-    let published_s = began.elapsed();
-    let want: BTreeSet<String> = events.iter().map(|e| e.id.clone()).collect();
-    // Dead letters, read through node 2 (node 1 is dead).
-    let dead_ids = |queue_owner: &'static str| {
-        let url = urls[1].clone();
-        async move {
-            let conn = Connection::connect(&url, ConnectionProperties::default())
-                .await
-                .expect("node 2");
-            let ch = conn.create_channel().await.expect("channel");
-            let mut ids = BTreeSet::new();
-            while let Some(m) = ch
-                .basic_get("hpt-cluster.dead".into(), BasicGetOptions { no_ack: false })
-                .await
-                .expect("get")
-            {
-                let headers = m.delivery.properties.headers().clone().unwrap_or_default();
-                if common::contract::DeadLetter::read(&headers).endpoint == queue_owner
-                    && let Ok(e) = Event::from_slice(&m.delivery.data)
-                {
-                    ids.insert(e.id);
-                }
+        let published = began.elapsed();
+        let want: BTreeSet<String> = events.iter().map(|e| e.id.clone()).collect();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let mut lost = [0, 0];
+        loop {
+            for (k, rx) in self.receivers.iter().enumerate() {
+                let got: BTreeSet<String> = rx.delivered_ids().into_iter().collect();
+                lost[k] = want.difference(&got).count();
             }
-            let _ = conn.close(200, "bye".into()).await;
-            ids
+            if lost == [0, 0] {
+                break;
+            }
+            if Instant::now() > deadline {
+                // What is missing may have been dead-lettered: not lost.
+                for (k, name) in ["one", "two"].iter().enumerate() {
+                    let got: BTreeSet<String> =
+                        self.receivers[k].delivered_ids().into_iter().collect();
+                    let dead = dead_ids(&self.second_node, name).await;
+                    lost[k] = want
+                        .difference(&got)
+                        .filter(|id| !dead.contains(*id))
+                        .count();
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    };
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let (mut missing_one, mut missing_two);
-    loop {
-        let got_one: BTreeSet<String> = first_rx.delivered_ids().into_iter().collect();
-        let got_two: BTreeSet<String> = second_rx.delivered_ids().into_iter().collect();
-        missing_one = want.difference(&got_one).count();
-        missing_two = want.difference(&got_two).count();
-        if missing_one == 0 && missing_two == 0 {
-            break;
+        let delivered = began.elapsed();
+        let duplicates = self.receivers.each_ref().map(|rx| {
+            let mut count: HashMap<String, usize> = HashMap::new();
+            for id in rx.delivered_ids() {
+                *count.entry(id).or_default() += 1;
+            }
+            count.values().filter(|n| **n > 1).count()
+        });
+        // Both dispatchers are ready again, whatever happened to their nodes.
+        self.a.wait_ready().await;
+        self.b.wait_ready().await;
+        let _ = self.a.stop().await;
+        let _ = self.b.stop().await;
+        self.publisher.close().await;
+        Outcome {
+            publish_retries,
+            first_retry_chunk,
+            published,
+            delivered,
+            lost,
+            duplicates,
         }
-        if Instant::now() > deadline {
-            let (d1, d2) = (dead_ids("one").await, dead_ids("two").await);
-            missing_one = want
-                .difference(&got_one)
-                .filter(|id| !d1.contains(*id))
-                .count();
-            missing_two = want
-                .difference(&got_two)
-                .filter(|id| !d2.contains(*id))
-                .count();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let delivered_s = began.elapsed();
-    let duplicates = |rx: &Receiver| {
-        let mut count: HashMap<String, usize> = HashMap::new();
-        for id in rx.delivered_ids() {
-            *count.entry(id).or_default() += 1;
+}
+
+/// Ids of the dead letters of endpoint `endpoint`, read through `url`.
+async fn dead_ids(url: &str, endpoint: &str) -> std::collections::BTreeSet<String> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut ids = std::collections::BTreeSet::new();
+    while let Some(m) = ch
+        .basic_get("hpt-cluster.dead".into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("get")
+    {
+        let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+        if common::contract::DeadLetter::read(&headers).endpoint == endpoint
+            && let Ok(e) = common::Event::from_slice(&m.delivery.data)
+        {
+            ids.insert(e.id);
         }
-        count.values().filter(|n| **n > 1).count()
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    ids
+}
+
+fn events(n: usize) -> Vec<common::Event> {
+    (0..n)
+        .map(|i| common::Event::new("cluster.test", serde_json::json!({ "i": i })).expect("event"))
+        .collect()
+}
+
+/// Issue 17, scenario a: while 5,000 events flow to two endpoints through two
+/// dispatchers, `kill -9` the node the publisher and one dispatcher are
+/// connected to. Every confirmed event must be delivered to both endpoints
+/// (or dead-lettered); duplicates are counted and reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_node_of_the_publisher_and_a_dispatcher_loses_nothing() {
+    let Some(cluster) = blocking(|| Cluster::start("kill")) else {
+        return;
     };
+    let flow = start_flow(&cluster).await;
+    let events = events(5_000);
+    let outcome = flow
+        .run(&events, Duration::ZERO, |n| {
+            if n == 25 {
+                blocking(|| cluster.kill9(1));
+                eprintln!("chunk {n}: node 1 killed");
+            }
+        })
+        .await;
+    eprintln!("timing: scenario a (kill -9 of node 1 at chunk 25 of 50): {outcome}");
+    assert_eq!(outcome.lost, [0, 0], "events lost");
+}
+
+/// Issue 17, scenario b: a rolling restart of the three nodes, one at a
+/// time, while events flow (100 about every 1.2 s, for about as long as the
+/// three restarts take) to two endpoints through two dispatchers: nothing
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_under_load_loses_nothing() {
+    let Some(cluster) = blocking(|| Cluster::start("roll")) else {
+        return;
+    };
+    let cluster = std::sync::Arc::new(cluster);
+    let flow = start_flow(&cluster).await;
+    let events = events(4_000);
+    let restarts = {
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            // Let events flow first, then one node after the other, each
+            // back in the cluster before the next goes down.
+            std::thread::sleep(Duration::from_secs(2));
+            let mut took = Vec::new();
+            for i in 1..=3 {
+                let restart = cluster.restart_node(i);
+                let rejoined = cluster.wait_running(3, Duration::from_secs(60));
+                took.push((i, restart, rejoined));
+            }
+            took
+        })
+    };
+    let outcome = flow.run(&events, Duration::from_millis(1200), |_| {}).await;
+    let took = restarts.await.expect("restarts");
     eprintln!(
-        "timing: scenario a: {EVENTS} events to 2 endpoints; node 1 killed {:?} after the start; published in {published_s:?} ({publish_retries} chunk retries, the first at chunk {first_retry_chunk:?} of {}, the kill at chunk {}); all delivered after {delivered_s:?}; duplicates: {} and {}; lost: {missing_one} and {missing_two}",
-        killed_at.map(|k| k - began),
-        EVENTS / CHUNK,
-        EVENTS / CHUNK / 2,
-        duplicates(&first_rx),
-        duplicates(&second_rx)
+        "timing: scenario b (rolling restart, (node, restart, rejoined) {took:?}): {outcome}"
     );
-    assert_eq!((missing_one, missing_two), (0, 0), "events lost");
-    // Dispatcher A lost its node: it is ready again on another one.
-    a.wait_ready().await;
-    b.wait_ready().await;
-    let _ = a.stop().await;
-    let _ = b.stop().await;
-    publisher.close().await;
+    assert_eq!(took.len(), 3);
+    assert_eq!(outcome.lost, [0, 0], "events lost");
 }
