@@ -351,6 +351,11 @@ impl Cluster {
                 "--init-groups",
             ])
             .arg(program)
+            // The rabbitmq user may not be able to enter the test's working
+            // directory (a checkout under a 0700 temporary directory): the
+            // node and its tools then fail to start. Run them from the
+            // cluster's own directory.
+            .current_dir(&self.dir)
             .env("HOME", self.dir.join("home"))
             .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
             .env_remove("ERL_FLAGS")
