@@ -142,6 +142,15 @@ fn kill_namespace(ns: &str) {
     }
 }
 
+fn assert_plain(queue: &str) {
+    assert!(
+        queue
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+        "queue names here are plain: {queue}"
+    );
+}
+
 fn cluster_dir(x: u8) -> PathBuf {
     std::env::temp_dir().join(format!("hookpost-cluster-{x}"))
 }
@@ -532,12 +541,7 @@ impl Cluster {
     /// # Panics
     /// When `via` does not answer or has no such quorum queue.
     pub fn quorum_leader_and_members(&self, via: usize, queue: &str) -> (String, Vec<String>) {
-        assert!(
-            queue
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
-            "queue names here are plain: {queue}"
-        );
+        assert_plain(queue);
         let expr = format!(
             "{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<\"/\">>, queue, <<\"{queue}\">>)), \
              {{_, Leader}} = amqqueue:get_pid(Q), \
@@ -555,6 +559,28 @@ impl Cluster {
                 .map(str::to_owned)
                 .collect(),
         )
+    }
+
+    /// The member nodes of `queue` (a quorum queue or a stream), asked
+    /// through node `via`.
+    ///
+    /// # Panics
+    /// When the node cannot answer or the queue does not exist.
+    pub fn members(&self, via: usize, queue: &str) -> Vec<String> {
+        assert_plain(queue);
+        let expr = format!(
+            "{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<\"/\">>, queue, <<\"{queue}\">>)), \
+             #{{nodes := Nodes}} = amqqueue:get_type_state(Q), \
+             io:format(\"~s~n\", [lists:join(\",\", [atom_to_list(N) || N <- Nodes])])."
+        );
+        let out = self.ctl(via, &["eval", &expr]);
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     fn pid(&self, i: usize) -> Option<String> {

@@ -158,6 +158,7 @@ async fn cluster_forms_survives_kill_and_partition() {
     assert_eq!(got.delivery.data, b"via-node-1");
     let _ = conn3.close(200, "bye".into()).await;
     eprintln!("scenario 1: queue members {members:?}, leader {leader}");
+    replicas_follow_the_config(&cluster).await;
 
     // 2. kill -9 the leader: the queue is served through another node; the
     //    killed node restarts and rejoins.
@@ -228,6 +229,42 @@ async fn cluster_forms_survives_kill_and_partition() {
         healed_at.elapsed()
     );
     eprintln!("timing: whole test {:?}", began.elapsed());
+}
+
+/// `amqp.quorum_replicas = 2` and `registry.control_replicas = 2` on three
+/// nodes: hookpost's quorum queues and its control stream get two members
+/// (the default, 3, gives every endpoint queue three: `start_flow`).
+async fn replicas_follow_the_config(cluster: &Cluster) {
+    use common::topology::Topology;
+    let text = format!(
+        "[amqp]\nurl = \"{}\"\nprefix = \"hpt-replicas\"\nquorum_replicas = 2\n[registry]\ncontrol_replicas = 2\n",
+        cluster.url(1)
+    );
+    let config =
+        common::Config::from_toml_str(&text, "replicas.toml".as_ref(), &[]).expect("config");
+    let topology = Topology::for_config(&config);
+    let conn = Connection::connect(&cluster.url(1), ConnectionProperties::default())
+        .await
+        .expect("connect to node 1");
+    let ch = conn.create_channel().await.expect("channel");
+    topology.declare_base(&conn, &ch).await.expect("base");
+    topology
+        .declare_endpoint(&ch, "two", &["#".to_owned()])
+        .await
+        .expect("endpoint queue");
+    common::registry::control::ensure(&conn, &topology)
+        .await
+        .expect("control stream");
+    let _ = conn.close(200, "bye".into()).await;
+    for queue in [
+        topology.endpoint_queue("two"),
+        topology.dead(),
+        topology.control(),
+    ] {
+        let members = blocking(|| cluster.members(1, &queue));
+        assert_eq!(members.len(), 2, "members of {queue}: {members:?}");
+    }
+    eprintln!("replicas: quorum_replicas = 2 and control_replicas = 2 gave 2 members");
 }
 
 /// `unplug` (node 3 loses its link: the other nodes and this process alike)

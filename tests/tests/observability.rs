@@ -274,7 +274,7 @@ async fn readiness_waits_for_every_endpoint() {
     );
     let topology = common::topology::Topology::new(&config.amqp);
     topology
-        .declare_base(&scope.channel)
+        .declare_base(&scope.connection, &scope.channel)
         .await
         .expect("declare base");
     topology

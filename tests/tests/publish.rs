@@ -240,13 +240,13 @@ async fn broker_refusals_are_classified_by_reply_code() {
     let first = scope.config("");
     let ch = scope.connection.create_channel().await.expect("channel");
     Topology::new(&first.amqp)
-        .declare_base(&ch)
+        .declare_base(&scope.connection, &ch)
         .await
         .expect("declare");
     let changed = scope.config_with("", "unrouted_max_length = 7", &amqp_url());
     let ch = scope.connection.create_channel().await.expect("channel");
     let err = Topology::new(&changed.amqp)
-        .declare_base(&ch)
+        .declare_base(&scope.connection, &ch)
         .await
         .expect_err("other arguments");
     match &err {

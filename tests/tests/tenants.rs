@@ -58,7 +58,10 @@ async fn each_tenants_queue_holds_only_that_tenants_events() {
     ));
     scope.track_config(&config);
     let topology = Topology::new(&config.amqp);
-    topology.declare_base(&scope.channel).await.expect("base");
+    topology
+        .declare_base(&scope.connection, &scope.channel)
+        .await
+        .expect("base");
     for e in &config.endpoints {
         topology
             .declare_endpoint(&scope.channel, &e.id, &e.binding_keys())
@@ -469,7 +472,10 @@ async fn an_existing_endpoint_gains_tenant_events_and_a_tenant_change_rebinds_it
     ));
     let topology = Topology::new(&global.amqp);
     // What a version before tenants declared: the pattern on `events` only.
-    topology.declare_base(&scope.channel).await.expect("base");
+    topology
+        .declare_base(&scope.connection, &scope.channel)
+        .await
+        .expect("base");
     topology
         .declare_endpoint(&scope.channel, "legacy", &["order.*".to_owned()])
         .await

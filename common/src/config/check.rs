@@ -212,6 +212,7 @@ impl Config {
                 queue_type: amqp.queue_type,
                 unrouted_max_length: amqp.unrouted_max_length.get(),
                 delivery_limit: amqp.delivery_limit.get(),
+                quorum_replicas: amqp.quorum_replicas.get(),
                 publish_timeout: Duration::from_millis(amqp.publish_timeout_ms.get()),
                 prefetch: amqp.prefetch.get(),
                 consume_channels: usize::from(amqp.consume_channels.get()),
@@ -249,6 +250,7 @@ impl Config {
                 secrets_key,
                 secret_overlap: Duration::from_millis(raw.registry.secret_overlap_ms.get()),
                 control_max_bytes,
+                control_replicas: raw.registry.control_replicas.get(),
             },
             transforms: TransformsConfig {
                 workers: raw.transforms.workers.get() as usize,

@@ -2,7 +2,7 @@
 //! functions [`super::raw`]'s serde attributes name.
 
 use std::net::SocketAddr;
-use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU8, NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 
 pub(super) fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8081))
@@ -34,6 +34,9 @@ pub(super) fn default_prefix() -> String {
 }
 pub(super) fn default_unrouted_max_length() -> NonZeroU32 {
     const { NonZeroU32::new(100_000).unwrap() }
+}
+pub(super) fn default_replicas() -> NonZeroU8 {
+    NonZeroU8::new(super::raw::DEFAULT_REPLICAS).unwrap_or(NonZeroU8::MIN)
 }
 pub(super) fn default_delivery_limit() -> NonZeroU32 {
     const { NonZeroU32::new(20).unwrap() }

@@ -6,7 +6,7 @@ use super::defaults;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU8, NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -64,6 +64,12 @@ pub struct AmqpSection {
     /// redelivered this often without an ack (a crash loop) is dead-lettered.
     #[serde(default = "defaults::default_delivery_limit")]
     pub delivery_limit: NonZeroU32,
+    /// Members of each quorum queue hookpost creates
+    /// (`x-quorum-initial-group-size`). The broker places at most one per
+    /// node, so the default, 3, means every node up to three. Applies when
+    /// a queue is created; queues that exist keep their members.
+    #[serde(default = "defaults::default_replicas")]
+    pub quorum_replicas: NonZeroU8,
     /// Longest a publish waits for the broker's next confirm (reconnect
     /// included) before it fails; it counts from the call's last confirm, so a
     /// long `publish_many` the broker confirms steadily is not cut short.
@@ -276,6 +282,10 @@ pub struct RegistrySection {
     /// "The control stream").
     #[serde(default = "defaults::default_control_max_bytes")]
     pub control_max_bytes: NonZeroU64,
+    /// Replicas of the control stream (`x-initial-cluster-size`): every
+    /// node up to this many. Applies when the stream is created.
+    #[serde(default = "defaults::default_replicas")]
+    pub control_replicas: NonZeroU8,
 }
 
 /// `[transforms]`: endpoint transforms run in child processes of the
@@ -429,6 +439,9 @@ pub enum Method {
 
 /// The default of `registry.control_max_bytes`: 256 MiB.
 pub const DEFAULT_CONTROL_MAX_BYTES: u64 = 256 << 20;
+
+/// The default of `amqp.quorum_replicas` and `registry.control_replicas`.
+pub const DEFAULT_REPLICAS: u8 = 3;
 
 /// The broker URL used when the config names none.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

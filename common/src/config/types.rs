@@ -84,6 +84,8 @@ pub struct RegistryConfig {
     pub secret_overlap: Duration,
     /// The control stream's retention in bytes (at least 8 MiB).
     pub control_max_bytes: u64,
+    /// `x-initial-cluster-size` of the control stream.
+    pub control_replicas: u8,
 }
 
 /// Checked `[amqp]`.
@@ -101,6 +103,8 @@ pub struct AmqpConfig {
     pub unrouted_max_length: u32,
     /// `x-delivery-limit` of endpoint queues.
     pub delivery_limit: u32,
+    /// `x-quorum-initial-group-size` of the quorum queues hookpost creates.
+    pub quorum_replicas: u8,
     /// Bound on one publish, reconnect included.
     pub publish_timeout: Duration,
     /// Prefetch per endpoint consumer.

@@ -5,12 +5,15 @@
 //! existing queue with *different* arguments (say, `queue_type` changed) is
 //! refused by the broker; [`TopologyError::Conflict`] says which queue.
 
+mod replicas;
+
 use crate::config::{AmqpConfig, QueueType};
 use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
+use replicas::Replicas;
 
 /// A declaration the broker refused.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,8 @@ pub struct Topology {
     unrouted_max_length: u32,
     delivery_limit: u32,
     control_max_bytes: u64,
+    control_replicas: u8,
+    replicas: Replicas,
 }
 
 impl Topology {
@@ -72,6 +77,8 @@ impl Topology {
             unrouted_max_length: amqp.unrouted_max_length,
             delivery_limit: amqp.delivery_limit,
             control_max_bytes: crate::config::raw::DEFAULT_CONTROL_MAX_BYTES,
+            control_replicas: crate::config::raw::DEFAULT_REPLICAS,
+            replicas: Replicas::new(amqp.quorum_replicas),
         }
     }
 
@@ -80,6 +87,7 @@ impl Topology {
     pub fn for_config(config: &crate::Config) -> Self {
         Self {
             control_max_bytes: config.registry.control_max_bytes,
+            control_replicas: config.registry.control_replicas,
             ..Self::new(&config.amqp)
         }
     }
@@ -87,6 +95,11 @@ impl Topology {
     /// The control stream's retention in bytes.
     pub fn control_max_bytes(&self) -> u64 {
         self.control_max_bytes
+    }
+
+    /// The control stream's `x-initial-cluster-size`.
+    pub fn control_replicas(&self) -> u8 {
+        self.control_replicas
     }
 
     /// The name prefix.
@@ -182,11 +195,17 @@ impl Topology {
     }
 
     /// Declares the exchanges and queues every process needs: events,
-    /// unrouted, endpoints, dead.
+    /// unrouted, endpoints, dead. With quorum queues it first settles, on
+    /// channels of `conn`'s own, the member count the installation's queues
+    /// were created with (`replicas.rs`), so call it before declaring any
+    /// other queue.
     ///
     /// # Errors
     /// [`TopologyError`] naming the object the broker refused.
-    pub async fn declare_base(&self, ch: &Channel) -> Result<(), TopologyError> {
+    pub async fn declare_base(&self, conn: &Connection, ch: &Channel) -> Result<(), TopologyError> {
+        if self.queue_type == QueueType::Quorum {
+            self.replicas.settle(self, conn).await?;
+        }
         let mut events_args = FieldTable::default();
         // Events that match no binding go to the unrouted exchange instead of
         // being dropped; a `mandatory` publish then counts as routed.
@@ -403,12 +422,24 @@ impl Topology {
     }
 
     fn queue_args(&self) -> FieldTable {
+        self.queue_args_with(self.replicas.arg())
+    }
+
+    /// The arguments of every queue, with `replicas` as the quorum
+    /// queues' `x-quorum-initial-group-size` (`None`: without it).
+    fn queue_args_with(&self, replicas: Option<u8>) -> FieldTable {
         let mut args = FieldTable::default();
         let kind = match self.queue_type {
             QueueType::Quorum => "quorum",
             QueueType::Classic => "classic",
         };
         args.insert("x-queue-type".into(), long_string(kind));
+        if let (QueueType::Quorum, Some(n)) = (self.queue_type, replicas) {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongLongInt(n.into()),
+            );
+        }
         args
     }
 

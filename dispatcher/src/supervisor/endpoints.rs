@@ -117,7 +117,7 @@ pub(crate) async fn declare(
     .await?;
     step(
         || "the base exchanges and queues".into(),
-        topology.declare_base(&channel),
+        topology.declare_base(conn, &channel),
     )
     .await?;
     // Passive first, on its own channels: see `control::ensure`.

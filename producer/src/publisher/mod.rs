@@ -382,7 +382,7 @@ impl Publisher {
                     .confirm_select(ConfirmSelectOptions::default())
                     .await
                     .map_err(PublishError::Channel)?;
-                self.topology.declare_base(&channel).await?;
+                self.topology.declare_base(&connection, &channel).await?;
                 Ok::<_, PublishError>(channel)
             };
             match tokio::time::timeout_at(deadline, opened).await {

@@ -34,8 +34,9 @@ pub struct ReadStats {
 }
 
 /// Stream arguments: retention by size (whole segments are removed, oldest
-/// first, once the stream is larger than `max_bytes`).
-pub(super) fn stream_args(topology: &Topology) -> FieldTable {
+/// first, once the stream is larger than `max_bytes`), and the replicas
+/// (`registry.control_replicas`) when `with_replicas`.
+pub(super) fn stream_args(topology: &Topology, with_replicas: bool) -> FieldTable {
     let max_bytes = topology.control_max_bytes();
     let mut args = FieldTable::default();
     args.insert(
@@ -50,6 +51,12 @@ pub(super) fn stream_args(topology: &Topology) -> FieldTable {
         "x-stream-max-segment-size-bytes".into(),
         AMQPValue::LongLongInt(i64::try_from(segment_bytes(max_bytes)).unwrap_or(i64::MAX)),
     );
+    if with_replicas {
+        args.insert(
+            "x-initial-cluster-size".into(),
+            AMQPValue::LongLongInt(topology.control_replicas().into()),
+        );
+    }
     args
 }
 
@@ -60,20 +67,28 @@ pub fn segment_bytes(max_bytes: u64) -> u64 {
     (max_bytes / 16).clamp(256 << 10, 500_000_000)
 }
 
-/// Declares the control stream, with its retention. Prefer [`ensure`]: a
-/// stream declared earlier without these arguments refuses this declare
-/// (PRECONDITION_FAILED, which closes `ch`).
+/// Declares the control stream, with its retention and replicas. Prefer
+/// [`ensure`]: a stream declared earlier without these arguments refuses
+/// this declare (PRECONDITION_FAILED, which closes `ch`).
 ///
 /// # Errors
 /// The broker's refusal (streams need RabbitMQ 3.9 or later).
 pub async fn declare(ch: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+    declare_with(ch, topology, true).await
+}
+
+async fn declare_with(
+    ch: &Channel,
+    topology: &Topology,
+    with_replicas: bool,
+) -> Result<(), lapin::Error> {
     ch.queue_declare(
         topology.control().as_str().into(),
         QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         },
-        stream_args(topology),
+        stream_args(topology, with_replicas),
     )
     .await?;
     Ok(())
@@ -160,6 +175,8 @@ pub async fn ensure(conn: &Connection, topology: &Topology) -> Result<(), lapin:
 /// Declares the stream once more with its retention arguments: the broker
 /// refuses (406) if it was declared with others, or none (before hookpost
 /// set them). Says so once (INFO); the stream keeps working either way.
+/// A stream created before `registry.control_replicas` existed has no
+/// replica argument: the check is tried without it too.
 pub(super) async fn check_retention(conn: &Connection, topology: &Topology) {
     let name = topology.control();
     {
@@ -170,27 +187,36 @@ pub(super) async fn check_retention(conn: &Connection, topology: &Topology) {
             return;
         }
     }
-    let Ok(ch) = conn.create_channel().await else {
-        return;
-    };
-    match declare(&ch, topology).await {
-        Ok(()) => {
-            let _ = ch.close(200, "checked".into()).await;
+    let mut refused = false;
+    for with_replicas in [true, false] {
+        let Ok(ch) = conn.create_channel().await else {
+            return;
+        };
+        match declare_with(&ch, topology, with_replicas).await {
+            Ok(()) => {
+                let _ = ch.close(200, "checked".into()).await;
+                return;
+            }
+            Err(e)
+                if crate::amqp::reply_code(&e) == Some(crate::amqp::reply::PRECONDITION_FAILED) =>
+            {
+                refused = true;
+            }
+            Err(_) => return,
         }
-        Err(e) if crate::amqp::reply_code(&e) == Some(crate::amqp::reply::PRECONDITION_FAILED) => {
-            let max_bytes = topology.control_max_bytes();
-            // INFO: a policy may already bound it, and AMQP cannot see that.
-            tracing::info!(
-                stream = %name,
-                max_bytes,
-                "The control stream was declared without hookpost's retention (or with another registry.control_max_bytes); queue arguments cannot change, so unless a policy bounds it, apply one: rabbitmqctl set_policy {}-control '^{}$' '{{\"max-length-bytes\":{},\"stream-max-segment-size-bytes\":{}}}' --apply-to queues",
-                topology.prefix(),
-                regex_escape(&name),
-                max_bytes,
-                segment_bytes(max_bytes),
-            );
-        }
-        Err(_) => {}
+    }
+    if refused {
+        let max_bytes = topology.control_max_bytes();
+        // INFO: a policy may already bound it, and AMQP cannot see that.
+        tracing::info!(
+            stream = %name,
+            max_bytes,
+            "The control stream was declared without hookpost's retention (or with another registry.control_max_bytes); queue arguments cannot change, so unless a policy bounds it, apply one: rabbitmqctl set_policy {}-control '^{}$' '{{\"max-length-bytes\":{},\"stream-max-segment-size-bytes\":{}}}' --apply-to queues",
+            topology.prefix(),
+            regex_escape(&name),
+            max_bytes,
+            segment_bytes(max_bytes),
+        );
     }
 }
 

@@ -1,0 +1,148 @@
+//! How many members the quorum queues of a topology get
+//! (`amqp.quorum_replicas`, `x-quorum-initial-group-size`), and what an
+//! existing installation's queues were created with.
+//!
+//! The broker refuses to declare an existing queue with another value of
+//! the argument, or with it where the queue was created without it (406,
+//! which closes the channel). Queue arguments cannot change, and the member
+//! count only matters when a queue is created, so [`Replicas::settle`] finds
+//! the value the installation's dead-letter queue was created with, and the
+//! topology declares every queue with that value from then on.
+
+use super::{Topology, TopologyError};
+use lapin::Connection;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// `in_use` when the queues were created without the argument.
+const WITHOUT: u8 = 0;
+
+/// The largest member count tried when looking for an existing queue's.
+const LARGEST_TRIED: u8 = 9;
+
+/// Prefixes whose differing member count this process has logged.
+static SAID: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// The member count asked for, and the one declarations use (shared by the
+/// topology's clones).
+#[derive(Debug, Clone)]
+pub(super) struct Replicas {
+    wanted: u8,
+    in_use: Arc<AtomicU8>,
+}
+
+impl Replicas {
+    pub(super) fn new(wanted: u8) -> Self {
+        Self {
+            wanted,
+            in_use: Arc::new(AtomicU8::new(wanted)),
+        }
+    }
+
+    /// The `x-quorum-initial-group-size` to declare quorum queues with
+    /// (`None`: without it).
+    pub(super) fn arg(&self) -> Option<u8> {
+        match self.in_use.load(Ordering::Relaxed) {
+            WITHOUT => None,
+            n => Some(n),
+        }
+    }
+
+    /// Declares the dead-letter queue with the wanted member count, else
+    /// with none, else with each count up to [`LARGEST_TRIED`], each on a
+    /// channel of its own, and keeps the first the broker accepts. No
+    /// message text is read: an accepted declaration is the proof.
+    ///
+    /// # Errors
+    /// The broker's first refusal when it accepts none (another argument
+    /// differs), or any other broker error.
+    pub(super) async fn settle(
+        &self,
+        topology: &Topology,
+        conn: &Connection,
+    ) -> Result<(), TopologyError> {
+        let queue = topology.dead();
+        let mut refused = None;
+        for candidate in candidates(self.wanted) {
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|source| TopologyError::Broker {
+                    object: "a channel".into(),
+                    source,
+                })?;
+            let args = topology.queue_args_with(candidate);
+            match topology.declare_queue(&ch, &queue, args).await {
+                Ok(()) => {
+                    let _ = ch.close(200, "declared".into()).await;
+                    self.in_use
+                        .store(candidate.unwrap_or(WITHOUT), Ordering::Relaxed);
+                    if candidate != Some(self.wanted) {
+                        self.say_once(topology.prefix(), candidate);
+                    }
+                    return Ok(());
+                }
+                Err(e @ TopologyError::Conflict { .. }) => {
+                    refused.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(refused.unwrap_or_else(|| unreachable!("candidates are never empty")))
+    }
+
+    fn say_once(&self, prefix: &str, found: Option<u8>) {
+        let new = SAID
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(prefix.to_owned());
+        if !new {
+            return;
+        }
+        let created = found.map_or_else(
+            || "without a member count (before amqp.quorum_replicas existed)".to_owned(),
+            |n| format!("with {n} members"),
+        );
+        // INFO: an upgrade or a changed setting, nothing is wrong.
+        tracing::info!(
+            prefix,
+            quorum_replicas = self.wanted,
+            "The quorum queues under this prefix were created {created}; hookpost declares them, and the queues it creates from now on, the same way (queue arguments cannot change). Change the members of existing queues with rabbitmq-queues grow and shrink."
+        );
+    }
+}
+
+/// The member counts tried, in order: the wanted one, none, the others.
+fn candidates(wanted: u8) -> impl Iterator<Item = Option<u8>> {
+    std::iter::once(Some(wanted))
+        .chain(std::iter::once(None))
+        .chain((1..=LARGEST_TRIED).filter(move |n| *n != wanted).map(Some))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wanted_count_is_tried_first_then_none_then_each_other_once() {
+        let tried: Vec<Option<u8>> = candidates(3).collect();
+        assert_eq!(tried[..2], [Some(3), None]);
+        assert_eq!(tried.len(), 1 + 1 + 8);
+        let mut counts: Vec<u8> = tried.iter().flatten().copied().collect();
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=9).collect::<Vec<_>>());
+        assert_eq!(candidates(12).count(), 1 + 1 + 9);
+    }
+
+    #[test]
+    fn clones_share_what_was_settled() {
+        let r = Replicas::new(3);
+        let clone = r.clone();
+        assert_eq!(clone.arg(), Some(3));
+        r.in_use.store(WITHOUT, Ordering::Relaxed);
+        assert_eq!(clone.arg(), None);
+        r.in_use.store(2, Ordering::Relaxed);
+        assert_eq!(clone.arg(), Some(2));
+    }
+}
