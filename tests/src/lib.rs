@@ -6,6 +6,7 @@
 //! Tests talk to the broker at `AMQP_URL` (default the local one).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cluster;
 pub mod dispatcher_harness;
 pub mod fixtures;

@@ -10,59 +10,29 @@ use tests::dispatcher_harness::Running;
 use tests::fixtures::{FAST, header_str, publish};
 use tests::receiver::{Receiver, Reply};
 use tests::{Scope, eventually};
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "management-token-0123456789";
 const INGEST_TOKEN: &str = "ingest-token-0123456789";
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
-/// A running management API.
+/// The management API's `/v1/endpoints`, called with the operator token.
 struct Api {
+    api: tests::api::Api,
     base: String,
-    http: reqwest::Client,
-    stop: CancellationToken,
 }
 
 impl Api {
     async fn start(config: &Config) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!(
-            "http://{}/v1/endpoints",
-            listener.local_addr().expect("addr")
-        );
-        let stop = CancellationToken::new();
-        tokio::spawn(producer::api::serve(config.clone(), listener, stop.clone()));
-        Self {
-            base,
-            http: reqwest::Client::new(),
-            stop,
-        }
+        let api = tests::api::Api::start(config).await;
+        let base = format!("{}/v1/endpoints", api.root);
+        Self { api, base }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap_or_default();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, value)
-    }
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.stop.cancel();
+        self.api
+            .call(TOKEN, method, &format!("/v1/endpoints{path}"), body)
+            .await
     }
 }
 

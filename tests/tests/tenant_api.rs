@@ -14,10 +14,10 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::{Value, json};
 use std::time::Duration;
+use tests::api::Api;
 use tests::dispatcher_harness::Running;
 use tests::fixtures::FAST;
 use tests::{Scope, eventually};
-use tokio_util::sync::CancellationToken;
 
 const OPERATOR: &str = "operator-token-0123456789";
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -25,76 +25,21 @@ const READ: Duration = Duration::from_secs(30);
 const ENV_SECRET: &str = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldY";
 const ENV_HEADER: &str = "env-header-value-plain-7f3a";
 
-/// A running management API.
-struct Api {
-    root: String,
-    http: reqwest::Client,
-    stop: CancellationToken,
-}
-
-impl Api {
-    async fn start(config: &Config) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let root = format!("http://{}", listener.local_addr().expect("addr"));
-        let stop = CancellationToken::new();
-        tokio::spawn(producer::api::serve(config.clone(), listener, stop.clone()));
-        Self {
-            root,
-            http: reqwest::Client::new(),
-            stop,
-        }
-    }
-
-    /// `method path` with bearer `token`: the status and the JSON body.
-    async fn call(
-        &self,
-        token: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.root))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+/// Mints a token for `tenant` with the operator token.
+async fn mint(api: &Api, tenant: &str) -> (String, String) {
+    let (status, body) = api
+        .call(
+            OPERATOR,
+            reqwest::Method::POST,
+            &format!("/v1/tenants/{tenant}/tokens"),
+            None,
         )
-    }
-
-    /// Mints a token for `tenant` with the operator token.
-    async fn mint(&self, tenant: &str) -> (String, String) {
-        let (status, body) = self
-            .call(
-                OPERATOR,
-                reqwest::Method::POST,
-                &format!("/v1/tenants/{tenant}/tokens"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        let token = body["token"].as_str().expect("token").to_owned();
-        let id = body["id"].as_str().expect("id").to_owned();
-        assert!(token.starts_with(&format!("hptk_{id}_")), "{token}");
-        (token, id)
-    }
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().expect("token").to_owned();
+    let id = body["id"].as_str().expect("id").to_owned();
+    assert!(token.starts_with(&format!("hptk_{id}_")), "{token}");
+    (token, id)
 }
 
 fn config(scope: &Scope, extra: &str) -> Config {
@@ -136,8 +81,8 @@ async fn a_tenant_token_reaches_only_its_own_endpoints_and_stops_once_revoked() 
         "[[endpoints]]\nid = \"filed\"\nurl = \"http://127.0.0.1:9/f\"\nevents = [\"#\"]\ntenant = \"acme\"\n",
     );
     let api = Api::start(&config).await;
-    let (acme, acme_id) = api.mint("acme").await;
-    let (globex, _) = api.mint("globex").await;
+    let (acme, acme_id) = mint(&api, "acme").await;
+    let (globex, _) = mint(&api, "globex").await;
 
     // A tenant creates without `tenant`: it is filled in.
     let (status, created) = api
@@ -384,7 +329,7 @@ async fn a_tenant_token_reaches_only_its_own_endpoints_and_stops_once_revoked() 
 
     // At most 20 live tokens per tenant.
     for _ in 0..20 {
-        api.mint("initech").await;
+        mint(&api, "initech").await;
     }
     let (status, body) = api
         .call(OPERATOR, M::POST, "/v1/tenants/initech/tokens", None)
@@ -463,7 +408,7 @@ async fn operators_filter_by_tenant_and_bad_tenants_and_tokens_are_refused() {
     assert_eq!(body["field"], "tenant");
 
     // Tokens that are not live: malformed, never minted, forged.
-    let (real, _) = api.mint("acme").await;
+    let (real, _) = mint(&api, "acme").await;
     let forged = format!("{}{}", &real[..22], "0".repeat(64));
     for token in [
         "hptk_".to_owned(),
@@ -546,8 +491,8 @@ async fn tokens_survive_a_snapshot_and_the_stream_never_holds_a_plain_token_or_s
     let scope = Scope::new().await;
     let config = config(&scope, "");
     let api = Api::start(&config).await;
-    let (kept, _) = api.mint("acme").await;
-    let (revoked, revoked_id) = api.mint("acme").await;
+    let (kept, _) = mint(&api, "acme").await;
+    let (revoked, revoked_id) = mint(&api, "acme").await;
     let (status, created) = api
         .call(
             &kept,
