@@ -546,3 +546,42 @@ async fn concurrent_updates_never_silently_overwrite_each_other() {
         other => panic!("unexpected outcome: {other:?}"),
     }
 }
+
+/// A create or a pattern change answered by the API is in effect for
+/// routing at once: the API declares the endpoint's queue and bindings
+/// before it answers, so events published right after the answer wait in
+/// the queue even when no dispatcher runs yet.
+#[tokio::test]
+async fn events_published_right_after_a_create_or_change_wait_for_the_endpoint() {
+    let scope = Scope::new().await;
+    let rx = Receiver::start().await;
+    let config = config(&scope, "");
+    scope.track_endpoint(&config, "early");
+    let api = Api::start(&config).await;
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "",
+            Some(json!({"id": "early", "url": rx.url, "events": ["order.*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let orders = publish(&publisher, "order.created", 5).await;
+    let (status, body) = api
+        .call(
+            reqwest::Method::PATCH,
+            "/early",
+            Some(json!({"events": ["invoice.*"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let invoices = publish(&publisher, "invoice.paid", 5).await;
+    // Nothing consumed yet: all ten wait in the endpoint's queue.
+    assert!(rx.ids().is_empty());
+    let dispatcher = Running::start(config.clone()).await;
+    let all: Vec<String> = orders.iter().chain(&invoices).cloned().collect();
+    rx.wait_ids(&all, WAIT).await;
+    let _ = dispatcher.stop().await;
+    publisher.close().await;
+}

@@ -1,8 +1,9 @@
-//! The end of a registered endpoint: delete, with its queue drained to the
-//! dead-letter queue when forced, and the queue counts that decide it.
+//! A registered endpoint's queues: declared when it is created or changed,
+//! and its end: delete, with its queue drained to the dead-letter queue when
+//! forced, and the queue counts that decide it.
 
 use super::control::{self, Command};
-use super::{OpError, Registry};
+use super::{OpError, Registry, StoredEndpoint};
 use crate::contract;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -25,6 +26,35 @@ pub struct Deleted {
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Registry<'_> {
+    /// Declares the queues of `stored` (its own and its environments') and
+    /// binds them with its patterns, so that events published once the
+    /// write is answered wait in them, before any dispatcher applies the
+    /// change. Bindings of patterns it no longer has are left to the
+    /// dispatchers, which remove them. A failure is logged, not returned:
+    /// the record landed, and every dispatcher declares the same when it
+    /// applies it.
+    pub(super) async fn declare_queues(&self, stored: &StoredEndpoint) {
+        let declared = async {
+            let ch = self
+                .conn
+                .create_channel()
+                .await
+                .map_err(anyhow::Error::from)?;
+            // Also settles the member count the installation's queues use.
+            self.topology.declare_base(self.conn, &ch).await?;
+            for (runtime_id, keys) in stored.runtime_bindings() {
+                self.topology
+                    .declare_endpoint(&ch, &runtime_id, &keys)
+                    .await?;
+            }
+            let _ = ch.close(200, "declared".into()).await;
+            Ok::<(), anyhow::Error>(())
+        };
+        if let Err(e) = declared.await {
+            tracing::warn!(endpoint = %stored.id, error = %e, "Declaring the endpoint's queue failed; events published before a dispatcher applies the change may miss it.");
+        }
+    }
+
     /// Removes a registered endpoint. Its queue, and each of its
     /// environments' queues `<id>~<env>`, is deleted once no dispatcher
     /// consumes it: when empty, or with `force` after moving what it holds to

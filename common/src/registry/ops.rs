@@ -211,6 +211,7 @@ impl<'a> Registry<'a> {
         }
         let _ = ch.close(200, "revived".into()).await;
         self.put(&stored).await?;
+        self.declare_queues(&stored).await;
         Ok((stored, generated))
     }
 
@@ -334,6 +335,7 @@ impl<'a> Registry<'a> {
             let _ = ch.close(200, "revived".into()).await;
         }
         self.put(&stored).await?;
+        self.declare_queues(&stored).await;
         Ok(stored)
     }
 
