@@ -319,6 +319,8 @@ struct Outcome {
     delivered: Duration,
     lost: [usize; 2],
     duplicates: [usize; 2],
+    /// What each endpoint's receiver got, with arrival times.
+    received: [Vec<tests::receiver::Received>; 2],
 }
 
 impl std::fmt::Display for Outcome {
@@ -467,19 +469,30 @@ impl Flow {
             delivered,
             lost,
             duplicates,
+            received: self
+                .receivers
+                .each_ref()
+                .map(tests::receiver::Receiver::received),
         }
     }
 }
 
-/// Ids of the dead letters of endpoint `endpoint`, read through `url`.
+/// Ids of the dead letters of endpoint `endpoint` under `hpt-cluster`,
+/// read through `url`.
 async fn dead_ids(url: &str, endpoint: &str) -> std::collections::BTreeSet<String> {
+    dead_ids_in(url, "hpt-cluster.dead", endpoint).await
+}
+
+/// Ids of the dead letters of `endpoint` in `queue`, read through `url`
+/// (taken and put back: the connection closes without acking).
+async fn dead_ids_in(url: &str, queue: &str, endpoint: &str) -> std::collections::BTreeSet<String> {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
     let mut ids = std::collections::BTreeSet::new();
     while let Some(m) = ch
-        .basic_get("hpt-cluster.dead".into(), BasicGetOptions { no_ack: false })
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
         .await
         .expect("get")
     {
@@ -557,4 +570,228 @@ async fn a_rolling_restart_under_load_loses_nothing() {
     );
     assert_eq!(took.len(), 3);
     assert_eq!(outcome.lost, [0, 0], "events lost");
+}
+
+/// How long scenario c keeps node 1 cut off.
+const CUT_FOR: Duration = Duration::from_secs(45);
+
+/// Events published this long after the cut must reach both endpoints
+/// before the heal (the majority delivers alone): node 1 pauses about
+/// `net_ticktime` (10 s) after the cut, and the processes it served move.
+const MAJORITY_BY: Duration = Duration::from_secs(25);
+
+/// The longest pause between two deliveries to one receiver after `from`.
+fn longest_pause(received: &[tests::receiver::Received], from: Instant) -> Duration {
+    let mut at: Vec<Instant> = received
+        .iter()
+        .filter(|r| r.answered.is_some_and(|s| (200..300).contains(&s)) && r.at >= from)
+        .map(|r| r.at)
+        .collect();
+    at.sort();
+    std::iter::once(from)
+        .chain(at.iter().copied())
+        .zip(at.iter().copied())
+        .map(|(a, b)| b - a)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Issue 17, scenario c, then d on the same cluster.
+///
+/// c: while 6,000 events flow to two endpoints through two dispatchers,
+/// node 1 (the publisher's and dispatcher A's) is cut off from nodes 2
+/// and 3 for 45 s (`pause_minority`: it pauses), then healed. Nothing is
+/// lost, and events published once the majority took over reach both
+/// endpoints before the heal.
+///
+/// d: with node 1 killed, an endpoint registered over the API is changed
+/// (new URL) and the dead-letter queue is replayed with `hookpost-admin`'s
+/// code; the API, the admin connection, the publisher and the dispatcher
+/// all start on node 1 and must move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_and_admin_work_during_an_outage_lose_nothing() {
+    let Some(cluster) = blocking(|| Cluster::start("cut")) else {
+        return;
+    };
+    let flow = start_flow(&cluster).await;
+    let events = events(6_000);
+    let mut chunk_at: Vec<Instant> = Vec::new();
+    let (mut cut_at, mut healed_at) = (None, None);
+    let outcome = flow
+        .run(&events, Duration::from_millis(600), |n| {
+            chunk_at.push(Instant::now());
+            if n == 5 {
+                blocking(|| cluster.cut(1));
+                cut_at = Some(Instant::now());
+                eprintln!("chunk {n}: node 1 cut off");
+            }
+            if healed_at.is_none() && cut_at.is_some_and(|t: Instant| t.elapsed() > CUT_FOR) {
+                blocking(|| cluster.heal(1));
+                healed_at = Some(Instant::now());
+                eprintln!("chunk {n}: node 1 healed");
+            }
+        })
+        .await;
+    let cut_at = cut_at.expect("cut");
+    let healed_at = healed_at.unwrap_or_else(|| {
+        blocking(|| cluster.heal(1));
+        panic!("the events were all published before the heal was due: publish more or slower");
+    });
+    let majority: std::collections::BTreeSet<String> = events
+        .chunks(100)
+        .zip(&chunk_at)
+        .filter(|(_, at)| {
+            **at >= cut_at + MAJORITY_BY && **at + Duration::from_secs(8) <= healed_at
+        })
+        .flat_map(|(chunk, _)| chunk.iter().map(|e| e.id.clone()))
+        .collect();
+    assert!(
+        !majority.is_empty(),
+        "no chunk was published between {MAJORITY_BY:?} after the cut and 8 s before the heal"
+    );
+    let late = outcome.received.each_ref().map(|got| {
+        let before_heal: std::collections::BTreeSet<String> = got
+            .iter()
+            .filter(|r| r.at < healed_at && r.answered.is_some_and(|s| (200..300).contains(&s)))
+            .flat_map(|r| r.ids())
+            .filter(|id| majority.contains(id))
+            .collect();
+        majority.len() - before_heal.len()
+    });
+    let pauses = outcome
+        .received
+        .each_ref()
+        .map(|got| longest_pause(got, cut_at));
+    eprintln!(
+        "timing: scenario c (node 1 cut off at chunk 5 for {:.1?}; {} events published during the majority's watch, not delivered before the heal: {late:?}; longest pause in deliveries after the cut {pauses:.1?}): {outcome}",
+        healed_at - cut_at,
+        majority.len()
+    );
+    assert_eq!(outcome.lost, [0, 0], "events lost");
+    assert_eq!(late, [0, 0], "the majority did not deliver during the cut");
+    blocking(|| cluster.wait_running(3, START_TIMEOUT));
+
+    admin_work_while_node_1_is_down(&cluster).await;
+}
+
+/// Scenario d (see above).
+async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
+    use reqwest::Method;
+    use serde_json::json;
+    use std::sync::Arc;
+    use tests::receiver::{Receiver, Reply};
+    const TOKEN: &str = "operator-token-0123456789";
+    const WAIT: Duration = Duration::from_secs(60);
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let failing = Receiver::with(Arc::new(|_, _| Reply::Status(500, vec![]))).await;
+    let (before, after) = (Receiver::start().await, Receiver::start().await);
+    eprintln!(
+        "DEBUG failing {} before {} after {}",
+        failing.url, before.url, after.url
+    );
+    let text = format!(
+        "[amqp]\nurls = [{}]\nprefix = \"hpt-admin\"\nmax_reconnect_delay_ms = 500\npublish_timeout_ms = 20000\n[http]\nallowed_networks = [\"127.0.0.0/8\"]\n[defaults]\nretry_delay_ms = 100\nmax_retry_delay_ms = 200\nmax_retries = 1\n[api]\ntokens = [\"{TOKEN}\"]\n[registry]\nsecrets_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n{}",
+        urls.join(", "),
+        tests::fixtures::endpoint("one", &failing.url, &["order.created"], "")
+    );
+    let config = common::Config::from_toml_str(&text, "admin.toml".as_ref(), &[]).expect("config");
+    let dispatcher = tests::dispatcher_harness::Running::start(config.clone()).await;
+    dispatcher.wait_ready().await;
+    let api = tests::api::Api::start(&config).await;
+    let publisher = producer::Publisher::connect(&config)
+        .await
+        .expect("publisher");
+    let (status, body) = api
+        .call(
+            TOKEN,
+            Method::POST,
+            "/v1/endpoints",
+            Some(json!({"id": "runtime", "url": before.url, "events": ["order.*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let first = tests::fixtures::publish(&publisher, "order.created", 200).await;
+    before.wait_ids(&first, WAIT).await;
+    let dead_queue = "hpt-admin.dead";
+    let dead = tests::eventually(WAIT, "200 dead letters of endpoint one", || async {
+        let dead = dead_ids_in(&cluster.url(2), dead_queue, "one").await;
+        (dead.len() == first.len()).then_some(dead)
+    })
+    .await;
+    assert!(first.iter().all(|id| dead.contains(id)));
+
+    let killed = blocking(|| cluster.kill9(1));
+    // The endpoint changes over the API: its first tries may answer 503
+    // while it moves to another node.
+    let changed = tests::eventually(WAIT, "the API's change with node 1 down", || async {
+        let (status, body) = api
+            .call(
+                TOKEN,
+                Method::PATCH,
+                "/v1/endpoints/runtime",
+                Some(json!({"url": after.url})),
+            )
+            .await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(changed["version"], 2, "{changed}");
+    let api_took = killed.elapsed();
+    // Events published from now on go to the new URL once the dispatcher
+    // applied the change; probe until one arrives, then 200 more.
+    tests::eventually(WAIT, "the change in effect", || async {
+        let probe = tests::fixtures::publish(&publisher, "order.probe", 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        after
+            .ids()
+            .iter()
+            .any(|id| probe.contains(id))
+            .then_some(())
+    })
+    .await;
+    let second = tests::fixtures::publish(&publisher, "order.updated", 200).await;
+    after.wait_ids(&second, WAIT).await;
+    let change_took = killed.elapsed();
+
+    failing.set(Arc::new(|_, _| Reply::Status(200, vec![])));
+    let replay_began = Instant::now();
+    let admin = dispatcher::admin::Admin::connect(config.clone())
+        .await
+        .expect("hookpost-admin connects to a live node");
+    let mut out = Vec::new();
+    let report = admin
+        .apply(
+            &dispatcher::admin::view::Filter::default(),
+            None,
+            &dispatcher::admin::Action::Replay {
+                to: None,
+                rate: None,
+            },
+            &mut out,
+        )
+        .await
+        .expect("replay");
+    admin.close().await;
+    assert_eq!(
+        (report.done, report.failed),
+        (200, 0),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    failing.wait_ids(&first, WAIT).await;
+    let replay_took = replay_began.elapsed();
+    assert!(
+        dead_ids_in(&cluster.url(2), dead_queue, "one")
+            .await
+            .is_empty(),
+        "the replayed dead letters left the queue"
+    );
+    eprintln!(
+        "timing: scenario d (node 1 killed): API change answered {api_took:.1?} after the kill, in effect and 200 events delivered to the new URL {change_took:.1?} after it; replay of 200 dead letters delivered in {replay_took:.1?}"
+    );
+    blocking(|| cluster.start_node(1));
+    blocking(|| cluster.wait_running(3, START_TIMEOUT));
+    dispatcher.wait_ready().await;
+    let _ = dispatcher.stop().await;
+    publisher.close().await;
 }
