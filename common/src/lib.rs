@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod envelope;
+pub mod history;
 mod idle;
 pub mod logging;
 pub mod metrics;

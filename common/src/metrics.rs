@@ -197,6 +197,10 @@ pub struct DispatcherMetrics {
     /// `hookpost_amqp_channels{role}`: broker channels the endpoint workers
     /// use now (`consume`, `publish`).
     pub amqp_channels: IntGaugeVec,
+    /// `hookpost_log_records_total{result}`: attempt log records `written`
+    /// (confirmed by the broker) or `lost` (buffer full, refused, or the
+    /// stream unreachable).
+    pub log_records: IntCounterVec,
 }
 
 impl DispatcherMetrics {
@@ -226,6 +230,11 @@ impl DispatcherMetrics {
             Ok(g)
         };
         Ok(Self {
+            log_records: counter(
+                "hookpost_log_records_total",
+                "Attempt log records, by result: written (confirmed) or lost.",
+                &["result"],
+            )?,
             attempts: counter(
                 "hookpost_delivery_attempts_total",
                 "HTTP delivery requests, by endpoint and result (2xx..5xx, timeout, error, blocked).",

@@ -152,6 +152,7 @@ impl Scope {
             t.bindings_state(),
             t.control(),
             t.control_snapshot(),
+            t.log(),
         ]);
         exchanges.extend([
             t.events_exchange(),

@@ -252,6 +252,7 @@ impl Config {
                 control_max_bytes,
                 control_replicas: raw.registry.control_replicas.get(),
             },
+            log: check_log(raw.log).map_err(|(key, message)| invalid(key, message))?,
             transforms: TransformsConfig {
                 workers: raw.transforms.workers.get() as usize,
                 per_endpoint: raw.transforms.per_endpoint.get() as usize,
@@ -261,6 +262,50 @@ impl Config {
             },
         })
     }
+}
+
+/// The largest `log.response_body_bytes`.
+pub const MAX_LOG_RESPONSE_BODY_BYTES: usize = 65_536;
+
+/// The checked `[log]`, or the bad key and why.
+fn check_log(raw: super::raw::LogSection) -> Result<super::LogConfig, (String, String)> {
+    if !is_stream_age(&raw.max_age) {
+        return Err((
+            "log.max_age".into(),
+            format!(
+                "{:?} is not an age: a number and a unit, s, m, h, D, M or Y (\"7D\", \"12h\")",
+                raw.max_age
+            ),
+        ));
+    }
+    if raw.response_body_bytes > MAX_LOG_RESPONSE_BODY_BYTES {
+        return Err((
+            "log.response_body_bytes".into(),
+            format!(
+                "{} is over {MAX_LOG_RESPONSE_BODY_BYTES}",
+                raw.response_body_bytes
+            ),
+        ));
+    }
+    Ok(super::LogConfig {
+        enabled: raw.enabled,
+        max_age: raw.max_age,
+        max_bytes: raw.max_bytes.get(),
+        response_body_bytes: raw.response_body_bytes,
+    })
+}
+
+/// RabbitMQ's `x-max-age` form: digits (not starting with 0) and one unit.
+fn is_stream_age(s: &str) -> bool {
+    let Some(unit) = s.chars().last() else {
+        return false;
+    };
+    let digits = &s[..s.len() - unit.len_utf8()];
+    "smhDMY".contains(unit)
+        && !digits.is_empty()
+        && digits.len() <= 9
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The smallest `registry.control_max_bytes`: 8 MiB.

@@ -35,6 +35,18 @@ pub(super) fn default_prefix() -> String {
 pub(super) fn default_unrouted_max_length() -> NonZeroU32 {
     const { NonZeroU32::new(100_000).unwrap() }
 }
+pub(super) fn default_true() -> bool {
+    true
+}
+pub(super) fn default_log_max_age() -> String {
+    "7D".to_owned()
+}
+pub(super) fn default_log_max_bytes() -> NonZeroU64 {
+    const { NonZeroU64::new(10 << 30).unwrap() }
+}
+pub(super) fn default_log_response_body_bytes() -> usize {
+    1024
+}
 pub(super) fn default_replicas() -> NonZeroU8 {
     NonZeroU8::new(super::raw::DEFAULT_REPLICAS).unwrap_or(NonZeroU8::MIN)
 }

@@ -36,6 +36,9 @@ pub struct RawConfig {
     /// Where and within which limits endpoint transforms run.
     #[serde(default)]
     pub transforms: TransformsSection,
+    /// The attempt log: every delivery attempt, in the stream `<prefix>.log`.
+    #[serde(default)]
+    pub log: LogSection,
     /// Webhook endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointSection>,
@@ -288,6 +291,28 @@ pub struct RegistrySection {
     pub control_replicas: NonZeroU8,
 }
 
+/// `[log]`: the attempt log, a record of every delivery attempt in the
+/// stream `<prefix>.log`, bounded by age and size.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// Whether dispatchers write the attempt log.
+    #[serde(default = "defaults::default_true")]
+    pub enabled: bool,
+    /// Records older than this are removed (whole segments at a time):
+    /// a number and a unit, `s`, `m`, `h`, `D`, `M` or `Y` (RabbitMQ's
+    /// `x-max-age`). Applies when the stream is created.
+    #[serde(default = "defaults::default_log_max_age")]
+    pub max_age: String,
+    /// The stream's size bound in bytes: the oldest segments are removed
+    /// past it. Applies when the stream is created.
+    #[serde(default = "defaults::default_log_max_bytes")]
+    pub max_bytes: NonZeroU64,
+    /// How much of each response body a record keeps (at most 65,536).
+    #[serde(default = "defaults::default_log_response_body_bytes")]
+    pub response_body_bytes: usize,
+}
+
 /// `[transforms]`: endpoint transforms run in child processes of the
 /// dispatcher (`hookpost-dispatcher transform-worker`), never in the
 /// dispatcher itself, so no program can crash, stall or starve it.
@@ -458,6 +483,7 @@ macro_rules! default_from_serde {
     )*};
 }
 default_from_serde!(
+    LogSection,
     AmqpSection,
     MetricsSection,
     HttpSection,

@@ -43,6 +43,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// The transform sandbox.
     pub transforms: TransformsConfig,
+    /// The attempt log.
+    pub log: LogConfig,
 }
 
 /// Checked `[transforms]`.
@@ -73,6 +75,19 @@ pub struct ApiConfig {
     pub body_read_timeout: Duration,
     /// Most registered endpoints per tenant.
     pub max_endpoints_per_tenant: usize,
+}
+
+/// Checked `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Whether dispatchers write the attempt log.
+    pub enabled: bool,
+    /// `x-max-age` of the stream (`7D`).
+    pub max_age: String,
+    /// `x-max-length-bytes` of the stream.
+    pub max_bytes: u64,
+    /// Bytes of each response body kept.
+    pub response_body_bytes: usize,
 }
 
 /// Checked `[registry]`.

@@ -102,6 +102,11 @@ impl Topology {
         self.control_replicas
     }
 
+    /// The attempt log stream (`log.*`).
+    pub fn log(&self) -> String {
+        format!("{}.log", self.prefix)
+    }
+
     /// The name prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix

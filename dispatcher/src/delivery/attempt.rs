@@ -14,6 +14,7 @@ use crate::delivery::transform::SandboxError;
 use crate::delivery::worker::{Shared, Stops, hand_back};
 use common::Event;
 use common::config::Endpoint;
+use common::history::{self, Outcome as Logged};
 use common::metrics::status_class;
 use common::transform::Outcome;
 use lapin::message::Delivery;
@@ -61,6 +62,17 @@ pub(super) async fn process(
                 match shared.sandbox.run(id, transform, &delivery.data).await {
                     Ok(Outcome::Send(body)) => Ok(Some(body)),
                     Ok(Outcome::Drop) => {
+                        let attempt_at = time::OffsetDateTime::now_utc();
+                        let record = Record::of(endpoint, parsed.as_ref().ok(), &delivery, attempt);
+                        record.log(
+                            shared,
+                            attempt_at,
+                            Duration::ZERO,
+                            Logged::Filtered,
+                            None,
+                            None,
+                            &[],
+                        );
                         if router.ack(&delivery).await.is_ok() {
                             shared
                                 .metrics
@@ -96,6 +108,15 @@ pub(super) async fn process(
                 transformed,
             }),
             Err((reason, e)) => {
+                Record::of(endpoint, None, &delivery, attempt).log(
+                    shared,
+                    time::OffsetDateTime::now_utc(),
+                    Duration::ZERO,
+                    Logged::DeadLettered,
+                    None,
+                    Some(&e),
+                    &[],
+                );
                 let why = DeadLetter {
                     reason,
                     attempt,
@@ -138,14 +159,15 @@ pub(super) async fn process(
         .observe(valid.len() as f64);
     let gauge = shared.metrics.in_flight.with_label_values(&[id]);
     gauge.inc();
-    let started = std::time::Instant::now();
-    let response = shared.sender.send(endpoint, &prepared).await;
+    let (started, started_at) = (std::time::Instant::now(), time::OffsetDateTime::now_utc());
+    let (response, body) = shared.sender.send(endpoint, &prepared).await;
+    let took = started.elapsed();
     gauge.dec();
     shared
         .metrics
         .request_duration
         .with_label_values(&[endpoint.histogram_label()])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(took.as_secs_f64());
     let (class, last_status, last_error) = match &response {
         Response::Status { code, .. } => (status_class(*code), Some(*code), format!("HTTP {code}")),
         Response::Failed {
@@ -190,8 +212,25 @@ pub(super) async fn process(
     }
     let now = time::OffsetDateTime::now_utc();
     let mut delivered = 0;
+    let failed = (!matches!(verdict, Verdict::Delivered)).then_some(last_error.as_str());
     for v in &valid {
-        match decide::decide(&verdict, v.attempt, &endpoint.retry, endpoint.on_exhausted) {
+        let action = decide::decide(&verdict, v.attempt, &endpoint.retry, endpoint.on_exhausted);
+        let outcome = match action {
+            Action::Ack => Logged::Delivered,
+            Action::Drop => Logged::Dropped,
+            Action::DeadLetter(_) => Logged::DeadLettered,
+            Action::Retry { .. } => Logged::Retry,
+        };
+        Record::of(endpoint, Some(&v.event), &v.delivery, v.attempt).log(
+            shared,
+            started_at,
+            took,
+            outcome,
+            last_status,
+            failed,
+            &body,
+        );
+        match action {
             Action::Ack => {
                 if router.ack(&v.delivery).await.is_ok() {
                     delivered += 1;
@@ -254,6 +293,74 @@ pub(super) async fn process(
     }
     if delivered > 0 {
         tracing::debug!(endpoint = %id, events = delivered, webhook_id = %prepared.webhook_id, "Delivered.");
+    }
+}
+
+/// Who an attempt log record is about.
+struct Record<'a> {
+    endpoint: &'a Endpoint,
+    event: Option<&'a Event>,
+    delivery: &'a Delivery,
+    attempt: u32,
+}
+
+impl<'a> Record<'a> {
+    fn of(
+        endpoint: &'a Endpoint,
+        event: Option<&'a Event>,
+        delivery: &'a Delivery,
+        attempt: u32,
+    ) -> Self {
+        Self {
+            endpoint,
+            event,
+            delivery,
+            attempt,
+        }
+    }
+
+    /// Hands the record to the attempt log (never waits).
+    #[allow(clippy::too_many_arguments)]
+    fn log(
+        &self,
+        shared: &Shared,
+        started_at: time::OffsetDateTime,
+        took: Duration,
+        outcome: Logged,
+        status: Option<u16>,
+        error: Option<&str>,
+        body: &[u8],
+    ) {
+        if !shared.log.is_enabled() {
+            return;
+        }
+        let event_id = self.event.map_or_else(
+            || {
+                self.delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            },
+            |e| e.id.clone(),
+        );
+        shared.log.record(history::Attempt {
+            event_id,
+            event_type: self.event.map(|e| e.event_type.clone()).unwrap_or_default(),
+            tenant: self.event.and_then(|e| e.tenant.clone()),
+            environment: self.event.and_then(|e| e.environment.clone()),
+            endpoint: self.endpoint.id.clone(),
+            attempt: self.attempt,
+            started_at: started_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            outcome,
+            status,
+            error: error.map(str::to_owned),
+            response: history::snippet(body, shared.log.keep_body()),
+        });
     }
 }
 

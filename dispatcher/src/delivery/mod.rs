@@ -41,3 +41,6 @@ pub mod decide;
 
 // Settle: ack, retry through a wait tier, or dead-letter.
 pub mod route;
+
+// Record the attempt in the attempt log (never waited for).
+pub mod log;

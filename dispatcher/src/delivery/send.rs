@@ -16,14 +16,16 @@ pub struct Sender {
     client: reqwest::Client,
     guard: AddressGuard,
     max_body: usize,
+    keep_body: usize,
 }
 
 impl Sender {
-    /// Builds the client.
+    /// Builds the client; each answer keeps the first `keep_body` bytes of
+    /// its body (for the attempt log; 0: none).
     ///
     /// # Errors
     /// When the TLS backend cannot be initialised.
-    pub fn new(http: &HttpConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(http: &HttpConfig, keep_body: usize) -> Result<Self, reqwest::Error> {
         let guard = AddressGuard::new(http.allowed_networks.clone());
         let client = reqwest::Client::builder()
             // A 3xx is an answer (dead-lettered as rejected), never followed:
@@ -39,18 +41,20 @@ impl Sender {
             client,
             guard,
             max_body: http.max_response_body_bytes,
+            keep_body: keep_body.min(http.max_response_body_bytes),
         })
     }
 
-    /// Sends `prepared` to `endpoint`; never fails, the result says what happened.
-    pub async fn send(&self, endpoint: &Endpoint, prepared: &Prepared) -> Response {
+    /// Sends `prepared` to `endpoint`; never fails, the result says what
+    /// happened. Also returns the start of the response body (see `new`).
+    pub async fn send(&self, endpoint: &Endpoint, prepared: &Prepared) -> (Response, Vec<u8>) {
         if let Some(ip) = literal_ip(&endpoint.url)
             && let Err(why) = self.guard.check(ip)
         {
-            return Response::Blocked {
-                error: format!("{ip} {why}; add its network to http.allowed_networks to allow it"),
-            };
+            let error = format!("{ip} {why}; add its network to http.allowed_networks to allow it");
+            return (Response::Blocked { error }, Vec::new());
         }
+        let mut kept = Vec::new();
         let method = match endpoint.method {
             Method::Post => reqwest::Method::POST,
             Method::Put => reqwest::Method::PUT,
@@ -78,21 +82,26 @@ impl Sender {
             let mut read = 0usize;
             while read < self.max_body {
                 match response.chunk().await {
-                    Ok(Some(chunk)) => read += chunk.len(),
+                    Ok(Some(chunk)) => {
+                        read += chunk.len();
+                        let room = self.keep_body.saturating_sub(kept.len());
+                        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }
             Ok::<_, reqwest::Error>(Response::Status { code, retry_after })
         })
         .await;
-        match sent {
+        let response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => describe(&e),
             Err(_) => Response::Failed {
                 error: format!("timed out after {} ms", endpoint.timeout.as_millis()),
                 timeout: true,
             },
-        }
+        };
+        (response, kept)
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Shared {
     /// Logs endpoint channel failures with backoff across all endpoints
     /// (a broker limit fails many endpoints at once, again and again).
     pub channel_failures: Arc<std::sync::Mutex<common::logging::Throttle>>,
+    /// Where each attempt is recorded.
+    pub log: crate::delivery::log::AttemptLog,
 }
 
 impl Shared {

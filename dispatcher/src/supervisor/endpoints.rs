@@ -232,6 +232,10 @@ pub(super) fn check_reload(old: &Config, new: &Config) -> anyhow::Result<()> {
             && old.amqp.queue_type == new.amqp.queue_type,
         "amqp.url(s), amqp.prefix and amqp.queue_type cannot change on reload; restart instead"
     );
+    anyhow::ensure!(
+        old.log == new.log,
+        "[log] cannot change on reload; restart instead"
+    );
     let topology = Topology::new(&old.amqp);
     for endpoint in old
         .endpoints

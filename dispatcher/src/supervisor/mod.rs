@@ -95,6 +95,24 @@ pub async fn run(
     if config.endpoints.iter().any(|e| e.transform.is_some()) {
         sandbox.check().await?;
     }
+    // The attempt log's writer lives as long as the process: it stops after
+    // the workers, so their last attempts are written.
+    let log_stop = CancellationToken::new();
+    let (log, log_writer) = if config.log.enabled {
+        let (log, task) = delivery::log::AttemptLog::start(
+            client.clone(),
+            Topology::for_config(&config),
+            config.log.clone(),
+            metrics.log_records.clone(),
+            log_stop.clone(),
+        );
+        (log, Some(task))
+    } else {
+        (
+            delivery::log::AttemptLog::disabled(metrics.log_records.clone()),
+            None,
+        )
+    };
     // Operator holds and registered endpoints, from the control stream; kept across reconnects.
     let (holds_tx, holds) = tokio::sync::watch::channel(control::Holds::default());
     let mut config = config;
@@ -106,7 +124,7 @@ pub async fn run(
         };
         let shared = worker::Shared {
             topology: Topology::for_config(&config),
-            sender: send::Sender::new(&config.http)?,
+            sender: send::Sender::new(&config.http, log.keep_body())?,
             metrics: metrics.clone(),
             max_retry_after: config.http.max_retry_after,
             prefetch: config.amqp.prefetch,
@@ -121,6 +139,7 @@ pub async fn run(
                 metrics.amqp_channels.clone(),
             ),
             channel_failures: channel_failures.clone(),
+            log: log.clone(),
         };
         let generation = shutdown.child_token();
         let tracker = TaskTracker::new();
@@ -226,6 +245,10 @@ pub async fn run(
             break Ok(());
         }
     };
+    log_stop.cancel();
+    if let Some(task) = log_writer {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.close()).await;
     server_stop.cancel();
     let _ = server.await;

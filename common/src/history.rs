@@ -1,0 +1,231 @@
+//! The attempt log: one record per delivery attempt, appended by the
+//! dispatchers to the stream `<prefix>.log` (retention by age and size,
+//! `[log]`) and read back by `hookpost-admin log` from a timestamp offset.
+//! A record holds what was tried and what the endpoint answered; never a
+//! secret or a request header value.
+
+use crate::config::LogConfig;
+use crate::topology::Topology;
+use lapin::Connection;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use serde::{Deserialize, Serialize};
+
+/// Header of a reader's end marker in the log (not an attempt: readers skip
+/// it, except the one that appended it).
+pub const MARKER_HEADER: &str = "hookpost-log-marker";
+
+/// What became of the event after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The endpoint took it (2xx).
+    Delivered,
+    /// It failed and waits for another attempt.
+    Retry,
+    /// It went to the dead-letter queue.
+    DeadLettered,
+    /// The endpoint's transform dropped it (nothing was sent).
+    Filtered,
+    /// Retries used up with `on_exhausted = "drop"`.
+    Dropped,
+}
+
+impl Outcome {
+    /// Every outcome, as written in records and accepted by `--outcome`.
+    pub const ALL: [Self; 5] = [
+        Self::Delivered,
+        Self::Retry,
+        Self::DeadLettered,
+        Self::Filtered,
+        Self::Dropped,
+    ];
+
+    /// The name in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retry => "retry",
+            Self::DeadLettered => "dead_lettered",
+            Self::Filtered => "filtered",
+            Self::Dropped => "dropped",
+        }
+    }
+
+    /// The outcome named `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// One attempt at delivering one event to one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The event id (the message id of a message that is not an event).
+    pub event_id: String,
+    /// The event type (empty when the message was not an event).
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The event's tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The event's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// The endpoint id.
+    pub endpoint: String,
+    /// 1 on the first try.
+    pub attempt: u32,
+    /// When the attempt began (RFC 3339, UTC).
+    pub started_at: String,
+    /// How long the request took, in milliseconds (0 when none was sent).
+    pub duration_ms: u64,
+    /// What became of the event.
+    pub outcome: Outcome,
+    /// The HTTP status, when the endpoint answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why it failed (`HTTP 503`, `timed out after 5000 ms`, a transform error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The start of the response body (`log.response_body_bytes`), as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+impl Attempt {
+    /// When the attempt began, parsed (`None` if the record is malformed).
+    pub fn started(&self) -> Option<time::OffsetDateTime> {
+        time::OffsetDateTime::parse(
+            &self.started_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+    }
+}
+
+/// The start of a response body as text: at most `max` bytes, cut at a
+/// character boundary, invalid UTF-8 replaced; `None` when empty.
+pub fn snippet(body: &[u8], max: usize) -> Option<String> {
+    let head = &body[..body.len().min(max)];
+    let text = String::from_utf8_lossy(head);
+    // A multi-byte character cut at `max` decodes as U+FFFD: drop it.
+    let text = if head.len() < body.len() {
+        text.trim_end_matches('\u{fffd}').to_owned()
+    } else {
+        text.into_owned()
+    };
+    (!text.is_empty()).then_some(text)
+}
+
+/// The log stream's arguments: retention by age and size, segments of a
+/// sixteenth of the size (at most RabbitMQ's 500 MB default), replicas.
+pub fn stream_args(log: &LogConfig, topology: &Topology) -> FieldTable {
+    let mut args = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    args.insert("x-queue-type".into(), text("stream"));
+    args.insert("x-max-age".into(), text(&log.max_age));
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(log.max_bytes).unwrap_or(i64::MAX)),
+    );
+    args.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(
+            i64::try_from((log.max_bytes / 16).clamp(64 << 10, 500_000_000)).unwrap_or(i64::MAX),
+        ),
+    );
+    args.insert(
+        "x-initial-cluster-size".into(),
+        AMQPValue::LongLongInt(topology.control_replicas().into()),
+    );
+    args
+}
+
+/// Makes sure the log stream exists: a passive declare first, so only the
+/// first dispatcher creates it (see `registry::control::ensure`), and an
+/// existing stream is used as it is (its retention was set when it was
+/// created; a policy changes it).
+///
+/// # Errors
+/// The broker's refusal.
+pub async fn ensure(
+    conn: &Connection,
+    topology: &Topology,
+    log: &LogConfig,
+) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    let found = ch
+        .queue_declare(
+            topology.log().as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match found {
+        Ok(_) => {
+            let _ = ch.close(200, "exists".into()).await;
+            return Ok(());
+        }
+        Err(e) if crate::amqp::reply_code(&e) == Some(crate::amqp::reply::NOT_FOUND) => {}
+        Err(e) => return Err(e),
+    }
+    // The failed passive declare closed that channel.
+    let ch = conn.create_channel().await?;
+    ch.queue_declare(
+        topology.log().as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        stream_args(log, topology),
+    )
+    .await?;
+    let _ = ch.close(200, "declared".into()).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_are_capped_at_a_character_boundary() {
+        assert_eq!(snippet(b"", 10), None);
+        assert_eq!(snippet(b"try later", 3).as_deref(), Some("try"));
+        assert_eq!(snippet(b"ok", 1024).as_deref(), Some("ok"));
+        // "é" is two bytes: cut after its first, it is left out.
+        assert_eq!(snippet("aé".as_bytes(), 2).as_deref(), Some("a"));
+        assert_eq!(snippet(&[0xff, b'x'], 10).as_deref(), Some("\u{fffd}x"));
+    }
+
+    #[test]
+    fn records_round_trip_and_leave_out_what_is_absent() {
+        let a = Attempt {
+            event_id: "evt_1".into(),
+            event_type: "order.created".into(),
+            tenant: None,
+            environment: None,
+            endpoint: "crm".into(),
+            attempt: 2,
+            started_at: "2026-12-03T07:00:00.123Z".into(),
+            duration_ms: 12,
+            outcome: Outcome::Retry,
+            status: Some(503),
+            error: Some("HTTP 503".into()),
+            response: Some("busy".into()),
+        };
+        let text = serde_json::to_string(&a).expect("json");
+        assert!(!text.contains("tenant"), "{text}");
+        assert!(text.contains(r#""outcome":"retry""#), "{text}");
+        let back: Attempt = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, a);
+        assert!(back.started().is_some());
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::parse(o.as_str()), Some(o));
+        }
+    }
+}
