@@ -118,6 +118,7 @@ fn readme_reference_lists_exactly_the_example_keys() {
                 "api.",
                 "registry.",
                 "transforms.",
+                "log.",
                 "endpoints.",
             ]
             .iter()
