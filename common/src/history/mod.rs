@@ -11,6 +11,9 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::{Deserialize, Serialize};
 
+mod read;
+pub use read::{ATTACH_MARGIN, Follow, Query, Scanned, read};
+
 /// Header of a reader's end marker in the log (not an attempt: readers skip
 /// it, except the one that appended it).
 pub const MARKER_HEADER: &str = "hookpost-log-marker";

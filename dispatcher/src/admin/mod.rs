@@ -64,6 +64,18 @@ impl Admin {
         })
     }
 
+    /// Reads the attempt log for `query` ([`common::history::read`]).
+    ///
+    /// # Errors
+    /// No log yet, or a broker error.
+    pub async fn log(
+        &self,
+        query: &common::history::Query,
+        follow: Option<common::history::Follow<'_>>,
+    ) -> anyhow::Result<(Vec<common::history::Attempt>, common::history::Scanned)> {
+        common::history::read(&self.conn, &self.topology, query, follow).await
+    }
+
     /// Pauses (`paused = true`) or resumes an endpoint on every dispatcher,
     /// through the control stream.
     ///

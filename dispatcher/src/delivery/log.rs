@@ -217,6 +217,9 @@ impl Writer {
                 }
                 Ok(Ok(lapin::Confirmation::Ack(Some(_)))) => {
                     lost += 1;
+                    // The stream is gone: the next batch opens a channel
+                    // again, which declares it again.
+                    self.channel = None;
                     why.get_or_insert_with(|| {
                         format!(
                             "the stream {} does not exist (returned)",

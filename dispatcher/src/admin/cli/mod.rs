@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 mod dlq;
 mod endpoints;
+mod log;
 mod output;
 mod topology;
 
@@ -42,6 +43,8 @@ enum Command {
         #[command(flatten)]
         filters: EndpointFilters,
     },
+    /// Delivery attempts from the attempt log (`<prefix>.log`), newest last.
+    Log(log::LogArgs),
     /// Declare the topology, or show every hookpost queue with its depth.
     Topology {
         #[arg(value_parser = ["declare", "status"])]
@@ -291,6 +294,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ) => Some(filters.build(&config)?),
         _ => None,
     };
+    let log_query = match &cli.command {
+        Command::Log(args) => Some(args.query()?),
+        _ => None,
+    };
     if let Command::Dlq(Dlq::Purge {
         yes: false,
         dry_run: false,
@@ -320,6 +327,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             endpoints::run(&admin, action, filters, &mut stdout).await
         }
         Command::Topology { action } => topology::run(&admin, &action, &mut stdout).await,
+        Command::Log(args) => match log_query {
+            Some(query) => log::run(&admin, &args, &query, &mut stdout).await,
+            None => Ok(()),
+        },
     };
     admin.close().await;
     result

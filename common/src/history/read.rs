@@ -1,0 +1,259 @@
+//! Reading the attempt log back: attach to `<prefix>.log` at the offset of
+//! a timestamp (never the beginning), append an end marker, and read up to
+//! it, keeping the newest matching records; or go on past it (`--follow`).
+
+use super::{Attempt, MARKER_HEADER, Outcome};
+use crate::topology::Topology;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection};
+use std::collections::VecDeque;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// How far before `since` the read attaches: a record is appended after its
+/// attempt ends (up to an endpoint's timeout after it began) and the
+/// broker seeks by chunk.
+pub const ATTACH_MARGIN: Duration = Duration::from_secs(60);
+
+/// Which records a query returns. Empty fields match everything.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// Endpoint id.
+    pub endpoint: Option<String>,
+    /// Event id.
+    pub event: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Outcome.
+    pub outcome: Option<Outcome>,
+    /// HTTP status.
+    pub status: Option<u16>,
+    /// Attempts that began at or after this.
+    pub since: OffsetDateTime,
+    /// Attempts that began before this.
+    pub until: Option<OffsetDateTime>,
+    /// The most records returned: the newest that match.
+    pub limit: usize,
+}
+
+impl Query {
+    /// Whether `a` is one of the records asked for.
+    pub fn matches(&self, a: &Attempt) -> bool {
+        let Some(started) = a.started() else {
+            return false;
+        };
+        started >= self.since
+            && self.until.is_none_or(|u| started < u)
+            && self.endpoint.as_ref().is_none_or(|e| *e == a.endpoint)
+            && self.event.as_ref().is_none_or(|e| *e == a.event_id)
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| Some(t) == a.tenant.as_ref())
+            && self.outcome.is_none_or(|o| o == a.outcome)
+            && self.status.is_none_or(|s| Some(s) == a.status)
+    }
+}
+
+/// A live tail: until the token fires, each matching record appended after
+/// the read caught up goes to the function.
+pub type Follow<'a> = (&'a CancellationToken, &'a mut (dyn FnMut(&Attempt) + Send));
+
+/// What a read went through, for the caller's report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scanned {
+    /// Records read (matching or not).
+    pub records: u64,
+    /// Records that matched (before the limit).
+    pub matched: u64,
+}
+
+/// Reads the log for `query`: the newest `query.limit` matching records,
+/// oldest first. With `follow`, calls `each` for every matching record
+/// appended after the read caught up, until `follow` fires.
+///
+/// # Errors
+/// The log does not exist, or a broker error.
+pub async fn read(
+    conn: &Connection,
+    topology: &Topology,
+    query: &Query,
+    follow: Option<Follow<'_>>,
+) -> anyhow::Result<(Vec<Attempt>, Scanned)> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    let attach = query.since - ATTACH_MARGIN;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::Timestamp(u64::try_from(attach.unix_timestamp()).unwrap_or(0)),
+    );
+    let mut consumer = ch
+        .basic_consume(
+            topology.log().as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "reading {}: {e} (has a dispatcher with the log enabled run?)",
+                topology.log()
+            )
+        })?;
+    // Attached first: the marker is appended after the attach point.
+    let token = uuid::Uuid::new_v4().to_string();
+    append_marker(conn, topology, &token).await?;
+    // Records appended this long after `until` end a read early.
+    let stop_after = query
+        .until
+        .map(|u| u + ATTACH_MARGIN)
+        .and_then(|u| u64::try_from(u.unix_timestamp()).ok());
+    let mut newest: VecDeque<Attempt> = VecDeque::new();
+    let mut scanned = Scanned::default();
+    let mut unacked = 0u32;
+    let mut follow = follow;
+    let mut caught_up = false;
+    loop {
+        let delivery = match &follow {
+            Some((stop, _)) if caught_up => tokio::select! {
+                d = consumer.next() => d,
+                () = stop.cancelled() => break,
+            },
+            _ => consumer.next().await,
+        };
+        let Some(delivery) = delivery else {
+            anyhow::bail!("the log consumer was cancelled");
+        };
+        let delivery = delivery?;
+        unacked += 1;
+        if unacked >= 200 {
+            delivery.ack(BasicAckOptions { multiple: true }).await?;
+            unacked = 0;
+        }
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        if let Some(marker) = crate::contract::text(&headers, MARKER_HEADER) {
+            if marker == token && !caught_up {
+                caught_up = true;
+                if follow.is_none() {
+                    break;
+                }
+            }
+            continue;
+        }
+        if !caught_up
+            && let (Some(stop), Some(appended)) = (stop_after, delivery.properties.timestamp())
+            && *appended > stop
+        {
+            break;
+        }
+        scanned.records += 1;
+        let Ok(attempt) = serde_json::from_slice::<Attempt>(&delivery.data) else {
+            continue;
+        };
+        if !query.matches(&attempt) {
+            continue;
+        }
+        scanned.matched += 1;
+        if caught_up {
+            if let Some((_, each)) = follow.as_mut() {
+                each(&attempt);
+            }
+            continue;
+        }
+        newest.push_back(attempt);
+        if newest.len() > query.limit {
+            newest.pop_front();
+        }
+    }
+    let _ = ch.close(200, "read".into()).await;
+    Ok((newest.into(), scanned))
+}
+
+/// Appends the end marker `token` (a message with [`MARKER_HEADER`] and
+/// no record) and waits for its confirm.
+async fn append_marker(conn: &Connection, topology: &Topology, token: &str) -> anyhow::Result<()> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        MARKER_HEADER.into(),
+        AMQPValue::LongString(LongString::from(token)),
+    );
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            topology.log().as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            b"",
+            BasicProperties::default().with_headers(headers),
+        )
+        .await?
+        .await?;
+    let _ = ch.close(200, "marked".into()).await;
+    match confirm {
+        lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested => Ok(()),
+        lapin::Confirmation::Ack(Some(_)) => anyhow::bail!(
+            "{} does not exist (has a dispatcher with the log enabled run?)",
+            topology.log()
+        ),
+        lapin::Confirmation::Nack(_) => anyhow::bail!("the broker refused the end marker"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(endpoint: &str, status: Option<u16>, at: &str) -> Attempt {
+        Attempt {
+            event_id: "evt_1".into(),
+            event_type: "order.created".into(),
+            tenant: Some("acme".into()),
+            environment: None,
+            endpoint: endpoint.into(),
+            attempt: 1,
+            started_at: at.into(),
+            duration_ms: 3,
+            outcome: Outcome::Retry,
+            status,
+            error: None,
+            response: None,
+        }
+    }
+
+    #[test]
+    fn a_query_matches_on_every_field_it_sets_and_the_window() {
+        let since = time::macros::datetime!(2026-12-03 07:00 UTC);
+        let q = Query {
+            endpoint: Some("crm".into()),
+            event: None,
+            tenant: Some("acme".into()),
+            outcome: Some(Outcome::Retry),
+            status: Some(503),
+            since,
+            until: Some(since + Duration::from_secs(3600)),
+            limit: 10,
+        };
+        assert!(q.matches(&attempt("crm", Some(503), "2026-12-03T07:30:00Z")));
+        assert!(!q.matches(&attempt("erp", Some(503), "2026-12-03T07:30:00Z")));
+        assert!(!q.matches(&attempt("crm", Some(500), "2026-12-03T07:30:00Z")));
+        assert!(!q.matches(&attempt("crm", None, "2026-12-03T07:30:00Z")));
+        assert!(!q.matches(&attempt("crm", Some(503), "2026-12-03T06:59:59Z")));
+        assert!(!q.matches(&attempt("crm", Some(503), "2026-12-03T08:00:00Z")));
+        assert!(!q.matches(&attempt("crm", Some(503), "not a time")));
+        let mut other = attempt("crm", Some(503), "2026-12-03T07:30:00Z");
+        other.tenant = None;
+        assert!(!q.matches(&other));
+    }
+}

@@ -1,0 +1,142 @@
+//! The attempt log (issue 18) end to end, against the real broker: every
+//! attempt of a flaky endpoint recorded with its status and the start of
+//! the answer; queries by event, endpoint, outcome, status and time window;
+//! and a log stream that disappears under a running dispatcher (deliveries
+//! go on, the records lost are counted, the log comes back).
+
+use common::history::{Attempt, Outcome, Query};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tests::dispatcher_harness::Running;
+use tests::fixtures::{FAST, endpoint, publish};
+use tests::receiver::{Receiver, Reply};
+use tests::{Scope, eventually};
+
+const WAIT: Duration = Duration::from_secs(30);
+const HEADER_VALUE: &str = "Bearer header-value-never-logged-5c1d";
+
+fn query(since: time::OffsetDateTime) -> Query {
+    Query {
+        endpoint: None,
+        event: None,
+        tenant: None,
+        outcome: None,
+        status: None,
+        since,
+        until: None,
+        limit: 100,
+    }
+}
+
+/// The records `query` finds once there are `n` of them.
+async fn records(admin: &dispatcher::admin::Admin, query: &Query, n: usize) -> Vec<Attempt> {
+    eventually(WAIT, &format!("{n} attempt log records"), || async {
+        let (found, _) = admin.log(query, None).await.expect("read the log");
+        (found.len() >= n).then_some(found)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn every_attempt_is_logged_with_its_answer_and_can_be_queried() {
+    let scope = Scope::new().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let receiver = Receiver::with(Arc::new({
+        let calls = calls.clone();
+        move |_, _| {
+            if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                Reply::Status(500, vec![])
+            } else {
+                Reply::Status(200, vec![])
+            }
+        }
+    }))
+    .await;
+    let config = scope.config(&format!(
+        "{FAST}{}",
+        endpoint(
+            "flaky",
+            &receiver.url,
+            &["order.*"],
+            &format!("max_retries = 5\nheaders = {{ Authorization = \"{HEADER_VALUE}\" }}")
+        )
+    ));
+    let began = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
+    let dispatcher = Running::start(config.clone()).await;
+    let publisher = producer::Publisher::connect(&config)
+        .await
+        .expect("publisher");
+    let ids = publish(&publisher, "order.created", 1).await;
+    receiver.wait_ids(&ids, WAIT).await;
+    let admin = dispatcher::admin::Admin::connect(config.clone())
+        .await
+        .expect("admin");
+
+    let by_event = Query {
+        event: Some(ids[0].clone()),
+        ..query(began)
+    };
+    let found = records(&admin, &by_event, 4).await;
+    assert_eq!(found.len(), 4, "{found:#?}");
+    for (i, a) in found.iter().enumerate() {
+        assert_eq!(a.attempt, u32::try_from(i).expect("small") + 1, "{a:?}");
+        assert_eq!(a.endpoint, "flaky");
+        assert_eq!(a.event_type, "order.created");
+        let text = serde_json::to_string(a).expect("json");
+        assert!(
+            !text.contains(HEADER_VALUE),
+            "a header value in the log: {text}"
+        );
+        assert!(a.started().is_some_and(|t| t >= began), "{a:?}");
+        // The receiver answers every request with the body "ok".
+        assert_eq!(a.response.as_deref(), Some("ok"), "{a:?}");
+    }
+    for a in &found[..3] {
+        assert_eq!((a.outcome, a.status), (Outcome::Retry, Some(500)), "{a:?}");
+        assert_eq!(a.error.as_deref(), Some("HTTP 500"));
+    }
+    let last = &found[3];
+    assert_eq!(
+        (last.outcome, last.status, last.error.as_deref()),
+        (Outcome::Delivered, Some(200), None)
+    );
+
+    // By endpoint, outcome and status; and a window before the event.
+    let retries = Query {
+        endpoint: Some("flaky".into()),
+        outcome: Some(Outcome::Retry),
+        ..query(began)
+    };
+    assert_eq!(admin.log(&retries, None).await.expect("read").0.len(), 3);
+    let ok = Query {
+        status: Some(200),
+        ..query(began)
+    };
+    assert_eq!(
+        admin.log(&ok, None).await.expect("read").0,
+        vec![last.clone()]
+    );
+    let before = Query {
+        until: Some(began),
+        ..query(began - Duration::from_secs(600))
+    };
+    let (none, _) = admin.log(&before, None).await.expect("read");
+    assert!(none.is_empty(), "{none:?}");
+    let newest = Query {
+        limit: 2,
+        ..by_event.clone()
+    };
+    let (two, scanned) = admin.log(&newest, None).await.expect("read");
+    assert_eq!(two, found[2..].to_vec(), "the newest two, oldest first");
+    assert_eq!(scanned.matched, 4);
+
+    let metrics = dispatcher.metrics_text().await;
+    assert!(
+        metrics.contains("hookpost_log_records_total{result=\"written\"} 4"),
+        "{metrics}"
+    );
+    admin.close().await;
+    dispatcher.stop().await.expect("clean stop");
+    publisher.close().await;
+}
