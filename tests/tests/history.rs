@@ -140,3 +140,78 @@ async fn every_attempt_is_logged_with_its_answer_and_can_be_queried() {
     dispatcher.stop().await.expect("clean stop");
     publisher.close().await;
 }
+
+/// The log stream deleted under a running dispatcher: deliveries go on,
+/// the records that could not be written are counted lost (a warning says
+/// so, with backoff), and the writer declares the stream again, so later
+/// attempts are logged.
+#[tokio::test]
+async fn a_missing_log_stream_loses_records_not_deliveries() {
+    use lapin::options::QueueDeleteOptions;
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let config = scope.config(&format!(
+        "{FAST}{}",
+        endpoint("steady", &receiver.url, &["order.*"], "")
+    ));
+    let dispatcher = Running::start(config.clone()).await;
+    let publisher = producer::Publisher::connect(&config)
+        .await
+        .expect("publisher");
+    let first = publish(&publisher, "order.created", 5).await;
+    receiver.wait_ids(&first, WAIT).await;
+    let counted = |result: &'static str| {
+        let dispatcher = &dispatcher;
+        async move {
+            let text = dispatcher.metrics_text().await;
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "hookpost_log_records_total{{result=\"{result}\"}} "
+                    ))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+        }
+    };
+    eventually(WAIT, "5 records written", || async {
+        (counted("written").await >= 5).then_some(())
+    })
+    .await;
+
+    let log = format!("{}.log", scope.prefix);
+    scope
+        .channel
+        .queue_delete(log.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete the log stream");
+    // Every event is still delivered while records are lost ...
+    let during = publish(&publisher, "order.created", 5).await;
+    receiver.wait_ids(&during, WAIT).await;
+    eventually(WAIT, "lost records counted", || async {
+        (counted("lost").await >= 1).then_some(())
+    })
+    .await;
+    // ... and the log comes back: later attempts are written again.
+    let written = counted("written").await;
+    let began = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
+    let after = eventually(WAIT, "records written again", || async {
+        let ids = publish(&publisher, "order.created", 1).await;
+        receiver.wait_ids(&ids, WAIT).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (counted("written").await > written).then_some(ids)
+    })
+    .await;
+    let admin = dispatcher::admin::Admin::connect(config.clone())
+        .await
+        .expect("admin");
+    let by_event = Query {
+        event: Some(after[0].clone()),
+        ..query(began)
+    };
+    let found = records(&admin, &by_event, 1).await;
+    assert_eq!(found[0].outcome, Outcome::Delivered);
+    admin.close().await;
+    dispatcher.stop().await.expect("clean stop");
+    publisher.close().await;
+}
