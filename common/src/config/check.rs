@@ -339,3 +339,46 @@ fn limits(
         max_connections: max_connections.get(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    fn load(text: &str) -> Result<Config, String> {
+        Config::from_toml_str(text, "log.toml".as_ref(), &[]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_log_section_has_defaults_and_checks_its_values() {
+        let c = load("").expect("defaults");
+        assert!(c.log.enabled);
+        assert_eq!(
+            (
+                c.log.max_age.as_str(),
+                c.log.max_bytes,
+                c.log.response_body_bytes
+            ),
+            ("7D", 10 << 30, 1024)
+        );
+        let c = load("[log]\nmax_age = \"12h\"\nresponse_body_bytes = 0\nenabled = false\n")
+            .expect("valid");
+        assert_eq!(
+            (
+                c.log.max_age.as_str(),
+                c.log.response_body_bytes,
+                c.log.enabled
+            ),
+            ("12h", 0, false)
+        );
+        for bad in ["7d", "7", "D", "07D", "1.5h", "-1h", "10000000000s", ""] {
+            let e = load(&format!("[log]\nmax_age = \"{bad}\"\n")).expect_err(bad);
+            assert!(e.contains("log.max_age"), "{bad}: {e}");
+        }
+        let e = load("[log]\nresponse_body_bytes = 65537\n").expect_err("too large");
+        assert!(e.contains("log.response_body_bytes"), "{e}");
+        let e = load("[log]\nmax_bytes = 0\n").expect_err("zero");
+        assert!(e.contains("max_bytes"), "{e}");
+        let e = load("[log]\nmax_agee = \"1h\"\n").expect_err("unknown key");
+        assert!(e.contains("max_agee"), "{e}");
+    }
+}
