@@ -145,32 +145,7 @@ impl Filter {
     }
 }
 
-/// Parses `--since`/`--until`: RFC 3339 (`2026-11-29T10:00:00Z`) or a
-/// duration ago (`90s`, `30m`, `2h`, `7d`).
-///
-/// # Errors
-/// A message showing both accepted forms.
-pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
-    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(t);
-    }
-    let bad = || {
-        format!(
-            "{text:?} is not a time: use RFC 3339 (2026-11-29T10:00:00Z) or a duration ago (90s, 30m, 2h, 7d)"
-        )
-    };
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-    let n: i64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60).ok_or_else(bad)?,
-        "h" => n.checked_mul(3600).ok_or_else(bad)?,
-        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
-    now.checked_sub(time::Duration::seconds(seconds))
-        .ok_or_else(bad)
-}
+pub use common::history::parse_time;
 
 #[cfg(test)]
 mod tests {
