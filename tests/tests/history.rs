@@ -19,6 +19,7 @@ const HEADER_VALUE: &str = "Bearer header-value-never-logged-5c1d";
 fn query(since: time::OffsetDateTime) -> Query {
     Query {
         endpoint: None,
+        endpoints_in: None,
         event: None,
         tenant: None,
         outcome: None,

@@ -327,6 +327,36 @@ async fn every_operation_answers_as_documented() {
         ("get", tokens, "/v1/tenants/acme/tokens".into(), Some(TOKEN)),
         (
             "get",
+            "/v1/endpoints/{id}/attempts",
+            "/v1/endpoints/filed/attempts?since=10m&outcome=retry".into(),
+            Some(TOKEN),
+        ),
+        (
+            "get",
+            "/v1/endpoints/{id}/attempts",
+            "/v1/endpoints/filed/attempts?status=42".into(),
+            Some(TOKEN),
+        ),
+        (
+            "get",
+            "/v1/endpoints/{id}/attempts",
+            "/v1/endpoints/filed/attempts".into(),
+            Some(&tenant_token),
+        ),
+        (
+            "get",
+            "/v1/events/{id}/attempts",
+            "/v1/events/evt_doc/attempts?limit=5".into(),
+            Some(&tenant_token),
+        ),
+        (
+            "get",
+            "/v1/events/{id}/attempts",
+            "/v1/events/evt_doc/attempts".into(),
+            None,
+        ),
+        (
+            "get",
             tokens,
             "/v1/tenants/acme/tokens".into(),
             Some(&tenant_token),
@@ -352,6 +382,11 @@ async fn every_operation_answers_as_documented() {
         ("delete", token_one, 200),
         ("delete", token_one, 404),
         ("get", "/v1/endpoints", 401),
+        ("get", "/v1/endpoints/{id}/attempts", 200),
+        ("get", "/v1/endpoints/{id}/attempts", 400),
+        ("get", "/v1/endpoints/{id}/attempts", 404),
+        ("get", "/v1/events/{id}/attempts", 200),
+        ("get", "/v1/events/{id}/attempts", 401),
     ] {
         assert!(seen.contains(&expected), "{expected:?} seen");
     }

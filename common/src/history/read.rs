@@ -24,8 +24,11 @@ pub const ATTACH_MARGIN: Duration = Duration::from_secs(60);
 /// Which records a query returns. Empty fields match everything.
 #[derive(Debug, Clone)]
 pub struct Query {
-    /// Endpoint id.
+    /// Endpoint id (its environments' variants `<id>~<env>` included).
     pub endpoint: Option<String>,
+    /// Only attempts at these endpoints (ids without the `~<env>` of a
+    /// variant): what a tenant may see.
+    pub endpoints_in: Option<std::collections::BTreeSet<String>>,
     /// Event id.
     pub event: Option<String>,
     /// Tenant.
@@ -50,7 +53,14 @@ impl Query {
         };
         started >= self.since
             && self.until.is_none_or(|u| started < u)
-            && self.endpoint.as_ref().is_none_or(|e| *e == a.endpoint)
+            && self
+                .endpoint
+                .as_ref()
+                .is_none_or(|e| base_id(&a.endpoint) == e)
+            && self
+                .endpoints_in
+                .as_ref()
+                .is_none_or(|set| set.contains(base_id(&a.endpoint)))
             && self.event.as_ref().is_none_or(|e| *e == a.event_id)
             && self
                 .tenant
@@ -59,6 +69,13 @@ impl Query {
             && self.outcome.is_none_or(|o| o == a.outcome)
             && self.status.is_none_or(|s| Some(s) == a.status)
     }
+}
+
+/// The endpoint id of a runtime id: `crm` for `crm` and `crm~sandbox`.
+fn base_id(runtime_id: &str) -> &str {
+    runtime_id
+        .split_once(crate::config::VARIANT_SEPARATOR)
+        .map_or(runtime_id, |(id, _)| id)
 }
 
 /// A live tail: until the token fires, each matching record appended after
@@ -237,6 +254,7 @@ mod tests {
         let since = time::macros::datetime!(2026-12-03 07:00 UTC);
         let q = Query {
             endpoint: Some("crm".into()),
+            endpoints_in: None,
             event: None,
             tenant: Some("acme".into()),
             outcome: Some(Outcome::Retry),
@@ -255,5 +273,15 @@ mod tests {
         let mut other = attempt("crm", Some(503), "2026-12-03T07:30:00Z");
         other.tenant = None;
         assert!(!q.matches(&other));
+        // An endpoint's environments are the endpoint's.
+        assert!(q.matches(&attempt("crm~sandbox", Some(503), "2026-12-03T07:30:00Z")));
+        assert!(!q.matches(&attempt("crmx", Some(503), "2026-12-03T07:30:00Z")));
+        let scoped = Query {
+            endpoint: None,
+            endpoints_in: Some(["shop".to_owned()].into()),
+            ..q
+        };
+        assert!(scoped.matches(&attempt("shop~live", Some(503), "2026-12-03T07:30:00Z")));
+        assert!(!scoped.matches(&attempt("crm", Some(503), "2026-12-03T07:30:00Z")));
     }
 }

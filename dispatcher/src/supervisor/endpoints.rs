@@ -127,6 +127,20 @@ pub(crate) async fn declare(
             .map_err(broker(topology.control()))
     })
     .await?;
+    // The attempt log, so that it can be read before the first attempt. Its
+    // writer declares it again when it is missing: a failure here only
+    // delays it, never a delivery.
+    if config.log.enabled
+        && let Err(e) = tokio::time::timeout(
+            BROKER_WAIT,
+            common::history::ensure(conn, topology, &config.log),
+        )
+        .await
+        .map_err(|_| "no answer".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        tracing::warn!(stream = %topology.log(), error = %e, "Declaring the attempt log failed; its writer tries again with the first record.");
+    }
     for tier in config.wait_tiers() {
         step(
             || topology.wait_queue(tier),

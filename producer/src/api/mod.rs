@@ -22,6 +22,7 @@
 //! exist), cannot name another tenant in a body (403), and gets 403 on the
 //! operator-only routes.
 
+mod attempts;
 mod tenants;
 
 use crate::http::{
@@ -48,12 +49,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Every route: path template and methods (what `deploy/openapi.json` documents).
-pub const ROUTES: [(&str, &[&str]); 5] = [
+pub const ROUTES: [(&str, &[&str]); 7] = [
     ("/v1/endpoints", &["GET", "POST"]),
     ("/v1/endpoints/{id}", &["GET", "PUT", "PATCH", "DELETE"]),
     ("/v1/endpoints/{id}/secret/rotate", &["POST"]),
     ("/v1/tenants/{tenant}/tokens", &["GET", "POST"]),
     ("/v1/tenants/{tenant}/tokens/{id}", &["DELETE"]),
+    ("/v1/endpoints/{id}/attempts", &["GET"]),
+    ("/v1/events/{id}/attempts", &["GET"]),
 ];
 
 /// Who a request acts for, from its bearer token.
@@ -157,10 +160,13 @@ impl Api {
         if let Some(rest) = path.strip_prefix("/v1/tenants/") {
             return tenants::handle(self, req, rest).await;
         }
+        if attempts::is_attempts_path(&path) {
+            return attempts::handle(self, req, &path).await;
+        }
         let Some(rest) = path.strip_prefix("/v1/endpoints") else {
             return error(
                 StatusCode::NOT_FOUND,
-                "not found; the API is under /v1/endpoints and /v1/tenants",
+                "not found; the API is under /v1/endpoints, /v1/events and /v1/tenants",
                 None,
             );
         };

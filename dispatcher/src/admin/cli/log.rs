@@ -87,6 +87,7 @@ impl LogArgs {
         }
         Ok(Query {
             endpoint: self.endpoint.clone(),
+            endpoints_in: None,
             event: self.event.clone(),
             tenant: self.tenant.clone(),
             outcome,
