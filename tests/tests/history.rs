@@ -216,3 +216,146 @@ async fn a_missing_log_stream_loses_records_not_deliveries() {
     dispatcher.stop().await.expect("clean stop");
     publisher.close().await;
 }
+
+/// The attempts on the API: an operator sees every endpoint's; a tenant
+/// token sees its tenant's registered endpoints' attempts and nothing else
+/// (another tenant's endpoint answers 404, another tenant's event shows no
+/// attempt, and the config file's global endpoint is never shown to it).
+#[tokio::test]
+async fn a_tenant_token_reads_only_its_own_attempts() {
+    use reqwest::Method;
+    use serde_json::{Value, json};
+    const OPERATOR: &str = "operator-token-0123456789";
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let config = scope.config(&format!(
+        "{FAST}[api]\ntokens = [\"{OPERATOR}\"]\n[registry]\nsecrets_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n{}",
+        endpoint("global", &receiver.url, &["#"], "")
+    ));
+    scope.track_endpoint(&config, "acme-hook");
+    scope.track_endpoint(&config, "globex-hook");
+    let began = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
+    let dispatcher = Running::start(config.clone()).await;
+    let api = tests::api::Api::start(&config).await;
+    for (id, tenant) in [("acme-hook", "acme"), ("globex-hook", "globex")] {
+        let (status, body) = api
+            .call(
+                OPERATOR,
+                Method::POST,
+                "/v1/endpoints",
+                Some(
+                    json!({"id": id, "url": receiver.url, "events": ["order.*"], "tenant": tenant}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, minted) = api
+        .call(OPERATOR, Method::POST, "/v1/tenants/acme/tokens", None)
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let acme = minted["token"].as_str().expect("token").to_owned();
+    let publisher = producer::Publisher::connect(&config)
+        .await
+        .expect("publisher");
+    let event = |tenant: &str| {
+        common::Event::new("order.created", json!({}))
+            .expect("event")
+            .with_scope(Some(tenant), None)
+            .expect("scope")
+    };
+    let (ours, theirs) = (event("acme"), event("globex"));
+    publisher
+        .publish_many(&[ours.clone(), theirs.clone()])
+        .await
+        .expect("publish");
+    let attempts = |token: String, path: String| {
+        let api = &api;
+        async move {
+            let (status, body) = api.call(&token, Method::GET, &path, None).await;
+            (status, body)
+        }
+    };
+    let ids = |body: &Value| -> Vec<(String, String)> {
+        body["attempts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                (
+                    a["endpoint"].as_str().unwrap_or_default().to_owned(),
+                    a["event_id"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let since = began
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("time")
+        .replace(':', "%3A");
+    // The operator sees both deliveries of our event: the tenant's
+    // endpoint and the global one.
+    let operator_view = eventually(WAIT, "both attempts of the acme event", || async {
+        let (status, body) = attempts(
+            OPERATOR.to_owned(),
+            format!("/v1/events/{}/attempts?since={since}", ours.id),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let mut seen = ids(&body);
+        seen.sort();
+        (seen.len() == 2).then_some(seen)
+    })
+    .await;
+    assert_eq!(
+        operator_view,
+        vec![
+            ("acme-hook".to_owned(), ours.id.clone()),
+            ("global".to_owned(), ours.id.clone())
+        ]
+    );
+    // The tenant: its endpoint's attempt only.
+    let (status, body) = attempts(
+        acme.clone(),
+        format!("/v1/events/{}/attempts?since={since}", ours.id),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), vec![("acme-hook".to_owned(), ours.id.clone())]);
+    let (status, body) = attempts(
+        acme.clone(),
+        format!("/v1/endpoints/acme-hook/attempts?since={since}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), vec![("acme-hook".to_owned(), ours.id.clone())]);
+    assert_eq!(body["attempts"][0]["outcome"], "delivered");
+    // Not another tenant's endpoint, event, or tenant filter; not the file's endpoint.
+    for path in [
+        "/v1/endpoints/globex-hook/attempts",
+        "/v1/endpoints/global/attempts",
+    ] {
+        let (status, body) = attempts(acme.clone(), format!("{path}?since={since}")).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let (status, body) = attempts(
+        acme.clone(),
+        format!("/v1/events/{}/attempts?since={since}", theirs.id),
+    )
+    .await;
+    assert_eq!((status, ids(&body)), (200, vec![]), "{body}");
+    let (status, body) = attempts(
+        acme.clone(),
+        format!("/v1/events/{}/attempts?tenant=globex", theirs.id),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = attempts(
+        "hptk_0000000000000000_nope".to_owned(),
+        "/v1/events/x/attempts".to_owned(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    dispatcher.stop().await.expect("clean stop");
+    publisher.close().await;
+}
