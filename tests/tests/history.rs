@@ -359,3 +359,83 @@ async fn a_tenant_token_reads_only_its_own_attempts() {
     dispatcher.stop().await.expect("clean stop");
     publisher.close().await;
 }
+
+/// Retention bounds the log: with `max_age = "1s"`, the segments written
+/// before the last second are removed once newer ones roll in (RabbitMQ
+/// applies retention when a segment fills), so the stream's first offset
+/// moves on.
+#[tokio::test]
+async fn retention_removes_old_segments() {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let scope = Scope::new().await;
+    let config = scope.config("[log]\nmax_age = \"1s\"\nmax_bytes = 1048576\n");
+    let topology = common::topology::Topology::for_config(&config);
+    common::history::ensure(&scope.connection, &topology, &config.log)
+        .await
+        .expect("log stream");
+    let log = topology.log();
+    let ch = scope.connection.create_channel().await.expect("channel");
+    // 64 KiB segments (a sixteenth of max_bytes, at least 64 KiB): 1 KiB
+    // records, 100 at a time.
+    let record = vec![b'x'; 1024];
+    let first_offset = || async {
+        let reader = scope.connection.create_channel().await.expect("channel");
+        reader
+            .basic_qos(1, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString("first".into()),
+        );
+        let mut consumer = reader
+            .basic_consume(
+                log.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await
+            .expect("consume");
+        let delivery = tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .expect("a record")
+            .expect("stream")
+            .expect("delivery");
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let _ = reader.close(200, "read".into()).await;
+        common::contract::int(&headers, "x-stream-offset").expect("offset")
+    };
+    let write = |n: usize| {
+        let (ch, log, record) = (&ch, &log, &record);
+        async move {
+            for _ in 0..n {
+                ch.basic_publish(
+                    "".into(),
+                    log.as_str().into(),
+                    BasicPublishOptions::default(),
+                    record,
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .expect("publish");
+            }
+        }
+    };
+    write(300).await;
+    assert_eq!(first_offset().await, 0, "nothing removed yet");
+    let moved = eventually(WAIT, "the oldest segments removed", || async {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        write(100).await;
+        let first = first_offset().await;
+        (first > 0).then_some(first)
+    })
+    .await;
+    assert!(
+        moved >= 60,
+        "at least the first 64 KiB segment went: first offset {moved}"
+    );
+}
