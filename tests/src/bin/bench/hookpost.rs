@@ -111,9 +111,22 @@ pub(crate) async fn hookpost(
     batch: u32,
     k: usize,
 ) -> anyhow::Result<Row> {
+    hookpost_with(name, n, size, batch, k, "").await
+}
+
+/// [`hookpost`] with `extra` TOML after the endpoints (say, a `[log]` table).
+pub(crate) async fn hookpost_with(
+    name: &str,
+    n: usize,
+    size: usize,
+    batch: u32,
+    k: usize,
+    extra: &str,
+) -> anyhow::Result<Row> {
     let scope = Scope::new().await;
     let (url, sink) = sink().await?;
-    let dispatcher = start_dispatcher(&scope, &endpoints_toml(k, &url, batch), "bench", "").await?;
+    let toml = format!("{}{extra}", endpoints_toml(k, &url, batch));
+    let dispatcher = start_dispatcher(&scope, &toml, "bench", "").await?;
     let config = scope.config("");
     let publisher = Arc::new(Publisher::connect(&config).await?);
     let p = publisher.clone();

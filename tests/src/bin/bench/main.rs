@@ -76,7 +76,7 @@ struct Args {
     /// Tenants of the tenants scenario (three endpoints each).
     #[arg(long, default_value_t = 1_000)]
     tenants: usize,
-    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, fanout, latency, memory, noisy, backlog, scale, tenants).
+    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, fanout, latency, memory, noisy, backlog, scale, tenants).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -164,6 +164,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )
             .await?,
         ));
+    }
+    if wanted(&args, "log-cost") {
+        // The attempt log's cost: batch 1 without and with it, alternated
+        // twice so that drift on a shared machine hits both alike.
+        for round in 1..=2 {
+            for (log, extra) in [("off", "[log]\nenabled = false\n"), ("on", "")] {
+                rows.push(progress_of(
+                    crate::hookpost::hookpost_with(
+                        &format!("hookpost batch 1, attempt log {log} (round {round})"),
+                        args.events,
+                        args.size,
+                        1,
+                        1,
+                        extra,
+                    )
+                    .await?,
+                ));
+            }
+        }
     }
     if wanted(&args, "fanout") {
         let n = (args.events / args.endpoints.max(1)).max(1);
