@@ -42,5 +42,7 @@ pub mod decide;
 // Settle: ack, retry through a wait tier, or dead-letter.
 pub mod route;
 
-// Record the attempt in the attempt log (never waited for).
+// Record the attempt in the attempt log (never waited for), through the
+// writer of what is published beside deliveries.
 pub mod log;
+pub mod outbox;

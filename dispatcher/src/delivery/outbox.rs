@@ -1,0 +1,264 @@
+//! One writer task for what the dispatcher publishes beside deliveries (the
+//! attempt log's records, hookpost's operational events): callers hand
+//! messages to a bounded buffer and never wait; the task publishes them in
+//! batches on a confirm channel of its own. A full buffer, a refusal or an
+//! unreachable broker loses messages (counted `lost`, a warning logged with
+//! backoff); deliveries never wait for them.
+
+use common::amqp::AmqpClient;
+use common::config::LogConfig;
+use common::history;
+use common::logging::Throttle;
+use common::topology::Topology;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel};
+use prometheus::IntCounterVec;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Messages waiting to be written; beyond it they are lost.
+const BUFFER: usize = 16_384;
+
+/// Messages written with one round of confirms.
+const BATCH: usize = 512;
+
+/// Longest the writer waits for a connection or a batch's confirms before
+/// it counts the batch lost.
+const BROKER_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a stopping dispatcher keeps writing what is buffered.
+const FLUSH: Duration = Duration::from_secs(3);
+
+/// A message for the writer: where it goes and what it is.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The exchange (`""`: the default exchange, to the queue `key`).
+    pub exchange: String,
+    /// The routing key.
+    pub key: String,
+    /// The body (JSON).
+    pub body: Vec<u8>,
+    /// The message id, if it has one.
+    pub message_id: Option<String>,
+}
+
+/// What a writer is for: its name in warnings, and the stream it declares
+/// when it opens its channel (the attempt log's).
+#[derive(Debug, Clone)]
+pub struct Purpose {
+    /// "the attempt log", "operational events".
+    pub name: &'static str,
+    /// The log stream to make sure of, with its settings.
+    pub stream: Option<LogConfig>,
+}
+
+/// Starts a writer of `Outgoing` messages on `client`'s connection; it
+/// ends when `stop` fires, after writing what is buffered (at most
+/// [`FLUSH`]). `records` counts `written` and `lost`.
+pub fn start(
+    client: AmqpClient,
+    topology: Topology,
+    purpose: Purpose,
+    records: IntCounterVec,
+    stop: CancellationToken,
+) -> (mpsc::Sender<Outgoing>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(BUFFER);
+    let writer = Writer {
+        client,
+        topology,
+        purpose,
+        records,
+        channel: None,
+        failures: Throttle::new(Duration::from_secs(10), Duration::from_secs(300)),
+    };
+    (tx, tokio::spawn(writer.run(rx, stop)))
+}
+
+struct Writer {
+    client: AmqpClient,
+    topology: Topology,
+    purpose: Purpose,
+    records: IntCounterVec,
+    channel: Option<Channel>,
+    failures: Throttle,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Outgoing>, stop: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                r = rx.recv() => r,
+                () = stop.cancelled() => None,
+            };
+            let Some(first) = first else { break };
+            let batch = Self::fill(first, &mut rx);
+            self.write(batch).await;
+        }
+        // Stopping: what is buffered, within FLUSH.
+        let until = tokio::time::Instant::now() + FLUSH;
+        while let Ok(first) = rx.try_recv() {
+            let batch = Self::fill(first, &mut rx);
+            let n = batch.len();
+            if tokio::time::timeout_at(until, self.write(batch))
+                .await
+                .is_err()
+            {
+                self.lost(
+                    n + rx.len(),
+                    "the dispatcher stopped before they were written",
+                );
+                break;
+            }
+        }
+        if let Some(ch) = self.channel.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ch.close(200, "stopping".into()))
+                .await;
+        }
+    }
+
+    fn fill(first: Outgoing, rx: &mut mpsc::Receiver<Outgoing>) -> Vec<Outgoing> {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(a) => batch.push(a),
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    /// Appends `batch` and waits for its confirms; what is not confirmed
+    /// is counted lost.
+    async fn write(&mut self, batch: Vec<Outgoing>) {
+        let n = batch.len();
+        let ch = match self.channel().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                self.lost(n, &e);
+                return;
+            }
+        };
+        let stamp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+        let mut confirms = Vec::with_capacity(n);
+        for out in &batch {
+            let mut properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_timestamp(stamp);
+            if let Some(id) = &out.message_id {
+                properties = properties.with_message_id(id.as_str().into());
+            }
+            let published = ch
+                .basic_publish(
+                    out.exchange.as_str().into(),
+                    out.key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &out.body,
+                    properties,
+                )
+                .await;
+            match published {
+                Ok(confirm) => confirms.push(confirm),
+                Err(e) => {
+                    self.channel = None;
+                    let unsent = n - confirms.len();
+                    self.settle(confirms).await;
+                    self.lost(unsent, &e.to_string());
+                    return;
+                }
+            }
+        }
+        self.settle(confirms).await;
+    }
+
+    /// Waits for each confirm: an ack without a return is written;
+    /// anything else (a return: the stream is gone; a nack; no answer
+    /// within [`BROKER_WAIT`]) is lost.
+    async fn settle(&mut self, confirms: Vec<lapin::PublisherConfirm>) {
+        let (mut written, mut lost, mut why) = (0usize, 0usize, None);
+        for confirm in confirms {
+            match tokio::time::timeout(BROKER_WAIT, confirm).await {
+                Ok(Ok(lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested)) => {
+                    written += 1;
+                }
+                Ok(Ok(lapin::Confirmation::Ack(Some(_)))) => {
+                    lost += 1;
+                    // The stream is gone: the next batch opens a channel
+                    // again, which declares it again.
+                    self.channel = None;
+                    why.get_or_insert_with(|| {
+                        format!(
+                            "the stream {} does not exist (returned)",
+                            self.topology.log()
+                        )
+                    });
+                }
+                Ok(Ok(lapin::Confirmation::Nack(_))) => {
+                    lost += 1;
+                    why.get_or_insert_with(|| "the broker refused them (nack)".to_owned());
+                }
+                Ok(Err(e)) => {
+                    lost += 1;
+                    self.channel = None;
+                    why.get_or_insert_with(|| e.to_string());
+                }
+                Err(_) => {
+                    lost += 1;
+                    self.channel = None;
+                    why.get_or_insert_with(|| "no confirm from the broker".to_owned());
+                }
+            }
+        }
+        self.records
+            .with_label_values(&["written"])
+            .inc_by(written as u64);
+        if lost > 0 {
+            self.lost(lost, why.as_deref().unwrap_or("unknown"));
+        }
+    }
+
+    /// The writer's confirm channel, opened (and the stream made sure of)
+    /// when there is none.
+    async fn channel(&mut self) -> Result<Channel, String> {
+        if let Some(ch) = &self.channel
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
+        }
+        let never = CancellationToken::new();
+        let deadline = tokio::time::Instant::now() + BROKER_WAIT;
+        let opened = tokio::time::timeout_at(deadline, async {
+            let conn = self
+                .client
+                .connection(Some(deadline), &never)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(log) = &self.purpose.stream {
+                history::ensure(&conn, &self.topology, log)
+                    .await
+                    .map_err(|e| format!("declaring {}: {e}", self.topology.log()))?;
+            }
+            let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(ch)
+        })
+        .await
+        .map_err(|_| "the broker did not answer".to_owned())??;
+        self.channel = Some(opened.clone());
+        Ok(opened)
+    }
+
+    fn lost(&mut self, n: usize, why: &str) {
+        self.records.with_label_values(&["lost"]).inc_by(n as u64);
+        if let Some(times) = self.failures.hit() {
+            tracing::warn!(records = n, failures = times, error = %why, "Writing {} failed; deliveries go on, these records are lost (logged with backoff).", self.purpose.name);
+        }
+    }
+}
