@@ -14,6 +14,7 @@ pub mod history;
 mod idle;
 pub mod logging;
 pub mod metrics;
+pub mod operational;
 pub mod registry;
 pub mod retry;
 pub mod routing;

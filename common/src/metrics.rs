@@ -201,6 +201,10 @@ pub struct DispatcherMetrics {
     /// (confirmed by the broker) or `lost` (buffer full, refused, or the
     /// stream unreachable).
     pub log_records: IntCounterVec,
+    /// `hookpost_operational_events_total{result}`: hookpost's own events
+    /// (`hookpost.endpoint.*`, `hookpost.delivery.dead_lettered`) `written`
+    /// (confirmed by the broker) or `lost`.
+    pub operational_events: IntCounterVec,
 }
 
 impl DispatcherMetrics {
@@ -230,6 +234,11 @@ impl DispatcherMetrics {
             Ok(g)
         };
         Ok(Self {
+            operational_events: counter(
+                "hookpost_operational_events_total",
+                "hookpost's operational events, by result: written (confirmed) or lost.",
+                &["result"],
+            )?,
             log_records: counter(
                 "hookpost_log_records_total",
                 "Attempt log records, by result: written (confirmed) or lost.",

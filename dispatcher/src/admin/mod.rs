@@ -87,7 +87,55 @@ impl Admin {
             &self.topology,
             &common::registry::control::Command::hold(endpoint, paused),
         )
-        .await
+        .await?;
+        if let Err(e) = self.tell_hold(endpoint, paused).await {
+            tracing::warn!(endpoint, error = %e, "The endpoint is held as asked, but its operational event could not be published.");
+        }
+        Ok(())
+    }
+
+    /// Publishes `hookpost.endpoint.paused` or `.resumed` (reason
+    /// `operator`) for an operator's hold, with the endpoint's tenant.
+    async fn tell_hold(&self, endpoint: &str, paused: bool) -> anyhow::Result<()> {
+        use common::operational::{ENDPOINT_PAUSED, ENDPOINT_RESUMED, Notice};
+        let tenant = match self.config.endpoint(endpoint) {
+            Some(e) => e.tenant.clone(),
+            None => self
+                .registry()
+                .get(endpoint)
+                .await
+                .ok()
+                .and_then(|e| e.tenant().map(str::to_owned)),
+        };
+        let notice = Notice {
+            kind: if paused {
+                ENDPOINT_PAUSED
+            } else {
+                ENDPOINT_RESUMED
+            },
+            endpoint,
+            tenant: tenant.as_deref(),
+            reason: "operator",
+            event_id: None,
+            last_status: None,
+        };
+        let (event, key) = notice.event()?;
+        let ch = self.conn.create_channel().await?;
+        ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
+        let published = common::amqp::publish_confirmed(
+            &ch,
+            &self.topology.scoped_exchange(),
+            &key,
+            &event.to_vec(),
+            lapin::BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_message_id(event.id.as_str().into()),
+        )
+        .await;
+        let _ = ch.close(200, "told".into()).await;
+        published
     }
 
     /// The endpoints operators hold, read from the control stream.

@@ -16,6 +16,7 @@ use common::Event;
 use common::config::Endpoint;
 use common::history::{self, Outcome as Logged};
 use common::metrics::status_class;
+use common::operational::{self, Notice};
 use common::transform::Outcome;
 use lapin::message::Delivery;
 use std::time::Duration;
@@ -124,7 +125,7 @@ pub(super) async fn process(
                     last_error: &e,
                     scope: scope_of(endpoint, None),
                 };
-                dead_letter(shared, router, id, &delivery, &why).await;
+                dead_letter(shared, router, endpoint, None, &delivery, &why).await;
             }
         }
     }
@@ -187,6 +188,23 @@ pub(super) async fn process(
         remove: &endpoint.retry_remove,
     };
     let verdict = classify(&response, shared.max_retry_after, &overrides);
+    // A failure to deliver hookpost's own events never produces another.
+    let tells = !valid
+        .iter()
+        .all(|v| operational::is_operational(&v.event.event_type));
+    let notice = |kind, reason: &str, last_status| {
+        if tells {
+            shared.notices.emit(&Notice {
+                kind,
+                endpoint: id,
+                tenant: endpoint.tenant.as_deref(),
+                reason,
+                event_id: None,
+                last_status,
+            });
+        }
+    };
+    let was_closed = matches!(stops.breaker.state(), BreakerState::Closed);
     let change = match verdict {
         Verdict::Delivered => stops.breaker.success(),
         Verdict::Retry { .. } => stops.breaker.failure(tokio::time::Instant::now()),
@@ -194,6 +212,16 @@ pub(super) async fn process(
     };
     if let Some(state) = change {
         report_breaker(shared, endpoint, state, &stops.breaker);
+        match state {
+            // Once per outage: not again for each failed probe.
+            BreakerState::Open { .. } if was_closed => {
+                notice(operational::CIRCUIT_OPENED, &last_error, last_status);
+            }
+            BreakerState::Closed => {
+                notice(operational::CIRCUIT_CLOSED, "probe_succeeded", last_status)
+            }
+            _ => {}
+        }
         if matches!(state, BreakerState::Open { .. }) {
             stops.suspend.cancel();
             stops.consuming.cancel();
@@ -207,6 +235,7 @@ pub(super) async fn process(
             .insert(endpoint.id.clone(), endpoint.url.clone());
         shared.metrics.paused.with_label_values(&[id]).set(1);
         tracing::error!(endpoint = %id, "Endpoint answered 410 Gone; pausing it. Its messages wait in its queue.");
+        notice(operational::ENDPOINT_PAUSED, "gone", last_status);
         stops.pause.cancel();
         stops.consuming.cancel();
     }
@@ -265,7 +294,7 @@ pub(super) async fn process(
                     last_error: &last_error,
                     scope: scope_of(endpoint, Some(&v.event)),
                 };
-                dead_letter(shared, router, id, &v.delivery, &why).await;
+                dead_letter(shared, router, endpoint, Some(&v.event), &v.delivery, &why).await;
             }
             Action::Retry {
                 tier_ms,
@@ -408,12 +437,31 @@ fn scope_of<'a>(
 async fn dead_letter(
     shared: &Shared,
     router: &Router,
-    id: &str,
+    endpoint: &Endpoint,
+    event: Option<&Event>,
     delivery: &Delivery,
     why: &DeadLetter<'_>,
 ) {
+    let id = endpoint.id.as_str();
     match router.dead_letter(delivery, why).await {
         Ok(()) => {
+            // Not for hookpost's own events: a failure to deliver one never
+            // produces another.
+            if event.is_none_or(|e| !operational::is_operational(&e.event_type)) {
+                let message_id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(ToString::to_string);
+                shared.notices.emit(&Notice {
+                    kind: operational::DEAD_LETTERED,
+                    endpoint: id,
+                    tenant: endpoint.tenant.as_deref(),
+                    reason: why.reason.as_str(),
+                    event_id: event.map(|e| e.id.as_str()).or(message_id.as_deref()),
+                    last_status: why.last_status,
+                });
+            }
             shared
                 .metrics
                 .dead_letters

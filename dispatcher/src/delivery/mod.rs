@@ -46,3 +46,6 @@ pub mod route;
 // writer of what is published beside deliveries.
 pub mod log;
 pub mod outbox;
+
+// Tell whoever subscribes (`hookpost.#`) what happened to an endpoint.
+pub mod notices;

@@ -53,6 +53,8 @@ pub struct Shared {
     pub channel_failures: Arc<std::sync::Mutex<common::logging::Throttle>>,
     /// Where each attempt is recorded.
     pub log: crate::delivery::log::AttemptLog,
+    /// Where operational events go.
+    pub notices: crate::delivery::notices::Notices,
 }
 
 impl Shared {

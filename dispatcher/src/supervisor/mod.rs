@@ -113,6 +113,12 @@ pub async fn run(
             None,
         )
     };
+    let (notices, notices_writer) = delivery::notices::Notices::start(
+        client.clone(),
+        Topology::for_config(&config),
+        metrics.operational_events.clone(),
+        log_stop.clone(),
+    );
     // Operator holds and registered endpoints, from the control stream; kept across reconnects.
     let (holds_tx, holds) = tokio::sync::watch::channel(control::Holds::default());
     let mut config = config;
@@ -140,6 +146,7 @@ pub async fn run(
             ),
             channel_failures: channel_failures.clone(),
             log: log.clone(),
+            notices: notices.clone(),
         };
         let generation = shutdown.child_token();
         let tracker = TaskTracker::new();
@@ -249,6 +256,7 @@ pub async fn run(
     if let Some(task) = log_writer {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), notices_writer).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.close()).await;
     server_stop.cancel();
     let _ = server.await;
