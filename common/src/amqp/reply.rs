@@ -1,5 +1,6 @@
 //! The broker's refusals: the AMQP 0-9-1 reply codes hookpost acts on
-//! (the specification's constants), read from the error's kind.
+//! (the specification's constants), read from the error's kind; and
+//! whether a queue exists (a 404 to a passive declare).
 
 /// The credentials may not do this (soft, channel closed).
 pub const ACCESS_REFUSED: u16 = 403;
@@ -18,6 +19,34 @@ pub fn reply_code(e: &lapin::Error) -> Option<u16> {
     match e.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
         _ => None,
+    }
+}
+
+/// Whether queue `name` exists: a passive declare on a channel of its own
+/// (a missing queue is a 404 refusal, which closes the channel it was
+/// asked on).
+///
+/// # Errors
+/// A refusal other than 404, or a broker error.
+pub async fn queue_exists(conn: &lapin::Connection, name: &str) -> Result<bool, lapin::Error> {
+    let ch = conn.create_channel().await?;
+    let found = ch
+        .queue_declare(
+            name.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..lapin::options::QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    match found {
+        Ok(_) => {
+            let _ = ch.close(200, "exists".into()).await;
+            Ok(true)
+        }
+        Err(e) if reply_code(&e) == Some(NOT_FOUND) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -185,26 +185,9 @@ pub async fn ensure(
     topology: &Topology,
     log: &LogConfig,
 ) -> Result<(), lapin::Error> {
-    let ch = conn.create_channel().await?;
-    let found = ch
-        .queue_declare(
-            topology.log().as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match found {
-        Ok(_) => {
-            let _ = ch.close(200, "exists".into()).await;
-            return Ok(());
-        }
-        Err(e) if crate::amqp::reply_code(&e) == Some(crate::amqp::reply::NOT_FOUND) => {}
-        Err(e) => return Err(e),
+    if crate::amqp::queue_exists(conn, &topology.log()).await? {
+        return Ok(());
     }
-    // The failed passive declare closed that channel.
     let ch = conn.create_channel().await?;
     ch.queue_declare(
         topology.log().as_str().into(),

@@ -138,27 +138,10 @@ static RETENTION_CHECKED: std::sync::Mutex<BTreeSet<String>> =
 /// # Errors
 /// The broker's refusal.
 pub async fn ensure(conn: &Connection, topology: &Topology) -> Result<(), lapin::Error> {
-    let ch = conn.create_channel().await?;
-    let found = ch
-        .queue_declare(
-            topology.control().as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match found {
-        Ok(_) => {
-            let _ = ch.close(200, "exists".into()).await;
-            check_retention(conn, topology).await;
-            return Ok(());
-        }
-        Err(e) if crate::amqp::reply_code(&e) == Some(crate::amqp::reply::NOT_FOUND) => {}
-        Err(e) => return Err(e),
+    if crate::amqp::queue_exists(conn, &topology.control()).await? {
+        check_retention(conn, topology).await;
+        return Ok(());
     }
-    // The failed passive declare closed that channel.
     let ch = conn.create_channel().await?;
     declare(&ch, topology).await?;
     let _ = ch.close(200, "declared".into()).await;
