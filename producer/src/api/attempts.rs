@@ -118,16 +118,9 @@ pub(super) async fn handle(api: &Api, req: Request<Incoming>, path: &str) -> Htt
     let Ok(_permit) = READS.try_acquire() else {
         return unavailable("too many attempt log reads at once; retry shortly");
     };
-    let conn = match api
-        .client
-        .connection(
-            Some(tokio::time::Instant::now() + api.config.amqp.publish_timeout),
-            &api.shutdown,
-        )
-        .await
-    {
+    let conn = match api.broker().await {
         Ok(conn) => conn,
-        Err(e) => return unavailable(&e.to_string()),
+        Err(r) => return r,
     };
     let topology = Topology::for_config(&api.config);
     match tokio::time::timeout(READ_TIMEOUT, history::read(&conn, &topology, &query, None)).await {

@@ -216,16 +216,9 @@ impl Api {
         if let Err(e) = self.current().await {
             return op_error(&e);
         }
-        let conn = match self
-            .client
-            .connection(
-                Some(tokio::time::Instant::now() + self.config.amqp.publish_timeout),
-                &self.shutdown,
-            )
-            .await
-        {
+        let conn = match self.broker().await {
             Ok(conn) => conn,
-            Err(e) => return unavailable(&e.to_string()),
+            Err(r) => return r,
         };
         let registry = match &caller {
             Caller::Operator => Registry::new(&conn, &self.config),
@@ -295,6 +288,17 @@ impl Api {
             Ok(response) => response,
             Err(e) => op_error(&e),
         }
+    }
+
+    /// The broker connection, within `amqp.publish_timeout`; 503 otherwise.
+    async fn broker(&self) -> Result<Arc<lapin::Connection>, HttpResponse> {
+        self.client
+            .connection(
+                Some(tokio::time::Instant::now() + self.config.amqp.publish_timeout),
+                &self.shutdown,
+            )
+            .await
+            .map_err(|e| unavailable(&e.to_string()))
     }
 
     /// Who the `authorization` header is: an operator token, a live tenant

@@ -65,16 +65,9 @@ pub(super) async fn handle(api: &Api, req: Request<Incoming>, rest: &str) -> Htt
     if let Err(e) = api.current().await {
         return op_error(&e);
     }
-    let conn = match api
-        .client
-        .connection(
-            Some(tokio::time::Instant::now() + api.config.amqp.publish_timeout),
-            &api.shutdown,
-        )
-        .await
-    {
+    let conn = match api.broker().await {
         Ok(conn) => conn,
-        Err(e) => return unavailable(&e.to_string()),
+        Err(r) => return r,
     };
     let registry = Registry::new(&conn, &api.config);
     match token_id {
