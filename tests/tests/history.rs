@@ -6,7 +6,6 @@
 
 use common::history::{Attempt, Outcome, Query};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tests::dispatcher_harness::Running;
 use tests::fixtures::{FAST, endpoint, publish};
@@ -42,15 +41,12 @@ async fn records(admin: &dispatcher::admin::Admin, query: &Query, n: usize) -> V
 #[tokio::test]
 async fn every_attempt_is_logged_with_its_answer_and_can_be_queried() {
     let scope = Scope::new().await;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let receiver = Receiver::with(Arc::new({
-        let calls = calls.clone();
-        move |_, _| {
-            if calls.fetch_add(1, Ordering::SeqCst) < 3 {
-                Reply::Status(500, vec![])
-            } else {
-                Reply::Status(200, vec![])
-            }
+    // Request n (0-based): the first three fail.
+    let receiver = Receiver::with(Arc::new(|n, _| {
+        if n < 3 {
+            Reply::Status(500, vec![])
+        } else {
+            Reply::Status(200, vec![])
         }
     }))
     .await;
