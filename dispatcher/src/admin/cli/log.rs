@@ -17,7 +17,7 @@ const DEFAULT_LIMIT: usize = 100;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct LogArgs {
-    /// Only this endpoint's attempts.
+    /// Only this endpoint's attempts (its environments' `<id>~<env>` too).
     #[arg(long)]
     endpoint: Option<String>,
     /// Only this event's attempts.
