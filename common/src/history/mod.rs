@@ -1,6 +1,9 @@
 //! The attempt log: one record per delivery attempt, appended by the
 //! dispatchers to the stream `<prefix>.log` (retention by age and size,
 //! `[log]`) and read back by `hookpost-admin log` from a timestamp offset.
+//! A stream message holds up to 256 records, one JSON object per line
+//! (`application/x-ndjson`): one message per attempt would double the
+//! broker's work at one request per event.
 //! A record holds what was tried and what the endpoint answered; never a
 //! secret or a request header value.
 

@@ -171,23 +171,26 @@ pub async fn read(
         {
             break;
         }
-        scanned.records += 1;
-        let Ok(attempt) = serde_json::from_slice::<Attempt>(&delivery.data) else {
-            continue;
-        };
-        if !query.matches(&attempt) {
-            continue;
-        }
-        scanned.matched += 1;
-        if caught_up {
-            if let Some((_, each)) = follow.as_mut() {
-                each(&attempt);
+        // A message holds one record per line.
+        for line in delivery.data.split(|b| *b == b'\n') {
+            scanned.records += 1;
+            let Ok(attempt) = serde_json::from_slice::<Attempt>(line) else {
+                continue;
+            };
+            if !query.matches(&attempt) {
+                continue;
             }
-            continue;
-        }
-        newest.push_back(attempt);
-        if newest.len() > query.limit {
-            newest.pop_front();
+            scanned.matched += 1;
+            if caught_up {
+                if let Some((_, each)) = follow.as_mut() {
+                    each(&attempt);
+                }
+                continue;
+            }
+            newest.push_back(attempt);
+            if newest.len() > query.limit {
+                newest.pop_front();
+            }
         }
     }
     let _ = ch.close(200, "read".into()).await;

@@ -47,6 +47,7 @@ impl AttemptLog {
         let purpose = Purpose {
             name: "the attempt log",
             stream: Some(config),
+            pack: true,
         };
         let (tx, task) = outbox::start(client, topology, purpose, records.clone(), stop);
         (

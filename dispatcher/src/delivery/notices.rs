@@ -33,6 +33,7 @@ impl Notices {
         let purpose = Purpose {
             name: "operational events",
             stream: None,
+            pack: false,
         };
         let (tx, task) = outbox::start(client, topology, purpose, counted.clone(), stop);
         (

@@ -28,6 +28,37 @@ const BATCH: usize = 512;
 /// it counts the batch lost.
 const BROKER_WAIT: Duration = Duration::from_secs(5);
 
+/// The most bodies, and bytes, packed into one message.
+const PACK_RECORDS: usize = 256;
+const PACK_BYTES: usize = 256 << 10;
+
+/// Consecutive messages to the same place joined into one, bodies
+/// separated by a newline; each with the number of bodies it holds.
+fn pack(batch: Vec<Outgoing>) -> Vec<(Outgoing, usize)> {
+    let mut out: Vec<(Outgoing, usize)> = Vec::new();
+    for o in batch {
+        if let Some((last, count)) = out.last_mut()
+            && last.exchange == o.exchange
+            && last.key == o.key
+            && *count < PACK_RECORDS
+            && last.body.len() + 1 + o.body.len() <= PACK_BYTES
+        {
+            last.body.push(b'\n');
+            last.body.extend_from_slice(&o.body);
+            *count += 1;
+            continue;
+        }
+        out.push((
+            Outgoing {
+                message_id: None,
+                ..o
+            },
+            1,
+        ));
+    }
+    out
+}
+
 /// How long a stopping dispatcher keeps writing what is buffered.
 const FLUSH: Duration = Duration::from_secs(3);
 
@@ -52,6 +83,10 @@ pub struct Purpose {
     pub name: &'static str,
     /// The log stream to make sure of, with its settings.
     pub stream: Option<LogConfig>,
+    /// Whether messages to the same place go together as one, a body per
+    /// line (the attempt log: one stream message per record would double
+    /// the broker's work at one request per event).
+    pub pack: bool,
 }
 
 /// Starts a writer of `Outgoing` messages on `client`'s connection; it
@@ -130,7 +165,8 @@ impl Writer {
     }
 
     /// Appends `batch` and waits for its confirms; what is not confirmed
-    /// is counted lost.
+    /// is counted lost. With `purpose.pack`, consecutive messages to the
+    /// same place go as one message, their bodies one per line.
     async fn write(&mut self, batch: Vec<Outgoing>) {
         let n = batch.len();
         let ch = match self.channel().await {
@@ -141,10 +177,21 @@ impl Writer {
             }
         };
         let stamp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
-        let mut confirms = Vec::with_capacity(n);
-        for out in &batch {
+        let packed = if self.purpose.pack {
+            pack(batch)
+        } else {
+            batch.into_iter().map(|o| (o, 1)).collect()
+        };
+        let mut confirms = Vec::with_capacity(packed.len());
+        let mut sent = 0;
+        for (out, count) in &packed {
+            let content_type = if self.purpose.pack {
+                "application/x-ndjson"
+            } else {
+                "application/json"
+            };
             let mut properties = BasicProperties::default()
-                .with_content_type("application/json".into())
+                .with_content_type(content_type.into())
                 .with_delivery_mode(2)
                 .with_timestamp(stamp);
             if let Some(id) = &out.message_id {
@@ -163,12 +210,14 @@ impl Writer {
                 )
                 .await;
             match published {
-                Ok(confirm) => confirms.push(confirm),
+                Ok(confirm) => {
+                    confirms.push((confirm, *count));
+                    sent += count;
+                }
                 Err(e) => {
                     self.channel = None;
-                    let unsent = n - confirms.len();
                     self.settle(confirms).await;
-                    self.lost(unsent, &e.to_string());
+                    self.lost(n - sent, &e.to_string());
                     return;
                 }
             }
@@ -179,15 +228,15 @@ impl Writer {
     /// Waits for each confirm: an ack without a return is written;
     /// anything else (a return: the stream is gone; a nack; no answer
     /// within [`BROKER_WAIT`]) is lost.
-    async fn settle(&mut self, confirms: Vec<lapin::PublisherConfirm>) {
+    async fn settle(&mut self, confirms: Vec<(lapin::PublisherConfirm, usize)>) {
         let (mut written, mut lost, mut why) = (0usize, 0usize, None);
-        for confirm in confirms {
+        for (confirm, count) in confirms {
             match tokio::time::timeout(BROKER_WAIT, confirm).await {
                 Ok(Ok(lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested)) => {
-                    written += 1;
+                    written += count;
                 }
                 Ok(Ok(lapin::Confirmation::Ack(Some(_)))) => {
-                    lost += 1;
+                    lost += count;
                     // The stream is gone: the next batch opens a channel
                     // again, which declares it again.
                     self.channel = None;
@@ -199,16 +248,16 @@ impl Writer {
                     });
                 }
                 Ok(Ok(lapin::Confirmation::Nack(_))) => {
-                    lost += 1;
+                    lost += count;
                     why.get_or_insert_with(|| "the broker refused them (nack)".to_owned());
                 }
                 Ok(Err(e)) => {
-                    lost += 1;
+                    lost += count;
                     self.channel = None;
                     why.get_or_insert_with(|| e.to_string());
                 }
                 Err(_) => {
-                    lost += 1;
+                    lost += count;
                     self.channel = None;
                     why.get_or_insert_with(|| "no confirm from the broker".to_owned());
                 }
@@ -260,5 +309,58 @@ impl Writer {
         if let Some(times) = self.failures.hit() {
             tracing::warn!(records = n, failures = times, error = %why, "Writing {} failed; deliveries go on, these records are lost (logged with backoff).", self.purpose.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(key: &str, body: &str) -> Outgoing {
+        Outgoing {
+            exchange: String::new(),
+            key: key.into(),
+            body: body.as_bytes().to_vec(),
+            message_id: None,
+        }
+    }
+
+    #[test]
+    fn packing_joins_bodies_to_one_place_by_lines_within_the_bounds() {
+        let packed = pack(vec![
+            out("log", "a"),
+            out("log", "b"),
+            out("other", "c"),
+            out("log", "d"),
+        ]);
+        let shown: Vec<(String, String, usize)> = packed
+            .iter()
+            .map(|(o, n)| {
+                (
+                    o.key.clone(),
+                    String::from_utf8_lossy(&o.body).into_owned(),
+                    *n,
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("log".into(), "a\nb".into(), 2),
+                ("other".into(), "c".into(), 1),
+                ("log".into(), "d".into(), 1)
+            ]
+        );
+        let many = pack((0..PACK_RECORDS + 1).map(|_| out("log", "x")).collect());
+        assert_eq!(
+            many.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            vec![PACK_RECORDS, 1]
+        );
+        let big = "y".repeat(PACK_BYTES / 2);
+        let sized = pack(vec![out("log", &big), out("log", &big), out("log", "z")]);
+        assert_eq!(
+            sized.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 }
