@@ -53,8 +53,9 @@ pub struct Notice<'a> {
 
 impl Notice<'_> {
     /// The event and its routing key on the scoped exchange
-    /// (`t=<tenant>.e=.<type>`: global endpoints match `*.e=.<pattern>`,
-    /// a tenant's endpoints only their tenant's).
+    /// (`hookpost.t=<tenant>.e=.<type>`, [`crate::routing::operational_key`]:
+    /// only endpoints with a pattern starting `hookpost.` are bound for it,
+    /// a global one for every tenant's, a tenant's for its own).
     ///
     /// # Errors
     /// A tenant that is not a valid scope.
@@ -69,8 +70,10 @@ impl Notice<'_> {
             }),
         )?
         .with_scope(self.tenant, None)?;
-        let key = format!("t={}.e=.{}", self.tenant.unwrap_or_default(), self.kind);
-        Ok((event, key))
+        Ok((
+            event,
+            crate::routing::operational_key(self.tenant, self.kind),
+        ))
     }
 }
 
@@ -89,43 +92,38 @@ mod tests {
             last_status: Some(503),
         };
         let (event, key) = n.event().expect("event");
-        assert_eq!(key, "t=acme.e=.hookpost.delivery.dead_lettered");
+        assert_eq!(key, "hookpost.t=acme.e=.hookpost.delivery.dead_lettered");
         assert_eq!(event.tenant.as_deref(), Some("acme"));
         assert_eq!(event.data["last_status"], 503);
         assert_eq!(event.data["endpoint"], "shop~live");
         let global = Notice { tenant: None, ..n };
-        assert_eq!(
-            global.event().expect("event").1,
-            "t=.e=.hookpost.delivery.dead_lettered"
-        );
-        // The broker's matching: a global endpoint's `*.e=.hookpost.#`
-        // takes both, a tenant's only its own.
-        for (key, pattern, matches) in [
-            (
-                "t=.e=.hookpost.delivery.dead_lettered",
-                "*.e=.hookpost.#",
-                true,
-            ),
-            (
-                "t=acme.e=.hookpost.delivery.dead_lettered",
-                "*.e=.hookpost.#",
-                true,
-            ),
-            (
-                "t=acme.e=.hookpost.delivery.dead_lettered",
-                "t=acme.e=.hookpost.#",
-                true,
-            ),
-            (
-                "t=.e=.hookpost.delivery.dead_lettered",
-                "t=acme.e=.hookpost.#",
-                false,
-            ),
+        let global_key = global.event().expect("event").1;
+        assert_eq!(global_key, "hookpost.t=.e=.hookpost.delivery.dead_lettered");
+        // The broker's matching against each endpoint's binding keys: a
+        // global `hookpost.#` subscriber takes both, a tenant's only its
+        // own, a catch-all `#` (global or tenant) neither.
+        let bound = |tenant: Option<&str>, pattern: &str, key: &str| {
+            crate::routing::binding_keys(tenant, None, &[pattern.to_owned()])
+                .iter()
+                .filter(|b| crate::routing::Exchange::of_key(b) == crate::routing::Exchange::Scoped)
+                .any(|b| crate::routing::topic_matches(b, key))
+        };
+        for (tenant, pattern, key, matches) in [
+            (None, "hookpost.#", &global_key, true),
+            (None, "hookpost.#", &key, true),
+            (Some("acme"), "hookpost.#", &key, true),
+            (Some("acme"), "hookpost.delivery.*", &key, true),
+            (Some("acme"), "hookpost.#", &global_key, false),
+            (Some("globex"), "hookpost.#", &key, false),
+            (None, "#", &key, false),
+            (None, "#", &global_key, false),
+            (Some("acme"), "#", &key, false),
+            (None, "*.delivery.dead_lettered", &key, false),
         ] {
             assert_eq!(
-                crate::routing::topic_matches(pattern, key),
+                bound(tenant, pattern, key),
                 matches,
-                "{pattern} {key}"
+                "{tenant:?} {pattern} {key}"
             );
         }
         assert!(is_operational(CIRCUIT_OPENED));

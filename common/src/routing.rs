@@ -81,7 +81,11 @@ pub fn route(
 ///   an environment);
 /// - tenant `T`: `t=T.e=.<pattern>` (only `T`'s events);
 /// - environment `E` (a variant): `*.e=E.<pattern>` without a tenant,
-///   `t=T.e=E.<pattern>` with one.
+///   `t=T.e=E.<pattern>` with one;
+/// - and a pattern whose first word is `hookpost` also as
+///   `hookpost.<scope>.<pattern>`: hookpost's operational events
+///   ([`OPERATIONAL_WORD`]) reach only endpoints that name them, never a
+///   catch-all `#`.
 ///
 /// Which exchange a key is for: [`Exchange::of_key`].
 pub fn binding_keys(
@@ -98,7 +102,28 @@ pub fn binding_keys(
         keys.extend(patterns.iter().cloned());
     }
     keys.extend(patterns.iter().map(|p| format!("{scope}.{p}")));
+    keys.extend(
+        patterns
+            .iter()
+            .filter(|p| p.split('.').next() == Some(OPERATIONAL_WORD))
+            .map(|p| format!("{OPERATIONAL_WORD}.{scope}.{p}")),
+    );
     keys
+}
+
+/// The first word of hookpost's operational event types, and of their
+/// routing keys on the scoped exchange: `hookpost.t=<tenant>.e=.<type>`.
+/// A scoped binding starts with the scope's `t=` or `*` word followed by
+/// `e=`, so none of the ordinary ones matches such a key.
+pub const OPERATIONAL_WORD: &str = "hookpost";
+
+/// The routing key of an operational event of `event_type` for an endpoint
+/// of `tenant` (on the scoped exchange).
+pub fn operational_key(tenant: Option<&str>, event_type: &str) -> String {
+    format!(
+        "{OPERATIONAL_WORD}.{}.{event_type}",
+        scope_words(tenant, None)
+    )
 }
 
 /// Whether an endpoint of this tenant and environment may receive an event

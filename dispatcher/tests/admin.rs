@@ -702,3 +702,83 @@ async fn endpoints_list_filters_by_tenant_and_environment() {
     ));
     assert!(err.contains("--environment"), "{err}");
 }
+
+/// `hookpost-admin log`: the attempts of the fixture's failed deliveries,
+/// by endpoint (JSON lines) and by event (a table); a bad flag is one line;
+/// `--follow` prints a new attempt as it happens, until SIGTERM.
+#[tokio::test]
+async fn log_shows_each_attempt_and_follows_new_ones() {
+    let f = fixture(2, 1).await;
+    let lines = eventually(WAIT, "the shop's two attempts in the log", || async {
+        let out = ok(&admin(&f.config, &["log", "--endpoint", "shop", "--json"]));
+        let lines = json_lines(&out);
+        (lines.len() == 2).then_some(lines)
+    })
+    .await;
+    for line in &lines {
+        assert_eq!(line["endpoint"], "shop");
+        assert_eq!(line["outcome"], "dead_lettered");
+        assert_eq!(line["status"], 400);
+        assert!(
+            f.shop_ids.iter().any(|id| line["event_id"] == id.as_str()),
+            "{line}"
+        );
+    }
+    let table = ok(&admin(&f.config, &["log", "--event", &f.billing_ids[0]]));
+    assert!(table.starts_with("started"), "{table}");
+    assert!(
+        table.contains("billing") && table.contains("dead_lettered") && table.contains("HTTP 500"),
+        "{table}"
+    );
+    assert!(table.contains("1 of 1 matching attempts shown"), "{table}");
+    let err = failed(&admin(&f.config, &["log", "--outcome", "maybe"]));
+    assert!(err.contains("--outcome"), "{err}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookpost-admin"))
+        .arg("--config")
+        .arg(&f.config)
+        .args(["log", "--follow", "--json", "--endpoint", "billing"])
+        .env_remove("HOOKPOST_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // The head: the billing attempt so far.
+    let head = rx.recv_timeout(WAIT).expect("the head");
+    assert!(head.contains(&f.billing_ids[0]), "{head}");
+    let loaded = common::Config::load(&f.config).expect("config");
+    let publisher = Publisher::connect(&loaded).await.expect("connect");
+    let later = Event::new("invoice.paid", serde_json::json!({})).expect("event");
+    // Published until the tail shows it: the tail attaches a moment after
+    // the head is printed.
+    let deadline = Instant::now() + WAIT;
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        publisher.publish(&later).await.expect("publish");
+        let until = Instant::now() + Duration::from_secs(2);
+        while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            if line.contains(&later.id) {
+                seen = true;
+                break;
+            }
+        }
+    }
+    assert!(seen, "--follow printed the new attempt");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    publisher.close().await;
+    f.dispatcher.stop().await.expect("stop");
+}

@@ -2,7 +2,8 @@
 //! broker: endpoints subscribed to `hookpost.#` get `dead_lettered`,
 //! `circuit_opened`, `paused` (410 and operator) and `resumed`, each with
 //! the endpoint's tenant, so a tenant's subscriber sees only its tenant's;
-//! and a failure to deliver an operational event produces none.
+//! a catch-all `#` endpoint gets none; and a failure to deliver an
+//! operational event produces none.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -39,11 +40,15 @@ fn notice(kind: &str, endpoint: &str, reason: &str) -> (String, String, String) 
 #[tokio::test]
 async fn operational_events_reach_subscribers_with_the_endpoints_tenant() {
     let scope = Scope::new().await;
-    let (ops, acme_ops) = (Receiver::start().await, Receiver::start().await);
+    let (ops, acme_ops, all) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
     let failing = Receiver::with(Arc::new(|_, _| Reply::Status(500, vec![]))).await;
     let gone = Receiver::with(Arc::new(|_, _| Reply::Status(410, vec![]))).await;
     let config = scope.config(&format!(
-        "{FAST}{}{}{}{}{}{}",
+        "{FAST}{}{}{}{}{}{}{}",
         endpoint("ops", &ops.url, &["hookpost.#"], ""),
         endpoint(
             "acme-ops",
@@ -60,6 +65,7 @@ async fn operational_events_reach_subscribers_with_the_endpoints_tenant() {
         ),
         endpoint("gone", &gone.url, &["invoice.*"], ""),
         endpoint("ops-bad", &failing.url, &["hookpost.#"], "max_retries = 0"),
+        endpoint("all", &all.url, &["#"], ""),
     ));
     let dispatcher = Running::start(config.clone()).await;
     let publisher = producer::Publisher::connect(&config)
@@ -143,6 +149,19 @@ async fn operational_events_reach_subscribers_with_the_endpoints_tenant() {
             .then_some(())
     })
     .await;
+    // A catch-all `#` is not a subscription to hookpost's own events.
+    let caught: Vec<String> = all
+        .received()
+        .iter()
+        .flat_map(tests::receiver::Received::events)
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
+        .filter(|t| t.starts_with("hookpost."))
+        .collect();
+    assert!(caught.is_empty(), "a `#` endpoint got {caught:?}");
+    assert!(
+        !all.received().is_empty(),
+        "the `#` endpoint got the ordinary events"
+    );
     let told = notices(&ops);
     assert!(
         told.iter().all(|(_, endpoint, _)| endpoint != "ops-bad"),

@@ -8,6 +8,7 @@
 //! `--dispatcher-child CONFIG`) so its peak RSS and CPU time are its own.
 
 mod cli;
+mod history;
 mod hookpost;
 mod raw;
 mod report;
@@ -76,7 +77,10 @@ struct Args {
     /// Tenants of the tenants scenario (three endpoints each).
     #[arg(long, default_value_t = 1_000)]
     tenants: usize,
-    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, fanout, latency, memory, noisy, backlog, scale, tenants).
+    /// Records in the attempt log of the log-read scenario.
+    #[arg(long, default_value_t = 500_000)]
+    log_records: usize,
+    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -183,6 +187,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 ));
             }
         }
+    }
+    if wanted(&args, "log-read") {
+        rows.push(progress_of(history::log_read(args.log_records).await?));
     }
     if wanted(&args, "fanout") {
         let n = (args.events / args.endpoints.max(1)).max(1);
