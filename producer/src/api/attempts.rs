@@ -9,11 +9,13 @@
 //! `tenant` (operators) and `limit` (the newest; default 100, at most
 //! 1,000). A tenant token sees only attempts at its tenant's registered
 //! endpoints; another endpoint answers 404. A read starts at the stream's
-//! place for `since` and ends within [`READ_TIMEOUT`] (504 past it), and at
-//! most [`CONCURRENT_READS`] run at once per API process (503 beyond).
+//! place for `since` and ends within [`READ_TIMEOUT`] (504 past it), on a
+//! broker connection of its own; at most [`CONCURRENT_READS`] run at once
+//! per API process (503 beyond).
 
 use super::{Api, Caller, ROUTES, op_error, query_param, unavailable};
 use crate::http::{error, method_not_allowed};
+use common::amqp::AmqpClient;
 use common::history::{self, Outcome, Query};
 use common::registry::{self, OpError};
 use common::server::{HttpResponse, json};
@@ -118,12 +120,24 @@ pub(super) async fn handle(api: &Api, req: Request<Incoming>, path: &str) -> Htt
     let Ok(_permit) = READS.try_acquire() else {
         return unavailable("too many attempt log reads at once; retry shortly");
     };
-    let conn = match api.broker().await {
+    // A connection of the read's own: the broker can answer a stream
+    // attach racing with retention with a connection-level error, which
+    // must not close the connection every other API request shares.
+    let reader = AmqpClient::new(
+        api.config.amqp.urls.clone(),
+        "hookpost-api-log",
+        api.config.amqp.max_reconnect_delay,
+    );
+    let deadline = tokio::time::Instant::now() + api.config.amqp.publish_timeout;
+    let conn = match reader.connection(Some(deadline), &api.shutdown).await {
         Ok(conn) => conn,
-        Err(r) => return r,
+        Err(e) => return unavailable(&e.to_string()),
     };
     let topology = Topology::for_config(&api.config);
-    match tokio::time::timeout(READ_TIMEOUT, history::read(&conn, &topology, &query, None)).await {
+    let read =
+        tokio::time::timeout(READ_TIMEOUT, history::read(&conn, &topology, &query, None)).await;
+    reader.close().await;
+    match read {
         Ok(Ok((attempts, scanned))) => json(
             StatusCode::OK,
             &json!({
