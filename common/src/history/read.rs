@@ -46,6 +46,23 @@ pub struct Query {
 }
 
 impl Query {
+    /// Byte strings every matching record's JSON holds, as the writer
+    /// serializes it (`"endpoint":"<id>` and `"event_id":"<id>"`, escaped
+    /// as JSON): a record without them cannot match.
+    fn needles(&self) -> Vec<String> {
+        let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let mut needles = Vec::new();
+        if let Some(e) = &self.endpoint {
+            // The id, or a variant `<id>~<env>`: the opening quote and the id.
+            let q = quoted(e);
+            needles.push(format!("\"endpoint\":{}", &q[..q.len() - 1]));
+        }
+        if let Some(id) = &self.event {
+            needles.push(format!("\"event_id\":{}", quoted(id)));
+        }
+        needles
+    }
+
     /// Whether `a` is one of the records asked for.
     pub fn matches(&self, a: &Attempt) -> bool {
         let Some(started) = a.started() else {
@@ -91,6 +108,11 @@ pub struct Scanned {
     pub matched: u64,
 }
 
+/// Whether `haystack` holds `needle`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
 /// Reads the log for `query`: the newest `query.limit` matching records,
 /// oldest first. With `follow`, calls `each` for every matching record
 /// appended after the read caught up, until `follow` fires.
@@ -133,6 +155,7 @@ pub async fn read(
         .until
         .map(|u| u + ATTACH_MARGIN)
         .and_then(|u| u64::try_from(u.unix_timestamp()).ok());
+    let needles = query.needles();
     let mut newest: VecDeque<Attempt> = VecDeque::new();
     let mut scanned = Scanned::default();
     let mut unacked = 0u32;
@@ -174,6 +197,11 @@ pub async fn read(
         // A message holds one record per line.
         for line in delivery.data.split(|b| *b == b'\n') {
             scanned.records += 1;
+            // Most records are not the endpoint's or the event's: skip them
+            // without parsing.
+            if !needles.iter().all(|n| contains(line, n.as_bytes())) {
+                continue;
+            }
             let Ok(attempt) = serde_json::from_slice::<Attempt>(line) else {
                 continue;
             };
@@ -286,5 +314,27 @@ mod tests {
         };
         assert!(scoped.matches(&attempt("shop~live", Some(503), "2026-12-03T07:30:00Z")));
         assert!(!scoped.matches(&attempt("crm", Some(503), "2026-12-03T07:30:00Z")));
+        // The prefilter never drops a record the query matches.
+        let line = serde_json::to_vec(&attempt("crm~sandbox", Some(503), "2026-12-03T07:30:00Z"))
+            .expect("json");
+        let by = Query {
+            endpoint: Some("crm".into()),
+            event: Some("evt_1".into()),
+            ..scoped
+        };
+        assert!(by.needles().iter().all(|n| contains(&line, n.as_bytes())));
+        let odd = Query {
+            event: Some("evt_\"q\"".into()),
+            ..by.clone()
+        };
+        let mut quoted = attempt("crm", Some(503), "2026-12-03T07:30:00Z");
+        quoted.event_id = "evt_\"q\"".into();
+        let line = serde_json::to_vec(&quoted).expect("json");
+        assert!(odd.needles().iter().all(|n| contains(&line, n.as_bytes())));
+        assert!(
+            !by.needles()
+                .iter()
+                .all(|n| contains(b"{\"event_id\":\"evt_2\"}", n.as_bytes()))
+        );
     }
 }
