@@ -14,8 +14,10 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::{Deserialize, Serialize};
 
+mod cursor;
 mod read;
-pub use read::{ATTACH_MARGIN, Follow, Query, Scanned, read};
+pub use cursor::{ATTACH_MARGIN, Cursor, Step};
+pub use read::{Follow, Query, Scanned, read};
 
 /// Header of a reader's end marker in the log (not an attempt: readers skip
 /// it, except the one that appended it).

@@ -2,24 +2,13 @@
 //! a timestamp (never the beginning), append an end marker, and read up to
 //! it, keeping the newest matching records; or go on past it (`--follow`).
 
-use super::{Attempt, MARKER_HEADER, Outcome};
+use super::cursor::{Cursor, Step};
+use super::{Attempt, Outcome};
 use crate::topology::Topology;
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Connection};
+use lapin::Connection;
 use std::collections::VecDeque;
-use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-
-/// How far before `since` the read attaches: a record is appended after its
-/// attempt ends (up to an endpoint's timeout after it began) and the
-/// broker seeks by chunk.
-pub const ATTACH_MARGIN: Duration = Duration::from_secs(60);
 
 /// Which records a query returns. Empty fields match everything.
 #[derive(Debug, Clone)]
@@ -125,75 +114,38 @@ pub async fn read(
     query: &Query,
     follow: Option<Follow<'_>>,
 ) -> anyhow::Result<(Vec<Attempt>, Scanned)> {
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(1000, BasicQosOptions::default()).await?;
-    let attach = query.since - ATTACH_MARGIN;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        AMQPValue::Timestamp(u64::try_from(attach.unix_timestamp()).unwrap_or(0)),
-    );
-    let mut consumer = ch
-        .basic_consume(
-            topology.log().as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "reading {}: {e} (has a dispatcher with the log enabled run?)",
-                topology.log()
-            )
-        })?;
-    // Attached first: the marker is appended after the attach point.
-    let token = uuid::Uuid::new_v4().to_string();
-    append_marker(conn, topology, &token).await?;
-    // Records appended this long after `until` end a read early.
-    let stop_after = query
-        .until
-        .map(|u| u + ATTACH_MARGIN)
-        .and_then(|u| u64::try_from(u.unix_timestamp()).ok());
+    let mut cursor = Cursor::open(
+        conn,
+        &topology.log(),
+        query.since,
+        query.until,
+        "has a dispatcher with the log enabled run?",
+    )
+    .await?;
     let needles = query.needles();
     let mut newest: VecDeque<Attempt> = VecDeque::new();
     let mut scanned = Scanned::default();
-    let mut unacked = 0u32;
     let mut follow = follow;
     let mut caught_up = false;
     loop {
-        let delivery = match &follow {
+        let step = match &follow {
             Some((stop, _)) if caught_up => tokio::select! {
-                d = consumer.next() => d,
+                s = cursor.next() => s?,
                 () = stop.cancelled() => break,
             },
-            _ => consumer.next().await,
+            _ => cursor.next().await?,
         };
-        let Some(delivery) = delivery else {
-            anyhow::bail!("the log consumer was cancelled");
-        };
-        let delivery = delivery?;
-        unacked += 1;
-        if unacked >= 200 {
-            delivery.ack(BasicAckOptions { multiple: true }).await?;
-            unacked = 0;
-        }
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
-        if let Some(marker) = crate::contract::text(&headers, MARKER_HEADER) {
-            if marker == token && !caught_up {
+        let delivery = match step {
+            None => break,
+            Some(Step::CaughtUp) => {
                 caught_up = true;
                 if follow.is_none() {
                     break;
                 }
+                continue;
             }
-            continue;
-        }
-        if !caught_up
-            && let (Some(stop), Some(appended)) = (stop_after, delivery.properties.timestamp())
-            && *appended > stop
-        {
-            break;
-        }
+            Some(Step::Message(delivery)) => delivery,
+        };
         // A message holds one record per line.
         for line in delivery.data.split(|b| *b == b'\n') {
             scanned.records += 1;
@@ -221,42 +173,8 @@ pub async fn read(
             }
         }
     }
-    let _ = ch.close(200, "read".into()).await;
+    cursor.close().await;
     Ok((newest.into(), scanned))
-}
-
-/// Appends the end marker `token` (a message with [`MARKER_HEADER`] and
-/// no record) and waits for its confirm.
-async fn append_marker(conn: &Connection, topology: &Topology, token: &str) -> anyhow::Result<()> {
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let mut headers = FieldTable::default();
-    headers.insert(
-        MARKER_HEADER.into(),
-        AMQPValue::LongString(LongString::from(token)),
-    );
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            topology.log().as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            b"",
-            BasicProperties::default().with_headers(headers),
-        )
-        .await?
-        .await?;
-    let _ = ch.close(200, "marked".into()).await;
-    match confirm {
-        lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested => Ok(()),
-        lapin::Confirmation::Ack(Some(_)) => anyhow::bail!(
-            "{} does not exist (has a dispatcher with the log enabled run?)",
-            topology.log()
-        ),
-        lapin::Confirmation::Nack(_) => anyhow::bail!("the broker refused the end marker"),
-    }
 }
 
 #[cfg(test)]
@@ -291,7 +209,7 @@ mod tests {
             outcome: Some(Outcome::Retry),
             status: Some(503),
             since,
-            until: Some(since + Duration::from_secs(3600)),
+            until: Some(since + std::time::Duration::from_secs(3600)),
             limit: 10,
         };
         assert!(q.matches(&attempt("crm", Some(503), "2026-12-03T07:30:00Z")));
