@@ -6,6 +6,7 @@
 
 pub mod addresses;
 pub mod amqp;
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod contract;

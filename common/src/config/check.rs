@@ -253,6 +253,7 @@ impl Config {
                 control_replicas: raw.registry.control_replicas.get(),
             },
             log: check_log(raw.log).map_err(|(key, message)| invalid(key, message))?,
+            archive: check_archive(raw.archive).map_err(|(key, message)| invalid(key, message))?,
             transforms: TransformsConfig {
                 workers: raw.transforms.workers.get() as usize,
                 per_endpoint: raw.transforms.per_endpoint.get() as usize,
@@ -269,15 +270,7 @@ pub const MAX_LOG_RESPONSE_BODY_BYTES: usize = 65_536;
 
 /// The checked `[log]`, or the bad key and why.
 fn check_log(raw: super::raw::LogSection) -> Result<super::LogConfig, (String, String)> {
-    if !is_stream_age(&raw.max_age) {
-        return Err((
-            "log.max_age".into(),
-            format!(
-                "{:?} is not an age: a number and a unit, s, m, h, D, M or Y (\"7D\", \"12h\")",
-                raw.max_age
-            ),
-        ));
-    }
+    check_age("log.max_age", &raw.max_age)?;
     if raw.response_body_bytes > MAX_LOG_RESPONSE_BODY_BYTES {
         return Err((
             "log.response_body_bytes".into(),
@@ -293,6 +286,29 @@ fn check_log(raw: super::raw::LogSection) -> Result<super::LogConfig, (String, S
         max_bytes: raw.max_bytes.get(),
         response_body_bytes: raw.response_body_bytes,
     })
+}
+
+/// The checked `[archive]`, or the bad key and why.
+fn check_archive(
+    raw: super::raw::ArchiveSection,
+) -> Result<super::ArchiveConfig, (String, String)> {
+    check_age("archive.max_age", &raw.max_age)?;
+    Ok(super::ArchiveConfig {
+        enabled: raw.enabled,
+        max_age: raw.max_age,
+        max_bytes: raw.max_bytes.get(),
+    })
+}
+
+/// A stream's `max_age`, or `key` and why it is not one.
+fn check_age(key: &str, age: &str) -> Result<(), (String, String)> {
+    if is_stream_age(age) {
+        return Ok(());
+    }
+    Err((
+        key.into(),
+        format!("{age:?} is not an age: a number and a unit, s, m, h, D, M or Y (\"7D\", \"12h\")"),
+    ))
 }
 
 /// RabbitMQ's `x-max-age` form: digits (not starting with 0) and one unit.
@@ -346,6 +362,26 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, String> {
         Config::from_toml_str(text, "log.toml".as_ref(), &[]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_archive_section_has_defaults_and_checks_its_age() {
+        let c = load("").expect("defaults");
+        assert!(c.archive.enabled);
+        assert_eq!(
+            (c.archive.max_age.as_str(), c.archive.max_bytes),
+            ("7D", 10 << 30)
+        );
+        let c = load("[archive]\nmax_age = \"2D\"\nmax_bytes = 1048576\nenabled = false\n")
+            .expect("set");
+        assert_eq!(
+            (c.archive.max_age.as_str(), c.archive.max_bytes, c.archive.enabled),
+            ("2D", 1_048_576, false)
+        );
+        let e = load("[archive]\nmax_age = \"2 days\"\n").expect_err("bad age");
+        assert!(e.contains("archive.max_age"), "{e}");
+        let e = load("[archive]\nmax_bytes = 0\n").expect_err("zero");
+        assert!(e.contains("archive"), "{e}");
     }
 
     #[test]

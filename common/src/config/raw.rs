@@ -39,6 +39,9 @@ pub struct RawConfig {
     /// The attempt log: every delivery attempt, in the stream `<prefix>.log`.
     #[serde(default)]
     pub log: LogSection,
+    /// The event archive: every published event, in the stream `<prefix>.archive`.
+    #[serde(default)]
+    pub archive: ArchiveSection,
     /// Webhook endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointSection>,
@@ -313,6 +316,26 @@ pub struct LogSection {
     pub response_body_bytes: usize,
 }
 
+/// `[archive]`: the event archive, a copy of every event published through
+/// hookpost (library, CLI, ingest) in the stream `<prefix>.archive`,
+/// bounded by age and size; `hookpost-admin replay` sends its events again.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSection {
+    /// Whether publishers keep a copy of each event in the archive.
+    #[serde(default = "defaults::default_true")]
+    pub enabled: bool,
+    /// Events older than this are removed (whole segments at a time):
+    /// a number and a unit, `s`, `m`, `h`, `D`, `M` or `Y` (RabbitMQ's
+    /// `x-max-age`). Applies when the stream is created.
+    #[serde(default = "defaults::default_log_max_age")]
+    pub max_age: String,
+    /// The stream's size bound in bytes: the oldest segments are removed
+    /// past it. Applies when the stream is created.
+    #[serde(default = "defaults::default_log_max_bytes")]
+    pub max_bytes: NonZeroU64,
+}
+
 /// `[transforms]`: endpoint transforms run in child processes of the
 /// dispatcher (`hookpost-dispatcher transform-worker`), never in the
 /// dispatcher itself, so no program can crash, stall or starve it.
@@ -484,6 +507,7 @@ macro_rules! default_from_serde {
 }
 default_from_serde!(
     LogSection,
+    ArchiveSection,
     AmqpSection,
     MetricsSection,
     HttpSection,

@@ -45,6 +45,8 @@ pub struct Config {
     pub transforms: TransformsConfig,
     /// The attempt log.
     pub log: LogConfig,
+    /// The event archive.
+    pub archive: ArchiveConfig,
 }
 
 /// Checked `[transforms]`.
@@ -88,6 +90,17 @@ pub struct LogConfig {
     pub max_bytes: u64,
     /// Bytes of each response body kept.
     pub response_body_bytes: usize,
+}
+
+/// Checked `[archive]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveConfig {
+    /// Whether publishers keep a copy of each event.
+    pub enabled: bool,
+    /// `x-max-age` of the stream (`7D`).
+    pub max_age: String,
+    /// `x-max-length-bytes` of the stream.
+    pub max_bytes: u64,
 }
 
 /// Checked `[registry]`.

@@ -154,21 +154,22 @@ pub fn parse_time(text: &str, now: time::OffsetDateTime) -> Result<time::OffsetD
         .ok_or_else(bad)
 }
 
-/// The log stream's arguments: retention by age and size, segments of a
-/// sixteenth of the size (at most RabbitMQ's 500 MB default), replicas.
-pub fn stream_args(log: &LogConfig, topology: &Topology) -> FieldTable {
+/// A bounded stream's arguments (the log's, the archive's): retention by
+/// age and size, segments of a sixteenth of the size (at most RabbitMQ's
+/// 500 MB default), replicas.
+pub fn stream_args(max_age: &str, max_bytes: u64, topology: &Topology) -> FieldTable {
     let mut args = FieldTable::default();
     let text = |s: &str| AMQPValue::LongString(LongString::from(s));
     args.insert("x-queue-type".into(), text("stream"));
-    args.insert("x-max-age".into(), text(&log.max_age));
+    args.insert("x-max-age".into(), text(max_age));
     args.insert(
         "x-max-length-bytes".into(),
-        AMQPValue::LongLongInt(i64::try_from(log.max_bytes).unwrap_or(i64::MAX)),
+        AMQPValue::LongLongInt(i64::try_from(max_bytes).unwrap_or(i64::MAX)),
     );
     args.insert(
         "x-stream-max-segment-size-bytes".into(),
         AMQPValue::LongLongInt(
-            i64::try_from((log.max_bytes / 16).clamp(64 << 10, 500_000_000)).unwrap_or(i64::MAX),
+            i64::try_from((max_bytes / 16).clamp(64 << 10, 500_000_000)).unwrap_or(i64::MAX),
         ),
     );
     args.insert(
@@ -190,17 +191,35 @@ pub async fn ensure(
     topology: &Topology,
     log: &LogConfig,
 ) -> Result<(), lapin::Error> {
-    if crate::amqp::queue_exists(conn, &topology.log()).await? {
+    ensure_stream(
+        conn,
+        &topology.log(),
+        stream_args(&log.max_age, log.max_bytes, topology),
+    )
+    .await
+}
+
+/// Makes sure the stream `name` exists, declaring it with `args` if not
+/// (see [`ensure`]).
+///
+/// # Errors
+/// The broker's refusal.
+pub async fn ensure_stream(
+    conn: &Connection,
+    name: &str,
+    args: FieldTable,
+) -> Result<(), lapin::Error> {
+    if crate::amqp::queue_exists(conn, name).await? {
         return Ok(());
     }
     let ch = conn.create_channel().await?;
     ch.queue_declare(
-        topology.log().as_str().into(),
+        name.into(),
         QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         },
-        stream_args(log, topology),
+        args,
     )
     .await?;
     let _ = ch.close(200, "declared".into()).await;

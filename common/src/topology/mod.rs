@@ -107,6 +107,12 @@ impl Topology {
         format!("{}.log", self.prefix)
     }
 
+    /// The event archive: a stream with a copy of every event published
+    /// through hookpost (`[archive]`).
+    pub fn archive(&self) -> String {
+        format!("{}.archive", self.prefix)
+    }
+
     /// The name prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
