@@ -80,6 +80,16 @@ pub struct ProducerMetrics {
     pub ingest_events: IntCounterVec,
     /// `hookpost_ingest_request_duration_seconds{status_class}`.
     pub ingest_duration: HistogramVec,
+    /// `hookpost_archive_records_total{result}`: events' archive copies,
+    /// `written` (confirmed) or `lost` (refused, or no archive).
+    pub archive_records: IntCounterVec,
+    /// `hookpost_archive_bytes_total`: bytes of the copies written.
+    pub archive_bytes: prometheus::IntCounter,
+    /// `hookpost_replay_events_total{stage}`: events of the API's replays,
+    /// `scanned` (read from the archive), `matched`, `sent`.
+    pub replay_events: IntCounterVec,
+    /// `hookpost_replays_running`: the API's replays running now.
+    pub replays_running: prometheus::IntGauge,
 }
 
 impl ProducerMetrics {
@@ -124,6 +134,38 @@ impl ProducerMetrics {
             .buckets(REQUEST_BUCKETS.to_vec()),
             &["status_class"],
         )?;
+        let archive_records = IntCounterVec::new(
+            Opts::new(
+                "hookpost_archive_records_total",
+                "Archive copies of published events, by result (written, or lost: refused by the broker or no archive).",
+            ),
+            &["result"],
+        )?;
+        let archive_bytes = prometheus::IntCounter::new(
+            "hookpost_archive_bytes_total",
+            "Bytes of the archive copies written by this process.",
+        )?;
+        let replay_events = IntCounterVec::new(
+            Opts::new(
+                "hookpost_replay_events_total",
+                "Events of the API's replays from the archive, by stage (scanned, matched, sent).",
+            ),
+            &["stage"],
+        )?;
+        let replays_running = prometheus::IntGauge::new(
+            "hookpost_replays_running",
+            "Replays from the archive the API is running now.",
+        )?;
+        registry.register(Box::new(archive_records.clone()))?;
+        registry.register(Box::new(archive_bytes.clone()))?;
+        registry.register(Box::new(replay_events.clone()))?;
+        registry.register(Box::new(replays_running.clone()))?;
+        for result in ["written", "lost"] {
+            archive_records.with_label_values(&[result]);
+        }
+        for stage in ["scanned", "matched", "sent"] {
+            replay_events.with_label_values(&[stage]);
+        }
         registry.register(Box::new(events_published.clone()))?;
         registry.register(Box::new(publish_duration.clone()))?;
         registry.register(Box::new(ingest_requests.clone()))?;
@@ -136,6 +178,10 @@ impl ProducerMetrics {
             ingest_events.with_label_values(&[outcome]);
         }
         Ok(Self {
+            archive_records,
+            archive_bytes,
+            replay_events,
+            replays_running,
             events_published,
             publish_duration,
             ingest_requests,

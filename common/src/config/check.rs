@@ -375,7 +375,11 @@ mod tests {
         let c = load("[archive]\nmax_age = \"2D\"\nmax_bytes = 1048576\nenabled = false\n")
             .expect("set");
         assert_eq!(
-            (c.archive.max_age.as_str(), c.archive.max_bytes, c.archive.enabled),
+            (
+                c.archive.max_age.as_str(),
+                c.archive.max_bytes,
+                c.archive.enabled
+            ),
             ("2D", 1_048_576, false)
         );
         let e = load("[archive]\nmax_age = \"2 days\"\n").expect_err("bad age");

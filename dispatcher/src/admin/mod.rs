@@ -76,6 +76,37 @@ impl Admin {
         common::history::read(&self.conn, &self.topology, query, follow).await
     }
 
+    /// Sends archived events of `request`'s window again to `endpoint` (a
+    /// file or registered endpoint, with its environments' variants).
+    ///
+    /// # Errors
+    /// An unknown endpoint, no archive, or a broker error.
+    pub async fn replay(
+        &self,
+        endpoint: &str,
+        request: &common::archive::replay::Request,
+        stop: &tokio_util::sync::CancellationToken,
+        report: &mut (dyn FnMut(&common::archive::replay::Progress) + Send),
+    ) -> anyhow::Result<common::archive::replay::Progress> {
+        let state = self.holds().await?;
+        let (config, _) = crate::effective_config(&self.config, &state, &mut Default::default());
+        let runtime: Vec<common::config::Endpoint> = config
+            .endpoints
+            .iter()
+            .filter(|e| common::config::base_id(&e.id) == endpoint)
+            .cloned()
+            .collect();
+        if runtime.is_empty() {
+            anyhow::bail!(
+                "unknown endpoint {endpoint:?}: it is neither in {} nor registered",
+                self.config.origin.display()
+            );
+        }
+        let target = common::archive::replay::Target::new(&runtime);
+        common::archive::replay::run(&self.conn, &self.topology, &target, request, stop, report)
+            .await
+    }
+
     /// Pauses (`paused = true`) or resumes an endpoint on every dispatcher,
     /// through the control stream.
     ///

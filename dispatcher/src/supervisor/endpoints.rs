@@ -141,6 +141,19 @@ pub(crate) async fn declare(
     {
         tracing::warn!(stream = %topology.log(), error = %e, "Declaring the attempt log failed; its writer tries again with the first record.");
     }
+    // The event archive, so that replays can read it before the first
+    // publish; publishers declare it too.
+    if config.archive.enabled
+        && let Err(e) = tokio::time::timeout(
+            BROKER_WAIT,
+            common::archive::ensure(conn, topology, &config.archive),
+        )
+        .await
+        .map_err(|_| "no answer".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        tracing::warn!(stream = %topology.archive(), error = %e, "Declaring the event archive failed; publishers declare it again when they connect.");
+    }
     for tier in config.wait_tiers() {
         step(
             || topology.wait_queue(tier),

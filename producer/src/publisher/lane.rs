@@ -46,6 +46,18 @@ pub(super) struct Item {
     pub(super) routing_key: ShortString,
     pub(super) body: Vec<u8>,
     pub(super) properties: BasicProperties,
+    /// The event's archive copy (`common::archive`), not the event: sent
+    /// without `mandatory`, and a refusal counts it lost instead of failing
+    /// the job.
+    pub(super) copy: bool,
+}
+
+/// Where a lane counts the archive copies it wrote and lost.
+#[derive(Debug, Clone)]
+pub(super) struct CopyCounters {
+    pub(super) written: prometheus::IntCounter,
+    pub(super) lost: prometheus::IntCounter,
+    pub(super) bytes: prometheus::IntCounter,
 }
 
 /// A job's answer.
@@ -86,16 +98,30 @@ pub(super) struct Ticket {
 pub(super) struct Lane {
     channel: Channel,
     jobs: mpsc::UnboundedSender<Job>,
+    /// Whether the archive was there when the lane opened: if not, copies
+    /// are counted lost and not sent.
+    archive: bool,
+    counters: Option<CopyCounters>,
 }
 
 impl Lane {
     /// Starts the task publishing on `channel` (in confirm mode).
-    pub(super) fn start(channel: Channel, window: usize) -> Self {
+    pub(super) fn start(
+        channel: Channel,
+        window: usize,
+        archive: bool,
+        counters: Option<CopyCounters>,
+    ) -> Self {
         // Unbounded: each waiting caller has at most one job queued, and each
         // job is bounded by the caller's own limits (ingest body size, --count).
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(run(channel.clone(), window, queue));
-        Self { channel, jobs }
+        tokio::spawn(run(channel.clone(), window, queue, counters.clone()));
+        Self {
+            channel,
+            jobs,
+            archive,
+            counters,
+        }
     }
 
     /// Closes its channel (best effort, in the background): events of other
@@ -119,7 +145,14 @@ impl Lane {
     /// Queues `items`; the answer comes once every one is confirmed or one
     /// failed. A closed lane drops the job: the answer then fails, which the
     /// caller reads as "none confirmed".
-    pub(super) fn submit(&self, items: Vec<Arc<Item>>) -> Ticket {
+    pub(super) fn submit(&self, mut items: Vec<Arc<Item>>) -> Ticket {
+        if !self.archive {
+            let before = items.len();
+            items.retain(|item| !item.copy);
+            if let Some(c) = &self.counters {
+                c.lost.inc_by((before - items.len()) as u64);
+            }
+        }
         let (job, ticket) = Job::new(items);
         let _ = self.jobs.send(job);
         ticket
@@ -149,7 +182,12 @@ type Key = (u64, usize);
 type Done = (Key, Result<Confirmation, lapin::Error>);
 type InFlight = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
 
-async fn run(channel: Channel, window: usize, mut queue: mpsc::UnboundedReceiver<Job>) {
+async fn run(
+    channel: Channel,
+    window: usize,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    counters: Option<CopyCounters>,
+) {
     let mut book = Book::default();
     let mut in_flight: InFlight = FuturesUnordered::new();
     let mut closed = false;
@@ -178,6 +216,12 @@ async fn run(channel: Channel, window: usize, mut queue: mpsc::UnboundedReceiver
                 }
                 book.answer_finished();
                 book.report_progress();
+                if let Some(c) = &counters {
+                    let (written, lost, bytes) = std::mem::take(&mut book.copies);
+                    c.written.inc_by(written);
+                    c.lost.inc_by(lost);
+                    c.bytes.inc_by(bytes);
+                }
             }
             job = queue.recv(), if !closed => match job {
                 Some(job) => book.add(job),
@@ -205,8 +249,9 @@ async fn publish(channel: Channel, key: Key, item: Arc<Item>) -> Done {
                 item.routing_key.clone(),
                 // mandatory: an event no queue takes comes back as an error
                 // instead of vanishing (the alternate exchange normally takes it).
+                // Not for an archive copy: the archive never fails a publish.
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory: !item.copy,
                     ..BasicPublishOptions::default()
                 },
                 &item.body,
@@ -227,6 +272,8 @@ struct Book {
     jobs: HashMap<u64, JobState>,
     /// Events not yet published, in order.
     to_send: VecDeque<Key>,
+    /// Archive copies settled since the last count: written, lost, bytes written.
+    copies: (u64, u64, u64),
 }
 
 struct JobState {
@@ -317,7 +364,17 @@ impl Book {
             return;
         };
         state.in_flight -= 1;
-        if acked {
+        let item = &state.items[i];
+        if item.copy {
+            if acked {
+                self.copies.0 += 1;
+                self.copies.2 += item.body.len() as u64;
+            } else {
+                self.copies.1 += 1;
+            }
+        }
+        // A refused copy is lost, not the event: the job goes on.
+        if acked || item.copy {
             state.confirmed[i] = true;
             state.confirmed_count += 1;
             state.progressed = true;
@@ -413,6 +470,7 @@ mod tests {
 
     fn item(id: &str) -> Arc<Item> {
         Arc::new(Item {
+            copy: false,
             id: id.to_owned(),
             exchange: "x".into(),
             routing_key: "t".into(),

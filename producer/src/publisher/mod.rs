@@ -33,7 +33,7 @@ use common::config::Config;
 use common::metrics::ProducerMetrics;
 use common::routing::Exchange;
 use common::topology::{Topology, TopologyError};
-use lane::{Item, Lane, Outcome, Ticket};
+use lane::{CopyCounters, Item, Lane, Outcome, Ticket};
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
@@ -144,6 +144,8 @@ pub struct Publisher {
     events_exchange: ShortString,
     scoped_exchange: ShortString,
     max_bytes: usize,
+    /// `[archive]` and the stream's name, when enabled.
+    archive: Option<(common::config::ArchiveConfig, ShortString)>,
 }
 
 impl Publisher {
@@ -165,6 +167,12 @@ impl Publisher {
             events_exchange: Topology::new(&config.amqp).events_exchange().into(),
             scoped_exchange: Topology::new(&config.amqp).scoped_exchange().into(),
             max_bytes: config.amqp.max_message_bytes,
+            archive: config.archive.enabled.then(|| {
+                (
+                    config.archive.clone(),
+                    Topology::new(&config.amqp).archive().into(),
+                )
+            }),
         }
     }
 
@@ -240,10 +248,26 @@ impl Publisher {
             return Err(PublishError::Blocked { reason });
         }
         // Serialize once: retries after a reconnect send the same bytes.
-        let mut pending = events
-            .iter()
-            .map(|event| self.item(event).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut pending = Vec::with_capacity(events.len() * 2);
+        let now = time::OffsetDateTime::now_utc();
+        for event in events {
+            let item = Arc::new(self.item(event)?);
+            // The archive copy right after its event, on the same channel.
+            if let Some((_, stream)) = &self.archive {
+                let copy = Item {
+                    id: item.id.clone(),
+                    exchange: ShortString::from(""),
+                    routing_key: stream.clone(),
+                    body: item.body.clone(),
+                    properties: common::archive::copy_properties(&item.properties, now),
+                    copy: true,
+                };
+                pending.push(item);
+                pending.push(Arc::new(copy));
+            } else {
+                pending.push(item);
+            }
+        }
         // One deadline for the call, moved by each confirm, carried across
         // reconnects (a lost channel is not progress).
         let mut watchdog = Watchdog::start(self.timeout);
@@ -358,6 +382,7 @@ impl Publisher {
             routing_key: key.into(),
             body,
             properties,
+            copy: false,
         })
     }
 
@@ -383,15 +408,20 @@ impl Publisher {
                     .await
                     .map_err(PublishError::Channel)?;
                 self.topology.declare_base(&connection, &channel).await?;
-                Ok::<_, PublishError>(channel)
+                Ok::<_, PublishError>((channel, self.ensure_archive(&connection).await))
             };
             match tokio::time::timeout_at(deadline, opened).await {
-                Ok(Ok(channel)) => {
+                Ok(Ok((channel, archive))) => {
                     *self
                         .current
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel.clone());
-                    let lane = Arc::new(Lane::start(channel, WINDOW));
+                    let counters = self.metrics.as_ref().map(|m| CopyCounters {
+                        written: m.archive_records.with_label_values(&["written"]),
+                        lost: m.archive_records.with_label_values(&["lost"]),
+                        bytes: m.archive_bytes.clone(),
+                    });
+                    let lane = Arc::new(Lane::start(channel, WINDOW, archive, counters));
                     *slot = Some(lane.clone());
                     return Ok(lane);
                 }
@@ -408,6 +438,27 @@ impl Publisher {
                         last_error: "channel setup timed out".into(),
                     }));
                 }
+            }
+        }
+    }
+
+    /// Whether the archive stream is there (declared now if not), when
+    /// `[archive]` is enabled. A failure is logged (with backoff: once per
+    /// lane) and the lane counts its events' copies lost: the archive never
+    /// fails a publish.
+    async fn ensure_archive(&self, connection: &lapin::Connection) -> bool {
+        let Some((archive, stream)) = &self.archive else {
+            return false;
+        };
+        match common::archive::ensure(connection, &self.topology, archive).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    stream = stream.as_str(),
+                    error = %e,
+                    "Event archive unavailable; events are published without their archive copy."
+                );
+                false
             }
         }
     }

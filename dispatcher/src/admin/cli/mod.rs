@@ -16,6 +16,7 @@ mod dlq;
 mod endpoints;
 mod log;
 mod output;
+mod replay;
 mod topology;
 
 #[derive(Debug, Parser)]
@@ -45,6 +46,8 @@ enum Command {
     },
     /// Delivery attempts from the attempt log (`<prefix>.log`), newest last.
     Log(log::LogArgs),
+    /// Send archived events (`<prefix>.archive`) of a time window again to an endpoint that takes them.
+    Replay(replay::ReplayArgs),
     /// Declare the topology, or show every hookpost queue with its depth.
     Topology {
         #[arg(value_parser = ["declare", "status"])]
@@ -298,6 +301,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Log(args) => Some(args.query()?),
         _ => None,
     };
+    let replay_request = match &cli.command {
+        Command::Replay(args) => Some(args.request()?),
+        _ => None,
+    };
     if let Command::Dlq(Dlq::Purge {
         yes: false,
         dry_run: false,
@@ -329,6 +336,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topology { action } => topology::run(&admin, &action, &mut stdout).await,
         Command::Log(args) => match log_query {
             Some(query) => log::run(&admin, &args, &query, &mut stdout).await,
+            None => Ok(()),
+        },
+        Command::Replay(args) => match replay_request {
+            Some(request) => replay::run(&admin, &args, &request, &mut stdout).await,
             None => Ok(()),
         },
     };
