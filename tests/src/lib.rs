@@ -153,6 +153,7 @@ impl Scope {
             t.control(),
             t.control_snapshot(),
             t.log(),
+            t.archive(),
         ]);
         exchanges.extend([
             t.events_exchange(),

@@ -101,8 +101,12 @@ pub(super) struct Lane {
     /// Whether the archive was there when the lane opened: if not, copies
     /// are counted lost and not sent.
     archive: bool,
-    counters: Option<CopyCounters>,
+    counters: Counters,
 }
+
+/// The counters, set when the publisher gets its metrics (maybe after the
+/// lane opened).
+pub(super) type Counters = Arc<std::sync::OnceLock<CopyCounters>>;
 
 impl Lane {
     /// Starts the task publishing on `channel` (in confirm mode).
@@ -110,7 +114,7 @@ impl Lane {
         channel: Channel,
         window: usize,
         archive: bool,
-        counters: Option<CopyCounters>,
+        counters: Counters,
     ) -> Self {
         // Unbounded: each waiting caller has at most one job queued, and each
         // job is bounded by the caller's own limits (ingest body size, --count).
@@ -149,7 +153,7 @@ impl Lane {
         if !self.archive {
             let before = items.len();
             items.retain(|item| !item.copy);
-            if let Some(c) = &self.counters {
+            if let Some(c) = self.counters.get() {
                 c.lost.inc_by((before - items.len()) as u64);
             }
         }
@@ -186,7 +190,7 @@ async fn run(
     channel: Channel,
     window: usize,
     mut queue: mpsc::UnboundedReceiver<Job>,
-    counters: Option<CopyCounters>,
+    counters: Counters,
 ) {
     let mut book = Book::default();
     let mut in_flight: InFlight = FuturesUnordered::new();
@@ -216,7 +220,7 @@ async fn run(
                 }
                 book.answer_finished();
                 book.report_progress();
-                if let Some(c) = &counters {
+                if let Some(c) = counters.get() {
                     let (written, lost, bytes) = std::mem::take(&mut book.copies);
                     c.written.inc_by(written);
                     c.lost.inc_by(lost);

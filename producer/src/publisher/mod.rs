@@ -146,6 +146,8 @@ pub struct Publisher {
     max_bytes: usize,
     /// `[archive]` and the stream's name, when enabled.
     archive: Option<(common::config::ArchiveConfig, ShortString)>,
+    /// The archive copies' counters, shared with every lane.
+    copy_counters: lane::Counters,
 }
 
 impl Publisher {
@@ -167,6 +169,7 @@ impl Publisher {
             events_exchange: Topology::new(&config.amqp).events_exchange().into(),
             scoped_exchange: Topology::new(&config.amqp).scoped_exchange().into(),
             max_bytes: config.amqp.max_message_bytes,
+            copy_counters: lane::Counters::default(),
             archive: config.archive.enabled.then(|| {
                 (
                     config.archive.clone(),
@@ -190,6 +193,11 @@ impl Publisher {
     /// Counts publishes in these metrics.
     #[must_use]
     pub fn with_metrics(mut self, metrics: ProducerMetrics) -> Self {
+        let _ = self.copy_counters.set(CopyCounters {
+            written: metrics.archive_records.with_label_values(&["written"]),
+            lost: metrics.archive_records.with_label_values(&["lost"]),
+            bytes: metrics.archive_bytes.clone(),
+        });
         self.metrics = Some(metrics);
         self
     }
@@ -416,12 +424,12 @@ impl Publisher {
                         .current
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel.clone());
-                    let counters = self.metrics.as_ref().map(|m| CopyCounters {
-                        written: m.archive_records.with_label_values(&["written"]),
-                        lost: m.archive_records.with_label_values(&["lost"]),
-                        bytes: m.archive_bytes.clone(),
-                    });
-                    let lane = Arc::new(Lane::start(channel, WINDOW, archive, counters));
+                    let lane = Arc::new(Lane::start(
+                        channel,
+                        WINDOW,
+                        archive,
+                        self.copy_counters.clone(),
+                    ));
                     *slot = Some(lane.clone());
                     return Ok(lane);
                 }

@@ -1,0 +1,192 @@
+//! The event archive and replays from a point in time (issue 18) end to end,
+//! against the real broker: every published event archived; a replay into
+//! an endpoint created after the events sends exactly the window's matching
+//! events, at the asked rate, with their ids; a dry run sends nothing; and
+//! an archive that cannot be used never fails a publish (its copies are
+//! counted lost).
+
+use common::archive::replay::{Progress, Request};
+use std::time::Duration;
+use tests::dispatcher_harness::Running;
+use tests::fixtures::{FAST, endpoint, publish};
+use tests::receiver::Receiver;
+use tests::{Scope, eventually};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn metrics() -> (prometheus::Registry, common::metrics::ProducerMetrics) {
+    let registry = prometheus::Registry::new();
+    let m = common::metrics::ProducerMetrics::register(&registry).expect("metrics");
+    (registry, m)
+}
+
+/// The archive's timestamps are milliseconds: a window boundary taken
+/// between two publishes is kept apart from both by this.
+async fn tick() {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+#[tokio::test]
+async fn a_replay_sends_the_windows_matching_events_to_a_new_endpoint_at_its_rate() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    // No endpoint yet: the events go to the unrouted queue, and the archive.
+    let bare = scope.config(FAST);
+    let (_registry, m) = metrics();
+    let publisher = producer::Publisher::connect(&bare)
+        .await
+        .expect("publisher")
+        .with_metrics(m.clone());
+    let before = publish(&publisher, "order.created", 5).await;
+    tick().await;
+    let since = time::OffsetDateTime::now_utc();
+    tick().await;
+    let wanted = publish(&publisher, "order.created", 10).await;
+    let other_type = publish(&publisher, "user.created", 5).await;
+    tick().await;
+    let until = time::OffsetDateTime::now_utc();
+    tick().await;
+    let after = publish(&publisher, "order.created", 5).await;
+    assert_eq!(
+        m.archive_records.with_label_values(&["written"]).get(),
+        25,
+        "every event archived"
+    );
+    assert_eq!(m.archive_records.with_label_values(&["lost"]).get(), 0);
+    assert!(m.archive_bytes.get() > 25 * 50);
+
+    // The endpoint is created after the events were published.
+    let config = scope.config(&format!(
+        "{FAST}{}",
+        endpoint("late", &receiver.url, &["order.*"], "")
+    ));
+    let _dispatcher = Running::start(config.clone()).await;
+    let admin = dispatcher::admin::Admin::connect(config.clone())
+        .await
+        .expect("admin");
+    let request = Request {
+        since,
+        until: Some(until),
+        event_type: None,
+        tenant: None,
+        rate: 20.0,
+        dry_run: true,
+    };
+    let stop = CancellationToken::new();
+    let mut reports: Vec<Progress> = Vec::new();
+    let dry = admin
+        .replay("late", &request, &stop, &mut |p| reports.push(p.clone()))
+        .await
+        .expect("dry run");
+    assert_eq!(
+        (dry.matched, dry.sent, dry.finished),
+        (10, 0, true),
+        "{dry:?}"
+    );
+    assert!(dry.scanned >= 15, "{dry:?}");
+    assert_eq!(reports.last(), Some(&dry));
+    // A dry run sends nothing.
+    let queue = common::topology::Topology::new(&config.amqp).endpoint_queue("late");
+    assert_eq!(scope.depth(&queue).await, 0);
+    assert!(receiver.ids().is_empty());
+
+    let started = std::time::Instant::now();
+    let done = admin
+        .replay(
+            "late",
+            &Request {
+                dry_run: false,
+                ..request.clone()
+            },
+            &stop,
+            &mut |_| {},
+        )
+        .await
+        .expect("replay");
+    let took = started.elapsed();
+    assert_eq!(
+        (done.matched, done.sent, done.finished),
+        (10, 10, true),
+        "{done:?}"
+    );
+    // 10 events at 20 per second: 9 gaps of 50 ms at least.
+    assert!(took >= Duration::from_millis(450), "{took:?}");
+    receiver.wait_ids(&wanted, WAIT).await;
+    eventually(WAIT, "the endpoint queue drained", || async {
+        (scope.depth(&queue).await == 0).then_some(())
+    })
+    .await;
+    let got = receiver.ids();
+    assert_eq!(got.len(), 10, "exactly the window's events: {got:?}");
+    for id in before.iter().chain(&other_type).chain(&after) {
+        assert!(!got.contains(id), "{id} is outside the window or type");
+    }
+    // Replayed events keep their ids.
+    let mut sorted = got.clone();
+    sorted.sort();
+    let mut expected = wanted.clone();
+    expected.sort();
+    assert_eq!(sorted, expected);
+
+    // --type narrows it, and an unknown endpoint is an error.
+    let typed = admin
+        .replay(
+            "late",
+            &Request {
+                event_type: Some("order.paid".into()),
+                ..request.clone()
+            },
+            &stop,
+            &mut |_| {},
+        )
+        .await
+        .expect("typed dry run");
+    assert_eq!(typed.matched, 0);
+    let e = admin
+        .replay("nobody", &request, &stop, &mut |_| {})
+        .await
+        .expect_err("unknown endpoint");
+    assert!(e.to_string().contains("unknown endpoint"), "{e}");
+    admin.close().await;
+    publisher.close().await;
+}
+
+#[tokio::test]
+async fn an_archive_that_cannot_be_used_never_fails_a_publish() {
+    let scope = Scope::new().await;
+    let config = scope.config(FAST);
+    let topology = common::topology::Topology::new(&config.amqp);
+    // Another connection holds an exclusive queue by the archive's name:
+    // the publisher's declaration of the archive fails (RESOURCE_LOCKED).
+    let holder = lapin::Connection::connect(&tests::amqp_url(), Default::default())
+        .await
+        .expect("connect");
+    let ch = holder.create_channel().await.expect("channel");
+    ch.queue_declare(
+        topology.archive().as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .expect("exclusive queue");
+    let (_registry, m) = metrics();
+    let publisher = producer::Publisher::connect(&config)
+        .await
+        .expect("publisher")
+        .with_metrics(m.clone());
+    let ids = publish(&publisher, "order.created", 7).await;
+    assert_eq!(ids.len(), 7);
+    assert_eq!(m.archive_records.with_label_values(&["lost"]).get(), 7);
+    assert_eq!(m.archive_records.with_label_values(&["written"]).get(), 0);
+    // The events themselves went where they go (the unrouted queue).
+    eventually(WAIT, "7 unrouted events", || async {
+        (scope.depth(&topology.unrouted()).await == 7).then_some(())
+    })
+    .await;
+    publisher.close().await;
+    let _ = holder.close(200, "done".into()).await;
+}
