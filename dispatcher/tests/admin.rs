@@ -782,3 +782,91 @@ async fn log_shows_each_attempt_and_follows_new_ones() {
     publisher.close().await;
     f.dispatcher.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn replay_sends_archived_events_again_and_a_dry_run_only_counts() {
+    let f = fixture(2, 1).await;
+    let dry = ok(&admin(
+        &f.config,
+        &[
+            "replay",
+            "--endpoint",
+            "shop",
+            "--since",
+            "10m",
+            "--dry-run",
+            "--json",
+        ],
+    ));
+    let report = &json_lines(&dry)[0];
+    assert_eq!(report["matched"], 2, "{report}");
+    assert_eq!(report["sent"], 0, "{report}");
+    assert_eq!(report["dry_run"], true, "{report}");
+    assert!(report["scanned"].as_u64() >= Some(3), "{report}");
+    // The dead-letter queue holds the 3 events, and nothing was sent.
+    settles_at(&f.scope, &format!("{}.dead", f.scope.prefix), 3).await;
+    assert_eq!(f.shop.ids().len(), 2);
+
+    let out = ok(&admin(
+        &f.config,
+        &[
+            "replay",
+            "--endpoint",
+            "shop",
+            "--since",
+            "10m",
+            "--rate",
+            "100",
+        ],
+    ));
+    assert!(out.contains("sent 2 of 2 matching events to shop"), "{out}");
+    // The shop answers 400 again: the replayed events arrive with their ids
+    // and are dead-lettered once more.
+    let ids = eventually(WAIT, "the two events replayed to the shop", || async {
+        let ids = f.shop.ids();
+        (ids.len() == 4).then_some(ids)
+    })
+    .await;
+    for id in &f.shop_ids {
+        assert_eq!(ids.iter().filter(|i| *i == id).count(), 2, "{ids:?}");
+    }
+    settles_at(&f.scope, &format!("{}.dead", f.scope.prefix), 5).await;
+
+    for (args, flag) in [
+        (
+            vec!["replay", "--endpoint", "shop", "--since", "soon"],
+            "--since",
+        ),
+        (
+            vec![
+                "replay",
+                "--endpoint",
+                "shop",
+                "--since",
+                "1h",
+                "--rate",
+                "0",
+            ],
+            "--rate",
+        ),
+        (
+            vec![
+                "replay",
+                "--endpoint",
+                "shop",
+                "--since",
+                "1h",
+                "--type",
+                "a..b",
+            ],
+            "--type",
+        ),
+        (
+            vec!["replay", "--endpoint", "nobody", "--since", "1h"],
+            "unknown endpoint",
+        ),
+    ] {
+        let err = failed(&admin(&f.config, &args));
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+}
