@@ -36,10 +36,24 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     // The API stops with the ingest, also when the ingest refuses to start.
     let api_stop = shutdown.child_token();
-    let api = listeners
-        .api
-        .map(|listener| tokio::spawn(api::serve(config.clone(), listener, api_stop.clone())));
-    let served = serve_ingest(config, listeners.ingest, listeners.metrics, shutdown).await;
+    let registry = prometheus::Registry::new();
+    let metrics = ProducerMetrics::register(&registry)?;
+    let api = listeners.api.map(|listener| {
+        tokio::spawn(api::serve_with_metrics(
+            config.clone(),
+            listener,
+            api_stop.clone(),
+            Some(metrics.clone()),
+        ))
+    });
+    let served = serve_ingest(
+        config,
+        listeners.ingest,
+        listeners.metrics,
+        (registry, metrics),
+        shutdown,
+    )
+    .await;
     api_stop.cancel();
     if let Some(api) = api {
         api.await??;
@@ -53,6 +67,7 @@ async fn serve_ingest(
     config: Config,
     listener: TcpListener,
     metrics_listener: TcpListener,
+    (registry, metrics): (prometheus::Registry, ProducerMetrics),
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -60,9 +75,7 @@ async fn serve_ingest(
         "{}: key `ingest.tokens`: set at least one bearer token (for example \"${{INGEST_TOKEN}}\") before serving",
         config.origin.display()
     );
-    let registry = prometheus::Registry::new();
     let process = ProcessMetrics::register(&registry, "ingest")?;
-    let metrics = ProducerMetrics::register(&registry)?;
     let publisher = Arc::new(Publisher::new(&config).with_metrics(metrics.clone()));
     publisher
         .client()

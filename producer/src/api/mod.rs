@@ -23,6 +23,7 @@
 //! operator-only routes.
 
 mod attempts;
+mod replays;
 mod tenants;
 
 use crate::http::{
@@ -49,7 +50,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Every route: path template and methods (what `deploy/openapi.json` documents).
-pub const ROUTES: [(&str, &[&str]); 7] = [
+pub const ROUTES: [(&str, &[&str]); 9] = [
     ("/v1/endpoints", &["GET", "POST"]),
     ("/v1/endpoints/{id}", &["GET", "PUT", "PATCH", "DELETE"]),
     ("/v1/endpoints/{id}/secret/rotate", &["POST"]),
@@ -57,6 +58,8 @@ pub const ROUTES: [(&str, &[&str]); 7] = [
     ("/v1/tenants/{tenant}/tokens/{id}", &["DELETE"]),
     ("/v1/endpoints/{id}/attempts", &["GET"]),
     ("/v1/events/{id}/attempts", &["GET"]),
+    ("/v1/endpoints/{id}/replays", &["GET", "POST"]),
+    ("/v1/endpoints/{id}/replays/{replay_id}", &["GET", "DELETE"]),
 ];
 
 /// Who a request acts for, from its bearer token.
@@ -82,6 +85,10 @@ pub struct Api {
     state: watch::Receiver<Holds>,
     /// Whether `state` has caught up with the stream once.
     loaded: Arc<AtomicBool>,
+    /// Replays from the archive started here.
+    replays: replays::Replays,
+    /// The process's metrics (replays), when it serves them.
+    metrics: Option<common::metrics::ProducerMetrics>,
 }
 
 impl Api {
@@ -107,6 +114,8 @@ impl Api {
             shutdown,
             state,
             loaded,
+            replays: replays::Replays::default(),
+            metrics: None,
         }
     }
 
@@ -162,6 +171,9 @@ impl Api {
         }
         if attempts::is_attempts_path(&path) {
             return attempts::handle(self, req, &path).await;
+        }
+        if replays::is_replays_path(&path) {
+            return replays::handle(self, req, &path).await;
         }
         let Some(rest) = path.strip_prefix("/v1/endpoints") else {
             return error(
@@ -499,6 +511,19 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_metrics(config, listener, shutdown, None).await
+}
+
+/// [`serve`], counting the API's replays in `metrics`.
+///
+/// # Errors
+/// See [`serve`].
+pub async fn serve_with_metrics(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    metrics: Option<common::metrics::ProducerMetrics>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         !config.api.tokens.is_empty(),
         "{}: key `api.tokens`: set at least one bearer token before serving the management API",
@@ -510,7 +535,9 @@ pub async fn serve(
         );
     }
     tracing::info!(listen = %listener.local_addr()?, "Management API started.");
-    let api = Arc::new(Api::new(config, shutdown));
+    let mut api = Api::new(config, shutdown);
+    api.metrics = metrics;
+    let api = Arc::new(api);
     api.serve(listener).await;
     tracing::info!("Management API stopped.");
     Ok(())
