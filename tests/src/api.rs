@@ -20,12 +20,28 @@ impl Api {
     /// # Panics
     /// When no loopback port can be bound.
     pub async fn start(config: &Config) -> Self {
+        Self::start_with(config, None).await
+    }
+
+    /// [`Api::start`], counting the API's replays in `metrics`.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound.
+    pub async fn start_with(
+        config: &Config,
+        metrics: Option<common::metrics::ProducerMetrics>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let root = format!("http://{}", listener.local_addr().expect("addr"));
         let stop = CancellationToken::new();
-        tokio::spawn(producer::api::serve(config.clone(), listener, stop.clone()));
+        tokio::spawn(producer::api::serve_with_metrics(
+            config.clone(),
+            listener,
+            stop.clone(),
+            metrics,
+        ));
         Self {
             root,
             http: reqwest::Client::new(),

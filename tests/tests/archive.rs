@@ -190,3 +190,163 @@ async fn an_archive_that_cannot_be_used_never_fails_a_publish() {
     publisher.close().await;
     let _ = holder.close(200, "done".into()).await;
 }
+
+const OPERATOR: &str = "operator-token-archive-0123456789";
+
+#[tokio::test]
+async fn a_tenant_replays_only_its_own_events_into_its_own_endpoints_over_the_api() {
+    use reqwest::Method;
+    use serde_json::{Value, json};
+    let scope = Scope::new().await;
+    let (acme_rx, globex_rx) = (Receiver::start().await, Receiver::start().await);
+    let config = scope.config(&format!(
+        "{FAST}[api]\ntokens = [\"{OPERATOR}\"]\n[registry]\nsecrets_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n"
+    ));
+    scope.track_endpoint(&config, "acme-hook");
+    scope.track_endpoint(&config, "globex-hook");
+    let publisher = producer::Publisher::connect(&config)
+        .await
+        .expect("publisher");
+    let scoped = |tenant: &str, n: usize| -> Vec<common::Event> {
+        (0..n)
+            .map(|i| {
+                common::Event::new("order.created", json!({ "i": i }))
+                    .expect("event")
+                    .with_scope(Some(tenant), None)
+                    .expect("scope")
+            })
+            .collect()
+    };
+    tick().await;
+    let since = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("time");
+    let (ours, theirs) = (scoped("acme", 3), scoped("globex", 2));
+    publisher.publish_many(&ours).await.expect("publish");
+    publisher.publish_many(&theirs).await.expect("publish");
+
+    // The endpoints are created after the events.
+    let _dispatcher = Running::start(config.clone()).await;
+    let (_registry, m) = metrics();
+    let api = tests::api::Api::start_with(&config, Some(m.clone())).await;
+    for (id, tenant, rx) in [
+        ("acme-hook", "acme", &acme_rx),
+        ("globex-hook", "globex", &globex_rx),
+    ] {
+        let (status, body) = api
+            .call(
+                OPERATOR,
+                Method::POST,
+                "/v1/endpoints",
+                Some(json!({"id": id, "url": rx.url, "events": ["order.*"], "tenant": tenant})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, minted) = api
+        .call(OPERATOR, Method::POST, "/v1/tenants/acme/tokens", None)
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let acme = minted["token"].as_str().expect("token").to_owned();
+
+    // Another tenant's endpoint is not found; another tenant's events and a
+    // rate over the tenants' cap are refused.
+    let body = json!({ "since": since });
+    let (status, _) = api
+        .call(
+            &acme,
+            Method::POST,
+            "/v1/endpoints/globex-hook/replays",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, 404);
+    for (bad, field) in [
+        (json!({"since": since, "tenant": "globex"}), "tenant"),
+        (json!({"since": since, "rate": 5000}), "rate"),
+        (json!({"since": since, "to": "globex-hook"}), "to"),
+    ] {
+        let (status, answer) = api
+            .call(
+                &acme,
+                Method::POST,
+                "/v1/endpoints/acme-hook/replays",
+                Some(bad),
+            )
+            .await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some(field)),
+            "{answer}"
+        );
+    }
+
+    // A dry run counts the tenant's events only.
+    let (status, dry) = api
+        .call(
+            &acme,
+            Method::POST,
+            "/v1/endpoints/acme-hook/replays",
+            Some(json!({"since": since, "dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["progress"]["matched"], 3, "{dry}");
+    assert_eq!(dry["progress"]["sent"], 0, "{dry}");
+    assert_eq!(dry["state"], "finished", "{dry}");
+
+    let (status, started) = api
+        .call(
+            &acme,
+            Method::POST,
+            "/v1/endpoints/acme-hook/replays",
+            Some(json!({"since": since, "rate": 100})),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let path = format!(
+        "/v1/endpoints/acme-hook/replays/{}",
+        started["id"].as_str().expect("id")
+    );
+    let done = eventually(WAIT, "the replay finished", || async {
+        let (status, body) = api.call(&acme, Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{body}");
+        (body["state"] != "running").then_some(body)
+    })
+    .await;
+    assert_eq!(done["state"], "finished", "{done}");
+    assert_eq!(done["progress"]["sent"], 3, "{done}");
+    let ids: Vec<String> = ours.iter().map(|e| e.id.clone()).collect();
+    acme_rx.wait_ids(&ids, WAIT).await;
+    assert_eq!(acme_rx.ids().len(), 3, "{:?}", acme_rx.ids());
+    assert!(globex_rx.ids().is_empty(), "{:?}", globex_rx.ids());
+    // The other tenant cannot see it; the operator can, in the list.
+    let (status, _) = api
+        .call(
+            &acme,
+            Method::GET,
+            "/v1/endpoints/globex-hook/replays",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, list) = api
+        .call(
+            OPERATOR,
+            Method::GET,
+            "/v1/endpoints/acme-hook/replays",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        list["replays"].as_array().map(Vec::len),
+        Some(2),
+        "the dry run and the replay: {list}"
+    );
+    assert_eq!(m.replay_events.with_label_values(&["sent"]).get(), 3);
+    assert_eq!(m.replay_events.with_label_values(&["matched"]).get(), 6);
+    assert_eq!(m.replays_running.get(), 0);
+    let _: &Value = &done;
+    publisher.close().await;
+}

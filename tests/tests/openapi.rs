@@ -376,6 +376,81 @@ async fn every_operation_answers_as_documented() {
         check(&doc, template, method, status, &answer);
         seen.insert((method, template, status));
     }
+    // Replays from the archive (the file endpoint `filed`).
+    let replays = "/v1/endpoints/{id}/replays";
+    let replay_one = "/v1/endpoints/{id}/replays/{replay_id}";
+    let (status, started) = call(
+        "POST",
+        "/v1/endpoints/filed/replays",
+        Some(json!({"since": "10m", "rate": 50})),
+        Some(TOKEN),
+    )
+    .await;
+    check(&doc, replays, "post", status, &started);
+    assert_eq!(status, 202, "{started}");
+    seen.insert(("post", replays, status));
+    let replay = format!(
+        "/v1/endpoints/filed/replays/{}",
+        started["id"].as_str().expect("replay id")
+    );
+    let replay_cases: Vec<(&str, &str, String, Option<Value>, Option<&str>)> = vec![
+        (
+            "post",
+            replays,
+            "/v1/endpoints/filed/replays".into(),
+            Some(json!({"since": "10m", "dry_run": true})),
+            Some(TOKEN),
+        ),
+        (
+            "post",
+            replays,
+            "/v1/endpoints/filed/replays".into(),
+            Some(json!({"since": "10m", "rate": -1})),
+            Some(TOKEN),
+        ),
+        (
+            "post",
+            replays,
+            "/v1/endpoints/nosuch/replays".into(),
+            Some(json!({"since": "10m"})),
+            Some(TOKEN),
+        ),
+        (
+            "get",
+            replays,
+            "/v1/endpoints/filed/replays".into(),
+            None,
+            Some(TOKEN),
+        ),
+        (
+            "get",
+            replays,
+            "/v1/endpoints/filed/replays".into(),
+            None,
+            None,
+        ),
+        ("get", replay_one, replay.clone(), None, Some(TOKEN)),
+        ("delete", replay_one, replay.clone(), None, Some(TOKEN)),
+        (
+            "get",
+            replay_one,
+            "/v1/endpoints/filed/replays/rpl_nosuch".into(),
+            None,
+            Some(TOKEN),
+        ),
+        (
+            "delete",
+            replay_one,
+            "/v1/endpoints/filed/replays/rpl_nosuch".into(),
+            None,
+            Some(TOKEN),
+        ),
+    ];
+    for (method, template, path, body, token) in replay_cases {
+        let (status, answer) = call(&method.to_uppercase(), &path, body, token).await;
+        check(&doc, template, method, status, &answer);
+        seen.insert((method, template, status));
+    }
     for expected in [
         ("get", "/v1/endpoints", 400),
         ("get", tokens, 403),
@@ -387,6 +462,14 @@ async fn every_operation_answers_as_documented() {
         ("get", "/v1/endpoints/{id}/attempts", 404),
         ("get", "/v1/events/{id}/attempts", 200),
         ("get", "/v1/events/{id}/attempts", 401),
+        ("post", replays, 200),
+        ("post", replays, 400),
+        ("post", replays, 404),
+        ("get", replays, 200),
+        ("get", replays, 401),
+        ("get", replay_one, 200),
+        ("delete", replay_one, 200),
+        ("get", replay_one, 404),
     ] {
         assert!(seen.contains(&expected), "{expected:?} seen");
     }

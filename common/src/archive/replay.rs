@@ -130,10 +130,16 @@ pub fn check_rate(rate: f64) -> Result<f64, String> {
     }
 }
 
-/// Whether `archived` is in `request`'s window and filters.
+/// `t` without its sub-millisecond part: archive times are milliseconds.
+fn floor_ms(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(t)
+}
+
+/// Whether `archived` is in `request`'s window (to the millisecond) and filters.
 fn selected(request: &Request, until: OffsetDateTime, archived: &Archived) -> bool {
-    archived.archived_at >= request.since
-        && archived.archived_at < until
+    archived.archived_at >= floor_ms(request.since)
+        && archived.archived_at < floor_ms(until)
         && request
             .event_type
             .as_ref()
