@@ -393,7 +393,7 @@ async fn every_operation_answers_as_documented() {
         "/v1/endpoints/filed/replays/{}",
         started["id"].as_str().expect("replay id")
     );
-    let replay_cases: Vec<(&str, &str, String, Option<Value>, Option<&str>)> = vec![
+    let replay_cases: Vec<Case<'_>> = vec![
         (
             "post",
             replays,

@@ -24,7 +24,7 @@ pub const ATTACH_MARGIN: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub enum Step {
     /// A message of the stream (never a marker).
-    Message(Delivery),
+    Message(Box<Delivery>),
     /// The read reached the end marker it appended: every message appended
     /// before the read began has been handed out.
     CaughtUp,
@@ -122,7 +122,7 @@ impl Cursor {
             {
                 return Ok(None);
             }
-            return Ok(Some(Step::Message(delivery)));
+            return Ok(Some(Step::Message(Box::new(delivery))));
         }
     }
 
