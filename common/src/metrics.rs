@@ -279,16 +279,23 @@ impl DispatcherMetrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
+        // Both results exported from the start: a scrape before the first
+        // record shows 0, and `increase(...{result="lost"})` sees the first loss.
+        let written_or_lost = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
+            let c = counter(name, help, &["result"])?;
+            for result in ["written", "lost"] {
+                c.with_label_values(&[result]);
+            }
+            Ok(c)
+        };
         Ok(Self {
-            operational_events: counter(
+            operational_events: written_or_lost(
                 "hookpost_operational_events_total",
                 "hookpost's operational events, by result: written (confirmed) or lost.",
-                &["result"],
             )?,
-            log_records: counter(
+            log_records: written_or_lost(
                 "hookpost_log_records_total",
                 "Attempt log records, by result: written (confirmed) or lost.",
-                &["result"],
             )?,
             attempts: counter(
                 "hookpost_delivery_attempts_total",

@@ -5,7 +5,7 @@
 //! an archive that cannot be used never fails a publish (its copies are
 //! counted lost).
 
-use common::archive::replay::{Progress, Request};
+use common::archive::replay::{Note, Progress, Request};
 use std::time::Duration;
 use tests::dispatcher_harness::Running;
 use tests::fixtures::{FAST, endpoint, publish};
@@ -75,10 +75,18 @@ async fn a_replay_sends_the_windows_matching_events_to_a_new_endpoint_at_its_rat
     };
     let stop = CancellationToken::new();
     let mut reports: Vec<Progress> = Vec::new();
+    let mut would: Vec<String> = Vec::new();
     let dry = admin
-        .replay("late", &request, &stop, &mut |p| reports.push(p.clone()))
+        .replay("late", &request, &stop, &mut |note| match note {
+            Note::Progress(p) => reports.push(p.clone()),
+            Note::Sent { event_id, queue } => {
+                assert_eq!(queue, "late");
+                would.push(event_id.to_owned());
+            }
+        })
         .await
         .expect("dry run");
+    assert_eq!(would, wanted, "what a dry run would send, in order");
     assert_eq!(
         (dry.matched, dry.sent, dry.finished),
         (10, 0, true),
@@ -92,6 +100,7 @@ async fn a_replay_sends_the_windows_matching_events_to_a_new_endpoint_at_its_rat
     assert!(receiver.ids().is_empty());
 
     let started = std::time::Instant::now();
+    let mut sent: Vec<String> = Vec::new();
     let done = admin
         .replay(
             "late",
@@ -100,10 +109,15 @@ async fn a_replay_sends_the_windows_matching_events_to_a_new_endpoint_at_its_rat
                 ..request.clone()
             },
             &stop,
-            &mut |_| {},
+            &mut |note| {
+                if let Note::Sent { event_id, .. } = note {
+                    sent.push(event_id.to_owned());
+                }
+            },
         )
         .await
         .expect("replay");
+    assert_eq!(sent, wanted, "what it sent, in order");
     let took = started.elapsed();
     assert_eq!(
         (done.matched, done.sent, done.finished),

@@ -119,6 +119,7 @@ fn readme_reference_lists_exactly_the_example_keys() {
                 "registry.",
                 "transforms.",
                 "log.",
+                "archive.",
                 "endpoints.",
             ]
             .iter()

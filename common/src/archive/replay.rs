@@ -69,6 +69,16 @@ pub struct Progress {
     pub finished: bool,
 }
 
+/// What a running replay tells its caller.
+#[derive(Debug)]
+pub enum Note<'a> {
+    /// Where it stands (about every [`REPORT_EVERY`], and at the end).
+    Progress(&'a Progress),
+    /// One event sent (confirmed by the broker), or on a dry run one that
+    /// would be: its id and the queue (endpoint or variant id) it went to.
+    Sent { event_id: &'a str, queue: &'a str },
+}
+
 /// The endpoint a replay sends to: its queues (the endpoint's and each
 /// environment's) with the keys they are bound with.
 #[derive(Debug, Clone)]
@@ -157,9 +167,9 @@ fn due(start: Instant, n: u64, rate: f64) -> Instant {
     start + Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX / 4)
 }
 
-/// Runs a replay of `request` into `target`, calling `report` about every
-/// [`REPORT_EVERY`] and once at the end, until the window is read or
-/// `cancel` fires.
+/// Runs a replay of `request` into `target`, telling `report` of each event
+/// sent and of the progress about every [`REPORT_EVERY`] and once at the
+/// end, until the window is read or `cancel` fires.
 ///
 /// # Errors
 /// The archive does not exist, a broker error, or an endpoint queue that
@@ -171,7 +181,7 @@ pub async fn run(
     target: &Target,
     request: &Request,
     cancel: &CancellationToken,
-    report: &mut (dyn FnMut(&Progress) + Send),
+    report: &mut (dyn FnMut(Note<'_>) + Send),
 ) -> anyhow::Result<Progress> {
     let rate = target.pace(check_rate(request.rate).map_err(anyhow::Error::msg)?);
     let now = OffsetDateTime::now_utc();
@@ -188,7 +198,7 @@ pub async fn run(
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let exchange = topology.endpoints_exchange();
     let mut progress = Progress::default();
-    let mut pending: VecDeque<PublisherConfirm> = VecDeque::new();
+    let mut pending: VecDeque<(PublisherConfirm, String, String)> = VecDeque::new();
     let started = Instant::now();
     let mut last_report = Instant::now();
     let result = async {
@@ -213,7 +223,7 @@ pub async fn run(
                 .format(&time::format_description::well_known::Rfc3339)
                 .ok();
             if last_report.elapsed() >= REPORT_EVERY {
-                report(&progress);
+                report(Note::Progress(&progress));
                 last_report = Instant::now();
             }
             if !selected(request, until, &archived) {
@@ -224,6 +234,10 @@ pub async fn run(
             };
             progress.matched += 1;
             if request.dry_run {
+                report(Note::Sent {
+                    event_id: &archived.event.id,
+                    queue,
+                });
                 continue;
             }
             tokio::select! {
@@ -250,26 +264,30 @@ pub async fn run(
                     properties,
                 )
                 .await?;
-            pending.push_back(confirm);
+            pending.push_back((confirm, event.id.clone(), queue.to_owned()));
             while pending.len() >= WINDOW {
-                settle(pending.pop_front(), &mut progress).await?;
+                settle(pending.pop_front(), &mut progress, report).await?;
             }
         }
         while !pending.is_empty() {
-            settle(pending.pop_front(), &mut progress).await?;
+            settle(pending.pop_front(), &mut progress, report).await?;
         }
         anyhow::Ok(())
     }
     .await;
     cursor.close().await;
     let _ = ch.close(200, "replayed".into()).await;
-    report(&progress);
+    report(Note::Progress(&progress));
     result.map(|()| progress)
 }
 
 /// Waits for one replayed event's confirm.
-async fn settle(confirm: Option<PublisherConfirm>, progress: &mut Progress) -> anyhow::Result<()> {
-    let Some(confirm) = confirm else {
+async fn settle(
+    confirm: Option<(PublisherConfirm, String, String)>,
+    progress: &mut Progress,
+    report: &mut (dyn FnMut(Note<'_>) + Send),
+) -> anyhow::Result<()> {
+    let Some((confirm, event_id, queue)) = confirm else {
         return Ok(());
     };
     match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
@@ -279,6 +297,10 @@ async fn settle(confirm: Option<PublisherConfirm>, progress: &mut Progress) -> a
         Ok(Err(e)) => Err(e.into()),
         Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {
             progress.sent += 1;
+            report(Note::Sent {
+                event_id: &event_id,
+                queue: &queue,
+            });
             Ok(())
         }
         Ok(Ok(Confirmation::Ack(Some(returned)))) => anyhow::bail!(

@@ -86,7 +86,7 @@ impl Admin {
         endpoint: &str,
         request: &common::archive::replay::Request,
         stop: &tokio_util::sync::CancellationToken,
-        report: &mut (dyn FnMut(&common::archive::replay::Progress) + Send),
+        report: &mut (dyn FnMut(common::archive::replay::Note<'_>) + Send),
     ) -> anyhow::Result<common::archive::replay::Progress> {
         let state = self.holds().await?;
         let (config, _) = crate::effective_config(&self.config, &state, &mut Default::default());

@@ -23,7 +23,7 @@
 use super::{Api, Caller, ROUTES, op_error, read_object};
 use crate::http::{error, method_not_allowed};
 use common::amqp::AmqpClient;
-use common::archive::replay::{self, DEFAULT_RATE, Progress, Request, Target};
+use common::archive::replay::{self, DEFAULT_RATE, Note, Progress, Request, Target};
 use common::registry::{self, OpError};
 use common::server::{HttpResponse, json};
 use common::topology::Topology;
@@ -437,7 +437,10 @@ async fn run(
     let deadline = tokio::time::Instant::now() + config.amqp.publish_timeout;
     let topology = Topology::for_config(&config);
     let mut last = Progress::default();
-    let mut report = |p: &Progress| {
+    let mut report = |note: Note<'_>| {
+        let Note::Progress(p) = note else {
+            return;
+        };
         if let Some(m) = &metrics {
             let add = |stage: &str, now: u64, before: u64| {
                 m.replay_events

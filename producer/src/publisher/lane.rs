@@ -514,6 +514,37 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_archive_copy_is_counted_lost_and_the_job_still_succeeds() {
+        let mut book = Book::default();
+        let copy = |id: &str| {
+            Arc::new(Item {
+                copy: true,
+                id: id.to_owned(),
+                exchange: "".into(),
+                routing_key: "archive".into(),
+                body: b"{}".to_vec(),
+                properties: BasicProperties::default().with_message_id(id.into()),
+            })
+        };
+        let (j, mut ticket) = Job::new(vec![item("a"), copy("a"), item("b"), copy("b")]);
+        book.add(j);
+        let keys = send_all(&mut book);
+        assert_eq!(keys.len(), 4);
+        book.resolve((keys[0], Ok(Confirmation::Ack(None))));
+        book.resolve((keys[1], Ok(Confirmation::Nack(None))));
+        book.resolve((keys[2], Ok(Confirmation::Ack(None))));
+        book.resolve((keys[3], Ok(Confirmation::Ack(None))));
+        book.answer_finished();
+        assert!(matches!(ticket.answer.try_recv(), Ok(Outcome::Confirmed)));
+        assert_eq!(book.copies, (1, 1, 2), "written, lost, bytes written");
+        // A refused event still fails its job.
+        let mut answered = job(&mut book, &["c"]);
+        let keys = send_all(&mut book);
+        book.resolve((keys[0], Ok(Confirmation::Nack(None))));
+        assert!(matches!(answered.try_recv(), Ok(Outcome::Nacked { .. })));
+    }
+
+    #[test]
     fn a_job_is_answered_once_every_event_is_confirmed() {
         let mut book = Book::default();
         let mut answered = job(&mut book, &["a", "b"]);

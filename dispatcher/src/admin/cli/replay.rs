@@ -5,7 +5,7 @@
 use crate::admin::Admin;
 use crate::admin::view::parse_time;
 use anyhow::bail;
-use common::archive::replay::{DEFAULT_RATE, Progress, Request, check_rate};
+use common::archive::replay::{DEFAULT_RATE, Note, Request, check_rate};
 use std::io::Write;
 
 #[derive(Debug, clap::Args)]
@@ -35,6 +35,9 @@ pub(super) struct ReplayArgs {
     /// The final report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also print each event sent (on a dry run: each that would be), one line each.
+    #[arg(long)]
+    ids: bool,
 }
 
 impl ReplayArgs {
@@ -90,8 +93,14 @@ pub(super) async fn run(
             stop.cancel();
         }
     });
-    let mut report = |p: &Progress| {
-        if !p.finished {
+    let verb = if args.dry_run { "would send" } else { "sent" };
+    let mut report = |note: Note<'_>| match note {
+        Note::Sent { event_id, queue } => {
+            if args.ids {
+                println!("{verb} {event_id} -> {queue}");
+            }
+        }
+        Note::Progress(p) if !p.finished => {
             eprintln!(
                 "replay {}: read {}, matched {}, sent {}{}",
                 args.endpoint,
@@ -104,6 +113,7 @@ pub(super) async fn run(
                     .unwrap_or_default()
             );
         }
+        Note::Progress(_) => {}
     };
     let progress = admin
         .replay(&args.endpoint, request, &stop, &mut report)

@@ -21,6 +21,17 @@ pub(crate) async fn publisher_alone(
     size: usize,
     rounds: usize,
 ) -> anyhow::Result<Vec<Row>> {
+    publisher_alone_with(n, size, rounds, "").await
+}
+
+/// [`publisher_alone`] with `extra` TOML in the publisher's config (say,
+/// `[archive]`).
+pub(crate) async fn publisher_alone_with(
+    n: usize,
+    size: usize,
+    rounds: usize,
+    extra: &str,
+) -> anyhow::Result<Vec<Row>> {
     let (mut raw_best, mut ours_best) = (0.0_f64, 0.0_f64);
     for _ in 0..rounds {
         let scope = Scope::new().await;
@@ -30,7 +41,7 @@ pub(crate) async fn publisher_alone(
         drop(scope);
 
         let scope = Scope::new().await;
-        let config = scope.config("");
+        let config = scope.config(extra);
         let publisher = Publisher::connect(&config).await?;
         let ch = scope.connection.create_channel().await?;
         Topology::new(&config.amqp)
@@ -52,7 +63,12 @@ pub(crate) async fn publisher_alone(
     });
     let ours = progress_of(Row {
         scenario: format!(
-            "hookpost publisher alone (publish_many), best of {rounds}; ratio to the raw publisher"
+            "hookpost publisher alone (publish_many{}), best of {rounds}; ratio to the raw publisher",
+            if extra.contains("[archive]\nenabled = false") {
+                ", archive off"
+            } else {
+                ", archive on"
+            }
         ),
         events: n,
         seconds: n as f64 / ours_best,

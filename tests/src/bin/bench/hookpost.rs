@@ -114,7 +114,8 @@ pub(crate) async fn hookpost(
     hookpost_with(name, n, size, batch, k, "").await
 }
 
-/// [`hookpost`] with `extra` TOML after the endpoints (say, a `[log]` table).
+/// [`hookpost`] with `extra` TOML after the endpoints (say, a `[log]` or an
+/// `[archive]` table), for the dispatcher and the publisher alike.
 pub(crate) async fn hookpost_with(
     name: &str,
     n: usize,
@@ -127,7 +128,7 @@ pub(crate) async fn hookpost_with(
     let (url, sink) = sink().await?;
     let toml = format!("{}{extra}", endpoints_toml(k, &url, batch));
     let dispatcher = start_dispatcher(&scope, &toml, "bench", "").await?;
-    let config = scope.config("");
+    let config = scope.config(extra);
     let publisher = Arc::new(Publisher::connect(&config).await?);
     let p = publisher.clone();
     // One pipelined publish_many (a sliding window of unconfirmed publishes),

@@ -80,7 +80,7 @@ struct Args {
     /// Records in the attempt log of the log-read scenario.
     #[arg(long, default_value_t = 500_000)]
     log_records: usize,
-    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants).
+    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -177,6 +177,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 rows.push(progress_of(
                     crate::hookpost::hookpost_with(
                         &format!("hookpost batch 1, attempt log {log} (round {round})"),
+                        args.events,
+                        args.size,
+                        1,
+                        1,
+                        extra,
+                    )
+                    .await?,
+                ));
+            }
+        }
+    }
+    if wanted(&args, "archive-cost") {
+        // The event archive's cost: the publisher alone (against the raw
+        // publisher of the same round) and batch 1 end to end, without and
+        // with the archive, alternated so that drift hits both alike.
+        for extra in ["[archive]\nenabled = false\n", ""] {
+            rows.extend(crate::cli::publisher_alone_with(args.events, args.size, 2, extra).await?);
+        }
+        for round in 1..=2 {
+            for (archive, extra) in [("off", "[archive]\nenabled = false\n"), ("on", "")] {
+                rows.push(progress_of(
+                    crate::hookpost::hookpost_with(
+                        &format!("hookpost batch 1, archive {archive} (round {round})"),
                         args.events,
                         args.size,
                         1,
