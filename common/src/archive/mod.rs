@@ -3,11 +3,14 @@
 //! stream `<prefix>.archive` with retention by age and size (`[archive]`),
 //! and read back by time to send events again ([`replay`]).
 //!
-//! A copy is the event's body as published, with its `message_id`, and the
-//! header [`ARCHIVED_AT_HEADER`]: when the publisher archived it. The
-//! publisher sends it on the channel of the event, right after it, without
-//! `mandatory`: a missing archive never fails a publish, and a refused copy
-//! is counted (`hookpost_archive_records_total{result="lost"}`), not retried.
+//! A stream message holds the copies of up to 256 events published together,
+//! one envelope per line as published (`application/x-ndjson`), and the
+//! header [`ARCHIVED_AT_HEADER`]: when the publisher archived them. The
+//! publisher sends it on the channel of the events, right after them,
+//! without `mandatory`: a missing archive never fails a publish, and a
+//! refused message's copies are counted
+//! (`hookpost_archive_records_total{result="lost"}`), not retried. A message
+//! of one envelope (what another AMQP client may publish) is read alike.
 
 use crate::config::ArchiveConfig;
 use crate::envelope::Event;
@@ -39,15 +42,15 @@ pub async fn ensure(
     .await
 }
 
-/// The properties of an event's archive copy: the event's own, with
+/// The properties of an archive message: `base`, with
 /// [`ARCHIVED_AT_HEADER`] = `now`.
-pub fn copy_properties(event: &BasicProperties, now: OffsetDateTime) -> BasicProperties {
-    let mut headers = event.headers().clone().unwrap_or_default();
+pub fn copy_properties(base: &BasicProperties, now: OffsetDateTime) -> BasicProperties {
+    let mut headers = base.headers().clone().unwrap_or_default();
     headers.insert(
         ARCHIVED_AT_HEADER.into(),
         AMQPValue::LongLongInt(i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)),
     );
-    event.clone().with_headers(headers)
+    base.clone().with_headers(headers)
 }
 
 /// One archived event.
@@ -57,17 +60,35 @@ pub struct Archived {
     pub event: Event,
     /// When it was archived.
     pub archived_at: OffsetDateTime,
+    /// The envelope as published (what a replay sends again).
+    pub body: Vec<u8>,
 }
 
 impl Archived {
-    /// The archived event in a stream message; `None` for a message that is
-    /// not one (no time header, or a body that is not a valid envelope).
-    pub fn read(headers: &FieldTable, body: &[u8]) -> Option<Self> {
-        let ms = crate::contract::int(headers, ARCHIVED_AT_HEADER)?;
-        let archived_at =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
-        let event = Event::from_slice(body).ok()?;
-        Some(Self { event, archived_at })
+    /// The archived events of a stream message, in order; none for a
+    /// message that holds none (no time header). A line that is not a valid
+    /// envelope is skipped.
+    pub fn read(headers: &FieldTable, body: &[u8]) -> Vec<Self> {
+        let Some(archived_at) = Self::time(headers) else {
+            return Vec::new();
+        };
+        body.split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .filter_map(|line| {
+                Event::from_slice(line).ok().map(|event| Self {
+                    event,
+                    archived_at,
+                    body: line.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// When a stream message's events were archived (its header).
+    pub fn time(headers: &FieldTable) -> Option<OffsetDateTime> {
+        crate::contract::int(headers, ARCHIVED_AT_HEADER).and_then(|ms| {
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        })
     }
 }
 
@@ -84,10 +105,21 @@ mod tests {
             now,
         );
         let headers = props.headers().clone().expect("headers");
-        let back = Archived::read(&headers, &event.to_vec()).expect("archived");
-        assert_eq!(back.archived_at, now);
-        assert_eq!(back.event.id, event.id);
-        assert!(Archived::read(&headers, b"not json").is_none());
-        assert!(Archived::read(&FieldTable::default(), &event.to_vec()).is_none());
+        let back = Archived::read(&headers, &event.to_vec());
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].archived_at, now);
+        assert_eq!(back[0].event.id, event.id);
+        // Several copies, one per line; a broken line is skipped.
+        let other = Event::new("order.paid", serde_json::json!("a\nb")).expect("event");
+        let mut body = event.to_vec();
+        body.extend_from_slice(b"\nnot json\n");
+        body.extend_from_slice(&other.to_vec());
+        let ids: Vec<String> = Archived::read(&headers, &body)
+            .into_iter()
+            .map(|a| a.event.id)
+            .collect();
+        assert_eq!(ids, [event.id.clone(), other.id.clone()]);
+        assert!(Archived::read(&headers, b"not json").is_empty());
+        assert!(Archived::read(&FieldTable::default(), &event.to_vec()).is_empty());
     }
 }

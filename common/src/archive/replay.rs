@@ -202,7 +202,7 @@ pub async fn run(
     let started = Instant::now();
     let mut last_report = Instant::now();
     let result = async {
-        loop {
+        'read: loop {
             if cancel.is_cancelled() {
                 break;
             }
@@ -214,59 +214,63 @@ pub async fn run(
                 Some(Step::Message(d)) => d,
             };
             let headers = delivery.properties.headers().clone().unwrap_or_default();
-            let Some(archived) = Archived::read(&headers, &delivery.data) else {
-                continue;
-            };
-            progress.scanned += 1;
-            progress.position = archived
-                .archived_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .ok();
-            if last_report.elapsed() >= REPORT_EVERY {
-                report(Note::Progress(&progress));
-                last_report = Instant::now();
+            for archived in Archived::read(&headers, &delivery.data) {
+                progress.scanned += 1;
+                if last_report.elapsed() >= REPORT_EVERY {
+                    progress.position = archived
+                        .archived_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .ok();
+                    report(Note::Progress(&progress));
+                    last_report = Instant::now();
+                }
+                if !selected(request, until, &archived) {
+                    continue;
+                }
+                let Some(queue) = target.queue_for(&archived.event) else {
+                    continue;
+                };
+                progress.matched += 1;
+                if request.dry_run {
+                    report(Note::Sent {
+                        event_id: &archived.event.id,
+                        queue,
+                    });
+                    continue;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(due(started, progress.matched - 1, rate)) => {}
+                    () = cancel.cancelled() => break 'read,
+                }
+                let event = &archived.event;
+                let properties = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2)
+                    .with_message_id(event.id.as_str().into())
+                    .with_timestamp(u64::try_from(event.timestamp.unix_timestamp()).unwrap_or(0))
+                    .with_type(event.event_type.as_str().into())
+                    .with_app_id("hookpost".into());
+                let confirm = ch
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        queue.into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &archived.body,
+                        properties,
+                    )
+                    .await?;
+                pending.push_back((confirm, event.id.clone(), queue.to_owned()));
+                while pending.len() >= WINDOW {
+                    settle(pending.pop_front(), &mut progress, report).await?;
+                }
             }
-            if !selected(request, until, &archived) {
-                continue;
-            }
-            let Some(queue) = target.queue_for(&archived.event) else {
-                continue;
-            };
-            progress.matched += 1;
-            if request.dry_run {
-                report(Note::Sent {
-                    event_id: &archived.event.id,
-                    queue,
-                });
-                continue;
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(due(started, progress.matched - 1, rate)) => {}
-                () = cancel.cancelled() => break,
-            }
-            let event = &archived.event;
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2)
-                .with_message_id(event.id.as_str().into())
-                .with_timestamp(u64::try_from(event.timestamp.unix_timestamp()).unwrap_or(0))
-                .with_type(event.event_type.as_str().into())
-                .with_app_id("hookpost".into());
-            let confirm = ch
-                .basic_publish(
-                    exchange.as_str().into(),
-                    queue.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &delivery.data,
-                    properties,
-                )
-                .await?;
-            pending.push_back((confirm, event.id.clone(), queue.to_owned()));
-            while pending.len() >= WINDOW {
-                settle(pending.pop_front(), &mut progress, report).await?;
+            if let Some(at) = Archived::time(&headers) {
+                progress.position = at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok();
             }
         }
         while !pending.is_empty() {
@@ -334,6 +338,7 @@ mod tests {
             .with_scope(tenant, env)
             .expect("scope");
         Archived {
+            body: event.to_vec(),
             event,
             archived_at: at,
         }

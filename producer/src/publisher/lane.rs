@@ -46,10 +46,10 @@ pub(super) struct Item {
     pub(super) routing_key: ShortString,
     pub(super) body: Vec<u8>,
     pub(super) properties: BasicProperties,
-    /// The event's archive copy (`common::archive`), not the event: sent
-    /// without `mandatory`, and a refusal counts it lost instead of failing
-    /// the job.
-    pub(super) copy: bool,
+    /// For an archive message (`common::archive`), not an event: how many
+    /// events' copies it holds (0 for an event). Sent without `mandatory`;
+    /// a refusal counts its copies lost instead of failing the job.
+    pub(super) copies: usize,
 }
 
 /// Where a lane counts the archive copies it wrote and lost.
@@ -151,10 +151,10 @@ impl Lane {
     /// caller reads as "none confirmed".
     pub(super) fn submit(&self, mut items: Vec<Arc<Item>>) -> Ticket {
         if !self.archive {
-            let before = items.len();
-            items.retain(|item| !item.copy);
+            let lost: usize = items.iter().map(|item| item.copies).sum();
+            items.retain(|item| item.copies == 0);
             if let Some(c) = self.counters.get() {
-                c.lost.inc_by((before - items.len()) as u64);
+                c.lost.inc_by(lost as u64);
             }
         }
         let (job, ticket) = Job::new(items);
@@ -253,9 +253,9 @@ async fn publish(channel: Channel, key: Key, item: Arc<Item>) -> Done {
                 item.routing_key.clone(),
                 // mandatory: an event no queue takes comes back as an error
                 // instead of vanishing (the alternate exchange normally takes it).
-                // Not for an archive copy: the archive never fails a publish.
+                // Not for archive copies: the archive never fails a publish.
                 BasicPublishOptions {
-                    mandatory: !item.copy,
+                    mandatory: item.copies == 0,
                     ..BasicPublishOptions::default()
                 },
                 &item.body,
@@ -276,7 +276,8 @@ struct Book {
     jobs: HashMap<u64, JobState>,
     /// Events not yet published, in order.
     to_send: VecDeque<Key>,
-    /// Archive copies settled since the last count: written, lost, bytes written.
+    /// Archive copies (events) settled since the last count: written, lost,
+    /// bytes written.
     copies: (u64, u64, u64),
 }
 
@@ -369,16 +370,17 @@ impl Book {
         };
         state.in_flight -= 1;
         let item = &state.items[i];
-        if item.copy {
+        let copies = item.copies as u64;
+        if copies > 0 {
             if acked {
-                self.copies.0 += 1;
+                self.copies.0 += copies;
                 self.copies.2 += item.body.len() as u64;
             } else {
-                self.copies.1 += 1;
+                self.copies.1 += copies;
             }
         }
-        // A refused copy is lost, not the event: the job goes on.
-        if acked || item.copy {
+        // Refused copies are lost, not the events: the job goes on.
+        if acked || copies > 0 {
             state.confirmed[i] = true;
             state.confirmed_count += 1;
             state.progressed = true;
@@ -474,7 +476,7 @@ mod tests {
 
     fn item(id: &str) -> Arc<Item> {
         Arc::new(Item {
-            copy: false,
+            copies: 0,
             id: id.to_owned(),
             exchange: "x".into(),
             routing_key: "t".into(),
@@ -518,7 +520,7 @@ mod tests {
         let mut book = Book::default();
         let copy = |id: &str| {
             Arc::new(Item {
-                copy: true,
+                copies: 1,
                 id: id.to_owned(),
                 exchange: "".into(),
                 routing_key: "archive".into(),
