@@ -102,6 +102,31 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(haystack, needle).is_some()
 }
 
+/// The lines of `data` (records, one per line) that hold every needle, in
+/// order: with needles, found by searching the whole body for the first one
+/// (most records are not the endpoint's or the event's: they are skipped
+/// without being split or parsed); without, every line.
+fn candidates<'a>(data: &'a [u8], needles: &[String]) -> Vec<&'a [u8]> {
+    let Some((first, rest)) = needles.split_first() else {
+        return data.split(|b| *b == b'\n').collect();
+    };
+    let mut lines = Vec::new();
+    let mut next_line = 0;
+    for hit in memchr::memmem::find_iter(data, first.as_bytes()) {
+        if hit < next_line {
+            continue;
+        }
+        let start = memchr::memrchr(b'\n', &data[..hit]).map_or(0, |i| i + 1);
+        let end = memchr::memchr(b'\n', &data[hit..]).map_or(data.len(), |i| hit + i);
+        let line = &data[start..end];
+        next_line = end + 1;
+        if rest.iter().all(|n| contains(line, n.as_bytes())) {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
 /// Reads the log for `query`: the newest `query.limit` matching records,
 /// oldest first. With `follow`, calls `each` for every matching record
 /// appended after the read caught up, until `follow` fires.
@@ -146,14 +171,17 @@ pub async fn read(
             }
             Some(Step::Message(delivery)) => delivery,
         };
-        // A message holds one record per line.
-        for line in delivery.data.split(|b| *b == b'\n') {
-            scanned.records += 1;
-            // Most records are not the endpoint's or the event's: skip them
-            // without parsing.
-            if !needles.iter().all(|n| contains(line, n.as_bytes())) {
-                continue;
-            }
+        // A message holds one record per line (compressed, as dispatchers write it).
+        let encoding = delivery
+            .properties
+            .content_encoding()
+            .as_ref()
+            .map(|e| e.as_str());
+        let Some(data) = super::unpacked(encoding, &delivery.data) else {
+            continue;
+        };
+        scanned.records += memchr::memchr_iter(b'\n', &data).count() as u64 + 1;
+        for line in candidates(&data, &needles) {
             let Ok(attempt) = serde_json::from_slice::<Attempt>(line) else {
                 continue;
             };
@@ -254,5 +282,13 @@ mod tests {
                 .iter()
                 .all(|n| contains(b"{\"event_id\":\"evt_2\"}", n.as_bytes()))
         );
+        // Candidates: the lines holding every needle, each once, in order.
+        let needles = vec!["\"e\":\"a".to_owned(), "\"n\":1".to_owned()];
+        let body = b"{\"e\":\"a\",\"n\":1,\"x\":\"\\\"e\\\":\\\"a\"}\n{\"e\":\"b\",\"n\":1}\n{\"e\":\"ab\",\"n\":1}\n{\"e\":\"a\",\"n\":2}";
+        let found = candidates(body, &needles);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with(b"{\"e\":\"a\",\"n\":1"));
+        assert!(found[1].starts_with(b"{\"e\":\"ab\""));
+        assert_eq!(candidates(b"x\ny", &[]).len(), 2);
     }
 }

@@ -29,7 +29,7 @@ const BATCH: usize = 512;
 const BROKER_WAIT: Duration = Duration::from_secs(5);
 
 /// The most bodies, and bytes, packed into one message.
-const PACK_RECORDS: usize = 256;
+const PACK_RECORDS: usize = 512;
 const PACK_BYTES: usize = 256 << 10;
 
 /// Consecutive messages to the same place joined into one, bodies
@@ -58,6 +58,12 @@ fn pack(batch: Vec<Outgoing>) -> Vec<(Outgoing, usize)> {
     }
     out
 }
+
+/// How long a packing writer waits for a batch to fill after its first
+/// message: at 1,000 attempts/s a log message then holds about 500
+/// records, and a query moves few messages (BENCHMARKS.md, `log-read`);
+/// a live tail (`log --follow`) shows attempts at most this late.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// How long a stopping dispatcher keeps writing what is buffered.
 const FLUSH: Duration = Duration::from_secs(3);
@@ -128,7 +134,10 @@ impl Writer {
                 () = stop.cancelled() => None,
             };
             let Some(first) = first else { break };
-            let batch = Self::fill(first, &mut rx);
+            let mut batch = Self::fill(first, &mut rx);
+            if self.purpose.pack {
+                Self::linger(&mut batch, &mut rx, &stop).await;
+            }
             self.write(batch).await;
         }
         // Stopping: what is buffered, within FLUSH.
@@ -150,6 +159,25 @@ impl Writer {
         if let Some(ch) = self.channel.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), ch.close(200, "stopping".into()))
                 .await;
+        }
+    }
+
+    /// Adds to `batch` what arrives within [`LINGER`], up to [`BATCH`].
+    async fn linger(
+        batch: &mut Vec<Outgoing>,
+        rx: &mut mpsc::Receiver<Outgoing>,
+        stop: &CancellationToken,
+    ) {
+        let until = tokio::time::Instant::now() + LINGER;
+        while batch.len() < BATCH {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(o) => batch.push(o),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(until) => break,
+                () = stop.cancelled() => break,
+            }
         }
     }
 
@@ -194,6 +222,15 @@ impl Writer {
                 .with_content_type(content_type.into())
                 .with_delivery_mode(2)
                 .with_timestamp(stamp);
+            // Packed records compress about 5 to 1: a query then moves a
+            // fifth of the bytes through the broker (BENCHMARKS.md, log-read).
+            let compressed = self
+                .purpose
+                .pack
+                .then(|| common::history::compress(&out.body));
+            if compressed.is_some() {
+                properties = properties.with_content_encoding(common::history::LZ4.into());
+            }
             if let Some(id) = &out.message_id {
                 properties = properties.with_message_id(id.as_str().into());
             }
@@ -205,7 +242,7 @@ impl Writer {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &out.body,
+                    compressed.as_deref().unwrap_or(&out.body),
                     properties,
                 )
                 .await;
@@ -323,6 +360,34 @@ mod tests {
             body: body.as_bytes().to_vec(),
             message_id: None,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_packing_writer_waits_for_its_batch_to_fill_within_the_linger() {
+        let (tx, mut rx) = mpsc::channel(BUFFER);
+        let stop = CancellationToken::new();
+        tokio::spawn(async move {
+            for (at_ms, body) in [(100, "b"), (300, "c"), (600, "d")] {
+                tokio::time::sleep(Duration::from_millis(at_ms)).await;
+                let _ = tx.send(out("log", body)).await;
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let mut batch = vec![out("log", "a")];
+        Writer::linger(&mut batch, &mut rx, &stop).await;
+        let bodies: Vec<&[u8]> = batch.iter().map(|o| o.body.as_slice()).collect();
+        // b at 100 ms, c at 400 ms: in; d at 1,000 ms: after the linger.
+        assert_eq!(bodies, [&b"a"[..], b"b", b"c"]);
+        assert_eq!(started.elapsed(), LINGER);
+        // A full batch goes at once.
+        let (tx, mut rx) = mpsc::channel(BUFFER);
+        for _ in 1..BATCH {
+            tx.send(out("log", "x")).await.expect("send");
+        }
+        let mut batch = vec![out("log", "x")];
+        let started = tokio::time::Instant::now();
+        Writer::linger(&mut batch, &mut rx, &stop).await;
+        assert_eq!((batch.len(), started.elapsed()), (BATCH, Duration::ZERO));
     }
 
     #[test]

@@ -23,21 +23,26 @@ pub(crate) async fn log_read(n: usize) -> anyhow::Result<Row> {
     let written = Instant::now();
     let mut confirms = Vec::new();
     let ids: Vec<usize> = (0..n).collect();
-    for chunk in ids.chunks(256) {
+    for chunk in ids.chunks(512) {
         let mut body = Vec::new();
         for i in chunk {
             if !body.is_empty() {
                 body.push(b'\n');
             }
+            // As a dispatcher writes them: time-ordered random ids, a
+            // millisecond clock, varied durations (what compression meets).
+            let at = now + Duration::from_millis(*i as u64);
             let record = Attempt {
-                event_id: format!("evt_{i:032}"),
+                event_id: common::envelope::new_event_id(),
                 event_type: "order.created".into(),
                 tenant: None,
                 environment: None,
                 endpoint: format!("e{}", i % 100),
                 attempt: 1,
-                started_at: started_at.clone(),
-                duration_ms: 12,
+                started_at: at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|_| started_at.clone()),
+                duration_ms: 3 + (*i as u64 * 7919) % 400,
                 outcome: Outcome::Delivered,
                 status: Some(200),
                 error: None,
@@ -50,8 +55,8 @@ pub(crate) async fn log_read(n: usize) -> anyhow::Result<Row> {
                 "".into(),
                 topology.log().as_str().into(),
                 BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default(),
+                &history::compress(&body),
+                BasicProperties::default().with_content_encoding(history::LZ4.into()),
             )
             .await?,
         );
