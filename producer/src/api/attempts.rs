@@ -13,7 +13,7 @@
 //! broker connection of its own; at most [`CONCURRENT_READS`] run at once
 //! per API process (503 beyond).
 
-use super::{Api, Caller, ROUTES, op_error, query_param, unavailable};
+use super::{Api, Caller, ROUTES, bad_request, op_error, query_param, unavailable};
 use crate::http::{error, method_not_allowed};
 use common::amqp::AmqpClient;
 use common::history::{self, Outcome, Query};
@@ -260,14 +260,6 @@ fn decode(raw: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn bad_request(field: &str, message: &str) -> HttpResponse {
-    error(
-        StatusCode::BAD_REQUEST,
-        &format!("{field} {message}"),
-        Some(field),
-    )
 }
 
 #[cfg(test)]

@@ -496,6 +496,15 @@ fn op_error(e: &OpError) -> HttpResponse {
     }
 }
 
+/// 400 naming the query or body `field` that is bad, and why.
+fn bad_request(field: &str, message: &str) -> HttpResponse {
+    error(
+        StatusCode::BAD_REQUEST,
+        &format!("{field} {message}"),
+        Some(field),
+    )
+}
+
 fn unavailable(message: &str) -> HttpResponse {
     tracing::warn!(error = %message, "Management API: broker unavailable.");
     // The reason names broker objects, never credentials (URLs are redacted).

@@ -20,7 +20,7 @@
 //! ones: what they sent stays sent, and a new replay of the same window
 //! sends it again, with the same ids).
 
-use super::{Api, Caller, ROUTES, op_error, read_object};
+use super::{Api, Caller, ROUTES, bad_request, op_error, read_object};
 use crate::http::{error, method_not_allowed};
 use common::amqp::AmqpClient;
 use common::archive::replay::{self, DEFAULT_RATE, Note, Progress, Request, Target};
@@ -497,14 +497,6 @@ async fn run(
     if let Some(m) = &metrics {
         m.replays_running.dec();
     }
-}
-
-fn bad_request(field: &str, message: &str) -> HttpResponse {
-    error(
-        StatusCode::BAD_REQUEST,
-        &format!("{field} {message}"),
-        Some(field),
-    )
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 
 use super::output::write_table;
 use crate::admin::Admin;
-use crate::admin::view::parse_time;
 use anyhow::bail;
 use common::history::{Attempt, Outcome, Query};
 use std::io::Write;
@@ -54,20 +53,10 @@ pub(super) struct LogArgs {
 impl LogArgs {
     /// The query these arguments ask for, checked before any broker work.
     pub(super) fn query(&self) -> anyhow::Result<Query> {
-        let now = time::OffsetDateTime::now_utc();
-        let time =
-            |t: &str, flag: &str| parse_time(t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}"));
-        let since = time(self.since.as_deref().unwrap_or(DEFAULT_SINCE), "--since")?;
-        let until = self
-            .until
-            .as_deref()
-            .map(|t| time(t, "--until"))
-            .transpose()?;
-        if let Some(until) = until
-            && until <= since
-        {
-            bail!("--until must be after --since");
-        }
+        let (since, until) = super::window(
+            self.since.as_deref().unwrap_or(DEFAULT_SINCE),
+            self.until.as_deref(),
+        )?;
         let outcome = match self.outcome.as_deref() {
             None => None,
             Some(o) => Some(Outcome::parse(o).ok_or_else(|| {

@@ -55,6 +55,22 @@ enum Command {
     },
 }
 
+/// `--since` and `--until` (RFC 3339 or a duration ago) as a window, the
+/// end after the start.
+fn window(
+    since: &str,
+    until: Option<&str>,
+) -> anyhow::Result<(time::OffsetDateTime, Option<time::OffsetDateTime>)> {
+    let now = time::OffsetDateTime::now_utc();
+    let time = |t: &str, flag: &str| parse_time(t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}"));
+    let since = time(since, "--since")?;
+    let until = until.map(|t| time(t, "--until")).transpose()?;
+    if until.is_some_and(|u| u <= since) {
+        bail!("--until must be after --since");
+    }
+    Ok((since, until))
+}
+
 /// Which rows `endpoints [list]` shows.
 #[derive(Debug, Default, Clone, clap::Args)]
 struct EndpointFilters {

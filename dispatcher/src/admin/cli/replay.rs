@@ -3,7 +3,6 @@
 //! what it sent on stdout.
 
 use crate::admin::Admin;
-use crate::admin::view::parse_time;
 use anyhow::bail;
 use common::archive::replay::{DEFAULT_RATE, Note, Request, check_rate};
 use std::io::Write;
@@ -43,18 +42,7 @@ pub(super) struct ReplayArgs {
 impl ReplayArgs {
     /// The request these arguments ask for, checked before any broker work.
     pub(super) fn request(&self) -> anyhow::Result<Request> {
-        let now = time::OffsetDateTime::now_utc();
-        let time =
-            |t: &str, flag: &str| parse_time(t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}"));
-        let since = time(&self.since, "--since")?;
-        let until = self
-            .until
-            .as_deref()
-            .map(|t| time(t, "--until"))
-            .transpose()?;
-        if until.is_some_and(|u| u <= since) {
-            bail!("--until must be after --since");
-        }
+        let (since, until) = super::window(&self.since, self.until.as_deref())?;
         if let Some(p) = &self.event_type
             && !common::config::is_valid_pattern(p)
         {
