@@ -44,6 +44,11 @@ pub enum EnvelopeError {
         "field `type`: with the tenant and environment its routing key is {0} bytes, over 255; shorten the type"
     )]
     ScopedKeyTooLong(usize),
+    /// `type` starts with `hookpost.`: hookpost's own operational events.
+    #[error(
+        "field `type`: {0:?}: types starting with `hookpost.` are hookpost's own operational events; publish under another first word"
+    )]
+    Reserved(String),
 }
 
 /// A validated event.
@@ -193,6 +198,21 @@ impl Event {
         Ok(event)
     }
 
+    /// [`Event::validate`], and the type not one of hookpost's own
+    /// ([`crate::routing::OPERATIONAL_WORD`]): what publishers (the library,
+    /// the CLI, the ingest) may send, so that no service can pass its
+    /// events off as hookpost's operational events.
+    ///
+    /// # Errors
+    /// The first field at fault.
+    pub fn validate_publishable(&self) -> Result<(), EnvelopeError> {
+        self.validate()?;
+        if self.event_type.split('.').next() == Some(crate::routing::OPERATIONAL_WORD) {
+            return Err(EnvelopeError::Reserved(self.event_type.clone()));
+        }
+        Ok(())
+    }
+
     /// Checks every rule of the contract.
     ///
     /// # Errors
@@ -255,6 +275,20 @@ fn is_printable(s: &str, max: usize) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn operational_types_are_not_publishable() {
+        let own = Event::new("hookpost.endpoint.paused", serde_json::json!({})).expect("valid");
+        assert_eq!(own.validate(), Ok(()));
+        assert!(matches!(
+            own.validate_publishable(),
+            Err(EnvelopeError::Reserved(_))
+        ));
+        for ok in ["hookposts.x", "order.hookpost", "hookpost_x"] {
+            let e = Event::new(ok, serde_json::json!({})).expect("valid");
+            assert_eq!(e.validate_publishable(), Ok(()), "{ok}");
+        }
+    }
 
     #[test]
     fn type_pattern() {

@@ -233,13 +233,16 @@ impl Ingest {
                     };
                     Rejection::new(StatusCode::BAD_REQUEST, &message, Some(&at(&field)))
                 })?;
-                draft.into_event().map_err(|e| {
-                    Rejection::new(
-                        StatusCode::BAD_REQUEST,
-                        &e.to_string(),
-                        Some(&at(field_of(&e))),
-                    )
-                })
+                draft
+                    .into_event()
+                    .and_then(|e| e.validate_publishable().map(|()| e))
+                    .map_err(|e| {
+                        Rejection::new(
+                            StatusCode::BAD_REQUEST,
+                            &e.to_string(),
+                            Some(&at(field_of(&e))),
+                        )
+                    })
             })
             .collect()
     }
@@ -266,7 +269,7 @@ impl Rejection {
 fn field_of(e: &common::envelope::EnvelopeError) -> &'static str {
     use common::envelope::EnvelopeError as E;
     match e {
-        E::Type(_) | E::ScopedKeyTooLong(_) => "type",
+        E::Type(_) | E::ScopedKeyTooLong(_) | E::Reserved(_) => "type",
         E::Scope(field, _) => field,
         E::Id => "id",
         E::Source => "source",

@@ -184,6 +184,25 @@ async fn bad_requests_get_the_promised_status() {
         "{body}"
     );
 
+    // hookpost's own operational event types cannot be published.
+    let (status, body) = post(
+        &server,
+        Some(TOKEN),
+        r#"{"type":"hookpost.endpoint.paused","tenant":"acme"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("type")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("operational")),
+        "{body}"
+    );
+
     let (status, body) = post(&server, Some(TOKEN), r#"{"type":"a","colour":"red"}"#).await;
     assert_eq!(
         (status, body["field"].as_str()),

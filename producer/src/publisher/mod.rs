@@ -411,10 +411,12 @@ impl Publisher {
     fn item(&self, event: &Event) -> Result<Item, PublishError> {
         // Its fields are public: a caller may have changed them since it was
         // checked, and the tenant and environment become the routing key.
-        event.validate().map_err(|source| PublishError::Invalid {
-            id: event.id.chars().take(255).collect(),
-            source,
-        })?;
+        event
+            .validate_publishable()
+            .map_err(|source| PublishError::Invalid {
+                id: event.id.chars().take(255).collect(),
+                source,
+            })?;
         let body = event.to_vec();
         if body.len() > self.max_bytes {
             return Err(PublishError::TooLarge {
