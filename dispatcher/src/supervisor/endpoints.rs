@@ -47,6 +47,23 @@ pub(crate) fn effective_config(
     (out, held)
 }
 
+/// Runs a stream's declaration within [`BROKER_WAIT`]; a failure is a
+/// warning (`then` says who tries again), never an error: nothing in the
+/// delivery path waits on the log or the archive.
+async fn declare_stream(
+    stream: &str,
+    declared: impl std::future::Future<Output = Result<(), lapin::Error>>,
+    then: &'static str,
+) {
+    let result = tokio::time::timeout(BROKER_WAIT, declared)
+        .await
+        .map_err(|_| "no answer".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    if let Err(e) = result {
+        tracing::warn!(stream, error = %e, "{then}");
+    }
+}
+
 /// Channels endpoint declarations are spread over. The broker runs the
 /// methods of one channel one after another (each queue declare waits for
 /// the queue's process, each bind for its table write), so pipelining on a
@@ -130,29 +147,23 @@ pub(crate) async fn declare(
     // The attempt log, so that it can be read before the first attempt. Its
     // writer declares it again when it is missing: a failure here only
     // delays it, never a delivery.
-    if config.log.enabled
-        && let Err(e) = tokio::time::timeout(
-            BROKER_WAIT,
+    if config.log.enabled {
+        declare_stream(
+            &topology.log(),
             common::history::ensure(conn, topology, &config.log),
+            "Declaring the attempt log failed; its writer tries again with the first record.",
         )
-        .await
-        .map_err(|_| "no answer".to_owned())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-    {
-        tracing::warn!(stream = %topology.log(), error = %e, "Declaring the attempt log failed; its writer tries again with the first record.");
+        .await;
     }
     // The event archive, so that replays can read it before the first
     // publish; publishers declare it too.
-    if config.archive.enabled
-        && let Err(e) = tokio::time::timeout(
-            BROKER_WAIT,
+    if config.archive.enabled {
+        declare_stream(
+            &topology.archive(),
             common::archive::ensure(conn, topology, &config.archive),
+            "Declaring the event archive failed; publishers declare it again when they connect.",
         )
-        .await
-        .map_err(|_| "no answer".to_owned())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-    {
-        tracing::warn!(stream = %topology.archive(), error = %e, "Declaring the event archive failed; publishers declare it again when they connect.");
+        .await;
     }
     for tier in config.wait_tiers() {
         step(

@@ -96,14 +96,7 @@ pub(super) async fn run(
     stdout: &mut std::io::StdoutLock<'_>,
 ) -> anyhow::Result<()> {
     let (found, scanned) = if args.follow {
-        let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                common::cli::stop_requested().await;
-                stop.cancel();
-            }
-        });
+        let stop = super::stop_on_signal();
         let json = args.json;
         let mut each = move |a: &Attempt| {
             let mut out = std::io::stdout().lock();

@@ -55,6 +55,19 @@ enum Command {
     },
 }
 
+/// A token that fires on Ctrl-C or SIGTERM (a live tail, a replay).
+fn stop_on_signal() -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            common::cli::stop_requested().await;
+            stop.cancel();
+        }
+    });
+    stop
+}
+
 /// `--since` and `--until` (RFC 3339 or a duration ago) as a window, the
 /// end after the start.
 fn window(

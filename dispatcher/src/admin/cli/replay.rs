@@ -73,14 +73,7 @@ pub(super) async fn run(
     request: &Request,
     stdout: &mut std::io::StdoutLock<'_>,
 ) -> anyhow::Result<()> {
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            common::cli::stop_requested().await;
-            stop.cancel();
-        }
-    });
+    let stop = super::stop_on_signal();
     let verb = if args.dry_run { "would send" } else { "sent" };
     let mut report = |note: Note<'_>| match note {
         Note::Sent { event_id, queue } => {
