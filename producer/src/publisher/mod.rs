@@ -216,28 +216,29 @@ impl Publisher {
     /// A publisher for the broker and prefix in `config`. Connects lazily, on
     /// the first publish (see [`Publisher::connect`] to fail fast).
     pub fn new(config: &Config) -> Self {
+        // With the config's replica counts: the archive is declared with
+        // `registry.control_replicas`, as the dispatchers declare it.
+        let topology = Topology::for_config(config);
         Self {
             client: AmqpClient::new(
                 config.amqp.urls.clone(),
                 "hookpost-producer",
                 config.amqp.max_reconnect_delay,
             ),
-            topology: Topology::new(&config.amqp),
             timeout: config.amqp.publish_timeout,
             lane: Mutex::new(None),
             current: std::sync::Mutex::new(None),
             metrics: None,
             never: CancellationToken::new(),
-            events_exchange: Topology::new(&config.amqp).events_exchange().into(),
-            scoped_exchange: Topology::new(&config.amqp).scoped_exchange().into(),
+            events_exchange: topology.events_exchange().into(),
+            scoped_exchange: topology.scoped_exchange().into(),
             max_bytes: config.amqp.max_message_bytes,
             copy_counters: lane::Counters::default(),
-            archive: config.archive.enabled.then(|| {
-                (
-                    config.archive.clone(),
-                    Topology::new(&config.amqp).archive().into(),
-                )
-            }),
+            archive: config
+                .archive
+                .enabled
+                .then(|| (config.archive.clone(), topology.archive().into())),
+            topology,
         }
     }
 
