@@ -19,7 +19,7 @@
 mod publish;
 pub mod reply;
 
-pub use publish::{CONFIRM_TIMEOUT, publish_confirmed, republished_properties};
+pub use publish::{CONFIRM_TIMEOUT, event_properties, publish_confirmed, republished_properties};
 pub use reply::{queue_exists, reply_code};
 
 use crate::secret::{Redacted, redact_url};

@@ -3,6 +3,20 @@
 
 use std::time::Duration;
 
+/// The properties an event is published with (by the publisher, and again
+/// by a replay from the archive): JSON, persistent (written to disk before
+/// the confirm), `message_id` = the event id (the publisher finds a
+/// returned event by it), its timestamp and type, `app_id` hookpost.
+pub fn event_properties(event: &crate::Event) -> lapin::BasicProperties {
+    lapin::BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(event.id.as_str().into())
+        .with_timestamp(u64::try_from(event.timestamp.unix_timestamp()).unwrap_or(0))
+        .with_type(event.event_type.as_str().into())
+        .with_app_id("hookpost".into())
+}
+
 /// Longest [`publish_confirmed`] waits for the broker (a broker that blocks
 /// publishers, on a memory or disk alarm, never answers).
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);

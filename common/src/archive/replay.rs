@@ -16,7 +16,7 @@ use crate::routing::{Exchange, topic_matches};
 use crate::topology::Topology;
 use lapin::PublisherConfirm;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Confirmation, Connection};
+use lapin::{Confirmation, Connection};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -214,13 +214,14 @@ pub async fn run(
                 Some(Step::Message(d)) => d,
             };
             let headers = delivery.properties.headers().clone().unwrap_or_default();
+            if let Some(at) = Archived::time(&headers) {
+                progress.position = at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok();
+            }
             for archived in Archived::read(&headers, &delivery.data) {
                 progress.scanned += 1;
                 if last_report.elapsed() >= REPORT_EVERY {
-                    progress.position = archived
-                        .archived_at
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .ok();
                     report(Note::Progress(&progress));
                     last_report = Instant::now();
                 }
@@ -243,13 +244,7 @@ pub async fn run(
                     () = cancel.cancelled() => break 'read,
                 }
                 let event = &archived.event;
-                let properties = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2)
-                    .with_message_id(event.id.as_str().into())
-                    .with_timestamp(u64::try_from(event.timestamp.unix_timestamp()).unwrap_or(0))
-                    .with_type(event.event_type.as_str().into())
-                    .with_app_id("hookpost".into());
+                let properties = crate::amqp::event_properties(event);
                 let confirm = ch
                     .basic_publish(
                         exchange.as_str().into(),
@@ -266,11 +261,6 @@ pub async fn run(
                 while pending.len() >= WINDOW {
                     settle(pending.pop_front(), &mut progress, report).await?;
                 }
-            }
-            if let Some(at) = Archived::time(&headers) {
-                progress.position = at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .ok();
             }
         }
         while !pending.is_empty() {

@@ -39,7 +39,7 @@ pub use copies::{COPIES_PER_MESSAGE, COPY_MESSAGE_BYTES};
 use lane::{CopyCounters, Item, Lane, Outcome, Ticket};
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel};
+use lapin::Channel;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -367,15 +367,8 @@ impl Publisher {
                 max: self.max_bytes,
             });
         }
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            // 2 = persistent: written to disk before the confirm.
-            .with_delivery_mode(2)
-            // The lane finds a returned event by this id.
-            .with_message_id(ShortString::from(event.id.as_str()))
-            .with_timestamp(u64::try_from(event.timestamp.unix_timestamp()).unwrap_or(0))
-            .with_type(ShortString::from(event.event_type.as_str()))
-            .with_app_id("hookpost".into());
+        // Persistent; the lane finds a returned event by its message_id.
+        let properties = common::amqp::event_properties(event);
         let (exchange, key) = event.route();
         Ok(Item {
             id: event.id.clone(),
