@@ -20,8 +20,6 @@ use common::history::{self, Outcome, Query};
 use common::registry::{self, OpError};
 use common::server::{HttpResponse, json};
 use common::topology::Topology;
-use hyper::body::Incoming;
-use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -61,7 +59,7 @@ pub(super) fn is_attempts_path(path: &str) -> bool {
 }
 
 /// Handles `GET /v1/endpoints/{id}/attempts` and `GET /v1/events/{id}/attempts`.
-pub(super) async fn handle(api: &Api, req: Request<Incoming>, path: &str) -> HttpResponse {
+pub(super) async fn handle(api: &Api, req: Request<super::ApiBody>, path: &str) -> HttpResponse {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (subject, template) = match segments.as_slice() {
         ["v1", "endpoints", id, "attempts"] => (Subject::Endpoint((*id).to_owned()), ROUTES[5]),
@@ -71,7 +69,7 @@ pub(super) async fn handle(api: &Api, req: Request<Incoming>, path: &str) -> Htt
     if req.method() != Method::GET {
         return method_not_allowed(&template.1.join(", "));
     }
-    let caller = match api.caller(req.headers().get(AUTHORIZATION)).await {
+    let caller = match api.caller(&req).await {
         Ok(caller) => caller,
         Err(r) => return r,
     };

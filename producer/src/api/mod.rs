@@ -38,7 +38,6 @@ use common::registry::{Mode, OpError, Registry};
 use common::secret::redact_url;
 use common::server::{HttpResponse, json};
 use common::topology::Topology;
-use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, HeaderValue, LOCATION};
 use hyper::{Method, Request, StatusCode};
 use serde_json::{Map, Value, json};
@@ -70,6 +69,11 @@ pub enum Caller {
     /// A live tenant token: this tenant's registered endpoints only.
     Tenant(String),
 }
+
+/// A request body: from the network, or built in-process (the console
+/// calls the API's handlers with the signed-in caller attached).
+pub type ApiBody =
+    http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;
 
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -155,7 +159,7 @@ impl Api {
             self.config.api.limits,
             move |req| {
                 let this = self.clone();
-                Box::pin(async move { this.handle(req).await })
+                Box::pin(async move { this.handle(req.map(http_body_util::Either::Left)).await })
             },
             shutdown,
         )
@@ -164,7 +168,7 @@ impl Api {
     }
 
     /// Handles one request.
-    pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
+    pub async fn handle(&self, req: Request<ApiBody>) -> HttpResponse {
         let path = req.uri().path().to_owned();
         if let Some(rest) = path.strip_prefix("/v1/tenants/") {
             return tenants::handle(self, req, rest).await;
@@ -197,7 +201,7 @@ impl Api {
         if !methods.contains(&method.as_str()) {
             return method_not_allowed(&methods.join(", "));
         }
-        let caller = match self.caller(req.headers().get(AUTHORIZATION)).await {
+        let caller = match self.caller(&req).await {
             Ok(caller) => caller,
             Err(r) => return r,
         };
@@ -313,10 +317,23 @@ impl Api {
             .map_err(|e| unavailable(&e.to_string()))
     }
 
+    /// Who a request acts for: the [`Caller`] attached in-process (the
+    /// console's signed-in session; a request from the network cannot carry
+    /// one), else its `authorization` header.
+    async fn caller(&self, req: &Request<ApiBody>) -> Result<Caller, HttpResponse> {
+        if let Some(caller) = req.extensions().get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        self.bearer_caller(req.headers().get(AUTHORIZATION)).await
+    }
+
     /// Who the `authorization` header is: an operator token, a live tenant
     /// token, or 401. Operator tokens are compared first, each in constant
     /// time; a tenant token is checked for its format before it is hashed.
-    async fn caller(&self, header: Option<&HeaderValue>) -> Result<Caller, HttpResponse> {
+    pub(crate) async fn bearer_caller(
+        &self,
+        header: Option<&HeaderValue>,
+    ) -> Result<Caller, HttpResponse> {
         if bearer_matches(header, &self.config.api.tokens) {
             return Ok(Caller::Operator);
         }
@@ -441,7 +458,7 @@ fn file_view(e: &common::config::Endpoint, paused: bool) -> Value {
 }
 
 async fn read_object(
-    req: Request<Incoming>,
+    req: Request<ApiBody>,
     timeout: Duration,
 ) -> Result<Map<String, Value>, HttpResponse> {
     let body = match read_body(req.into_body(), MAX_BODY_BYTES, timeout).await {

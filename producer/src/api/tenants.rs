@@ -14,13 +14,11 @@ use super::{Api, Caller, ROUTES, op_error, unavailable};
 use crate::http::{error, forbidden, method_not_allowed};
 use common::registry::{self, Registry};
 use common::server::{HttpResponse, json};
-use hyper::body::Incoming;
-use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
 /// Handles a request under `/v1/tenants/`; `rest` is the path after it.
-pub(super) async fn handle(api: &Api, req: Request<Incoming>, rest: &str) -> HttpResponse {
+pub(super) async fn handle(api: &Api, req: Request<super::ApiBody>, rest: &str) -> HttpResponse {
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let (tenant, token_id, template) = match segments.as_slice() {
         [tenant, "tokens"] => (*tenant, None, ROUTES[3]),
@@ -31,7 +29,7 @@ pub(super) async fn handle(api: &Api, req: Request<Incoming>, rest: &str) -> Htt
     if !template.1.contains(&method.as_str()) {
         return method_not_allowed(&template.1.join(", "));
     }
-    match api.caller(req.headers().get(AUTHORIZATION)).await {
+    match api.caller(&req).await {
         Ok(Caller::Operator) => {}
         Ok(Caller::Tenant(_)) => {
             return forbidden("tenant tokens are managed with an operator token (api.tokens)");

@@ -27,8 +27,6 @@ use common::archive::replay::{self, DEFAULT_RATE, Note, Progress, Request, Targe
 use common::registry::{self, OpError};
 use common::server::{HttpResponse, json};
 use common::topology::Topology;
-use hyper::body::Incoming;
-use hyper::header::AUTHORIZATION;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -108,7 +106,11 @@ pub(super) fn is_replays_path(path: &str) -> bool {
 }
 
 /// Handles the replay routes.
-pub(super) async fn handle(api: &Api, req: hyper::Request<Incoming>, path: &str) -> HttpResponse {
+pub(super) async fn handle(
+    api: &Api,
+    req: hyper::Request<crate::api::ApiBody>,
+    path: &str,
+) -> HttpResponse {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (endpoint, replay_id, template) = match segments.as_slice() {
         ["v1", "endpoints", id, "replays"] => ((*id).to_owned(), None, ROUTES[7]),
@@ -120,7 +122,7 @@ pub(super) async fn handle(api: &Api, req: hyper::Request<Incoming>, path: &str)
     if !template.1.contains(&req.method().as_str()) {
         return method_not_allowed(&template.1.join(", "));
     }
-    let caller = match api.caller(req.headers().get(AUTHORIZATION)).await {
+    let caller = match api.caller(&req).await {
         Ok(caller) => caller,
         Err(r) => return r,
     };
