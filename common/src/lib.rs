@@ -19,6 +19,7 @@ pub mod operational;
 pub mod registry;
 pub mod retry;
 pub mod routing;
+pub mod sandbox;
 pub mod secret;
 pub mod server;
 pub mod signing;

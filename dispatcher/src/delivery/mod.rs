@@ -18,9 +18,8 @@ pub mod channels;
 // Gather a batch.
 pub mod batch;
 
-// Run the endpoint's transform, sandboxed.
-pub mod transform;
-pub mod transform_worker;
+// Run the endpoint's transform, sandboxed (the sandbox is `common::sandbox`).
+pub use common::sandbox as transform;
 
 // Pace: the endpoint's rate limit.
 pub mod limit;

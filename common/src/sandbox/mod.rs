@@ -17,8 +17,8 @@
 //! request `[program len][program][input len][input]`, answer
 //! `[tag][len][bytes]` with tag 0 = send these bytes, 1 = drop, 2 = error text.
 
-use common::config::TransformsConfig;
-use common::transform::{Outcome, Transform};
+use crate::config::TransformsConfig;
+use crate::transform::{Outcome, Transform};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -355,12 +355,13 @@ async fn read_answer(
     })
 }
 
-pub use super::transform_worker::worker_main;
+mod worker;
+pub use worker::worker_main;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::transform_worker::read_part;
+    use super::worker::read_part;
 
     #[test]
     fn reasons_name_the_limit() {

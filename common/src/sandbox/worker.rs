@@ -1,10 +1,10 @@
-//! The transform worker's side of the sandbox ([`super::transform`]): the
+//! The transform worker's side of the sandbox ([`super`]): the
 //! process `hookpost-dispatcher transform-worker` that confines itself
 //! (address space, no core, lower priority, death with the dispatcher) and
 //! answers requests on its pipes.
 
-use super::transform::{CACHED_PROGRAMS, TAG_DROP, TAG_ERROR, TAG_SEND, WORKER_ARG};
-use common::transform::{Outcome, Transform};
+use super::{CACHED_PROGRAMS, TAG_DROP, TAG_ERROR, TAG_SEND, WORKER_ARG};
+use crate::transform::{Outcome, Transform};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 
