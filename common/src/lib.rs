@@ -10,6 +10,7 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod dlq;
 pub mod envelope;
 pub mod history;
 mod idle;

@@ -1,14 +1,13 @@
 //! `hookpost-admin`: inspect, replay, purge, export and import the dead-letter
 //! queue; endpoint and topology status.
 //!
-//! The dead-letter commands are in [`dlq`]; [`cli`] is the command line.
+//! The dead-letter commands are in [`common::dlq`] (the console uses them
+//! too); [`cli`] is the command line.
 
 pub mod cli;
 mod dlq;
-pub mod record;
-pub mod view;
 
-pub use dlq::{Action, MAX_REPLAY_RATE, Report, replay_interval};
+pub use common::dlq::{Action, MAX_REPLAY_RATE, Report, record, replay_interval, view};
 
 use anyhow::Context;
 use common::Config;

@@ -1,7 +1,7 @@
 //! A dead letter as operators see it, and the filters of `hookpost-admin dlq`.
 
-use common::contract::text;
-use common::routing::topic_matches;
+use crate::contract::text;
+use crate::routing::topic_matches;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
@@ -49,7 +49,7 @@ impl DeadLetterView {
             .map(ToString::to_string)
             .or_else(|| envelope["id"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        let letter = common::contract::DeadLetter::read(headers);
+        let letter = crate::contract::DeadLetter::read(headers);
         let event_type = letter
             .event_type
             .clone()
@@ -145,7 +145,7 @@ impl Filter {
     }
 }
 
-pub use common::history::parse_time;
+pub use crate::history::parse_time;
 
 #[cfg(test)]
 mod tests {
@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn tenant_and_environment_come_from_the_headers_else_the_envelope_and_filter() {
         let mut letter =
-            common::contract::DeadLetter::new("shop~snd", common::contract::Reason::Exhausted, 2);
+            crate::contract::DeadLetter::new("shop~snd", crate::contract::Reason::Exhausted, 2);
         letter.tenant = Some("acme".into());
         letter.environment = Some("snd".into());
         let properties =
