@@ -9,7 +9,9 @@
 #   python    the example receiver's package (standardwebhooks, from PyPI)
 #   network   iproute2's `ip`, which the cluster tests use to give each
 #             RabbitMQ node its own network namespace (they need root)
-# Usage: deploy/setup-local.sh broker [promtool] [python] [network]
+#   browser   Debian's chromium and chromium-driver (/usr/bin/chromedriver),
+#             which the console's browser tests drive headless
+# Usage: deploy/setup-local.sh broker [promtool] [python] [network] [browser]
 # Each step does nothing when what it provides is already there.
 set -euo pipefail
 
@@ -77,9 +79,14 @@ step_network() {
   command -v ip >/dev/null 2>&1 || apt_install iproute2
 }
 
+step_browser() {
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && return
+  apt_install chromium chromium-driver fonts-dejavu-core
+}
+
 for step in "$@"; do
   case "$step" in
-    broker | promtool | python | network) "step_$step" ;;
+    broker | promtool | python | network | browser) "step_$step" ;;
     *) say "unknown step: $step"; exit 2 ;;
   esac
 done

@@ -59,6 +59,10 @@ impl Limits {
     }
 }
 
+/// The client's address, in every request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// Serves `handler` on `listener` within `limits` until `shutdown` fires,
 /// then lets in-flight requests finish (up to [`DRAIN_TIMEOUT`]).
 pub async fn serve<H>(
@@ -92,7 +96,7 @@ pub async fn serve<H>(
             },
             () = shutdown.cancelled() => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -110,7 +114,8 @@ pub async fn serve<H>(
         let activity = Activity::new();
         let handler = handler.clone();
         let tracked = activity.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
             let busy = tracked.busy();
             let fut = handler(req);
             async move {

@@ -10,6 +10,7 @@
 //! - [`publisher`]: the [`Publisher`] every way in goes through;
 //! - [`ingest`]: `POST /v1/events`;
 //! - [`api`]: the endpoint management API, `/v1/endpoints`;
+//! - `console`: the web console, `/console`, on the API's listener;
 //! - `http`: what the ingest and the API share (bearer token, JSON errors,
 //!   reading a body with a cap);
 //! - [`serve()`]: `hookpost-producer serve` on listeners the caller bound.
@@ -29,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod console;
 mod http;
 pub mod ingest;
 pub mod publisher;

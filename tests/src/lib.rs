@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod browser;
 pub mod cluster;
 pub mod dispatcher_harness;
 pub mod fixtures;

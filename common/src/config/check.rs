@@ -127,6 +127,24 @@ impl Config {
             raw.ingest.max_connections,
         )
         .map_err(|(key, message)| invalid(key, message))?;
+        if let Some(origin) = &raw.api.public_origin {
+            let parsed = url::Url::parse(origin).ok();
+            let bare = parsed.as_ref().is_some_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && !origin.ends_with('/')
+            });
+            if !bare {
+                return Err(invalid(
+                    "api.public_origin".into(),
+                    format!(
+                        "{origin:?} is not an origin: write scheme://host[:port], no path (https://hooks.example.com)"
+                    ),
+                ));
+            }
+        }
         let api_limits = limits(
             "api",
             raw.api.header_read_timeout_ms,
@@ -245,6 +263,7 @@ impl Config {
                 limits: api_limits,
                 body_read_timeout: api_body_read_timeout,
                 max_endpoints_per_tenant: raw.api.max_endpoints_per_tenant.get(),
+                public_origin: raw.api.public_origin,
             },
             registry: RegistryConfig {
                 secrets_key,

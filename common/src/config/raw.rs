@@ -267,6 +267,12 @@ pub struct ApiSection {
     /// answers 409 (whoever asks, operator or tenant token).
     #[serde(default = "defaults::default_max_endpoints_per_tenant")]
     pub max_endpoints_per_tenant: NonZeroUsize,
+    /// The origin browsers reach the API and console at, when it is not
+    /// the listener itself (a proxy): `https://hooks.example.com`. With
+    /// `https://`, console cookies are `Secure`; console form posts from
+    /// this origin are accepted.
+    #[serde(default)]
+    pub public_origin: Option<String>,
 }
 
 /// `[registry]`

@@ -77,6 +77,8 @@ pub struct ApiConfig {
     pub body_read_timeout: Duration,
     /// Most registered endpoints per tenant.
     pub max_endpoints_per_tenant: usize,
+    /// Where browsers reach the API (`scheme://host[:port]`, no path).
+    pub public_origin: Option<String>,
 }
 
 /// Checked `[log]`.

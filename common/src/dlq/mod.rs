@@ -15,14 +15,14 @@ pub mod view;
 use crate::Config;
 use crate::topology::Topology;
 use anyhow::{Context, bail};
-use lapin::{Channel, Connection};
-use record::Record;
-use view::{DeadLetterView, Filter};
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use record::Record;
 use std::io::Write;
 use std::time::Duration;
+use view::{DeadLetterView, Filter};
 
 /// Headers a dead letter carries that a replay removes (it starts afresh).
 const DEAD_LETTER_HEADERS: [&str; 10] = crate::contract::header::DEAD_LETTER;
@@ -222,7 +222,7 @@ impl<'a> DeadLetters<'a> {
         filter: &Filter,
         limit: Option<usize>,
         action: &Action,
-        out: &mut dyn Write,
+        out: &mut (dyn Write + Send),
     ) -> anyhow::Result<Report> {
         if let Action::Replay { to: Some(to), .. } = action
             && self.config.endpoint(to).is_none()

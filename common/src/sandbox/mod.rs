@@ -360,8 +360,8 @@ pub use worker::worker_main;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::worker::read_part;
+    use super::*;
 
     #[test]
     fn reasons_name_the_limit() {

@@ -65,7 +65,7 @@ impl Admin {
         filter: &Filter,
         limit: Option<usize>,
         action: &Action,
-        out: &mut dyn Write,
+        out: &mut (dyn Write + Send),
     ) -> anyhow::Result<Report> {
         self.dead_letters().apply(filter, limit, action, out).await
     }

@@ -115,8 +115,30 @@ pub(super) async fn handle(api: &Api, req: Request<super::ApiBody>, path: &str) 
             }
         }
     }
+    match read_log(api, &query).await {
+        Ok((attempts, scanned)) => json(
+            StatusCode::OK,
+            &json!({
+                "attempts": attempts,
+                "matched": scanned.matched,
+                "scanned": scanned.records,
+            }),
+        ),
+        Err(response) => response,
+    }
+}
+
+/// Reads the attempt log for `query` on a connection of its own, within
+/// [`READ_TIMEOUT`] and at most [`CONCURRENT_READS`] at once; the API's
+/// answer when it cannot.
+pub(crate) async fn read_log(
+    api: &Api,
+    query: &Query,
+) -> Result<(Vec<history::Attempt>, history::Scanned), HttpResponse> {
     let Ok(_permit) = READS.try_acquire() else {
-        return unavailable("too many attempt log reads at once; retry shortly");
+        return Err(unavailable(
+            "too many attempt log reads at once; retry shortly",
+        ));
     };
     // A connection of the read's own: the broker can answer a stream
     // attach racing with retention with a connection-level error, which
@@ -129,33 +151,28 @@ pub(super) async fn handle(api: &Api, req: Request<super::ApiBody>, path: &str) 
     let deadline = tokio::time::Instant::now() + api.config.amqp.publish_timeout;
     let conn = match reader.connection(Some(deadline), &api.shutdown).await {
         Ok(conn) => conn,
-        Err(e) => return unavailable(&e.to_string()),
+        Err(e) => return Err(unavailable(&e.to_string())),
     };
     let topology = Topology::for_config(&api.config);
     let read =
-        tokio::time::timeout(READ_TIMEOUT, history::read(&conn, &topology, &query, None)).await;
+        tokio::time::timeout(READ_TIMEOUT, history::read(&conn, &topology, query, None)).await;
     reader.close().await;
     match read {
-        Ok(Ok((attempts, scanned))) => json(
-            StatusCode::OK,
-            &json!({
-                "attempts": attempts,
-                "matched": scanned.matched,
-                "scanned": scanned.records,
-            }),
-        ),
+        Ok(Ok(found)) => Ok(found),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "Reading the attempt log failed.");
-            unavailable("the attempt log could not be read; is log.enabled on the dispatchers?")
+            Err(unavailable(
+                "the attempt log could not be read; is log.enabled on the dispatchers?",
+            ))
         }
-        Err(_) => error(
+        Err(_) => Err(error(
             StatusCode::GATEWAY_TIMEOUT,
             &format!(
                 "the read took over {} s: narrow `since` (a read costs every record written since then)",
                 READ_TIMEOUT.as_secs()
             ),
             None,
-        ),
+        )),
     }
 }
 

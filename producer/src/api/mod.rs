@@ -22,7 +22,7 @@
 //! exist), cannot name another tenant in a body (403), and gets 403 on the
 //! operator-only routes.
 
-mod attempts;
+pub(crate) mod attempts;
 mod replays;
 mod tenants;
 
@@ -93,6 +93,8 @@ pub struct Api {
     replays: replays::Replays,
     /// The process's metrics (replays), when it serves them.
     metrics: Option<common::metrics::ProducerMetrics>,
+    /// The web console's sessions and sign-in limits.
+    console: crate::console::Console,
 }
 
 impl Api {
@@ -112,20 +114,32 @@ impl Api {
             loaded.clone(),
             shutdown.clone(),
         ));
+        let config_for_console = config.clone();
         Self {
-            config,
             client,
             shutdown,
             state,
             loaded,
             replays: replays::Replays::default(),
             metrics: None,
+            console: crate::console::Console::new(&config_for_console),
+            config,
         }
+    }
+
+    /// The config this API serves.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The web console's state.
+    pub(crate) fn console(&self) -> &crate::console::Console {
+        &self.console
     }
 
     /// The live registry; right after start, waits (up to
     /// `amqp.publish_timeout_ms`) for it to be read once, then 503.
-    async fn current(&self) -> Result<Holds, OpError> {
+    pub(crate) async fn current(&self) -> Result<Holds, OpError> {
         let deadline = tokio::time::Instant::now() + self.config.amqp.publish_timeout;
         while !self.loaded.load(Ordering::SeqCst) {
             if tokio::time::Instant::now() >= deadline {
@@ -142,7 +156,7 @@ impl Api {
     /// right after it sees it; the write itself is already durable.
     /// Waits (at most 5 s) until this process's follower has applied what
     /// `done` looks for; whether it has.
-    async fn settle(&self, done: impl Fn(&State) -> bool) -> bool {
+    pub(crate) async fn settle(&self, done: impl Fn(&State) -> bool) -> bool {
         let mut state = self.state.clone();
         matches!(
             tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| done(s))).await,
@@ -170,6 +184,9 @@ impl Api {
     /// Handles one request.
     pub async fn handle(&self, req: Request<ApiBody>) -> HttpResponse {
         let path = req.uri().path().to_owned();
+        if crate::console::is_console_path(&path) {
+            return Box::pin(crate::console::handle(self, req)).await;
+        }
         if let Some(rest) = path.strip_prefix("/v1/tenants/") {
             return tenants::handle(self, req, rest).await;
         }
@@ -182,7 +199,7 @@ impl Api {
         let Some(rest) = path.strip_prefix("/v1/endpoints") else {
             return error(
                 StatusCode::NOT_FOUND,
-                "not found; the API is under /v1/endpoints, /v1/events and /v1/tenants",
+                "not found; the API is under /v1/endpoints, /v1/events and /v1/tenants, the console under /console",
                 None,
             );
         };
@@ -307,7 +324,7 @@ impl Api {
     }
 
     /// The broker connection, within `amqp.publish_timeout`; 503 otherwise.
-    async fn broker(&self) -> Result<Arc<lapin::Connection>, HttpResponse> {
+    pub(crate) async fn broker(&self) -> Result<Arc<lapin::Connection>, HttpResponse> {
         self.client
             .connection(
                 Some(tokio::time::Instant::now() + self.config.amqp.publish_timeout),

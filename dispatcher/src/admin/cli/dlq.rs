@@ -114,7 +114,8 @@ pub(super) async fn run(
                         to: to_endpoint,
                         rate,
                     },
-                    &mut stdout,
+                    // The same buffer as `stdout` (its lock is reentrant).
+                    &mut std::io::stdout(),
                 )
                 .await?;
             writeln!(
@@ -132,7 +133,7 @@ pub(super) async fn run(
         }
         Dlq::Purge { .. } => {
             let report = admin
-                .apply(&filter, limit, &Action::Purge, &mut stdout)
+                .apply(&filter, limit, &Action::Purge, &mut std::io::stdout())
                 .await?;
             writeln!(stdout, "purged {}, kept {}", report.done, report.kept)?;
             summary(&mut stdout, "purged", report.done)
