@@ -20,7 +20,7 @@ mod publish;
 pub mod reply;
 
 pub use publish::{CONFIRM_TIMEOUT, event_properties, publish_confirmed, republished_properties};
-pub use reply::{queue_exists, reply_code};
+pub use reply::{queue_counts, queue_exists, reply_code};
 
 use crate::secret::{Redacted, redact_url};
 use backon::{BackoffBuilder, ExponentialBuilder};

@@ -29,6 +29,18 @@ pub fn reply_code(e: &lapin::Error) -> Option<u16> {
 /// # Errors
 /// A refusal other than 404, or a broker error.
 pub async fn queue_exists(conn: &lapin::Connection, name: &str) -> Result<bool, lapin::Error> {
+    Ok(queue_counts(conn, name).await?.is_some())
+}
+
+/// `(ready messages, consumers)` of queue `name`, by a passive declare on a
+/// channel of its own; `None` when it does not exist.
+///
+/// # Errors
+/// A refusal other than 404, or a broker error.
+pub async fn queue_counts(
+    conn: &lapin::Connection,
+    name: &str,
+) -> Result<Option<(u32, u32)>, lapin::Error> {
     let ch = conn.create_channel().await?;
     let found = ch
         .queue_declare(
@@ -41,11 +53,11 @@ pub async fn queue_exists(conn: &lapin::Connection, name: &str) -> Result<bool, 
         )
         .await;
     match found {
-        Ok(_) => {
-            let _ = ch.close(200, "exists".into()).await;
-            Ok(true)
+        Ok(q) => {
+            let _ = ch.close(200, "checked".into()).await;
+            Ok(Some((q.message_count(), q.consumer_count())))
         }
-        Err(e) if reply_code(&e) == Some(NOT_FOUND) => Ok(false),
+        Err(e) if reply_code(&e) == Some(NOT_FOUND) => Ok(None),
         Err(e) => Err(e),
     }
 }

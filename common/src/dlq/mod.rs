@@ -97,8 +97,7 @@ impl<'a> DeadLetters<'a> {
 
     async fn dead_depth(&self) -> anyhow::Result<u32> {
         let dead = self.topology.dead();
-        crate::registry::Registry::new(self.conn, self.config)
-            .queue_counts(&dead)
+        crate::amqp::queue_counts(self.conn, &dead)
             .await
             .with_context(|| format!("checking queue {dead}"))?
             .map(|(n, _)| n)

@@ -5,8 +5,7 @@
 use super::control::{self, Command};
 use super::{OpError, Registry, StoredEndpoint};
 use crate::contract;
-use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
 use std::time::Duration;
 
 /// What a delete did.
@@ -162,28 +161,7 @@ impl Registry<'_> {
     /// # Errors
     /// Any broker error other than the queue's absence (404).
     pub async fn queue_counts(&self, queue: &str) -> Result<Option<(u32, u32)>, lapin::Error> {
-        // Its own channel: a passive declare of a missing queue closes it.
-        let ch = self.conn.create_channel().await?;
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match q {
-            Ok(q) => {
-                let _ = ch.close(200, "checked".into()).await;
-                Ok(Some((q.message_count(), q.consumer_count())))
-            }
-            Err(e) if crate::amqp::reply_code(&e) == Some(crate::amqp::reply::NOT_FOUND) => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        crate::amqp::queue_counts(self.conn, queue).await
     }
 
     /// Moves every message of `queue` to the dead-letter queue, each acked
