@@ -57,6 +57,8 @@ fn example_configs_parse() {
     let config = common::Config::from_toml_str(&text, &path, &example_env())
         .expect("compose config is valid");
     assert_eq!(config.endpoints[0].id, "receiver");
+    assert_eq!(config.api.listen.port(), 8081, "the console in the stack");
+    assert!(config.registry.secrets_key.is_some());
 
     // Without its variables, the example names the first one missing.
     let err = common::Config::from_toml_str(&text_of("deploy/hookpost.toml"), &path, &[])

@@ -577,7 +577,7 @@ pub async fn serve_with_metrics(
             "registry.secrets_key is not set: endpoints can be registered only without secrets or headers."
         );
     }
-    tracing::info!(listen = %listener.local_addr()?, "Management API started.");
+    tracing::info!(listen = %listener.local_addr()?, "Management API and console (/console) started.");
     let mut api = Api::new(config, shutdown);
     api.metrics = metrics;
     let api = Arc::new(api);
