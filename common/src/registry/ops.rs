@@ -293,6 +293,7 @@ impl<'a> Registry<'a> {
             _ => {}
         }
         keep_environment_values(&mut next, &settings, mode);
+        keep_shown_url(&mut next, &settings);
         // A tenant is who the endpoint belongs to (and what its queues are
         // bound by): set once, at creation, never changed, added or removed.
         if next.get("tenant").and_then(Value::as_str) != current.tenant() {
@@ -439,6 +440,30 @@ impl<'a> Registry<'a> {
 /// header of that name, a secret at that index), and with `PUT` an
 /// environment given without `secrets` or `headers` keeps its stored ones.
 /// `old` is the opened stored endpoint.
+/// A URL sent back as the API shows it (its credentials as `***`) keeps
+/// the stored one: the endpoint's own and each environment's.
+fn keep_shown_url(next: &mut Map<String, Value>, old: &Map<String, Value>) {
+    fn keep(new: Option<&mut Value>, old: Option<&Value>) {
+        if let (Some(Value::String(new)), Some(Value::String(old))) = (new, old)
+            && new != old
+            && *new == crate::secret::redact_url(old)
+        {
+            new.clone_from(old);
+        }
+    }
+    keep(next.get_mut("url"), old.get("url"));
+    if let (Some(Value::Object(new_envs)), Some(Value::Object(old_envs))) =
+        (next.get_mut("environments"), old.get("environments"))
+    {
+        for (name, env) in new_envs.iter_mut() {
+            keep(
+                env.get_mut("url"),
+                old_envs.get(name).and_then(|e| e.get("url")),
+            );
+        }
+    }
+}
+
 fn keep_environment_values(next: &mut Map<String, Value>, old: &Map<String, Value>, mode: Mode) {
     let (Some(Value::Object(new_envs)), Some(Value::Object(old_envs))) =
         (next.get_mut("environments"), old.get("environments"))
@@ -523,6 +548,32 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_url_sent_back_as_shown_keeps_its_credentials() {
+        let old = serde_json::json!({
+            "url": "https://user:pw@a.example/h",
+            "environments": {"prd": {"url": "https://k@p.example/h"}}
+        });
+        let Value::Object(old) = old else {
+            unreachable!()
+        };
+        let shown = serde_json::json!({
+            "url": "https://***@a.example/h",
+            "environments": {"prd": {"url": "https://***@p.example/h"}}
+        });
+        let Value::Object(mut next) = shown else {
+            unreachable!()
+        };
+        keep_shown_url(&mut next, &old);
+        assert_eq!(Value::Object(next), Value::Object(old.clone()));
+        // A new URL, even one with ***, is taken as sent.
+        let Value::Object(mut next) = serde_json::json!({"url": "https://***@b.example/h"}) else {
+            unreachable!()
+        };
+        keep_shown_url(&mut next, &old);
+        assert_eq!(next["url"], "https://***@b.example/h");
+    }
     use super::*;
 
     #[test]

@@ -7,7 +7,7 @@
 //! Query parameters: `since` and `until` (RFC 3339, or a duration ago:
 //! `30m`, `2h`, `7d`; `since` defaults to 1h), `outcome`, `status`,
 //! `tenant` (operators) and `limit` (the newest; default 100, at most
-//! 1,000). A tenant token sees only attempts at its tenant's registered
+//! 1,000). A tenant token sees only its tenant's attempts at its tenant's registered
 //! endpoints; another endpoint answers 404. A read starts at the stream's
 //! place for `since` and ends within [`READ_TIMEOUT`] (504 past it), on a
 //! broker connection of its own; at most [`CONCURRENT_READS`] run at once
@@ -221,6 +221,9 @@ fn parse(raw: &str, caller: &Caller) -> Result<Query, (String, String)> {
         .transpose()?
         .unwrap_or(DEFAULT_LIMIT);
     let tenant = match (param("tenant"), caller) {
+        // A tenant token sees only its tenant's attempts, even at an id
+        // that another tenant used before (ids are freed by a delete).
+        (_, Caller::Tenant(own)) if param("tenant").is_none_or(|t| t == *own) => Some(own.clone()),
         (None, _) => None,
         (Some(t), Caller::Operator) => {
             registry::check_tenant(&t)
@@ -228,7 +231,6 @@ fn parse(raw: &str, caller: &Caller) -> Result<Query, (String, String)> {
             Some(t)
         }
         // A tenant token's scope is its own: the parameter cannot widen it.
-        (Some(t), Caller::Tenant(own)) if t == *own => None,
         (Some(_), Caller::Tenant(_)) => {
             return Err((
                 "tenant".into(),
@@ -309,7 +311,18 @@ mod tests {
             assert_eq!(parse(bad, &op).expect_err(bad).0, field, "{bad}");
         }
         let tenant = Caller::Tenant("acme".into());
-        assert_eq!(parse("tenant=acme", &tenant).expect("own").tenant, None);
+        assert_eq!(
+            parse("tenant=acme", &tenant)
+                .expect("own")
+                .tenant
+                .as_deref(),
+            Some("acme")
+        );
+        assert_eq!(
+            parse("", &tenant).expect("own").tenant.as_deref(),
+            Some("acme"),
+            "a tenant token reads only its tenant's records"
+        );
         assert_eq!(
             parse("tenant=globex", &tenant).expect_err("other").0,
             "tenant"
