@@ -83,6 +83,8 @@ pub struct DeadLetters<'a> {
     conn: &'a Connection,
     topology: &'a Topology,
     config: &'a Config,
+    /// Most messages one walk takes (`None`: all present at its start).
+    walk_cap: Option<usize>,
 }
 
 impl<'a> DeadLetters<'a> {
@@ -92,7 +94,25 @@ impl<'a> DeadLetters<'a> {
             conn,
             topology,
             config,
+            walk_cap: None,
         }
+    }
+
+    /// The same, each walk ([`Self::browse`], [`Self::apply`]) taking at
+    /// most the first `n` messages of the queue (the rest are not looked at).
+    #[must_use]
+    pub fn walking_at_most(mut self, n: usize) -> Self {
+        self.walk_cap = Some(n);
+        self
+    }
+
+    /// How many messages a walk takes: those present now, up to the cap.
+    async fn walk_len(&self) -> anyhow::Result<u32> {
+        let total = self.dead_depth().await?;
+        Ok(match self.walk_cap {
+            Some(cap) => total.min(u32::try_from(cap).unwrap_or(u32::MAX)),
+            None => total,
+        })
     }
 
     async fn dead_depth(&self) -> anyhow::Result<u32> {
@@ -117,7 +137,7 @@ impl<'a> DeadLetters<'a> {
         &self,
         mut visit: impl FnMut(&BasicGetMessage, &DeadLetterView),
     ) -> anyhow::Result<()> {
-        let total = self.dead_depth().await?;
+        let total = self.walk_len().await?;
         let ch = self.conn.create_channel().await?;
         let queue = self.topology.dead();
         for _ in 0..total {
@@ -231,7 +251,7 @@ impl<'a> DeadLetters<'a> {
                 self.config.origin.display()
             );
         }
-        let total = self.dead_depth().await?;
+        let total = self.walk_len().await?;
         let ch = self.confirm_channel().await?;
         let queue = self.topology.dead();
         let mut report = Report::default();

@@ -104,6 +104,8 @@ fn first_death(headers: &FieldTable) -> Option<&FieldTable> {
 pub struct Filter {
     /// Endpoint id.
     pub endpoint: Option<String>,
+    /// With `endpoint`: its environments' variants (`<id>~<env>`) too.
+    pub with_variants: bool,
     /// Event type pattern (`order.*`, `#`).
     pub type_pattern: Option<String>,
     /// Reason.
@@ -122,11 +124,13 @@ impl Filter {
     /// Whether `view` passes every filter set. A time filter excludes
     /// messages without a `hookpost-failed-at`.
     pub fn matches(&self, view: &DeadLetterView) -> bool {
-        self.endpoint.as_ref().is_none_or(|e| *e == view.endpoint)
-            && self
-                .type_pattern
-                .as_ref()
-                .is_none_or(|p| topic_matches(p, &view.event_type))
+        self.endpoint.as_ref().is_none_or(|e| {
+            *e == view.endpoint
+                || (self.with_variants && crate::config::base_id(&view.endpoint) == e)
+        }) && self
+            .type_pattern
+            .as_ref()
+            .is_none_or(|p| topic_matches(p, &view.event_type))
             && self.reason.as_ref().is_none_or(|r| *r == view.reason)
             && self
                 .since

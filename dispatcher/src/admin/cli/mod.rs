@@ -298,6 +298,7 @@ impl Filters {
             };
         let filter = Filter {
             endpoint: self.endpoint.clone(),
+            with_variants: false,
             type_pattern: self.type_pattern.clone(),
             reason: self.reason.clone(),
             since: time(&self.since, "--since")?,
