@@ -18,6 +18,9 @@ use maud::html as markup;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
+/// How long a try waits for a sandbox worker, beyond the run's own limit.
+const TRY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Largest sample event the transform "try it" takes.
 pub const MAX_SAMPLE_BYTES: usize = 32 * 1024;
 
@@ -133,12 +136,21 @@ pub async fn try_transform(api: &Api, view: &Value, sample: &str) -> Flash {
     // tries share that endpoint's bound of sandbox workers.
     let id = view["id"].as_str().unwrap_or("");
     let title = "Transform output".to_owned();
-    match api
-        .console()
-        .sandbox
-        .run(id, &transform, sample.as_bytes())
-        .await
-    {
+    // A few tries at once per process, each waiting a bounded time for a
+    // worker: a tenant running slow programs gets "busy", not a queue.
+    let Ok(_try) = api.console().tries.try_acquire() else {
+        return error("The sandbox is busy with other tries; try again in a moment.".into());
+    };
+    let budget = api.config().transforms.timeout + TRY_WAIT;
+    let ran = tokio::time::timeout(
+        budget,
+        api.console().sandbox.run(id, &transform, sample.as_bytes()),
+    )
+    .await;
+    let Ok(ran) = ran else {
+        return error("No sandbox worker was free in time; try again in a moment.".into());
+    };
+    match ran {
         Ok(common::transform::Outcome::Send(out)) => Flash::Output {
             title,
             text: serde_json::from_slice::<Value>(&out)
@@ -221,7 +233,12 @@ pub async fn recent_attempts(api: &Api, caller: &Caller, tenant: Option<&str>) -
         endpoint: None,
         endpoints_in,
         event: None,
-        tenant: tenant.map(str::to_owned),
+        // A tenant sees only its tenant's records (an id freed by a delete
+        // and taken again does not show the old owner's).
+        tenant: match caller {
+            Caller::Operator => tenant.map(str::to_owned),
+            Caller::Tenant(t) => Some(t.clone()),
+        },
         outcome: None,
         status: None,
         since: time::OffsetDateTime::now_utc() - time::Duration::hours(1),

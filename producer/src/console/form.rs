@@ -19,6 +19,23 @@ pub const NUMBERS: [&str; 6] = [
     "timeout_ms",
 ];
 
+/// The endpoint settings the form edits; an edit keeps every other one.
+pub const MANAGED: [&str; 13] = [
+    "name",
+    "description",
+    "url",
+    "events",
+    "headers",
+    "transform",
+    "environments",
+    "batch_size",
+    "batch_interval_ms",
+    "max_retries",
+    "retry_delay_ms",
+    "rate_limit_per_s",
+    "timeout_ms",
+];
+
 /// A form field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {

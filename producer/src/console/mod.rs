@@ -46,7 +46,12 @@ pub struct Console {
     sandbox: common::sandbox::Sandbox,
     /// Held while a dead-letter walk runs (one at a time per process).
     dead_letter_walk: tokio::sync::Mutex<()>,
+    /// Transform tries running at once ([`TRIES`] at most).
+    tries: tokio::sync::Semaphore,
 }
+
+/// Transform tries one API process runs at once.
+pub const TRIES: usize = 2;
 
 impl Console {
     /// The console of an API configured with `config`.
@@ -65,6 +70,7 @@ impl Console {
                 config.amqp.max_message_bytes,
             ),
             dead_letter_walk: tokio::sync::Mutex::new(()),
+            tries: tokio::sync::Semaphore::new(TRIES),
         }
     }
 }
@@ -159,9 +165,10 @@ async fn route(api: &Api, req: Request<ApiBody>) -> HttpResponse {
         if path == "/console/sign-out" {
             api.console().keys.sign_out(&signed.session);
             let mut r = redirect("/console/sign-in");
+            let secure = if api.console().secure { "; Secure" } else { "" };
             set_cookie(
                 &mut r,
-                &format!("{COOKIE}=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict"),
+                &format!("{COOKIE}=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict{secure}"),
             );
             return r;
         }
@@ -203,7 +210,7 @@ async fn sign_in(api: &Api, req: Request<ApiBody>) -> HttpResponse {
     let bearer = HeaderValue::from_str(&format!("Bearer {token}")).ok();
     let who = match api.bearer_caller(bearer.as_ref()).await {
         Ok(Caller::Operator) => Who::Operator {
-            fingerprint: session::fingerprint(token),
+            fingerprint: api.console().keys.fingerprint(token),
         },
         Ok(Caller::Tenant(tenant)) => Who::Tenant {
             tenant,
@@ -259,7 +266,7 @@ async fn signed_in(api: &Api, req: &Request<ApiBody>) -> Option<Signed> {
                 .api
                 .tokens
                 .iter()
-                .any(|t| session::fingerprint(t.expose()) == *fingerprint);
+                .any(|t| api.console().keys.fingerprint(t.expose()) == *fingerprint);
             if !live {
                 return None;
             }

@@ -101,7 +101,7 @@ pub struct Row {
 pub fn endpoints(ctx: &Ctx, rows: &[Row], tenant: Option<&str>, tenants: &[String]) -> Markup {
     let body = html! {
         div.actions {
-            a.button href="/console/endpoints/new" { "Create webhook" }
+            a.button href="/console/create" { "Create webhook" }
             @if ctx.operator {
                 form.inline method="get" action="/console/endpoints" {
                     label for="tenant" { "Tenant" }
@@ -255,6 +255,8 @@ pub fn secret_once(ctx: &Ctx, id: &str, secret: &str, what: &str) -> Markup {
 pub struct Filter {
     pub outcome: String,
     pub since: String,
+    /// Whether to read and show the endpoint's dead letters.
+    pub dead: bool,
 }
 
 /// What an action on the endpoint page answered, shown above it.
@@ -280,8 +282,9 @@ pub struct EndpointPage<'a> {
     pub filter: &'a Filter,
     /// Its replays from the archive (the API's views).
     pub replays: &'a [Value],
-    /// Its dead letters (the first ones) and how many there are.
-    pub dead: Result<(&'a [common::dlq::view::DeadLetterView], usize), &'a str>,
+    /// Its dead letters when asked for (the first ones, how many there
+    /// are, whether the queue holds more than was read).
+    pub dead: Option<Result<&'a super::dead::Found, &'a str>>,
     pub flash: Option<&'a Flash>,
 }
 
@@ -366,11 +369,15 @@ pub fn endpoint_page(ctx: &Ctx, p: &EndpointPage<'_>) -> Markup {
         }
         h2 { "Dead letters" }
         @match dead {
-            Ok((letters, total)) => {
-                (super::dead::table(letters, total, false))
-                @if total > 0 { (post("replay-dead", "Replay these dead letters", html!{})) }
+            Some(Ok(found)) => {
+                (super::dead::table(found, false))
+                @if found.matched > 0 { (post("replay-dead", "Replay these dead letters", html!{})) }
             },
-            Err(e) => p.error { (e) },
+            Some(Err(e)) => p.error { (e) },
+            None => form.inline method="get" action=(base) {
+                input type="hidden" name="dead" value="1";
+                button type="submit" { "Show dead letters" }
+            },
         }
         h2 { "Replay from the archive" }
         form.card method="post" action={ (base) "/replay" } {

@@ -174,6 +174,12 @@ impl Keys {
         signed_out.push_back(session.nonce.clone());
     }
 
+    /// The fingerprint an operator session keeps of its token: keyed, so
+    /// a cookie gives no way to test guesses of the token offline.
+    pub fn fingerprint(&self, token: &str) -> String {
+        URL_SAFE_NO_PAD.encode(&self.mac("operator", token.as_bytes())[..12])
+    }
+
     /// The CSRF token of `session`'s forms.
     pub fn csrf(&self, session: &Session) -> String {
         URL_SAFE_NO_PAD.encode(self.mac("csrf", session.nonce.as_bytes()))
@@ -185,16 +191,28 @@ impl Keys {
     }
 }
 
-/// The fingerprint an operator session keeps of its token.
-pub fn fingerprint(token: &str) -> String {
-    let digest = Sha256::digest(format!("hookpost console operator {token}").as_bytes());
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
-}
+/// Client addresses counted apart; past it, new addresses share one count.
+const ADDRESSES_KEPT: usize = 10_000;
 
-/// Counts sign-in attempts per client address.
+/// Counts sign-in attempts per client address (an IPv6 client per /64, the
+/// block one host usually holds).
 #[derive(Debug, Default)]
 pub struct Attempts {
     seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+/// The address an attempt is counted under.
+fn bucket(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 impl Attempts {
@@ -205,10 +223,15 @@ impl Attempts {
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seen.len() > 10_000 {
+        let mut key = bucket(addr);
+        if !seen.contains_key(&key) && seen.len() >= ADDRESSES_KEPT {
             seen.retain(|_, (start, _)| now.duration_since(*start) < ATTEMPT_WINDOW);
+            if seen.len() >= ADDRESSES_KEPT {
+                // Flooded from many addresses: the newcomers share one count.
+                key = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+            }
         }
-        let entry = seen.entry(addr).or_insert((now, 0));
+        let entry = seen.entry(key).or_insert((now, 0));
         if now.duration_since(entry.0) >= ATTEMPT_WINDOW {
             *entry = (now, 0);
         }
@@ -250,7 +273,7 @@ mod tests {
         let (cookie, _) = k
             .issue(
                 &Who::Operator {
-                    fingerprint: fingerprint("x"),
+                    fingerprint: k.fingerprint("x"),
                 },
                 1_000,
             )
@@ -274,7 +297,7 @@ mod tests {
     fn csrf_tokens_belong_to_one_session() {
         let k = keys("operator-token-0123456789");
         let who = Who::Operator {
-            fingerprint: fingerprint("t"),
+            fingerprint: k.fingerprint("t"),
         };
         let (_, a) = k.issue(&who, 1).unwrap();
         let (_, b) = k.issue(&who, 1).unwrap();
@@ -295,5 +318,31 @@ mod tests {
         assert_eq!(wait, Duration::from_secs(50));
         attempts.hit(b, t0).unwrap();
         attempts.hit(a, t0 + ATTEMPT_WINDOW).unwrap();
+        // One IPv6 host's /64 is one client.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        for i in 0..ATTEMPTS_PER_WINDOW {
+            attempts
+                .hit(v6(&format!("2001:db8:1:2::{i:x}")), t0)
+                .unwrap();
+        }
+        assert!(attempts.hit(v6("2001:db8:1:2:ffff::1"), t0).is_err());
+        attempts.hit(v6("2001:db8:1:3::1"), t0).unwrap();
+    }
+
+    #[test]
+    fn a_flood_of_addresses_shares_one_count_and_keeps_the_map_bounded() {
+        let attempts = Attempts::default();
+        let t0 = Instant::now();
+        for i in 0..ADDRESSES_KEPT {
+            let [a, b] = u16::try_from(i).unwrap().to_be_bytes();
+            attempts.hit(IpAddr::from([10, 0, a, b]), t0).unwrap();
+        }
+        for i in 0..ATTEMPTS_PER_WINDOW {
+            attempts
+                .hit(IpAddr::from([11, 0, 0, u8::try_from(i).unwrap()]), t0)
+                .unwrap();
+        }
+        assert!(attempts.hit(IpAddr::from([12, 0, 0, 1]), t0).is_err());
+        assert!(attempts.seen.lock().unwrap().len() <= ADDRESSES_KEPT + 1);
     }
 }

@@ -31,7 +31,7 @@ pub async fn get(api: &Api, s: &Signed, path: &str, query: &str) -> HttpResponse
     let segments: Vec<&str> = path.split('/').filter(|x| !x.is_empty()).collect();
     match segments.as_slice() {
         ["console", "endpoints"] => list(api, s, query_value(query, "tenant")).await,
-        ["console", "endpoints", "new"] => html(
+        ["console", "create"] => html(
             StatusCode::OK,
             &pages::endpoint_form(
                 &s.ctx,
@@ -47,6 +47,7 @@ pub async fn get(api: &Api, s: &Signed, path: &str, query: &str) -> HttpResponse
             let filter = Filter {
                 outcome: query_value(query, "outcome").unwrap_or_default(),
                 since: query_value(query, "since").unwrap_or_else(|| "1h".into()),
+                dead: query_value(query, "dead").is_some(),
             };
             endpoint(api, s, id, &filter, None).await
         }
@@ -104,7 +105,9 @@ pub async fn post(api: &Api, s: &Signed, path: &str, _query: &str, form: &Form) 
                     &pages::secret_once(&s.ctx, id, secret, "Secret rotated"),
                 ),
                 _ if status == StatusCode::NOT_FOUND => not_found(&s.ctx),
-                _ => endpoint_flash(api, s, id, Flash::Failed(api_error(status, &body))).await,
+                _ => {
+                    endpoint_flash(api, s, id, Flash::Failed(api_error(status, &body)), false).await
+                }
             }
         }
         ["console", "endpoints", id, "delete"] => {
@@ -124,7 +127,9 @@ pub async fn post(api: &Api, s: &Signed, path: &str, _query: &str, form: &Form) 
             match status {
                 StatusCode::OK => redirect("/console/endpoints"),
                 StatusCode::NOT_FOUND => not_found(&s.ctx),
-                _ => endpoint_flash(api, s, id, Flash::Failed(api_error(status, &body))).await,
+                _ => {
+                    endpoint_flash(api, s, id, Flash::Failed(api_error(status, &body)), false).await
+                }
             }
         }
         [
@@ -149,10 +154,10 @@ pub async fn post(api: &Api, s: &Signed, path: &str, _query: &str, form: &Form) 
                 "resume" => actions::hold(api, id, false).await,
                 "test" => actions::test_event(api, &view).await,
                 "replay" => actions::replay(api, s, id, form).await,
-                "replay-dead" => dead::replay(api, &view).await,
+                "replay-dead" => dead::replay(api, &dead::filter_for(&s.caller, id)).await,
                 _ => actions::try_transform(api, &view, form.get("sample")).await,
             };
-            endpoint_flash(api, s, id, flash).await
+            endpoint_flash(api, s, id, flash, *action == "replay-dead").await
         }
         _ => not_found(&s.ctx),
     }
@@ -199,12 +204,50 @@ async fn save(api: &Api, s: &Signed, id: Option<&str>, form: &Form) -> HttpRespo
     let (status, answer) = match id {
         None => call(api, &s.caller, Method::POST, "/v1/endpoints", Some(&body)).await,
         Some(id) => {
+            // A full replace of what the API shows now, with the form's
+            // settings in place of its own: every setting the form does not
+            // edit (method, signature, breaker, metadata, tenant, ...) is
+            // kept, and values shown as *** keep the stored ones.
+            let path = format!("/v1/endpoints/{}", enc(id));
+            let (status, current) = call(api, &s.caller, Method::GET, &path, None).await;
+            let Value::Object(mut next) = current else {
+                return if status == StatusCode::NOT_FOUND {
+                    not_found(&s.ctx)
+                } else {
+                    html(
+                        status,
+                        &pages::message(
+                            Some(&s.ctx),
+                            "Edit webhook",
+                            &api_error(status, &Value::Null),
+                        ),
+                    )
+                };
+            };
+            for k in [
+                "id",
+                "version",
+                "created_at",
+                "updated_at",
+                "source",
+                "paused",
+                "secrets",
+                "read_only",
+            ]
+            .into_iter()
+            .chain(form::MANAGED)
+            {
+                next.remove(k);
+            }
+            if let Value::Object(fields) = body {
+                next.extend(fields);
+            }
             call(
                 api,
                 &s.caller,
                 Method::PUT,
-                &format!("/v1/endpoints/{}", enc(id)),
-                Some(&body),
+                &path,
+                Some(&Value::Object(next)),
             )
             .await
         }
@@ -374,7 +417,12 @@ pub(crate) async fn endpoint(
     if let Ok(list) = attempts.as_mut() {
         actions::newest_first(list);
     }
-    let dead = dead::list(api, Some(&dead::runtime_ids(&view))).await;
+    // The dead-letter queue is read only when asked: a reading walks it.
+    let dead = if filter.dead {
+        Some(dead::list(api, &dead::filter_for(&s.caller, id)).await)
+    } else {
+        None
+    };
     let state = state_of(&view, attempts.as_ref().ok().and_then(|a| a.first()));
     let status = match &flash {
         Some(Flash::Failed(_)) => StatusCode::BAD_REQUEST,
@@ -390,20 +438,18 @@ pub(crate) async fn endpoint(
                 attempts: attempts.as_deref().map_err(String::as_str),
                 filter,
                 replays: &replays,
-                dead: dead
-                    .as_ref()
-                    .map(|(l, n)| (l.as_slice(), *n))
-                    .map_err(String::as_str),
+                dead: dead.as_ref().map(|d| d.as_ref().map_err(String::as_str)),
                 flash: flash.as_ref(),
             },
         ),
     )
 }
 
-async fn endpoint_flash(api: &Api, s: &Signed, id: &str, flash: Flash) -> HttpResponse {
+async fn endpoint_flash(api: &Api, s: &Signed, id: &str, flash: Flash, dead: bool) -> HttpResponse {
     let filter = Filter {
         outcome: String::new(),
         since: "1h".into(),
+        dead,
     };
     endpoint(api, s, id, &filter, Some(flash)).await
 }
