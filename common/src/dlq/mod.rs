@@ -141,17 +141,9 @@ impl<'a> DeadLetters<'a> {
         let ch = self.conn.create_channel().await?;
         let queue = self.topology.dead();
         for _ in 0..total {
-            let Some(msg) = self
-                .bounded(ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }))
-                .await??
-            else {
+            let Some((msg, view)) = self.take(&ch, &queue).await? else {
                 break;
             };
-            let view = DeadLetterView::of(
-                &msg.delivery.properties,
-                &msg.delivery.data,
-                self.topology.prefix(),
-            );
             visit(&msg, &view);
         }
         // Never acked: closing the channel returns every message to the queue.
@@ -267,17 +259,9 @@ impl<'a> DeadLetters<'a> {
             _ => None,
         };
         for _ in 0..total {
-            let Some(msg) = self
-                .bounded(ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }))
-                .await??
-            else {
+            let Some((msg, view)) = self.take(&ch, &queue).await? else {
                 break;
             };
-            let view = DeadLetterView::of(
-                &msg.delivery.properties,
-                &msg.delivery.data,
-                self.topology.prefix(),
-            );
             let selected = filter.matches(&view) && limit.is_none_or(|l| report.done < l);
             let handled = match (selected, action) {
                 (false, _) => false,
@@ -326,6 +310,26 @@ impl<'a> DeadLetters<'a> {
         }
         self.bounded(ch.close(200, "done".into())).await??;
         Ok(report)
+    }
+
+    /// The next message of `queue`, unacked, with its view; `None` when
+    /// the queue is empty.
+    async fn take(
+        &self,
+        ch: &Channel,
+        queue: &str,
+    ) -> anyhow::Result<Option<(BasicGetMessage, DeadLetterView)>> {
+        let got = self
+            .bounded(ch.basic_get(queue.into(), BasicGetOptions { no_ack: false }))
+            .await??;
+        Ok(got.map(|msg| {
+            let view = DeadLetterView::of(
+                &msg.delivery.properties,
+                &msg.delivery.data,
+                self.topology.prefix(),
+            );
+            (msg, view)
+        }))
     }
 
     /// Runs one broker step of [`DeadLetters::apply`], failing at once when the
