@@ -6,7 +6,7 @@
 use super::form::Form;
 use super::pages::{self, Flash};
 use super::views::replay_body;
-use super::{Signed, api_error, call, html};
+use super::{Signed, api_error, html, on_endpoint};
 use crate::api::{Api, Caller};
 use common::history::{Attempt, Query};
 use common::registry::Registry;
@@ -92,15 +92,8 @@ pub async fn test_event(api: &Api, view: &Value) -> Flash {
 
 /// Starts a replay from the archive through the API.
 pub async fn replay(api: &Api, s: &Signed, id: &str, form: &Form) -> Flash {
-    let path = format!("/v1/endpoints/{}/replays", super::views::enc(id));
-    let (status, body) = call(
-        api,
-        &s.caller,
-        Method::POST,
-        &path,
-        Some(&replay_body(form)),
-    )
-    .await;
+    let body = replay_body(form);
+    let (status, body) = on_endpoint(api, s, Method::POST, id, "/replays", Some(&body)).await;
     let matched = body["progress"]["matched"].as_u64().unwrap_or(0);
     match status {
         StatusCode::OK => Flash::Done(format!("Dry run: {matched} archived events would be sent.")),

@@ -137,7 +137,7 @@ pub fn table(found: &Found, with_endpoint: bool) -> Markup {
                 tbody { @for d in letters { tr {
                     td { (d.id) br; small { (d.event_type) } }
                     @if with_endpoint { td {
-                        a href={ "/console/endpoints/" (super::views::enc(common::config::base_id(&d.endpoint))) } { (d.endpoint) }
+                        a href={ "/console/endpoints/" (super::enc(common::config::base_id(&d.endpoint))) } { (d.endpoint) }
                         @if let Some(t) = &d.tenant { br; small { "tenant " (t) } }
                     } }
                     td { (d.reason) @if !d.last_error.is_empty() { br; small { (d.last_error) } } }

@@ -19,8 +19,9 @@ pub const NUMBERS: [&str; 6] = [
     "timeout_ms",
 ];
 
-/// The endpoint settings the form edits; an edit keeps every other one.
-pub const MANAGED: [&str; 13] = [
+/// The endpoint form's other settings; with [`NUMBERS`], every setting the
+/// form edits (an edit keeps every other one).
+pub const TEXTS: [&str; 7] = [
     "name",
     "description",
     "url",
@@ -28,13 +29,24 @@ pub const MANAGED: [&str; 13] = [
     "headers",
     "transform",
     "environments",
-    "batch_size",
-    "batch_interval_ms",
-    "max_retries",
-    "retry_delay_ms",
-    "rate_limit_per_s",
-    "timeout_ms",
 ];
+
+/// The form field an API error's `field` belongs to (`environments.prd.url`
+/// and `events[0]` to `environments` and `events`).
+pub fn form_field(field: &str) -> &str {
+    field.split(['.', '[']).next().unwrap_or(field)
+}
+
+/// Whether the endpoint form has a field for `field` (an API field name),
+/// so an error about it shows there.
+pub fn has_field(field: &str) -> bool {
+    let top = form_field(field);
+    ["id", "tenant"]
+        .iter()
+        .chain(TEXTS.iter())
+        .chain(NUMBERS.iter())
+        .any(|f| *f == top)
+}
 
 /// A form field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +239,14 @@ mod tests {
         assert_eq!(bad(b"url=x&events=a&max_retries=-1"), "max_retries");
         assert_eq!(bad(b"url=x&events=a&headers=novalue"), "headers");
         assert_eq!(bad(b"url=x&events=a&environments=%5B%5D"), "environments");
+    }
+
+    #[test]
+    fn api_errors_find_their_form_field() {
+        assert_eq!(form_field("environments.prd.url"), "environments");
+        assert_eq!(form_field("events[0]"), "events");
+        assert!(has_field("headers.X-Key") && has_field("timeout_ms") && has_field("tenant"));
+        assert!(!has_field("method") && !has_field("signature"));
     }
 
     #[test]

@@ -370,6 +370,24 @@ pub(crate) async fn call(
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
+/// [`call`] on `/v1/endpoints/{id}{rest}` as the session's caller.
+pub(crate) async fn on_endpoint(
+    api: &Api,
+    s: &Signed,
+    method: Method,
+    id: &str,
+    rest: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let path = format!("/v1/endpoints/{}{rest}", enc(id));
+    call(api, &s.caller, method, &path, body).await
+}
+
+/// Percent-encodes a path segment or query value.
+pub(crate) fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
 /// The API's error message in `body`, or a fallback.
 pub(crate) fn api_error(status: StatusCode, body: &Value) -> String {
     body.get("error")

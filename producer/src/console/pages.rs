@@ -163,27 +163,11 @@ pub fn endpoint_form(
     creating: bool,
 ) -> Markup {
     let err = |field: &str| -> Markup {
-        html! { @if let Some(e) = error.filter(|e| e.field == field || e.field.starts_with(&format!("{field}."))) {
+        html! { @if let Some(e) = error.filter(|e| super::form::form_field(&e.field) == field) {
             span.error id={ (field) "-error" } role="alert" { (e.message) }
         } }
     };
-    let general = error.filter(|e| {
-        ![
-            "id",
-            "name",
-            "description",
-            "url",
-            "events",
-            "headers",
-            "transform",
-            "environments",
-            "tenant",
-        ]
-        .contains(&e.field.as_str())
-            && !NUMBERS.iter().any(|n| *n == e.field)
-            && !e.field.starts_with("environments.")
-            && !e.field.starts_with("headers.")
-    });
+    let general = error.filter(|e| !super::form::has_field(&e.field));
     let text = |name: &str, label: &str, kind: &str| -> Markup {
         html! {
             div.field {

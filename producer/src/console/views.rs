@@ -5,17 +5,12 @@
 
 use super::form::{self, FieldError, Form};
 use super::pages::{self, Filter, Flash, Row};
-use super::{Signed, actions, api_error, call, dead, html, not_found, redirect};
+use super::{Signed, actions, api_error, call, dead, enc, html, not_found, on_endpoint, redirect};
 use crate::api::{Api, Caller};
 use common::history::Attempt;
 use common::server::HttpResponse;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-
-/// Percent-encodes a path segment or query value.
-pub(crate) fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
 
 /// The value of `name` in a query string, decoded.
 fn query_value(query: &str, name: &str) -> Option<String> {
@@ -52,14 +47,7 @@ pub async fn get(api: &Api, s: &Signed, path: &str, query: &str) -> HttpResponse
             endpoint(api, s, id, &filter, None).await
         }
         ["console", "endpoints", id, "edit"] => {
-            let (status, view) = call(
-                api,
-                &s.caller,
-                Method::GET,
-                &format!("/v1/endpoints/{}", enc(id)),
-                None,
-            )
-            .await;
+            let (status, view) = on_endpoint(api, s, Method::GET, id, "", None).await;
             if status != StatusCode::OK
                 || view.get("read_only").and_then(Value::as_bool) == Some(true)
             {
@@ -91,14 +79,8 @@ pub async fn post(api: &Api, s: &Signed, path: &str, _query: &str, form: &Form) 
         ["console", "endpoints"] => save(api, s, None, form).await,
         ["console", "endpoints", id] => save(api, s, Some(id), form).await,
         ["console", "endpoints", id, "rotate"] => {
-            let (status, body) = call(
-                api,
-                &s.caller,
-                Method::POST,
-                &format!("/v1/endpoints/{}/secret/rotate", enc(id)),
-                None,
-            )
-            .await;
+            let (status, body) =
+                on_endpoint(api, s, Method::POST, id, "/secret/rotate", None).await;
             match body.get("secret").and_then(Value::as_str) {
                 Some(secret) if status == StatusCode::OK => html(
                     StatusCode::OK,
@@ -116,14 +98,7 @@ pub async fn post(api: &Api, s: &Signed, path: &str, _query: &str, form: &Form) 
             } else {
                 ""
             };
-            let (status, body) = call(
-                api,
-                &s.caller,
-                Method::DELETE,
-                &format!("/v1/endpoints/{}{force}", enc(id)),
-                None,
-            )
-            .await;
+            let (status, body) = on_endpoint(api, s, Method::DELETE, id, force, None).await;
             match status {
                 StatusCode::OK => redirect("/console/endpoints"),
                 StatusCode::NOT_FOUND => not_found(&s.ctx),
@@ -138,14 +113,7 @@ pub async fn post(api: &Api, s: &Signed, path: &str, _query: &str, form: &Form) 
             id,
             action @ ("pause" | "resume" | "test" | "replay" | "transform" | "replay-dead"),
         ] => {
-            let (status, view) = call(
-                api,
-                &s.caller,
-                Method::GET,
-                &format!("/v1/endpoints/{}", enc(id)),
-                None,
-            )
-            .await;
+            let (status, view) = on_endpoint(api, s, Method::GET, id, "", None).await;
             if status != StatusCode::OK {
                 return not_found(&s.ctx);
             }
@@ -208,8 +176,7 @@ async fn save(api: &Api, s: &Signed, id: Option<&str>, form: &Form) -> HttpRespo
             // settings in place of its own: every setting the form does not
             // edit (method, signature, breaker, metadata, tenant, ...) is
             // kept, and values shown as *** keep the stored ones.
-            let path = format!("/v1/endpoints/{}", enc(id));
-            let (status, current) = call(api, &s.caller, Method::GET, &path, None).await;
+            let (status, current) = on_endpoint(api, s, Method::GET, id, "", None).await;
             let Value::Object(mut next) = current else {
                 return if status == StatusCode::NOT_FOUND {
                     not_found(&s.ctx)
@@ -235,21 +202,15 @@ async fn save(api: &Api, s: &Signed, id: Option<&str>, form: &Form) -> HttpRespo
                 "read_only",
             ]
             .into_iter()
-            .chain(form::MANAGED)
+            .chain(form::TEXTS)
+            .chain(form::NUMBERS)
             {
                 next.remove(k);
             }
             if let Value::Object(fields) = body {
                 next.extend(fields);
             }
-            call(
-                api,
-                &s.caller,
-                Method::PUT,
-                &path,
-                Some(&Value::Object(next)),
-            )
-            .await
+            on_endpoint(api, s, Method::PUT, id, "", Some(&Value::Object(next))).await
         }
     };
     if status == StatusCode::NOT_FOUND && id.is_some() {
@@ -373,14 +334,7 @@ pub(crate) async fn endpoint(
     filter: &Filter,
     flash: Option<Flash>,
 ) -> HttpResponse {
-    let (status, view) = call(
-        api,
-        &s.caller,
-        Method::GET,
-        &format!("/v1/endpoints/{}", enc(id)),
-        None,
-    )
-    .await;
+    let (status, view) = on_endpoint(api, s, Method::GET, id, "", None).await;
     if status == StatusCode::NOT_FOUND {
         return not_found(&s.ctx);
     }
@@ -404,14 +358,7 @@ pub(crate) async fn endpoint(
     } else {
         Err(api_error(a_status, &a_body))
     };
-    let (_, replays) = call(
-        api,
-        &s.caller,
-        Method::GET,
-        &format!("/v1/endpoints/{}/replays", enc(id)),
-        None,
-    )
-    .await;
+    let (_, replays) = on_endpoint(api, s, Method::GET, id, "/replays", None).await;
     let replays = replays["replays"].as_array().cloned().unwrap_or_default();
     let mut attempts = attempts;
     if let Ok(list) = attempts.as_mut() {
