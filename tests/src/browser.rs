@@ -242,6 +242,33 @@ impl Browser {
         Ok(())
     }
 
+    /// Clicks the element `css` selects (a submit button or a link) and
+    /// waits, up to 30 s, until the next page has loaded.
+    ///
+    /// # Errors
+    /// No such element, the driver failed, or no new page loaded in time.
+    pub async fn submit(&self, css: &str) -> anyhow::Result<()> {
+        // A mark on this page's window: a new page has a new window object.
+        self.execute("window.__hookpostOld = true;").await?;
+        self.click(css).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let loaded = self
+                .execute(
+                    "return window.__hookpostOld !== true && document.readyState === 'complete';",
+                )
+                .await
+                .unwrap_or(Value::Bool(false));
+            if loaded == Value::Bool(true) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("clicking {css}: no new page within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The visible text of the element `css` selects.
     ///
     /// # Errors
