@@ -42,7 +42,7 @@ async fn sign_in(b: &Browser, root: &str, token: &str) {
     b.goto(&format!("{root}/console")).await.expect("open");
     assert!(b.url().await.expect("url").ends_with("/console/sign-in"));
     b.fill("#token", token).await.expect("type the token");
-    b.click("form.card button[type=submit]")
+    b.submit("form.card button[type=submit]")
         .await
         .expect("sign in");
     let url = b.url().await.expect("url");
@@ -119,7 +119,7 @@ async fn an_operator_creates_a_webhook_and_follows_its_deliveries_retries_and_ne
         .expect("shot");
 
     // Create through the form: a hostile name, All events.
-    b.click("a.button[href='/console/create']")
+    b.submit("a.button[href='/console/create']")
         .await
         .expect("create");
     b.fill("#id", "shop").await.expect("id");
@@ -129,7 +129,7 @@ async fn an_operator_creates_a_webhook_and_follows_its_deliveries_retries_and_ne
     b.screenshot(&shots(), "02-create-form")
         .await
         .expect("shot");
-    b.click("form.card button[type=submit]")
+    b.submit("form.card button[type=submit]")
         .await
         .expect("save");
     let secret = b.text("#secret").await.expect("the secret is shown");
@@ -208,14 +208,14 @@ async fn an_operator_creates_a_webhook_and_follows_its_deliveries_retries_and_ne
         "credentials hidden"
     );
     b.fill("#name", "Shop").await.expect("name");
-    b.click("form.card button[type=submit]")
+    b.submit("form.card button[type=submit]")
         .await
         .expect("save");
-    assert!(
-        b.url()
-            .await
-            .expect("url")
-            .ends_with("/console/endpoints/shop")
+    assert_eq!(
+        b.text("h1").await.expect("title"),
+        "Shop",
+        "saved: {}",
+        b.text("main").await.unwrap_or_default()
     );
     let (_, view) = api.call(OPERATOR, M::GET, "/v1/endpoints/shop", None).await;
     assert_eq!(view["name"], "Shop");
@@ -234,7 +234,7 @@ async fn an_operator_creates_a_webhook_and_follows_its_deliveries_retries_and_ne
 
     // Rotate: the new secret is shown once, and deliveries verify with it.
     b.goto(&page).await.expect("page");
-    b.click("form[action='/console/endpoints/shop/rotate'] button")
+    b.submit("form[action='/console/endpoints/shop/rotate'] button")
         .await
         .expect("rotate");
     let rotated = b.text("#secret").await.expect("the new secret");
@@ -262,7 +262,7 @@ async fn an_operator_creates_a_webhook_and_follows_its_deliveries_retries_and_ne
     b.execute("document.querySelectorAll('input[name=csrf]').forEach(i => i.remove())")
         .await
         .expect("strip the tokens");
-    b.click("form[action='/console/endpoints/shop/pause'] button")
+    b.submit("form[action='/console/endpoints/shop/pause'] button")
         .await
         .expect("pause");
     let refused = b.text("main").await.expect("text");
@@ -272,20 +272,20 @@ async fn an_operator_creates_a_webhook_and_follows_its_deliveries_retries_and_ne
 
     // Pause and resume, with the token.
     b.goto(&page).await.expect("page");
-    b.click("form[action='/console/endpoints/shop/pause'] button")
+    b.submit("form[action='/console/endpoints/shop/pause'] button")
         .await
         .expect("pause");
     assert!(b.text("main").await.expect("text").contains("Paused"));
     let (_, view) = api.call(OPERATOR, M::GET, "/v1/endpoints/shop", None).await;
     assert_eq!(view["paused"], json!(true));
-    b.click("form[action='/console/endpoints/shop/resume'] button")
+    b.submit("form[action='/console/endpoints/shop/resume'] button")
         .await
         .expect("resume");
     let (_, view) = api.call(OPERATOR, M::GET, "/v1/endpoints/shop", None).await;
     assert_eq!(view["paused"], json!(false));
 
     // A test event reaches this endpoint, marked as a test.
-    b.click("form[action='/console/endpoints/shop/test'] button")
+    b.submit("form[action='/console/endpoints/shop/test'] button")
         .await
         .expect("test");
     let flash = b.text("p.ok").await.expect("flash");
@@ -421,7 +421,7 @@ async fn a_tenant_sees_only_its_endpoints_and_dead_letters_and_tries_its_transfo
         .expect("shot");
     receiver.set(Arc::new(|_, _| Reply::Status(200, vec![])));
     let before = receiver.received().len();
-    b.click("form[action='/console/endpoints/acme-orders/replay-dead'] button")
+    b.submit("form[action='/console/endpoints/acme-orders/replay-dead'] button")
         .await
         .expect("replay");
     assert!(
@@ -446,7 +446,7 @@ async fn a_tenant_sees_only_its_endpoints_and_dead_letters_and_tries_its_transfo
     )
     .await
     .expect("sample");
-    b.click("form[action='/console/endpoints/acme-orders/transform'] button")
+    b.submit("form[action='/console/endpoints/acme-orders/transform'] button")
         .await
         .expect("run");
     let output = match b.text("#output").await {
@@ -470,7 +470,7 @@ async fn a_tenant_sees_only_its_endpoints_and_dead_letters_and_tries_its_transfo
         .await
         .expect("url");
     b.fill("#events", "order.*").await.expect("events");
-    b.click("form.card button[type=submit]")
+    b.submit("form.card button[type=submit]")
         .await
         .expect("save");
     let error = b.text("#url-error").await.expect("an error next to url");
@@ -481,7 +481,7 @@ async fn a_tenant_sees_only_its_endpoints_and_dead_letters_and_tries_its_transfo
     b.goto(&format!("{root}/console/endpoints"))
         .await
         .expect("list");
-    b.click("header form button").await.expect("sign out");
+    b.submit("header form button").await.expect("sign out");
     b.goto(&format!("{root}/console/endpoints"))
         .await
         .expect("list");
@@ -579,4 +579,116 @@ async fn console_answers_carry_strict_headers_and_sign_in_is_rate_limited() {
         .expect("post");
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
+}
+
+/// The state column of the endpoints list, by endpoint name.
+async fn states(b: &Browser, root: &str) -> Vec<(String, String)> {
+    b.goto(&format!("{root}/console/endpoints"))
+        .await
+        .expect("list");
+    let rows = b
+        .execute(
+            "return [...document.querySelectorAll('table tbody tr')].map(r => [r.cells[0].querySelector('a').innerText, r.cells[3].innerText])",
+        )
+        .await
+        .expect("rows");
+    rows.as_array()
+        .expect("array")
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap_or("").to_owned(),
+                r[1].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_open_circuit_breaker_shows_until_a_delivery_succeeds() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::with(Arc::new(|_, _| Reply::Status(500, vec![]))).await;
+    let config = scope.config(&format!(
+        "{FAST}[api]\ntokens = [\"{OPERATOR}\"]\n{}{}",
+        tests::fixtures::endpoint(
+            "down",
+            &receiver.url,
+            &["order.*"],
+            "max_retries = 8\nbreaker_failures = 2\nbreaker_cooldown_ms = 1000"
+        ),
+        tests::fixtures::endpoint("probe", "http://127.0.0.1:9/never", &["never.*"], ""),
+    ));
+    let dispatcher = Running::start(config.clone()).await;
+    let api = Api::start(&config).await;
+    let b = browser().await;
+    sign_in(&b, &api.root, OPERATOR).await;
+
+    // The API follows the breakers' events once its queue is bound: until a
+    // reported breaker of `probe` shows, report it again.
+    let conn =
+        lapin::Connection::connect(&tests::amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let topology = common::topology::Topology::for_config(&config);
+    let (event, key) = common::operational::Notice {
+        kind: common::operational::CIRCUIT_OPENED,
+        endpoint: "probe",
+        tenant: None,
+        reason: "HTTP 500",
+        event_id: None,
+        last_status: Some(500),
+    }
+    .event()
+    .expect("notice");
+    eventually(WAIT, "the probe's breaker on the list", || async {
+        ch.basic_publish(
+            topology.scoped_exchange().as_str().into(),
+            key.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            &event.to_vec(),
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .ok()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let states = states(&b, &api.root).await;
+        states
+            .contains(&("probe".to_owned(), "breaker open".to_owned()))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        states(&b, &api.root)
+            .await
+            .contains(&("down".to_owned(), "active".to_owned()))
+    );
+
+    // Two failures open the real breaker; a success after the cooldown closes it.
+    let publisher = producer::Publisher::connect(&config)
+        .await
+        .expect("publisher");
+    let ids = publish(&publisher, "order.created", 1).await;
+    eventually(WAIT, "down's breaker open on the list", || async {
+        states(&b, &api.root)
+            .await
+            .contains(&("down".to_owned(), "breaker open".to_owned()))
+            .then_some(())
+    })
+    .await;
+    b.screenshot(&shots(), "11-breaker-open")
+        .await
+        .expect("shot");
+    receiver.set(Arc::new(|_, _| Reply::Status(200, vec![])));
+    receiver.wait_ids(&ids, WAIT).await;
+    eventually(WAIT, "down active again", || async {
+        states(&b, &api.root)
+            .await
+            .contains(&("down".to_owned(), "active".to_owned()))
+            .then_some(())
+    })
+    .await;
+    let _ = conn.close(200, "done".into()).await;
+    b.quit().await;
+    dispatcher.stop().await.expect("stop");
 }

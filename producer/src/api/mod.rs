@@ -114,7 +114,12 @@ impl Api {
             loaded.clone(),
             shutdown.clone(),
         ));
-        let config_for_console = config.clone();
+        let console = crate::console::Console::new(&config);
+        console.follow(
+            client.clone(),
+            Topology::for_config(&config),
+            shutdown.clone(),
+        );
         Self {
             client,
             shutdown,
@@ -122,7 +127,7 @@ impl Api {
             loaded,
             replays: replays::Replays::default(),
             metrics: None,
-            console: crate::console::Console::new(&config_for_console),
+            console,
             config,
         }
     }

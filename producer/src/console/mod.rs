@@ -11,6 +11,7 @@
 //! [`actions`], behind the same ownership check.
 
 mod actions;
+mod breakers;
 mod dead;
 mod form;
 mod pages;
@@ -48,6 +49,8 @@ pub struct Console {
     dead_letter_walk: tokio::sync::Mutex<()>,
     /// Transform tries running at once ([`TRIES`] at most).
     tries: tokio::sync::Semaphore,
+    /// Open circuit breakers, as their operational events tell.
+    breakers: std::sync::Arc<breakers::Breakers>,
 }
 
 /// Transform tries one API process runs at once.
@@ -71,7 +74,25 @@ impl Console {
             ),
             dead_letter_walk: tokio::sync::Mutex::new(()),
             tries: tokio::sync::Semaphore::new(TRIES),
+            breakers: std::sync::Arc::default(),
         }
+    }
+}
+
+impl Console {
+    /// Starts following the circuit breakers' events (until `shutdown`).
+    pub fn follow(
+        &self,
+        client: common::amqp::AmqpClient,
+        topology: common::topology::Topology,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        tokio::spawn(breakers::follow(
+            client,
+            topology,
+            self.breakers.clone(),
+            shutdown,
+        ));
     }
 }
 

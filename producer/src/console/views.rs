@@ -290,7 +290,7 @@ async fn list(api: &Api, s: &Signed, tenant: Option<String>) -> HttpResponse {
                 url: v["url"].as_str().unwrap_or("").to_owned(),
                 events: pages::events_of(v),
                 tenant: v["tenant"].as_str().map(str::to_owned),
-                state: state_of(v, last.as_ref()),
+                state: state_of(v, last.as_ref(), api.console().breakers.open_since(&id)),
                 read_only: v["read_only"].as_bool() == Some(true),
                 depth,
                 last,
@@ -316,11 +316,25 @@ async fn newest_attempts(api: &Api, caller: &Caller, tenant: Option<&str>) -> Ve
 }
 
 /// What the list and the endpoint page call the endpoint's state.
-pub(crate) fn state_of(view: &Value, last: Option<&Attempt>) -> &'static str {
+/// `last`: its newest attempt known; `breaker`: when its circuit breaker
+/// opened, if an open one was reported (it counts until a delivery
+/// succeeds after it).
+pub(crate) fn state_of(
+    view: &Value,
+    last: Option<&Attempt>,
+    breaker: Option<time::OffsetDateTime>,
+) -> &'static str {
+    let delivered_since = |t: time::OffsetDateTime| {
+        last.is_some_and(|a| {
+            a.outcome == common::history::Outcome::Delivered && a.started().is_some_and(|s| s >= t)
+        })
+    };
     if view["paused"].as_bool() == Some(true) {
         "paused"
     } else if last.is_some_and(|a| a.status == Some(410)) {
         "gone"
+    } else if breaker.is_some_and(|t| !delivered_since(t)) {
+        "breaker open"
     } else {
         "active"
     }
@@ -370,7 +384,11 @@ pub(crate) async fn endpoint(
     } else {
         None
     };
-    let state = state_of(&view, attempts.as_ref().ok().and_then(|a| a.first()));
+    let state = state_of(
+        &view,
+        attempts.as_ref().ok().and_then(|a| a.first()),
+        api.console().breakers.open_since(id),
+    );
     let status = match &flash {
         Some(Flash::Failed(_)) => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
