@@ -169,6 +169,14 @@ impl Form {
     }
 }
 
+/// An endpoint's event patterns, as the API shows them.
+pub fn patterns(view: &Value) -> Vec<&str> {
+    view.get("events")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
 /// The endpoint form's fields filled from an endpoint as the API shows it
 /// (secret values stay `***`; sending them back keeps them).
 pub fn from_view(view: &Value) -> Form {
@@ -177,11 +185,7 @@ pub fn from_view(view: &Value) -> Form {
     for k in ["name", "description", "url", "transform", "tenant"] {
         f.insert(k.to_owned(), text(k));
     }
-    let events: Vec<&str> = view
-        .get("events")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let events = patterns(view);
     if events == ["#"] {
         f.insert("all_events".into(), "on".into());
     } else {

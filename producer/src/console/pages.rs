@@ -404,11 +404,7 @@ pub fn endpoint_page(ctx: &Ctx, p: &EndpointPage<'_>) -> Markup {
 
 /// An endpoint's event patterns, as a line.
 pub fn events_of(view: &Value) -> String {
-    let events: Vec<&str> = view
-        .get("events")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let events = super::form::patterns(view);
     if events == ["#"] {
         "All events".to_owned()
     } else {
@@ -431,12 +427,7 @@ pub fn sample_event(view: &Value) -> String {
 /// A concrete event type matching the endpoint's first pattern (`*` and
 /// `#` filled with `test`).
 pub fn test_type(view: &Value) -> String {
-    let first = view
-        .get("events")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-        .and_then(Value::as_str)
-        .unwrap_or("#");
+    let first = super::form::patterns(view).first().copied().unwrap_or("#");
     let words: Vec<&str> = first
         .split('.')
         .map(|w| if w == "*" || w == "#" { "test" } else { w })
