@@ -80,11 +80,11 @@ pub async fn follow(
         };
         match consume(&conn, &topology, &breakers, &shutdown).await {
             Ok(()) => return,
+            // The connection closes at shutdown: not a failure.
+            Err(_) if shutdown.is_cancelled() => return,
             Err(e) => {
-                // At first start the exchange may not exist yet (no
-                // dispatcher has declared it): not worth a warning.
                 if let Some(n) = failures.hit() {
-                    tracing::debug!(error = %e, failures = n, "Console: following circuit breaker events failed; retrying.");
+                    tracing::warn!(error = %e, failures = n, "Console: following circuit breaker events failed; retrying.");
                 }
             }
         }
@@ -103,6 +103,9 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let ch = conn.create_channel().await?;
+    // The events exchanges, as every publisher declares them: binding to
+    // one that does not exist yet would be refused (and logged by lapin).
+    topology.declare_base(conn, &ch).await?;
     let queue = ch
         .queue_declare(
             "".into(),
