@@ -15,6 +15,7 @@ mod breakers;
 mod dead;
 mod form;
 mod pages;
+mod respond;
 mod session;
 mod views;
 
@@ -26,8 +27,8 @@ use form::Form;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use maud::Markup;
 use pages::Ctx;
+pub(crate) use respond::{forbidden, html, not_found, redirect, set_cookie};
 use serde_json::Value;
 pub use session::{Attempts, Keys};
 use session::{COOKIE, Session, Who};
@@ -414,47 +415,4 @@ pub(crate) fn api_error(status: StatusCode, body: &Value) -> String {
     body.get("error")
         .and_then(Value::as_str)
         .map_or_else(|| format!("the API answered {status}"), str::to_owned)
-}
-
-pub(crate) fn html(status: StatusCode, markup: &Markup) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(markup.0.clone())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    r
-}
-
-pub(crate) fn redirect(to: &str) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SEE_OTHER;
-    if let Ok(v) = HeaderValue::from_str(to) {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    r
-}
-
-pub(crate) fn not_found(ctx: &Ctx) -> HttpResponse {
-    html(
-        StatusCode::NOT_FOUND,
-        &pages::message(
-            Some(ctx),
-            "Not found",
-            "There is no such page or endpoint here.",
-        ),
-    )
-}
-
-fn forbidden(ctx: &Ctx, text: &str) -> HttpResponse {
-    html(
-        StatusCode::FORBIDDEN,
-        &pages::message(Some(ctx), "Refused", text),
-    )
-}
-
-fn set_cookie(r: &mut HttpResponse, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
 }
