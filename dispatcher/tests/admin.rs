@@ -870,3 +870,85 @@ async fn replay_sends_archived_events_again_and_a_dry_run_only_counts() {
         assert!(err.contains(flag), "{args:?}: {err}");
     }
 }
+
+/// `dlq list` and `dlq replay` filter by `--tenant` and `--environment`,
+/// read from the dead letters of a tenant's endpoint, its sandbox variant and
+/// a global endpoint (whose dead letters carry the event's tenant).
+#[tokio::test]
+async fn dlq_filters_by_tenant_and_environment() {
+    let scope = Scope::new().await;
+    let refuse = Receiver::with(Arc::new(|_, _| Reply::Status(400, vec![]))).await;
+    let config = scope.write_config(
+        "dlq-tenants",
+        "",
+        &format!(
+            "[http]\nallowed_networks = [\"127.0.0.0/8\"]\n\
+             [[endpoints]]\nid = \"a-shop\"\nurl = \"{0}\"\nevents = [\"order.*\"]\ntenant = \"acme\"\n\
+             environments = {{ snd = {{ url = \"{0}snd\" }} }}\n\
+             [[endpoints]]\nid = \"audit\"\nurl = \"{0}audit\"\nevents = [\"invoice.*\"]\n",
+            refuse.url
+        ),
+    );
+    let loaded = common::Config::load(&config).expect("config");
+    let dispatcher = Running::start(loaded.clone()).await;
+    let publisher = Publisher::connect(&loaded).await.expect("connect");
+    let event = |t: &str, tenant: &str, environment: Option<&str>| {
+        Event::new(t, serde_json::json!({}))
+            .expect("type")
+            .with_scope(Some(tenant), environment)
+            .expect("scope")
+    };
+    let acme = event("order.created", "acme", None);
+    let acme_snd = event("order.created", "acme", Some("snd"));
+    let globex = event("invoice.paid", "globex", None);
+    publisher
+        .publish_many(&[acme.clone(), acme_snd.clone(), globex.clone()])
+        .await
+        .expect("published");
+    let dead = format!("{}.dead", scope.prefix);
+    eventually(WAIT, "three dead letters", || async {
+        (scope.depth(&dead).await == 3).then_some(())
+    })
+    .await;
+    let listed = |args: &[&str]| {
+        let mut all = vec!["dlq", "list", "--json"];
+        all.extend_from_slice(args);
+        ids_of(&json_lines(&ok(&admin(&config, &all))))
+    };
+    assert_eq!(
+        listed(&["--tenant", "acme"]),
+        sorted(vec![acme.id.clone(), acme_snd.id.clone()])
+    );
+    assert_eq!(listed(&["--tenant", "globex"]), [globex.id.as_str()]);
+    assert_eq!(listed(&["--environment", "snd"]), [acme_snd.id.as_str()]);
+    assert_eq!(
+        listed(&["--tenant", "globex", "--environment", "snd"]),
+        Vec::<String>::new()
+    );
+    settles_at(&scope, &dead, 3).await;
+    let dry = ok(&admin(
+        &config,
+        &[
+            "dlq",
+            "replay",
+            "--dry-run",
+            "--tenant",
+            "acme",
+            "--environment",
+            "snd",
+        ],
+    ));
+    let would: Vec<&str> = dry
+        .lines()
+        .filter(|l| l.starts_with("would replay"))
+        .collect();
+    assert_eq!(would.len(), 1, "{dry}");
+    assert!(would[0].contains(&acme_snd.id), "{dry}");
+    let err = failed(&admin(&config, &["dlq", "list", "--tenant", "Acme"]));
+    assert!(err.contains("--tenant"), "{err}");
+    let err = failed(&admin(&config, &["dlq", "list", "--environment", "a.b"]));
+    assert!(err.contains("--environment"), "{err}");
+    settles_at(&scope, &dead, 3).await;
+    publisher.close().await;
+    dispatcher.stop().await.expect("stop");
+}

@@ -406,6 +406,40 @@ async fn operators_filter_by_tenant_and_bad_tenants_and_tokens_are_refused() {
         .await;
     assert_eq!(status, 400);
     assert_eq!(body["field"], "tenant");
+    // Environment names and variants are checked like the config file's.
+    let long = "e".repeat(65);
+    for (environments, field) in [
+        (
+            json!({"Snd": {"url": "http://127.0.0.1:9/s"}}),
+            "environments.Snd",
+        ),
+        (
+            json!({"s.b": {"url": "http://127.0.0.1:9/s"}}),
+            "environments.s.b",
+        ),
+        (
+            json!({ long.clone(): {"url": "http://127.0.0.1:9/s"} }),
+            "environments.eee",
+        ),
+        (
+            json!({"snd": {"url": "ftp://127.0.0.1/s"}}),
+            "environments.snd.url",
+        ),
+        (json!({"snd": {"method": "PUT"}}), "environments.snd"),
+        (json!({"snd": "http://127.0.0.1:9/s"}), "environments"),
+    ] {
+        let (status, body) = api
+            .call(
+                OPERATOR,
+                M::POST,
+                "/v1/endpoints",
+                Some(json!({"id": "bad-env", "url": "http://127.0.0.1:9/x", "events": ["#"], "environments": environments})),
+            )
+            .await;
+        assert_eq!(status, 400, "{environments}: {body}");
+        let named = body["field"].as_str().unwrap_or_default();
+        assert!(named.starts_with(field), "{environments}: {body}");
+    }
 
     // Tokens that are not live: malformed, never minted, forged.
     let (real, _) = mint(&api, "acme").await;

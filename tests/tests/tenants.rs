@@ -172,9 +172,18 @@ fn verifies(secret: &str, request: &tests::receiver::Received) -> bool {
 #[tokio::test]
 async fn each_environment_gets_only_its_events_at_its_url_signed_with_its_secret() {
     let scope = Scope::new().await;
+    // The first request to the base URL and to prd's is answered after 1 s:
+    // within the base's 2 s timeout, past prd's own 300 ms (retried there).
+    let slow_first: tests::receiver::Behaviour = std::sync::Arc::new(|n, _| {
+        if n == 0 {
+            Reply::Delay(Duration::from_secs(1), 200)
+        } else {
+            Reply::Status(200, Vec::new())
+        }
+    });
     let (base_rx, prd_rx, snd_rx) = (
-        Receiver::start().await,
-        Receiver::start().await,
+        Receiver::with(slow_first.clone()).await,
+        Receiver::with(slow_first).await,
         Receiver::start().await,
     );
     let config = scope.config(&format!(
@@ -184,7 +193,7 @@ async fn each_environment_gets_only_its_events_at_its_url_signed_with_its_secret
             &base_rx.url,
             &["order.*"],
             &format!(
-                "tenant = \"acme\"\nsecrets = [\"{S0}\"]\nenvironments = {{ prd = {{ url = \"{}\", secrets = [\"{S1}\"] }}, snd = {{ url = \"{}\", secrets = [\"{S2}\"], headers = {{ X-Env = \"sandbox\" }} }} }}",
+                "tenant = \"acme\"\nsecrets = [\"{S0}\"]\nenvironments = {{ prd = {{ url = \"{}\", secrets = [\"{S1}\"], timeout_ms = 300 }}, snd = {{ url = \"{}\", method = \"PUT\", secrets = [\"{S2}\"], headers = {{ X-Env = \"sandbox\" }} }} }}",
                 prd_rx.url, snd_rx.url
             )
         ),
@@ -214,6 +223,30 @@ async fn each_environment_gets_only_its_events_at_its_url_signed_with_its_secret
     base_rx.wait_ids(&want(&base), WAIT).await;
     prd_rx.wait_ids(&want(&prd), WAIT).await;
     snd_rx.wait_ids(&want(&snd), WAIT).await;
+    // Timeouts are per environment: prd's 300 ms gave up on its slow first
+    // answer and retried it; the base's 2 s waited for its own.
+    let prd_requests = prd_rx.wait_requests(prd.len() + 1, WAIT).await;
+    let mut prd_attempts: Vec<String> = prd_requests
+        .iter()
+        .filter_map(|r| r.header(common::contract::header::ATTEMPT))
+        .collect();
+    prd_attempts.sort();
+    assert_eq!(prd_attempts, ["1", "1", "2"]);
+    let series = |endpoint: &str, class: &str| {
+        format!(
+            "hookpost_delivery_attempts_total{{endpoint=\"{endpoint}\",status_class=\"{class}\"}}"
+        )
+    };
+    tests::eventually(WAIT, "the base's slow answer counted", || async {
+        (dispatcher.metric(&series("shop", "2xx")).await == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(dispatcher.metric(&series("shop", "timeout")).await, 0.0);
+    assert_eq!(dispatcher.metric(&series("shop~prd", "timeout")).await, 1.0);
+    // Labels stay bounded: per endpoint (and variant), never per tenant.
+    let text = dispatcher.metrics_text().await;
+    assert!(text.contains("endpoint=\"shop~snd\""));
+    assert!(!text.contains("tenant") && !text.contains("acme"), "{text}");
     dispatcher.stop().await.expect("clean stop");
 
     for (rx, events, secret, others) in [
@@ -241,6 +274,10 @@ async fn each_environment_gets_only_its_events_at_its_url_signed_with_its_secret
         None,
         "headers are per environment"
     );
+    // Method and timeout are per environment too.
+    assert!(snd_rx.received().iter().all(|r| r.method == "PUT"));
+    assert!(prd_rx.received().iter().all(|r| r.method == "POST"));
+    assert!(base_rx.received().iter().all(|r| r.method == "POST"));
     let topology = Topology::new(&config.amqp);
     let unrouted = scope.take(&topology.unrouted_scoped(), 3).await;
     assert_eq!(ids_in(&unrouted), ids(&stray));
