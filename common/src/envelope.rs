@@ -183,6 +183,12 @@ impl Event {
     /// # Errors
     /// [`EnvelopeError`] when the bytes are not JSON, miss a field or break a rule.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        // The common case first, without tracking the path (a dispatcher
+        // parses every delivery); a failure is parsed again to name its field.
+        if let Ok(event) = serde_json::from_slice::<Event>(bytes) {
+            event.validate()?;
+            return Ok(event);
+        }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let event: Event = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();

@@ -59,10 +59,8 @@ impl Sender {
             Method::Post => reqwest::Method::POST,
             Method::Put => reqwest::Method::PUT,
         };
-        let mut request = self
-            .client
-            .request(method, endpoint.url.clone())
-            .timeout(endpoint.timeout);
+        // One timer: the `timeout` below bounds the request and the body.
+        let mut request = self.client.request(method, endpoint.url.clone());
         for (name, value) in &endpoint.headers {
             request = request.header(name.as_str(), value.expose());
         }

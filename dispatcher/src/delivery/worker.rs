@@ -196,6 +196,9 @@ async fn consume(
         breaker: breaker.clone(),
     };
     let batch_size = endpoint.batch_size as usize;
+    // Each batch task holds the worker's `Shared` by one reference count,
+    // not a copy of its dozens of handles (cloned per event at batch 1).
+    let task_shared = Arc::new(shared.clone());
     let mut lost_publisher = false;
     // The consumer starts once the breaker is closed; while it is half-open,
     // single messages are fetched as probes instead (nothing is prefetched).
@@ -272,7 +275,7 @@ async fn consume(
         }
         let (endpoint, shared, router, stops) = (
             endpoint.clone(),
-            shared.clone(),
+            task_shared.clone(),
             router.clone(),
             stops.clone(),
         );
