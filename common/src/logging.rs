@@ -10,6 +10,8 @@ pub fn init(default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or journald gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(ExpectedAnswers)
         .with_filter(filter);
     tracing_subscriber::registry().with(layer).init();
