@@ -202,6 +202,55 @@ async fn sigterm_after_dead_letters_logs_no_error() {
     let _ = std::fs::remove_file(&config);
 }
 
+/// An endpoint that fails every event: its retries and dead letters are
+/// logged with backoff, each line counting the ones it stands for, not one
+/// line per event.
+#[tokio::test]
+async fn a_failing_endpoint_logs_with_backoff_not_per_event() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::with(Arc::new(|_, _| Reply::Status(500, Vec::new()))).await;
+    let config = write_config(
+        &scope,
+        "flood",
+        &endpoint("ep", &receiver.url, "max_retries = 1"),
+    );
+    let log = std::env::temp_dir().join(format!("{}-flood.log", scope.prefix));
+    let mut dispatcher = Dispatcher::start(&config, log);
+    scope.wait_consumers("ep", 1).await;
+    let n = 60;
+    publish(&config, n).await;
+    let dead = format!("{}.dead", scope.prefix);
+    eventually(WAIT, "every event dead-lettered", || async {
+        (scope.depth(&dead).await == n as u32).then_some(())
+    })
+    .await;
+    dispatcher.signal("TERM");
+    let status = dispatcher.wait_exit(WAIT).await;
+    let log = dispatcher.log();
+    assert!(status.success(), "{log}");
+    let lines = |what: &str| -> Vec<&str> { log.lines().filter(|l| l.contains(what)).collect() };
+    let (retrying, dead_lettered) = (lines("Delivery failed; retrying"), lines("Dead-lettered"));
+    assert!(!retrying.is_empty() && !dead_lettered.is_empty(), "{log}");
+    // Each kind's first line at once, then at most one a second (doubling).
+    assert!(
+        retrying.len() <= 6,
+        "{} retry lines:\n{log}",
+        retrying.len()
+    );
+    assert!(
+        dead_lettered.len() <= 6,
+        "{} dead-letter lines:\n{log}",
+        dead_lettered.len()
+    );
+    assert!(retrying[0].contains("failures=1"), "{}", retrying[0]);
+    assert!(
+        dead_lettered[0].contains("dead_lettered=1"),
+        "{}",
+        dead_lettered[0]
+    );
+    let _ = std::fs::remove_file(&config);
+}
+
 #[tokio::test]
 async fn sighup_reloads_and_rejects_an_invalid_config() {
     let scope = Scope::new().await;

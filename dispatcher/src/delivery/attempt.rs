@@ -15,10 +15,12 @@ use crate::delivery::worker::{Shared, Stops, hand_back};
 use common::Event;
 use common::config::Endpoint;
 use common::history::{self, Outcome as Logged};
+use common::logging::Throttle;
 use common::metrics::status_class;
 use common::operational::{self, Notice};
 use common::transform::Outcome;
 use lapin::message::Delivery;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long an event waits before going back to its queue when no
@@ -125,7 +127,16 @@ pub(super) async fn process(
                     last_error: &e,
                     scope: scope_of(endpoint, None),
                 };
-                dead_letter(shared, router, endpoint, None, &delivery, &why).await;
+                dead_letter(
+                    shared,
+                    &stops.lines,
+                    router,
+                    endpoint,
+                    None,
+                    &delivery,
+                    &why,
+                )
+                .await;
             }
         }
     }
@@ -283,7 +294,9 @@ pub(super) async fn process(
                         .deliveries
                         .with_label_values(&[id, "dropped"])
                         .inc();
-                    tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, error = %last_error, "Retries used up; dropped (on_exhausted = \"drop\").");
+                    if let Some(dropped) = stops.lines.dropped() {
+                        tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, error = %last_error, dropped, "Retries used up; dropped (on_exhausted = \"drop\", logged with backoff).");
+                    }
                 }
             }
             Action::DeadLetter(reason) => {
@@ -294,7 +307,16 @@ pub(super) async fn process(
                     last_error: &last_error,
                     scope: scope_of(endpoint, Some(&v.event)),
                 };
-                dead_letter(shared, router, endpoint, Some(&v.event), &v.delivery, &why).await;
+                dead_letter(
+                    shared,
+                    &stops.lines,
+                    router,
+                    endpoint,
+                    Some(&v.event),
+                    &v.delivery,
+                    &why,
+                )
+                .await;
             }
             Action::Retry {
                 tier_ms,
@@ -311,7 +333,9 @@ pub(super) async fn process(
                         .deliveries
                         .with_label_values(&[id, "retried"])
                         .inc();
-                    tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, retry_in_ms = tier_ms, error = %last_error, "Delivery failed; retrying.");
+                    if let Some(failures) = stops.lines.retrying() {
+                        tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, retry_in_ms = tier_ms, error = %last_error, failures, "Delivery failed; retrying (logged with backoff).");
+                    }
                 }
                 Err(e) => {
                     tracing::error!(endpoint = %id, event = %v.event.id, error = %e, "Could not schedule the retry; the message returns to its queue.");
@@ -436,6 +460,7 @@ fn scope_of<'a>(
 
 async fn dead_letter(
     shared: &Shared,
+    lines: &FailureLines,
     router: &Router,
     endpoint: &Endpoint,
     event: Option<&Event>,
@@ -472,11 +497,65 @@ async fn dead_letter(
                 .deliveries
                 .with_label_values(&[id, "dead_lettered"])
                 .inc();
-            tracing::warn!(endpoint = %id, reason = why.reason.as_str(), attempt = why.attempt, error = %why.last_error, "Dead-lettered.");
+            if let Some(dead_lettered) = lines.dead_lettered() {
+                tracing::warn!(endpoint = %id, reason = why.reason.as_str(), attempt = why.attempt, error = %why.last_error, dead_lettered, "Dead-lettered (logged with backoff).");
+            }
         }
         Err(e) => {
             tracing::error!(endpoint = %id, error = %e, "Could not dead-letter; the message returns to its queue.");
             router.requeue(delivery).await;
         }
     }
+}
+
+/// One endpoint's per-event failure lines, each kind logged with backoff:
+/// an endpoint that is down fails every event, and a line per event would
+/// flood the log. Each line says how many it stands for.
+#[derive(Debug)]
+pub struct FailureLines {
+    retrying: Mutex<Throttle>,
+    dropped: Mutex<Throttle>,
+    dead_lettered: Mutex<Throttle>,
+}
+
+impl Default for FailureLines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FailureLines {
+    /// Fresh throttles (one line per second at first, then less often, up to one a minute).
+    pub fn new() -> Self {
+        let throttle = || {
+            Mutex::new(Throttle::new(
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            ))
+        };
+        Self {
+            retrying: throttle(),
+            dropped: throttle(),
+            dead_lettered: throttle(),
+        }
+    }
+
+    fn retrying(&self) -> Option<u64> {
+        hit(&self.retrying)
+    }
+
+    fn dropped(&self) -> Option<u64> {
+        hit(&self.dropped)
+    }
+
+    fn dead_lettered(&self) -> Option<u64> {
+        hit(&self.dead_lettered)
+    }
+}
+
+fn hit(throttle: &Mutex<Throttle>) -> Option<u64> {
+    throttle
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .hit()
 }

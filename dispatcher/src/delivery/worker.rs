@@ -5,7 +5,7 @@
 //! finish before it returns, and what it had prefetched goes back to the
 //! queue.
 
-use crate::delivery::attempt::process;
+use crate::delivery::attempt::{FailureLines, process};
 use crate::delivery::availability::is_paused;
 use crate::delivery::batch::next_batch;
 use crate::delivery::breaker::{Breaker, State as BreakerState};
@@ -89,9 +89,10 @@ pub async fn run(
     shared: Shared,
     stop: CancellationToken,
     breaker: Arc<Breaker>,
+    lines: Arc<FailureLines>,
     just_declared: bool,
 ) -> Exit {
-    match consume(&endpoint, &shared, &stop, &breaker, just_declared).await {
+    match consume(&endpoint, &shared, &stop, &breaker, lines, just_declared).await {
         Ok(exit) => exit,
         Err(e) => Exit::Lost(e.to_string()),
     }
@@ -104,6 +105,7 @@ async fn consume(
     shared: &Shared,
     stop: &CancellationToken,
     breaker: &Arc<Breaker>,
+    lines: Arc<FailureLines>,
     just_declared: bool,
 ) -> Result<Exit, lapin::Error> {
     let id = endpoint.id.as_str();
@@ -194,6 +196,7 @@ async fn consume(
         pause: pause.clone(),
         suspend: suspend.clone(),
         breaker: breaker.clone(),
+        lines,
     };
     let batch_size = endpoint.batch_size as usize;
     // Each batch task holds the worker's `Shared` by one reference count,
@@ -427,4 +430,6 @@ pub(super) struct Stops {
     pub(super) suspend: CancellationToken,
     /// The endpoint's circuit breaker.
     pub(super) breaker: Arc<Breaker>,
+    /// Its per-event failure lines, logged with backoff.
+    pub(super) lines: Arc<FailureLines>,
 }

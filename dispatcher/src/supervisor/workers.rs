@@ -90,6 +90,9 @@ async fn supervise(
     shared.metrics.init_endpoint(&endpoint.id);
     let mut delays = common::amqp::backoff(std::time::Duration::from_secs(10));
     let breaker = Arc::new(breaker::Breaker::new(endpoint.breaker));
+    // Kept across runs, like the breaker: a failing endpoint's lines stay
+    // throttled through its breaker's cycles.
+    let lines = Arc::new(delivery::attempt::FailureLines::new());
     // Workers start right after their queue was declared.
     let mut just_declared = true;
     loop {
@@ -100,6 +103,7 @@ async fn supervise(
             shared.clone(),
             stop.clone(),
             breaker.clone(),
+            lines.clone(),
             std::mem::take(&mut just_declared),
         ))
         .await;
