@@ -194,14 +194,15 @@ async fn serve_runs_the_management_api_when_api_tokens_are_set() {
         "serve-api",
         "",
         &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[ingest]\nlisten = \"127.0.0.1:{ingest}\"\ntokens = [\"ingest-token-0123456789\"]\n[api]\nlisten = \"127.0.0.1:{api}\"\ntokens = [\"api-token-0123456789abc\"]\n"
+            "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[ingest]\nlisten = \"127.0.0.1:{ingest}\"\ntokens = [\"ingest-token-0123456789\"]\n[api]\nlisten = \"127.0.0.1:{api}\"\ntokens = [\"api-token-0123456789abc\"]\n[registry]\nsecrets_key = \"bG9jYWwtZGV2LWtleS0zMi1ieXRlcy1jaGFuZ2UtbWU=\"\n"
         ),
     );
-    let mut child = producer(&scope)
+    let child = producer(&scope)
         .env_remove("HOOKPOST_AMQP_PREFIX")
         .args(["--config"])
         .arg(&config)
         .arg("serve")
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("serve starts");
     let http = reqwest::Client::new();
@@ -235,8 +236,16 @@ async fn serve_runs_the_management_api_when_api_tokens_are_set() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let status = child.wait().expect("serve exits");
-    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    let out = child.wait_with_output().expect("serve exits");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "clean exit on SIGTERM: {log}");
+    // A start and a stop right after it (a publisher still setting up its
+    // channel when the close comes) log no warning or error.
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains("ERROR"))
+        .collect();
+    assert!(bad.is_empty(), "WARN/ERROR lines:\n{}", bad.join("\n"));
 }
 
 #[tokio::test]

@@ -143,7 +143,9 @@ pub struct Publisher {
     /// The current channel, readable without waiting for `channel`'s lock.
     current: std::sync::Mutex<Option<Channel>>,
     metrics: Option<ProducerMetrics>,
-    never: CancellationToken,
+    /// Cancelled by [`Publisher::close`]: no connection is opened after it,
+    /// and a setup the close interrupted is not retried or logged.
+    closed: CancellationToken,
     events_exchange: ShortString,
     scoped_exchange: ShortString,
     max_bytes: usize,
@@ -170,7 +172,7 @@ impl Publisher {
             lane: Mutex::new(None),
             current: std::sync::Mutex::new(None),
             metrics: None,
-            never: CancellationToken::new(),
+            closed: CancellationToken::new(),
             events_exchange: topology.events_exchange().into(),
             scoped_exchange: topology.scoped_exchange().into(),
             max_bytes: config.amqp.max_message_bytes,
@@ -394,7 +396,7 @@ impl Publisher {
         }
         *slot = None;
         loop {
-            let connection = self.client.connection(Some(deadline), &self.never).await?;
+            let connection = self.client.connection(Some(deadline), &self.closed).await?;
             let opened = async {
                 let channel = connection
                     .create_channel()
@@ -424,6 +426,8 @@ impl Publisher {
                 }
                 Ok(Err(e)) if !e.is_retryable() => return Err(e),
                 // The connection died between connect and setup: try again.
+                // Closed on purpose (shutdown) during the setup: not a failure.
+                Ok(Err(e)) if self.closed.is_cancelled() => return Err(e),
                 Ok(Err(e)) if Instant::now() < deadline && !connection.status().connected() => {
                     tracing::warn!(error = %e, "Broker channel setup failed; reconnecting.");
                 }
@@ -449,6 +453,8 @@ impl Publisher {
         };
         match common::archive::ensure(connection, &self.topology, archive).await {
             Ok(()) => true,
+            // Closed on purpose during the setup: nothing is lost.
+            Err(_) if self.closed.is_cancelled() => false,
             Err(e) => {
                 tracing::warn!(
                     stream = stream.as_str(),
@@ -493,6 +499,8 @@ impl Publisher {
                     Err(e) => tracing::warn!(error = %e, "Broker connection failed."),
                     Ok(_) => match self.lane(Instant::now() + self.timeout).await {
                         Ok(_) => {}
+                        // Shutting down: the close interrupted the setup.
+                        Err(_) if shutdown.is_cancelled() || self.closed.is_cancelled() => break,
                         Err(e) if !e.is_retryable() => {
                             tracing::error!(error = %e, "Broker refused the topology.");
                             return Err(e);
@@ -516,8 +524,14 @@ impl Publisher {
     }
 
     /// Closes the connection, within [`common::amqp::CLOSE_TIMEOUT`] even
-    /// when the broker blocks it.
+    /// when the broker blocks it. For good: later publishes fail rather than
+    /// open a new connection.
     pub async fn close(&self) {
+        self.closed.cancel();
+        // A channel setup under way finishes first (no new one starts after
+        // the cancel): a channel opened while the connection closes makes
+        // lapin log an error.
+        let _setup = tokio::time::timeout(common::amqp::CLOSE_TIMEOUT, self.lane.lock()).await;
         self.client.close().await;
     }
 }
