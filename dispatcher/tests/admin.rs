@@ -657,6 +657,15 @@ async fn endpoints_list_filters_by_tenant_and_environment() {
             && row.contains("acme"),
         "{everything}"
     );
+    // `topology status` lists the registered endpoints' queues too,
+    // environments included.
+    let topology = ok(&admin(&config, &["topology", "status"]));
+    let row = topology
+        .lines()
+        .find(|l| l.contains(".ep.a-reg~prd "))
+        .unwrap_or_else(|| panic!("a-reg~prd's queue: {topology}"));
+    assert!(row.contains("endpoint (registered)"), "{topology}");
+    assert!(topology.contains(".ep.a-shop~snd "), "{topology}");
     let acme = ok(&admin(&config, &["endpoints", "--tenant", "acme"]));
     assert_eq!(
         ids(&acme),

@@ -160,6 +160,33 @@ impl Topology {
         format!("{}.ep.{endpoint_id}", self.prefix)
     }
 
+    /// Every queue of an installation with what it holds, in the order an
+    /// operator reads them: unrouted, dead letters, the endpoints of
+    /// `config` (its file), then `registered` (runtime ids, environments
+    /// included), then the wait tiers. `hookpost-admin topology status` and
+    /// the console's topology page list these.
+    pub fn queues(
+        &self,
+        config: &crate::config::Config,
+        registered: impl IntoIterator<Item = String>,
+    ) -> Vec<(String, &'static str)> {
+        let mut rows = vec![
+            (self.unrouted(), "unrouted"),
+            (self.unrouted_scoped(), "unrouted (tenants, environments)"),
+            (self.dead(), "dead letters"),
+        ];
+        for ep in &config.endpoints {
+            rows.push((self.endpoint_queue(&ep.id), "endpoint (hookpost.toml)"));
+        }
+        for id in registered {
+            rows.push((self.endpoint_queue(&id), "endpoint (registered)"));
+        }
+        for tier in config.wait_tiers() {
+            rows.push((self.wait_queue(tier), "wait tier"));
+        }
+        rows
+    }
+
     /// Fanout exchange in front of one wait tier.
     pub fn retry_exchange(&self, delay_ms: u64) -> String {
         format!("{}.retry.{delay_ms}", self.prefix)

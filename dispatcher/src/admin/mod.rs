@@ -224,18 +224,8 @@ impl Admin {
     pub async fn topology_status(
         &self,
     ) -> anyhow::Result<Vec<(String, &'static str, Option<(u32, u32)>)>> {
-        let t = &self.topology;
-        let mut rows = vec![
-            (t.unrouted(), "unrouted"),
-            (t.unrouted_scoped(), "unrouted (tenants, environments)"),
-            (t.dead(), "dead letters"),
-        ];
-        for ep in &self.config.endpoints {
-            rows.push((t.endpoint_queue(&ep.id), "endpoint"));
-        }
-        for tier in self.config.wait_tiers() {
-            rows.push((t.wait_queue(tier), "wait tier"));
-        }
+        let registered = self.holds().await?.runtime_ids(&self.config);
+        let rows = self.topology.queues(&self.config, registered);
         let mut out = Vec::with_capacity(rows.len());
         for (name, kind) in rows {
             let status = self.queue_status(&name).await?;

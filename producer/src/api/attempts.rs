@@ -103,15 +103,7 @@ pub(super) async fn handle(api: &Api, req: Request<super::ApiBody>, path: &str) 
             }
             query.event = Some(id.clone());
             if let Caller::Tenant(t) = caller {
-                let own: BTreeSet<String> = state
-                    .endpoints
-                    .values()
-                    .filter(|e| {
-                        e.tenant() == Some(t.as_str()) && !api.config.is_file_endpoint(&e.id)
-                    })
-                    .map(|e| e.id.clone())
-                    .collect();
-                query.endpoints_in = Some(own);
+                query.endpoints_in = Some(tenant_endpoints(api, &state, t));
             }
         }
     }
@@ -126,6 +118,21 @@ pub(super) async fn handle(api: &Api, req: Request<super::ApiBody>, path: &str) 
         ),
         Err(response) => response,
     }
+}
+
+/// The ids of `tenant`'s registered endpoints: what its token may read the
+/// attempts of (the config file's endpoints are the operator's).
+pub(crate) fn tenant_endpoints(
+    api: &Api,
+    state: &common::registry::control::Holds,
+    tenant: &str,
+) -> BTreeSet<String> {
+    state
+        .endpoints
+        .values()
+        .filter(|e| e.tenant() == Some(tenant) && !api.config.is_file_endpoint(&e.id))
+        .map(|e| e.id.clone())
+        .collect()
 }
 
 /// Reads the attempt log for `query` on a connection of its own, within

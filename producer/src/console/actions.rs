@@ -209,16 +209,7 @@ pub async fn recent_attempts(api: &Api, caller: &Caller, tenant: Option<&str>) -
     let endpoints_in = match caller {
         Caller::Operator => None,
         Caller::Tenant(t) => match api.current().await {
-            Ok(state) => Some(
-                state
-                    .endpoints
-                    .values()
-                    .filter(|e| {
-                        e.tenant() == Some(t.as_str()) && !api.config().is_file_endpoint(&e.id)
-                    })
-                    .map(|e| e.id.clone())
-                    .collect(),
-            ),
+            Ok(state) => Some(crate::api::attempts::tenant_endpoints(api, &state, t)),
             Err(_) => return Vec::new(),
         },
     };
@@ -259,23 +250,11 @@ pub async fn topology_page(api: &Api, s: &Signed) -> HttpResponse {
         Ok(conn) => conn,
         Err(r) => return r,
     };
-    let t = Topology::for_config(api.config());
-    let mut rows = vec![
-        (t.unrouted(), "unrouted"),
-        (t.unrouted_scoped(), "unrouted (tenants, environments)"),
-        (t.dead(), "dead letters"),
-    ];
-    for ep in &api.config().endpoints {
-        rows.push((t.endpoint_queue(&ep.id), "endpoint (hookpost.toml)"));
-    }
-    if let Ok(state) = api.current().await {
-        for id in state.endpoints.keys() {
-            rows.push((t.endpoint_queue(id), "endpoint (registered)"));
-        }
-    }
-    for tier in api.config().wait_tiers() {
-        rows.push((t.wait_queue(tier), "wait tier"));
-    }
+    let registered = match api.current().await {
+        Ok(state) => state.runtime_ids(api.config()),
+        Err(_) => Vec::new(),
+    };
+    let rows = Topology::for_config(api.config()).queues(api.config(), registered);
     let registry = Registry::new(&conn, api.config());
     let mut shown = Vec::with_capacity(rows.len());
     for (name, kind) in rows {

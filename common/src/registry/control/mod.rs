@@ -69,6 +69,17 @@ impl PartialEq for State {
 }
 
 impl State {
+    /// The runtime ids (each endpoint's own, then `<id>~<env>` for each of
+    /// its environments) of the registered endpoints that `config`'s file
+    /// does not hold: the queues the registry adds.
+    pub fn runtime_ids(&self, config: &crate::config::Config) -> Vec<String> {
+        self.endpoints
+            .values()
+            .filter(|e| !config.is_file_endpoint(&e.id))
+            .flat_map(|e| e.runtime_bindings().into_iter().map(|(id, _)| id))
+            .collect()
+    }
+
     /// Whether `stored` was applied: it is the endpoint's current version,
     /// or one of its recent versions with the same content. `false` when
     /// another writer's record won that version, or (rarely) when the state
