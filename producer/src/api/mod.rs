@@ -25,6 +25,8 @@
 pub(crate) mod attempts;
 mod replays;
 mod tenants;
+mod views;
+use views::created;
 
 use crate::http::{
     self, BodyError, bearer_matches, body_timeout, error, method_not_allowed, read_body, too_large,
@@ -32,13 +34,12 @@ use crate::http::{
 };
 use common::Config;
 use common::amqp::AmqpClient;
+use common::registry;
 use common::registry::control::{self, Holds, State};
-use common::registry::{self, StoredEndpoint};
 use common::registry::{Mode, OpError, Registry};
-use common::secret::redact_url;
 use common::server::{HttpResponse, json};
 use common::topology::Topology;
-use hyper::header::{AUTHORIZATION, HeaderValue, LOCATION};
+use hyper::header::{AUTHORIZATION, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -370,55 +371,6 @@ impl Api {
             .map(|tenant| Caller::Tenant(tenant.to_owned()))
             .ok_or_else(unauthorized)
     }
-
-    /// Registered endpoints, then the config file's; a tenant sees only its
-    /// registered ones. `tenant`: only those of this tenant.
-    async fn list(&self, caller: &Caller, tenant: Option<&str>) -> Result<HttpResponse, OpError> {
-        let state = self.current().await?;
-        let own = match caller {
-            Caller::Operator => None,
-            Caller::Tenant(t) => Some(t.as_str()),
-        };
-        let wanted = |t: Option<&str>| {
-            own.is_none_or(|own| t == Some(own)) && tenant.is_none_or(|want| t == Some(want))
-        };
-        let mut endpoints: Vec<Value> = state
-            .endpoints
-            .values()
-            .filter(|e| !self.config.is_file_endpoint(&e.id) && wanted(e.tenant()))
-            .map(|e| registry::public_view(e, state.holds.contains(&e.id)))
-            .collect();
-        if own.is_none() {
-            endpoints.extend(
-                self.config
-                    .endpoints
-                    .iter()
-                    .filter(|e| wanted(e.tenant.as_deref()))
-                    .map(|e| file_view(e, state.holds.contains(&e.id))),
-            );
-        }
-        Ok(json(StatusCode::OK, &json!({ "endpoints": endpoints })))
-    }
-
-    async fn get(&self, caller: &Caller, id: &str) -> Result<HttpResponse, OpError> {
-        let state = self.current().await?;
-        let paused = state.holds.contains(id);
-        if let Some(e) = self.config.endpoint(id)
-            && *caller == Caller::Operator
-        {
-            return Ok(json(StatusCode::OK, &file_view(e, paused)));
-        }
-        let stored = state
-            .endpoints
-            .get(id)
-            .filter(|e| !self.config.is_file_endpoint(&e.id))
-            .filter(|e| match caller {
-                Caller::Operator => true,
-                Caller::Tenant(t) => e.tenant() == Some(t.as_str()),
-            })
-            .ok_or_else(|| OpError::NotFound(id.to_owned()))?;
-        Ok(json(StatusCode::OK, &registry::public_view(stored, paused)))
-    }
 }
 
 /// Follows the control stream for the API's reads, reconnecting as needed.
@@ -449,34 +401,6 @@ async fn follow(
         || {},
     )
     .await;
-}
-
-fn created(stored: &StoredEndpoint, generated: Option<String>) -> HttpResponse {
-    let mut view = registry::public_view(stored, false);
-    if let (Some(secret), Value::Object(v)) = (generated, &mut view) {
-        v.insert("secret".into(), Value::String(secret));
-    }
-    let mut r = json(StatusCode::CREATED, &view);
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/endpoints/{}", stored.id)) {
-        r.headers_mut().insert(LOCATION, v);
-    }
-    r
-}
-
-/// A file endpoint as the API shows it (read-only; nothing secret).
-fn file_view(e: &common::config::Endpoint, paused: bool) -> Value {
-    let mut view = json!({
-        "id": e.id,
-        "url": redact_url(e.url.as_str()),
-        "events": e.events,
-        "source": "file",
-        "read_only": true,
-        "paused": paused,
-    });
-    if let Some(tenant) = &e.tenant {
-        view["tenant"] = json!(tenant);
-    }
-    view
 }
 
 async fn read_object(
