@@ -432,3 +432,29 @@ async fn a_nack_fails_only_the_refused_events() {
     );
     publisher.close().await;
 }
+
+/// A closed publisher stays closed: a later publish fails at once and opens
+/// no new connection.
+#[tokio::test]
+async fn a_publish_after_close_fails_without_reconnecting() {
+    let scope = Scope::new().await;
+    let config = scope.config("");
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let event = Event::new("order.created", serde_json::json!({})).expect("valid");
+    publisher.publish(&event).await.expect("confirmed");
+    publisher.close().await;
+    let started = std::time::Instant::now();
+    let err = publisher
+        .publish(&event)
+        .await
+        .expect_err("a closed publisher publishes nothing");
+    assert!(
+        matches!(
+            err,
+            PublishError::Unavailable(common::amqp::AmqpError::Shutdown)
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1), "failed at once");
+    assert!(!publisher.client().is_connected(), "no new connection");
+}

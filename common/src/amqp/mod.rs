@@ -184,6 +184,9 @@ impl AmqpClient {
         {
             return Ok(conn.clone());
         }
+        if shutdown.is_cancelled() {
+            return Err(AmqpError::Shutdown);
+        }
         if let Some(old) = current.take() {
             // Best effort: free the broker side of a half-dead connection.
             let _ = tokio::time::timeout(
@@ -210,10 +213,12 @@ impl AmqpClient {
                         .with_connection_name(self.inner.name.as_str().into()),
                 );
                 let result = match deadline {
-                    Some(d) => tokio::time::timeout_at(d, attempt)
-                        .await
-                        .map_err(|_| "connection attempt timed out".to_owned())
-                        .and_then(|r| r.map_err(|e| e.to_string())),
+                    Some(d) => tokio::select! {
+                        r = tokio::time::timeout_at(d, attempt) => r
+                            .map_err(|_| "connection attempt timed out".to_owned())
+                            .and_then(|r| r.map_err(|e| e.to_string())),
+                        () = shutdown.cancelled() => return Err(AmqpError::Shutdown),
+                    },
                     None => tokio::select! {
                         r = attempt => r.map_err(|e| e.to_string()),
                         () = shutdown.cancelled() => return Err(AmqpError::Shutdown),

@@ -389,6 +389,9 @@ impl Publisher {
     /// exchanges) if needed.
     async fn lane(&self, deadline: Instant) -> Result<Arc<Lane>, PublishError> {
         let mut slot = self.lane.lock().await;
+        if self.closed.is_cancelled() {
+            return Err(PublishError::Unavailable(AmqpError::Shutdown));
+        }
         if let Some(lane) = slot.as_ref()
             && lane.is_open()
         {
@@ -523,9 +526,10 @@ impl Publisher {
         self.client.blocked()
     }
 
-    /// Closes the connection, within [`common::amqp::CLOSE_TIMEOUT`] even
-    /// when the broker blocks it. For good: later publishes fail rather than
-    /// open a new connection.
+    /// Closes the connection, for good: later publishes fail rather than
+    /// open a new connection. Bounded even when the broker blocks it: at
+    /// most [`common::amqp::CLOSE_TIMEOUT`] for a channel setup under way to
+    /// finish, then the client's own close (twice that at most).
     pub async fn close(&self) {
         self.closed.cancel();
         // A channel setup under way finishes first (no new one starts after
