@@ -224,7 +224,17 @@ impl Admin {
     pub async fn topology_status(
         &self,
     ) -> anyhow::Result<Vec<(String, &'static str, Option<(u32, u32)>)>> {
-        let registered = self.holds().await?.runtime_ids(&self.config);
+        // The registry's endpoints too; a registry that cannot be read now
+        // leaves the config file's queues still worth seeing.
+        let registered = match self.holds().await {
+            Ok(state) => state.runtime_ids(&self.config),
+            Err(e) => {
+                eprintln!(
+                    "warning: the registry could not be read ({e:#}); its endpoints' queues are not listed"
+                );
+                Vec::new()
+            }
+        };
         let rows = self.topology.queues(&self.config, registered);
         let mut out = Vec::with_capacity(rows.len());
         for (name, kind) in rows {
