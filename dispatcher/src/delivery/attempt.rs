@@ -296,6 +296,10 @@ pub(super) async fn process(
                         .inc();
                     if let Some(dropped) = stops.lines.dropped() {
                         tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, error = %last_error, dropped, "Retries used up; dropped (on_exhausted = \"drop\", logged with backoff).");
+                    } else {
+                        // Every dropped id stays findable (the attempt log
+                        // has it too, when on).
+                        tracing::debug!(endpoint = %id, event = %v.event.id, attempt = v.attempt, error = %last_error, "Retries used up; dropped.");
                     }
                 }
             }
@@ -335,6 +339,8 @@ pub(super) async fn process(
                         .inc();
                     if let Some(failures) = stops.lines.retrying() {
                         tracing::warn!(endpoint = %id, event = %v.event.id, attempt = v.attempt, retry_in_ms = tier_ms, error = %last_error, failures, "Delivery failed; retrying (logged with backoff).");
+                    } else {
+                        tracing::debug!(endpoint = %id, event = %v.event.id, attempt = v.attempt, retry_in_ms = tier_ms, error = %last_error, "Delivery failed; retrying.");
                     }
                 }
                 Err(e) => {
@@ -499,6 +505,8 @@ async fn dead_letter(
                 .inc();
             if let Some(dead_lettered) = lines.dead_lettered() {
                 tracing::warn!(endpoint = %id, reason = why.reason.as_str(), attempt = why.attempt, error = %why.last_error, dead_lettered, "Dead-lettered (logged with backoff).");
+            } else {
+                tracing::debug!(endpoint = %id, reason = why.reason.as_str(), attempt = why.attempt, error = %why.last_error, "Dead-lettered.");
             }
         }
         Err(e) => {
