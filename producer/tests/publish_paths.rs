@@ -22,7 +22,8 @@ const TOKEN: &str = "ingest-token-for-the-publish-paths-test";
 #[tokio::test]
 async fn every_publishing_path_reaches_only_the_named_tenant_and_environment() {
     let scope = Scope::new().await;
-    let (acme_base, acme_snd, globex_snd) = (
+    let (acme_base, acme_snd, globex_base, globex_snd) = (
+        Receiver::start().await,
         Receiver::start().await,
         Receiver::start().await,
         Receiver::start().await,
@@ -40,7 +41,7 @@ async fn every_publishing_path_reaches_only_the_named_tenant_and_environment() {
         ),
         endpoint(
             "globex-shop",
-            &globex_snd.url,
+            &globex_base.url,
             &["order.*"],
             &variant("globex", &globex_snd.url),
         ),
@@ -145,8 +146,8 @@ async fn every_publishing_path_reaches_only_the_named_tenant_and_environment() {
     sent.push(plain.id.clone());
 
     acme_snd.wait_ids(&sent, WAIT).await;
-    // Nothing else is on its way: the base and the other tenant's variant
-    // are checked after the dispatcher has drained its queues.
+    // Then nothing else: the other receivers got nothing, and nothing waits
+    // in their queues either.
     stop.cancel();
     serving.await.expect("serve task").expect("serve");
     publisher.close().await;
@@ -160,7 +161,17 @@ async fn every_publishing_path_reaches_only_the_named_tenant_and_environment() {
         "a sandbox event reached the base URL"
     );
     assert!(
-        globex_snd.ids().is_empty(),
-        "another tenant's variant got acme's events"
+        globex_snd.ids().is_empty() && globex_base.ids().is_empty(),
+        "another tenant's endpoint got acme's events"
     );
+    // Nor is anything still on its way to them: their queues are empty.
+    for queue in [
+        "acme-shop",
+        "acme-shop~snd",
+        "globex-shop",
+        "globex-shop~snd",
+    ] {
+        let name = format!("{}.ep.{queue}", scope.prefix);
+        assert_eq!(scope.depth(&name).await, 0, "{name}");
+    }
 }

@@ -173,7 +173,7 @@ fn verifies(secret: &str, request: &tests::receiver::Received) -> bool {
 async fn each_environment_gets_only_its_events_at_its_url_signed_with_its_secret() {
     let scope = Scope::new().await;
     // The first request to the base URL and to prd's is answered after 1 s:
-    // within the base's 2 s timeout, past prd's own 300 ms (retried there).
+    // within the base's 10 s timeout, past prd's own 300 ms (retried there).
     let slow_first: tests::receiver::Behaviour = std::sync::Arc::new(|n, _| {
         if n == 0 {
             Reply::Delay(Duration::from_secs(1), 200)
@@ -193,7 +193,7 @@ async fn each_environment_gets_only_its_events_at_its_url_signed_with_its_secret
             &base_rx.url,
             &["order.*"],
             &format!(
-                "tenant = \"acme\"\nsecrets = [\"{S0}\"]\nenvironments = {{ prd = {{ url = \"{}\", secrets = [\"{S1}\"], timeout_ms = 300 }}, snd = {{ url = \"{}\", method = \"PUT\", secrets = [\"{S2}\"], headers = {{ X-Env = \"sandbox\" }} }} }}",
+                "tenant = \"acme\"\nsecrets = [\"{S0}\"]\ntimeout_ms = 10000\nenvironments = {{ prd = {{ url = \"{}\", secrets = [\"{S1}\"], timeout_ms = 300 }}, snd = {{ url = \"{}\", method = \"PUT\", secrets = [\"{S2}\"], headers = {{ X-Env = \"sandbox\" }} }} }}",
                 prd_rx.url, snd_rx.url
             )
         ),
@@ -224,7 +224,7 @@ async fn each_environment_gets_only_its_events_at_its_url_signed_with_its_secret
     prd_rx.wait_ids(&want(&prd), WAIT).await;
     snd_rx.wait_ids(&want(&snd), WAIT).await;
     // Timeouts are per environment: prd's 300 ms gave up on its slow first
-    // answer and retried it; the base's 2 s waited for its own.
+    // answer and retried it; the base's 10 s waited for its own.
     let prd_requests = prd_rx.wait_requests(prd.len() + 1, WAIT).await;
     let mut prd_attempts: Vec<String> = prd_requests
         .iter()
