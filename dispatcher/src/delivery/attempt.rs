@@ -8,19 +8,19 @@ use crate::delivery::availability::report_breaker;
 use crate::delivery::breaker::State as BreakerState;
 use crate::delivery::classify::{Overrides, Reason, Response, Verdict, classify};
 use crate::delivery::decide::{self, Action};
+use crate::delivery::failures::FailureLines;
+use crate::delivery::log::Record;
 use crate::delivery::request::{Part, build};
 use crate::delivery::route::{DeadLetter, Router, attempt_of};
 use crate::delivery::transform::SandboxError;
 use crate::delivery::worker::{Shared, Stops, hand_back};
 use common::Event;
 use common::config::Endpoint;
-use common::history::{self, Outcome as Logged};
-use common::logging::Throttle;
+use common::history::Outcome as Logged;
 use common::metrics::status_class;
 use common::operational::{self, Notice};
 use common::transform::Outcome;
 use lapin::message::Delivery;
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long an event waits before going back to its queue when no
@@ -355,74 +355,6 @@ pub(super) async fn process(
     }
 }
 
-/// Who an attempt log record is about.
-struct Record<'a> {
-    endpoint: &'a Endpoint,
-    event: Option<&'a Event>,
-    delivery: &'a Delivery,
-    attempt: u32,
-}
-
-impl<'a> Record<'a> {
-    fn of(
-        endpoint: &'a Endpoint,
-        event: Option<&'a Event>,
-        delivery: &'a Delivery,
-        attempt: u32,
-    ) -> Self {
-        Self {
-            endpoint,
-            event,
-            delivery,
-            attempt,
-        }
-    }
-
-    /// Hands the record to the attempt log (never waits).
-    #[allow(clippy::too_many_arguments)]
-    fn log(
-        &self,
-        shared: &Shared,
-        started_at: time::OffsetDateTime,
-        took: Duration,
-        outcome: Logged,
-        status: Option<u16>,
-        error: Option<&str>,
-        body: &[u8],
-    ) {
-        if !shared.log.is_enabled() {
-            return;
-        }
-        let event_id = self.event.map_or_else(
-            || {
-                self.delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
-            },
-            |e| e.id.clone(),
-        );
-        shared.log.record(history::Attempt {
-            event_id,
-            event_type: self.event.map(|e| e.event_type.clone()).unwrap_or_default(),
-            tenant: self.event.and_then(|e| e.tenant.clone()),
-            environment: self.event.and_then(|e| e.environment.clone()),
-            endpoint: self.endpoint.id.clone(),
-            attempt: self.attempt,
-            started_at: started_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-            outcome,
-            status,
-            error: error.map(str::to_owned),
-            response: history::snippet(body, shared.log.keep_body()),
-        });
-    }
-}
-
 /// The event, if the endpoint may receive it: the bindings route only the
 /// endpoint's tenant and environment to its queue, but an AMQP client can
 /// publish a routing key that disagrees with the envelope it sends.
@@ -514,56 +446,4 @@ async fn dead_letter(
             router.requeue(delivery).await;
         }
     }
-}
-
-/// One endpoint's per-event failure lines, each kind logged with backoff:
-/// an endpoint that is down fails every event, and a line per event would
-/// flood the log. Each line says how many it stands for.
-#[derive(Debug)]
-pub struct FailureLines {
-    retrying: Mutex<Throttle>,
-    dropped: Mutex<Throttle>,
-    dead_lettered: Mutex<Throttle>,
-}
-
-impl Default for FailureLines {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl FailureLines {
-    /// Fresh throttles (one line per second at first, then less often, up to one a minute).
-    pub fn new() -> Self {
-        let throttle = || {
-            Mutex::new(Throttle::new(
-                Duration::from_secs(1),
-                Duration::from_secs(60),
-            ))
-        };
-        Self {
-            retrying: throttle(),
-            dropped: throttle(),
-            dead_lettered: throttle(),
-        }
-    }
-
-    fn retrying(&self) -> Option<u64> {
-        hit(&self.retrying)
-    }
-
-    fn dropped(&self) -> Option<u64> {
-        hit(&self.dropped)
-    }
-
-    fn dead_lettered(&self) -> Option<u64> {
-        hit(&self.dead_lettered)
-    }
-}
-
-fn hit(throttle: &Mutex<Throttle>) -> Option<u64> {
-    throttle
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .hit()
 }

@@ -2,13 +2,20 @@
 //! [`AttemptLog::record`], which never waits; the [`outbox`] writer
 //! appends it to `<prefix>.log` (declaring the stream when it is gone).
 //! Lost records are counted in `hookpost_log_records_total{result="lost"}`.
+//! [`Record`] is what `attempt.rs` knows of an attempt, made into one.
 
 use crate::delivery::outbox::{self, Outgoing, Purpose};
+use crate::delivery::worker::Shared;
+use common::Event;
 use common::amqp::AmqpClient;
+use common::config::Endpoint;
 use common::config::LogConfig;
 use common::history::Attempt;
+use common::history::{self, Outcome as Logged};
 use common::topology::Topology;
+use lapin::message::Delivery;
 use prometheus::IntCounterVec;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -87,5 +94,73 @@ impl AttemptLog {
         if tx.try_send(out).is_err() {
             self.records.with_label_values(&["lost"]).inc();
         }
+    }
+}
+
+/// Who an attempt log record is about.
+pub(super) struct Record<'a> {
+    endpoint: &'a Endpoint,
+    event: Option<&'a Event>,
+    delivery: &'a Delivery,
+    attempt: u32,
+}
+
+impl<'a> Record<'a> {
+    pub(super) fn of(
+        endpoint: &'a Endpoint,
+        event: Option<&'a Event>,
+        delivery: &'a Delivery,
+        attempt: u32,
+    ) -> Self {
+        Self {
+            endpoint,
+            event,
+            delivery,
+            attempt,
+        }
+    }
+
+    /// Hands the record to the attempt log (never waits).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn log(
+        &self,
+        shared: &Shared,
+        started_at: time::OffsetDateTime,
+        took: Duration,
+        outcome: Logged,
+        status: Option<u16>,
+        error: Option<&str>,
+        body: &[u8],
+    ) {
+        if !shared.log.is_enabled() {
+            return;
+        }
+        let event_id = self.event.map_or_else(
+            || {
+                self.delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            },
+            |e| e.id.clone(),
+        );
+        shared.log.record(history::Attempt {
+            event_id,
+            event_type: self.event.map(|e| e.event_type.clone()).unwrap_or_default(),
+            tenant: self.event.and_then(|e| e.tenant.clone()),
+            environment: self.event.and_then(|e| e.environment.clone()),
+            endpoint: self.endpoint.id.clone(),
+            attempt: self.attempt,
+            started_at: started_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            outcome,
+            status,
+            error: error.map(str::to_owned),
+            response: history::snippet(body, shared.log.keep_body()),
+        });
     }
 }

@@ -48,3 +48,6 @@ pub mod outbox;
 
 // Tell whoever subscribes (`hookpost.#`) what happened to an endpoint.
 pub mod notices;
+
+// Log a failing endpoint's per-event lines with backoff.
+pub mod failures;

@@ -5,11 +5,12 @@
 //! finish before it returns, and what it had prefetched goes back to the
 //! queue.
 
-use crate::delivery::attempt::{FailureLines, process};
+use crate::delivery::attempt::process;
 use crate::delivery::availability::is_paused;
 use crate::delivery::batch::next_batch;
 use crate::delivery::breaker::{Breaker, State as BreakerState};
 use crate::delivery::channels::{Channels, Lease};
+use crate::delivery::failures::FailureLines;
 use crate::delivery::limit::Limiter;
 use crate::delivery::route::Router;
 use crate::delivery::send::Sender;

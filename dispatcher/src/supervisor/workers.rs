@@ -92,7 +92,7 @@ async fn supervise(
     let breaker = Arc::new(breaker::Breaker::new(endpoint.breaker));
     // Kept across runs, like the breaker: a failing endpoint's lines stay
     // throttled through its breaker's cycles.
-    let lines = Arc::new(delivery::attempt::FailureLines::new());
+    let lines = Arc::new(delivery::failures::FailureLines::new());
     // Workers start right after their queue was declared.
     let mut just_declared = true;
     loop {
