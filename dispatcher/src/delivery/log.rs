@@ -2,7 +2,7 @@
 //! [`AttemptLog::record`], which never waits; the [`outbox`] writer
 //! appends it to `<prefix>.log` (declaring the stream when it is gone).
 //! Lost records are counted in `hookpost_log_records_total{result="lost"}`.
-//! [`Record`] is what `attempt.rs` knows of an attempt, made into one.
+//! `Record` is what `attempt.rs` knows of an attempt, made into one.
 
 use crate::delivery::outbox::{self, Outgoing, Purpose};
 use crate::delivery::worker::Shared;
