@@ -9,7 +9,7 @@ use crate::delivery::breaker::State as BreakerState;
 use crate::delivery::classify::{Overrides, Reason, Response, Verdict, classify};
 use crate::delivery::decide::{self, Action};
 use crate::delivery::failures::FailureLines;
-use crate::delivery::log::Record;
+use crate::delivery::log::{Record, Try};
 use crate::delivery::request::{Part, build};
 use crate::delivery::route::{DeadLetter, Router, attempt_of};
 use crate::delivery::transform::SandboxError;
@@ -65,16 +65,10 @@ pub(super) async fn process(
                 match shared.sandbox.run(id, transform, &delivery.data).await {
                     Ok(Outcome::Send(body)) => Ok(Some(body)),
                     Ok(Outcome::Drop) => {
-                        let attempt_at = time::OffsetDateTime::now_utc();
-                        let record = Record::of(endpoint, parsed.as_ref().ok(), &delivery, attempt);
-                        record.log(
+                        Record::of(endpoint, parsed.as_ref().ok(), &delivery, attempt).log(
                             shared,
-                            attempt_at,
-                            Duration::ZERO,
+                            &Try::none(shared, None),
                             Logged::Filtered,
-                            None,
-                            None,
-                            &[],
                         );
                         if router.ack(&delivery).await.is_ok() {
                             shared
@@ -113,12 +107,8 @@ pub(super) async fn process(
             Err((reason, e)) => {
                 Record::of(endpoint, None, &delivery, attempt).log(
                     shared,
-                    time::OffsetDateTime::now_utc(),
-                    Duration::ZERO,
+                    &Try::none(shared, Some(&e)),
                     Logged::DeadLettered,
-                    None,
-                    Some(&e),
-                    &[],
                 );
                 let why = DeadLetter {
                     reason,
@@ -253,6 +243,7 @@ pub(super) async fn process(
     let now = time::OffsetDateTime::now_utc();
     let mut delivered = 0;
     let failed = (!matches!(verdict, Verdict::Delivered)).then_some(last_error.as_str());
+    let logged = Try::new(shared, started_at, took, last_status, failed, &body);
     for v in &valid {
         let action = decide::decide(&verdict, v.attempt, &endpoint.retry, endpoint.on_exhausted);
         let outcome = match action {
@@ -261,15 +252,7 @@ pub(super) async fn process(
             Action::DeadLetter(_) => Logged::DeadLettered,
             Action::Retry { .. } => Logged::Retry,
         };
-        Record::of(endpoint, Some(&v.event), &v.delivery, v.attempt).log(
-            shared,
-            started_at,
-            took,
-            outcome,
-            last_status,
-            failed,
-            &body,
-        );
+        Record::of(endpoint, Some(&v.event), &v.delivery, v.attempt).log(shared, &logged, outcome);
         match action {
             Action::Ack => {
                 if router.ack(&v.delivery).await.is_ok() {

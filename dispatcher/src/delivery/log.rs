@@ -121,17 +121,7 @@ impl<'a> Record<'a> {
     }
 
     /// Hands the record to the attempt log (never waits).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn log(
-        &self,
-        shared: &Shared,
-        started_at: time::OffsetDateTime,
-        took: Duration,
-        outcome: Logged,
-        status: Option<u16>,
-        error: Option<&str>,
-        body: &[u8],
-    ) {
+    pub(super) fn log(&self, shared: &Shared, attempt: &Try, outcome: Logged) {
         if !shared.log.is_enabled() {
             return;
         }
@@ -153,14 +143,60 @@ impl<'a> Record<'a> {
             environment: self.event.and_then(|e| e.environment.clone()),
             endpoint: self.endpoint.id.clone(),
             attempt: self.attempt,
+            started_at: attempt.started_at.clone(),
+            duration_ms: attempt.duration_ms,
+            outcome,
+            status: attempt.status,
+            error: attempt.error.clone(),
+            response: attempt.response.clone(),
+        });
+    }
+}
+
+/// What the records of one attempt share, prepared once for its whole batch
+/// (and not at all when the attempt log is off).
+#[derive(Debug, Default)]
+pub(super) struct Try {
+    started_at: String,
+    duration_ms: u64,
+    status: Option<u16>,
+    error: Option<String>,
+    response: Option<String>,
+}
+
+impl Try {
+    /// An attempt that started at `started_at` and took `took`.
+    pub(super) fn new(
+        shared: &Shared,
+        started_at: time::OffsetDateTime,
+        took: Duration,
+        status: Option<u16>,
+        error: Option<&str>,
+        body: &[u8],
+    ) -> Self {
+        if !shared.log.is_enabled() {
+            return Self::default();
+        }
+        Self {
             started_at: started_at
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-            outcome,
             status,
             error: error.map(str::to_owned),
             response: history::snippet(body, shared.log.keep_body()),
-        });
+        }
+    }
+
+    /// An event settled without a request (filtered or refused), now.
+    pub(super) fn none(shared: &Shared, error: Option<&str>) -> Self {
+        Self::new(
+            shared,
+            time::OffsetDateTime::now_utc(),
+            Duration::ZERO,
+            None,
+            error,
+            &[],
+        )
     }
 }
