@@ -51,11 +51,7 @@ impl AttemptLog {
     ) -> (Self, JoinHandle<()>) {
         let keep_body = config.response_body_bytes;
         let queue = topology.log();
-        let purpose = Purpose {
-            name: "the attempt log",
-            stream: Some(config),
-            pack: true,
-        };
+        let purpose = Purpose::Log(config);
         let (tx, task) = outbox::start(client, topology, purpose, records.clone(), stop);
         (
             Self {

@@ -30,11 +30,7 @@ impl Notices {
         stop: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let exchange = topology.scoped_exchange();
-        let purpose = Purpose {
-            name: "operational events",
-            stream: None,
-            pack: false,
-        };
+        let purpose = Purpose::Events;
         let (tx, task) = outbox::start(client, topology, purpose, counted.clone(), stop);
         (
             Self {

@@ -81,18 +81,31 @@ pub struct Outgoing {
     pub message_id: Option<String>,
 }
 
-/// What a writer is for: its name in warnings, and the stream it declares
-/// when it opens its channel (the attempt log's).
+/// What a writer is for.
 #[derive(Debug, Clone)]
-pub struct Purpose {
-    /// "the attempt log", "operational events".
-    pub name: &'static str,
-    /// The log stream to make sure of, with its settings.
-    pub stream: Option<LogConfig>,
-    /// Whether messages to the same place go together as one, a body per
-    /// line (the attempt log: one stream message per record would double
-    /// the broker's work at one request per event).
-    pub pack: bool,
+pub enum Purpose {
+    /// The attempt log: it makes sure of its stream (with these settings)
+    /// when it opens its channel, and packs records to the same place into
+    /// one compressed message, a record per line (one stream message per
+    /// record would double the broker's work at one request per event).
+    Log(LogConfig),
+    /// Operational events: one message each, to their exchange.
+    Events,
+}
+
+impl Purpose {
+    /// Its name in warnings.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Log(_) => "the attempt log",
+            Self::Events => "operational events",
+        }
+    }
+
+    /// Whether messages to the same place go together as one.
+    fn packs(&self) -> bool {
+        matches!(self, Self::Log(_))
+    }
 }
 
 /// Starts a writer of `Outgoing` messages on `client`'s connection; it
@@ -135,7 +148,7 @@ impl Writer {
             };
             let Some(first) = first else { break };
             let mut batch = Self::fill(first, &mut rx);
-            if self.purpose.pack {
+            if self.purpose.packs() {
                 Self::linger(&mut batch, &mut rx, &stop).await;
             }
             self.write(batch).await;
@@ -193,7 +206,7 @@ impl Writer {
     }
 
     /// Appends `batch` and waits for its confirms; what is not confirmed
-    /// is counted lost. With `purpose.pack`, consecutive messages to the
+    /// is counted lost. With a packing `purpose`, consecutive messages to the
     /// same place go as one message, their bodies one per line.
     async fn write(&mut self, batch: Vec<Outgoing>) {
         let n = batch.len();
@@ -205,7 +218,7 @@ impl Writer {
             }
         };
         let stamp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
-        let packed = if self.purpose.pack {
+        let packed = if self.purpose.packs() {
             pack(batch)
         } else {
             batch.into_iter().map(|o| (o, 1)).collect()
@@ -213,7 +226,7 @@ impl Writer {
         let mut confirms = Vec::with_capacity(packed.len());
         let mut sent = 0;
         for (out, count) in &packed {
-            let content_type = if self.purpose.pack {
+            let content_type = if self.purpose.packs() {
                 "application/x-ndjson"
             } else {
                 "application/json"
@@ -226,7 +239,7 @@ impl Writer {
             // fifth of the bytes through the broker (BENCHMARKS.md, log-read).
             let compressed = self
                 .purpose
-                .pack
+                .packs()
                 .then(|| common::history::compress(&out.body));
             if compressed.is_some() {
                 properties = properties.with_content_encoding(common::history::LZ4.into());
@@ -324,7 +337,7 @@ impl Writer {
                 .connection(Some(deadline), &never)
                 .await
                 .map_err(|e| e.to_string())?;
-            if let Some(log) = &self.purpose.stream {
+            if let Purpose::Log(log) = &self.purpose {
                 history::ensure(&conn, &self.topology, log)
                     .await
                     .map_err(|e| format!("declaring {}: {e}", self.topology.log()))?;
@@ -344,7 +357,7 @@ impl Writer {
     fn lost(&mut self, n: usize, why: &str) {
         self.records.with_label_values(&["lost"]).inc_by(n as u64);
         if let Some(times) = self.failures.hit() {
-            tracing::warn!(records = n, failures = times, error = %why, "Writing {} failed; deliveries go on, these records are lost (logged with backoff).", self.purpose.name);
+            tracing::warn!(records = n, failures = times, error = %why, "Writing {} failed; deliveries go on, these records are lost (logged with backoff).", self.purpose.name());
         }
     }
 }
