@@ -169,7 +169,6 @@ async fn route(api: &Api, req: Request<ApiBody>) -> HttpResponse {
         if !same_origin(api, &req) {
             return forbidden(&signed.ctx, "This form was sent from another site.");
         }
-        let query = req.uri().query().unwrap_or("").to_owned();
         let form = match read_form(api, req).await {
             Ok(form) => form,
             Err(r) => return r,
@@ -194,7 +193,7 @@ async fn route(api: &Api, req: Request<ApiBody>) -> HttpResponse {
             );
             return r;
         }
-        return views::post(api, &signed, &path, &query, &form).await;
+        return views::post(api, &signed, &path, &form).await;
     }
     views::get(api, &signed, &path, req.uri().query().unwrap_or("")).await
 }

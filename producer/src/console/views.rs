@@ -73,7 +73,7 @@ pub async fn get(api: &Api, s: &Signed, path: &str, query: &str) -> HttpResponse
 }
 
 /// A form post (its CSRF token already checked).
-pub async fn post(api: &Api, s: &Signed, path: &str, _query: &str, form: &Form) -> HttpResponse {
+pub async fn post(api: &Api, s: &Signed, path: &str, form: &Form) -> HttpResponse {
     let segments: Vec<&str> = path.split('/').filter(|x| !x.is_empty()).collect();
     match segments.as_slice() {
         ["console", "endpoints"] => save(api, s, None, form).await,
