@@ -25,6 +25,7 @@
 //! the consumers free the resource, far longer than a publish should wait.
 
 mod copies;
+mod error;
 mod lane;
 mod watchdog;
 
@@ -33,9 +34,10 @@ use common::amqp::{AmqpClient, AmqpError};
 use common::config::Config;
 use common::metrics::ProducerMetrics;
 use common::routing::Exchange;
-use common::topology::{Topology, TopologyError};
+use common::topology::Topology;
 use copies::with_copies;
 pub use copies::{COPIES_PER_MESSAGE, COPY_MESSAGE_BYTES};
+pub use error::PublishError;
 use lane::{CopyCounters, Item, Lane, Outcome, Ticket};
 use lapin::Channel;
 use lapin::options::ConfirmSelectOptions;
@@ -49,88 +51,6 @@ use watchdog::Watchdog;
 
 /// Most publishes awaiting their confirm at once, across all callers.
 pub const WINDOW: usize = 1000;
-
-/// Why events were not (or not surely) stored by the broker.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// No broker connection within the publish timeout (counted from the
-    /// call's start or its last confirm). Nothing was confirmed from the
-    /// unconfirmed events; publishing them again is safe.
-    #[error("broker unavailable: {0}")]
-    Unavailable(#[from] AmqpError),
-    /// The broker refused to store an event (for example the unrouted queue is full).
-    #[error("event {id}: the broker refused it (nack)")]
-    Nacked {
-        /// The event id.
-        id: String,
-    },
-    /// The broker could not route an event even to the unrouted queue.
-    #[error("event {id}: unroutable ({reply}); is the topology declared?")]
-    Unroutable {
-        /// The event id.
-        id: String,
-        /// The broker's reply text.
-        reply: String,
-    },
-    /// The broker confirmed none of the call's events for the publish
-    /// timeout (overloaded, stalled or blocked): the call's oldest
-    /// unconfirmed event, and those after it, may or may not be stored.
-    #[error(
-        "event {id}: not confirmed within {timeout:?} of the broker's last progress; it may or may not have been stored"
-    )]
-    Timeout {
-        /// The oldest unconfirmed event's id.
-        id: String,
-        /// The publish timeout.
-        timeout: Duration,
-    },
-    /// The broker blocks publishing on this connection (a memory or disk
-    /// alarm, `reason` as the broker gives it). Events not confirmed before
-    /// the block may or may not be stored; publishing them again later is safe.
-    #[error("the broker is blocking publishes ({reason}); not confirmed, retry later")]
-    Blocked {
-        /// The broker's reason, such as "low on memory".
-        reason: String,
-    },
-    /// The event breaks the envelope's rules (its public fields were changed
-    /// after it was built); nothing was published.
-    #[error("event {id}: {source}")]
-    Invalid {
-        /// The event id.
-        id: String,
-        /// The rule it breaks.
-        source: common::envelope::EnvelopeError,
-    },
-    /// The event is larger than `amqp.max_message_bytes`; nothing was published.
-    #[error("event {id}: {size} bytes, over amqp.max_message_bytes ({max})")]
-    TooLarge {
-        /// The event id.
-        id: String,
-        /// Its size.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// Declaring the exchanges failed.
-    #[error(transparent)]
-    Topology(#[from] TopologyError),
-    /// A channel could not be opened or set up.
-    #[error("broker channel: {0}")]
-    Channel(#[source] lapin::Error),
-}
-
-impl PublishError {
-    /// Whether trying again later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        !matches!(
-            self,
-            Self::Unroutable { .. }
-                | Self::TooLarge { .. }
-                | Self::Invalid { .. }
-                | Self::Topology(TopologyError::Conflict { .. })
-        )
-    }
-}
 
 /// A connection to the broker for publishing events. Cheap to share behind an
 /// `Arc`; concurrent publishes share one channel and are in flight together.
