@@ -17,7 +17,7 @@
 //! | `DELETE /v1/tenants/{tenant}/tokens/{id}` | revokes one (operator only) |
 //!
 //! Two kinds of bearer token ([`Caller`]): an operator token (`api.tokens`)
-//! may do everything; a tenant token (`hptk_…`, [`tenants`]) sees only its
+//! may do everything; a tenant token (`hptk_…`, `tenants.rs`) sees only its
 //! tenant's registered endpoints (any other answers 404 as if it did not
 //! exist), cannot name another tenant in a body (403), and gets 403 on the
 //! operator-only routes.
