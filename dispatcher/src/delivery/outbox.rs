@@ -110,7 +110,7 @@ impl Purpose {
 
 /// Starts a writer of `Outgoing` messages on `client`'s connection; it
 /// ends when `stop` fires, after writing what is buffered (at most
-/// [`FLUSH`]). `records` counts `written` and `lost`.
+/// `FLUSH`). `records` counts `written` and `lost`.
 pub fn start(
     client: AmqpClient,
     topology: Topology,
