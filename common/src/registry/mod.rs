@@ -24,6 +24,7 @@ mod ops;
 mod patch;
 mod rotation;
 pub mod snapshot;
+mod token_ops;
 pub mod tokens;
 mod validate;
 mod view;
