@@ -22,16 +22,15 @@
 //! exist), cannot name another tenant in a body (403), and gets 403 on the
 //! operator-only routes.
 
+mod answer;
 pub(crate) mod attempts;
 mod replays;
 mod tenants;
 mod views;
+use answer::{bad_request, op_error, query_param, read_object, unavailable};
 use views::created;
 
-use crate::http::{
-    self, BodyError, bearer_matches, body_timeout, error, method_not_allowed, read_body, too_large,
-    unauthorized,
-};
+use crate::http::{self, bearer_matches, error, method_not_allowed, unauthorized};
 use common::Config;
 use common::amqp::AmqpClient;
 use common::registry;
@@ -41,7 +40,7 @@ use common::server::{HttpResponse, json};
 use common::topology::Topology;
 use hyper::header::{AUTHORIZATION, HeaderValue};
 use hyper::{Method, Request, StatusCode};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -401,77 +400,6 @@ async fn follow(
         || {},
     )
     .await;
-}
-
-async fn read_object(
-    req: Request<ApiBody>,
-    timeout: Duration,
-) -> Result<Map<String, Value>, HttpResponse> {
-    let body = match read_body(req.into_body(), MAX_BODY_BYTES, timeout).await {
-        Ok(body) => body,
-        Err(BodyError::TimedOut) => return Err(body_timeout(timeout)),
-        // The API has always answered a body that broke off as too large
-        // (the ingest answers 400); kept as it was.
-        Err(BodyError::TooLarge | BodyError::Broken) => return Err(too_large(MAX_BODY_BYTES)),
-    };
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "the body must be a JSON object",
-            Some(""),
-        )),
-        Err(e) => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("body is not JSON: {e}"),
-            Some(""),
-        )),
-    }
-}
-
-/// The raw value of query parameter `name` (the last one given).
-fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .filter(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-        .next_back()
-}
-
-fn op_error(e: &OpError) -> HttpResponse {
-    match e {
-        OpError::NotFound(_) | OpError::UnknownToken(_) => {
-            error(StatusCode::NOT_FOUND, &e.to_string(), None)
-        }
-        OpError::Forbidden(m) => error(StatusCode::FORBIDDEN, m, Some("tenant")),
-        OpError::Conflict(m) => error(StatusCode::CONFLICT, m, None),
-        OpError::Invalid(f) => error(
-            StatusCode::BAD_REQUEST,
-            &format!("{}: {}", f.field, f.message),
-            Some(&f.field),
-        ),
-        OpError::Broker(_) => unavailable(&e.to_string()),
-        OpError::Internal(m) => {
-            tracing::error!(error = %m, "Management API: internal error.");
-            error(StatusCode::INTERNAL_SERVER_ERROR, m, None)
-        }
-    }
-}
-
-/// 400 naming the query or body `field` that is bad, and why.
-fn bad_request(field: &str, message: &str) -> HttpResponse {
-    error(
-        StatusCode::BAD_REQUEST,
-        &format!("{field} {message}"),
-        Some(field),
-    )
-}
-
-fn unavailable(message: &str) -> HttpResponse {
-    tracing::warn!(error = %message, "Management API: broker unavailable.");
-    // The reason names broker objects, never credentials (URLs are redacted).
-    http::unavailable(&format!("broker unavailable ({message}); retry later"), "1")
 }
 
 /// Serves the management API on `listener` until `shutdown`.
