@@ -24,13 +24,14 @@
 //! instead of waiting out the timeout: an alarm lasts until an operator or
 //! the consumers free the resource, far longer than a publish should wait.
 
+mod channel;
 mod copies;
 mod error;
 mod lane;
 mod watchdog;
 
 use common::Event;
-use common::amqp::{AmqpClient, AmqpError};
+use common::amqp::AmqpClient;
 use common::config::Config;
 use common::metrics::ProducerMetrics;
 use common::routing::Exchange;
@@ -40,7 +41,6 @@ pub use copies::{COPIES_PER_MESSAGE, COPY_MESSAGE_BYTES};
 pub use error::PublishError;
 use lane::{CopyCounters, Item, Lane, Outcome, Ticket};
 use lapin::Channel;
-use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use std::sync::Arc;
 use std::time::Duration;
@@ -303,141 +303,6 @@ impl Publisher {
             properties,
             copies: 0,
         })
-    }
-
-    /// The publishing lane, opening its channel (and declaring the
-    /// exchanges) if needed.
-    async fn lane(&self, deadline: Instant) -> Result<Arc<Lane>, PublishError> {
-        let mut slot = self.lane.lock().await;
-        if self.closed.is_cancelled() {
-            return Err(PublishError::Unavailable(AmqpError::Shutdown));
-        }
-        if let Some(lane) = slot.as_ref()
-            && lane.is_open()
-        {
-            return Ok(lane.clone());
-        }
-        *slot = None;
-        loop {
-            let connection = self.client.connection(Some(deadline), &self.closed).await?;
-            let opened = async {
-                let channel = connection
-                    .create_channel()
-                    .await
-                    .map_err(PublishError::Channel)?;
-                channel
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await
-                    .map_err(PublishError::Channel)?;
-                self.topology.declare_base(&connection, &channel).await?;
-                Ok::<_, PublishError>((channel, self.ensure_archive(&connection).await))
-            };
-            match tokio::time::timeout_at(deadline, opened).await {
-                Ok(Ok((channel, archive))) => {
-                    *self
-                        .current
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel.clone());
-                    let lane = Arc::new(Lane::start(
-                        channel,
-                        WINDOW,
-                        archive,
-                        self.copy_counters.clone(),
-                    ));
-                    *slot = Some(lane.clone());
-                    return Ok(lane);
-                }
-                Ok(Err(e)) if !e.is_retryable() => return Err(e),
-                // The connection died between connect and setup: try again.
-                // Closed on purpose (shutdown) during the setup: not a failure.
-                Ok(Err(e)) if self.closed.is_cancelled() => return Err(e),
-                Ok(Err(e)) if Instant::now() < deadline && !connection.status().connected() => {
-                    tracing::warn!(error = %e, "Broker channel setup failed; reconnecting.");
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(PublishError::Unavailable(AmqpError::Unavailable {
-                        url: "broker".into(),
-                        waited: self.timeout,
-                        last_error: "channel setup timed out".into(),
-                    }));
-                }
-            }
-        }
-    }
-
-    /// Whether the archive stream is there (declared now if not), when
-    /// `[archive]` is enabled. A failure is logged (with backoff: once per
-    /// lane) and the lane counts its events' copies lost: the archive never
-    /// fails a publish.
-    async fn ensure_archive(&self, connection: &lapin::Connection) -> bool {
-        let Some((archive, stream)) = &self.archive else {
-            return false;
-        };
-        match common::archive::ensure(connection, &self.topology, archive).await {
-            Ok(()) => true,
-            // Closed on purpose during the setup: nothing is lost.
-            Err(_) if self.closed.is_cancelled() => false,
-            Err(e) => {
-                tracing::warn!(
-                    stream = stream.as_str(),
-                    error = %e,
-                    "Event archive unavailable; events are published without their archive copy."
-                );
-                false
-            }
-        }
-    }
-
-    async fn replace_lane(&self, suspect: &Arc<Lane>) {
-        let mut slot = self.lane.lock().await;
-        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, suspect)) {
-            *slot = None;
-            suspect.close();
-        }
-    }
-
-    async fn forget_lane(&self, broken: &Arc<Lane>) {
-        let mut slot = self.lane.lock().await;
-        if slot
-            .as_ref()
-            .is_some_and(|l| Arc::ptr_eq(l, broken) && !l.is_open())
-        {
-            *slot = None;
-        }
-    }
-
-    /// Keeps a channel open until `shutdown`: connects (retrying without
-    /// deadline) and declares the exchanges, then checks every second and
-    /// reconnects when the broker went away, so readiness recovers even when
-    /// no publish comes. Used by servers that start while the broker is down.
-    ///
-    /// # Errors
-    /// [`PublishError::Topology`] on a conflicting declaration.
-    pub async fn keep_connected(&self, shutdown: &CancellationToken) -> Result<(), PublishError> {
-        while !shutdown.is_cancelled() {
-            if !self.is_ready() {
-                match self.client.connection(None, shutdown).await {
-                    Err(AmqpError::Shutdown) => break,
-                    Err(e) => tracing::warn!(error = %e, "Broker connection failed."),
-                    Ok(_) => match self.lane(Instant::now() + self.timeout).await {
-                        Ok(_) => {}
-                        // Shutting down: the close interrupted the setup.
-                        Err(_) if shutdown.is_cancelled() || self.closed.is_cancelled() => break,
-                        Err(e) if !e.is_retryable() => {
-                            tracing::error!(error = %e, "Broker refused the topology.");
-                            return Err(e);
-                        }
-                        Err(e) => tracing::warn!(error = %e, "Broker channel setup failed."),
-                    },
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = shutdown.cancelled() => {}
-            }
-        }
-        Ok(())
     }
 
     /// Why the broker blocks this publisher's connection, if it does (see
