@@ -33,11 +33,22 @@ pub(crate) async fn publisher_alone_with(
     extra: &str,
 ) -> anyhow::Result<Vec<Row>> {
     let (mut raw_best, mut ours_best) = (0.0_f64, 0.0_f64);
+    // The CPU of the rounds of each, summed (the rows show all rounds').
+    let (mut raw_cpu, mut ours_cpu) = (Row::default(), Row::default());
+    let add = |total: &mut Row, mark: CpuMark| {
+        let mut one = Row::default();
+        mark.fill(&mut one);
+        let sum = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b).or(b);
+        total.broker_cpu_s = sum(total.broker_cpu_s, one.broker_cpu_s);
+        total.bench_cpu_s = sum(total.bench_cpu_s, one.bench_cpu_s);
+    };
     for _ in 0..rounds {
         let scope = Scope::new().await;
         let exchange = format!("{}.raw", scope.prefix);
         scope.quorum_queue_behind(&exchange).await;
+        let mark = CpuMark::now();
         raw_best = raw_best.max(n as f64 / raw_publish(&exchange, n, size, FASTEST).await?);
+        add(&mut raw_cpu, mark);
         drop(scope);
 
         let scope = Scope::new().await;
@@ -49,9 +60,11 @@ pub(crate) async fn publisher_alone_with(
             .await?;
         scope.track_endpoint(&config, "bench");
         let events: Vec<Event> = (0..n).map(|_| event(size)).collect();
+        let mark = CpuMark::now();
         let started = Instant::now();
         publisher.publish_many(&events).await?;
         ours_best = ours_best.max(n as f64 / started.elapsed().as_secs_f64());
+        add(&mut ours_cpu, mark);
         publisher.close().await;
     }
     let raw = progress_of(Row {
@@ -59,6 +72,8 @@ pub(crate) async fn publisher_alone_with(
         events: n,
         seconds: n as f64 / raw_best,
         events_per_s: raw_best,
+        broker_cpu_s: raw_cpu.broker_cpu_s,
+        bench_cpu_s: raw_cpu.bench_cpu_s,
         ..Row::default()
     });
     let ours = progress_of(Row {
@@ -74,6 +89,8 @@ pub(crate) async fn publisher_alone_with(
         seconds: n as f64 / ours_best,
         events_per_s: ours_best,
         ratio_to_raw_broker: Some(ours_best / raw_best),
+        broker_cpu_s: ours_cpu.broker_cpu_s,
+        bench_cpu_s: ours_cpu.bench_cpu_s,
         ..Row::default()
     });
     Ok(vec![raw, ours])
@@ -95,6 +112,7 @@ pub(crate) async fn cli(n: usize, size: usize, batch: u32) -> anyhow::Result<Row
     let config = scope.write_config("producer", "", "");
     let data = std::env::temp_dir().join(format!("{}-data.json", scope.prefix));
     std::fs::write(&data, serde_json::to_vec(&event(size).data)?)?;
+    let mark = CpuMark::now();
     let started = Instant::now();
     let mut child = Command::new(&exe)
         .arg("--config")
@@ -119,7 +137,7 @@ pub(crate) async fn cli(n: usize, size: usize, batch: u32) -> anyhow::Result<Row
     dispatcher.stop();
     received?;
     anyhow::ensure!(status.success(), "hookpost-producer publish: {status}");
-    Ok(Row {
+    Ok(mark.filled(Row {
         scenario: format!("hookpost-producer publish --count {n} → dispatcher, batch {batch}"),
         events: n,
         deliveries: n,
@@ -128,5 +146,5 @@ pub(crate) async fn cli(n: usize, size: usize, batch: u32) -> anyhow::Result<Row
         dispatcher_peak_rss_mib: rss,
         dispatcher_cpu_s: cpu,
         ..Row::default()
-    })
+    }))
 }

@@ -25,14 +25,7 @@ impl DispatcherChild {
                     .find_map(|l| l.strip_prefix("VmHWM:"))
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             });
-        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-                let ticks: f64 =
-                    fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-                Some(ticks / 100.0)
-            });
+        let cpu = cpu_of(&format!("/proc/{pid}/stat"));
         (rss.map(|kb| kb / 1024.0), cpu)
     }
 
@@ -134,6 +127,7 @@ pub(crate) async fn hookpost_with(
     // One pipelined publish_many (a sliding window of unconfirmed publishes),
     // as the raw broker scenario publishes.
     let events: Vec<Event> = (0..n).map(|_| event(size)).collect();
+    let mark = CpuMark::now();
     let started = Instant::now();
     let publishing = tokio::spawn(async move { p.publish_many(&events).await });
     sink.wait_for((n * k) as u64, Duration::from_secs(600))
@@ -146,7 +140,7 @@ pub(crate) async fn hookpost_with(
     let latencies = std::mem::take(&mut *sink.latencies.lock().expect("lock"));
     let (p50, p95, p99) = percentiles(latencies);
     publisher.close().await;
-    Ok(Row {
+    Ok(mark.filled(Row {
         scenario: name.to_owned(),
         events: n,
         deliveries: n * k,
@@ -158,7 +152,7 @@ pub(crate) async fn hookpost_with(
         dispatcher_peak_rss_mib: rss,
         dispatcher_cpu_s: cpu,
         ..Row::default()
-    })
+    }))
 }
 
 /// A fixed offered rate, batch size 1: publish-to-receipt percentiles.
@@ -169,6 +163,7 @@ pub(crate) async fn latency(rate: u32, seconds: u64, size: usize) -> anyhow::Res
     let config = scope.config("");
     let publisher = Arc::new(Publisher::connect(&config).await?);
     let n = rate as usize * seconds as usize;
+    let mark = CpuMark::now();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let per_tick = (rate as usize / 100).max(1);
@@ -195,7 +190,7 @@ pub(crate) async fn latency(rate: u32, seconds: u64, size: usize) -> anyhow::Res
     dispatcher.stop();
     let (p50, p95, p99) = percentiles(std::mem::take(&mut *sink.latencies.lock().expect("lock")));
     publisher.close().await;
-    Ok(Row {
+    Ok(mark.filled(Row {
         scenario: format!("latency at {rate} events/s, batch 1"),
         events: n,
         deliveries: n,
@@ -207,7 +202,7 @@ pub(crate) async fn latency(rate: u32, seconds: u64, size: usize) -> anyhow::Res
         dispatcher_peak_rss_mib: rss,
         dispatcher_cpu_s: cpu,
         ..Row::default()
-    })
+    }))
 }
 
 /// Peak RSS of a dispatcher with `k` endpoints. Each endpoint subscribes to

@@ -243,6 +243,7 @@ pub(crate) async fn raw_broker(n: usize, size: usize, method: Method) -> anyhow:
             FieldTable::default(),
         )
         .await?;
+    let mark = CpuMark::now();
     let started = Instant::now();
     let publish = tokio::spawn(async move { raw_publish(&exchange, n, size, method).await });
     let mut got = 0;
@@ -261,14 +262,14 @@ pub(crate) async fn raw_broker(n: usize, size: usize, method: Method) -> anyhow:
     }
     let seconds = started.elapsed().as_secs_f64();
     publish.await??;
-    Ok(Row {
+    Ok(mark.filled(Row {
         scenario: format!("raw broker ({})", method.name()),
         events: n,
         deliveries: n,
         seconds,
         events_per_s: n as f64 / seconds,
         ..Row::default()
-    })
+    }))
 }
 
 /// What the sink reads of a request body: an envelope, or a batch of them.
@@ -447,6 +448,7 @@ pub(crate) async fn raw_http(n: usize, size: usize) -> anyhow::Result<Row> {
     let (url, sink) = sink().await?;
     let client = reqwest::Client::new();
     let body = bytes::Bytes::from(event(size).to_vec());
+    let mark = CpuMark::now();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -468,12 +470,12 @@ pub(crate) async fn raw_http(n: usize, size: usize) -> anyhow::Result<Row> {
     while tasks.join_next().await.is_some() {}
     sink.wait_for(n as u64, Duration::from_secs(60)).await?;
     let seconds = started.elapsed().as_secs_f64();
-    Ok(Row {
+    Ok(mark.filled(Row {
         scenario: "raw HTTP (no broker)".into(),
         events: n,
         deliveries: n,
         seconds,
         events_per_s: n as f64 / seconds,
         ..Row::default()
-    })
+    }))
 }

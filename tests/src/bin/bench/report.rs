@@ -17,6 +17,12 @@ pub(crate) struct Row {
     pub(crate) p99_ms: Option<f64>,
     pub(crate) dispatcher_peak_rss_mib: Option<f64>,
     pub(crate) dispatcher_cpu_s: Option<f64>,
+    /// CPU seconds of every RabbitMQ node on this machine during the
+    /// scenario ([`CpuMark`]).
+    pub(crate) broker_cpu_s: Option<f64>,
+    /// CPU seconds of the bench process itself (publisher, consumer or
+    /// receiver; not its dispatcher child) during the scenario.
+    pub(crate) bench_cpu_s: Option<f64>,
     /// What the table has no column for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) notes: Option<String>,
@@ -36,13 +42,13 @@ pub(crate) fn progress_of(row: Row) -> Row {
 
 pub(crate) fn print_table(rows: &[Row]) {
     println!(
-        "\n| scenario | events | deliveries | events/s | ratio to raw broker | p50 ms | p95 ms | p99 ms | dispatcher peak RSS MiB | dispatcher CPU s |"
+        "\n| scenario | events | deliveries | events/s | ratio to raw broker | p50 ms | p95 ms | p99 ms | dispatcher peak RSS MiB | dispatcher CPU s | broker CPU s | bench CPU s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let f = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |v| format!("{v:.d$}"));
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.events,
             r.deliveries,
@@ -62,6 +68,8 @@ pub(crate) fn print_table(rows: &[Row]) {
             f(r.p99_ms, 1),
             f(r.dispatcher_peak_rss_mib, 1),
             f(r.dispatcher_cpu_s, 2),
+            f(r.broker_cpu_s, 2),
+            f(r.bench_cpu_s, 2),
         );
     }
     for r in rows {
@@ -96,4 +104,65 @@ pub(crate) fn percentiles(mut v: Vec<u64>) -> (Option<f64>, Option<f64>, Option<
     let at =
         |q: f64| Some(v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1e6);
     (at(0.50), at(0.95), at(0.99))
+}
+
+/// CPU seconds used so far by the broker and by this process: taken before
+/// a scenario, [`CpuMark::fill`] after it writes the difference into its row.
+///
+/// Every process on the machine shares its cores, so a rate is set by the
+/// CPU each path costs per event, summed over the processes (BENCHMARKS.md,
+/// "where the CPU goes"). The broker's is that of every `beam.smp` process
+/// on this machine (the bench assumes one RabbitMQ node, the shared one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuMark {
+    broker: Option<f64>,
+    bench: Option<f64>,
+}
+
+impl CpuMark {
+    pub(crate) fn now() -> Self {
+        Self {
+            broker: broker_cpu(),
+            bench: cpu_of("/proc/self/stat"),
+        }
+    }
+
+    /// Sets `row`'s broker and bench CPU to what they used since `self`.
+    pub(crate) fn fill(&self, row: &mut Row) {
+        let now = Self::now();
+        row.broker_cpu_s = now.broker.zip(self.broker).map(|(b, a)| b - a);
+        row.bench_cpu_s = now.bench.zip(self.bench).map(|(b, a)| b - a);
+    }
+
+    /// [`CpuMark::fill`], returning the row.
+    pub(crate) fn filled(&self, mut row: Row) -> Row {
+        self.fill(&mut row);
+        row
+    }
+}
+
+/// `utime + stime` in seconds from a `/proc/<pid>/stat` file.
+pub(crate) fn cpu_of(stat: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux the bench runs on.
+    Some(ticks / 100.0)
+}
+
+/// The CPU seconds of every RabbitMQ node (`beam.smp` running `rabbit`)
+/// on this machine; `None` when there is none (a remote broker).
+fn broker_cpu() -> Option<f64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let dir = entry.path();
+        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "beam.smp")
+            && std::fs::read(dir.join("cmdline"))
+                .is_ok_and(|c| c.windows(11).any(|w| w == b"rabbit\0boot"))
+            && let Some(cpu) = cpu_of(&dir.join("stat").to_string_lossy())
+        {
+            *total.get_or_insert(0.0) += cpu;
+        }
+    }
+    total
 }
