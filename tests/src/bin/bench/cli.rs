@@ -5,6 +5,7 @@
 use crate::hookpost::*;
 use crate::raw::*;
 use crate::report::*;
+use crate::sink::*;
 use common::Event;
 use common::topology::Topology;
 use producer::Publisher;

@@ -1,8 +1,8 @@
 //! hookpost end to end: a dispatcher child process per scenario, and the
 //! throughput, latency and memory scenarios.
 
-use crate::raw::*;
 use crate::report::*;
+use crate::sink::*;
 use common::Event;
 use producer::Publisher;
 use std::process::{Child, Command, Stdio};

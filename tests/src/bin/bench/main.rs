@@ -13,6 +13,7 @@ mod hookpost;
 mod raw;
 mod report;
 mod scale;
+mod sink;
 mod stress;
 mod tenants;
 

@@ -3,8 +3,8 @@
 //! memory, and what one `/metrics` scrape costs.
 
 use crate::hookpost::start_dispatcher;
-use crate::raw::sink;
 use crate::report::{Row, now_nanos};
+use crate::sink::sink;
 use common::Event;
 use producer::Publisher;
 use std::time::{Duration, Instant};

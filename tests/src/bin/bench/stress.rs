@@ -2,8 +2,8 @@
 //! hang until their timeout, and a backlog drained after an outage.
 
 use crate::hookpost::start_dispatcher;
-use crate::raw::sink;
 use crate::report::{Row, event};
+use crate::sink::sink;
 use common::Event;
 use producer::Publisher;
 use std::time::{Duration, Instant};
