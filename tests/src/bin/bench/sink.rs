@@ -78,17 +78,42 @@ impl<'de> serde::Deserialize<'de> for ProbeData {
 }
 
 /// The counting receiver: every event's publish-to-receipt latency.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Sink {
     pub(crate) received: AtomicU64,
     pub(crate) latencies: std::sync::Mutex<Vec<u64>>,
     notify: Notify,
+    /// The count [`Sink::wait_for`] waits for: a request wakes it only
+    /// once `received` reaches it, not on every request.
+    target: AtomicU64,
     /// When set ([`Sink::record_paths`]): each request path's events, by
     /// their envelope's `tenant` (the tenants scenario checks isolation).
     record: std::sync::atomic::AtomicBool,
     pub(crate) by_path: std::sync::Mutex<std::collections::HashMap<String, Vec<Option<String>>>>,
 }
 
+impl Default for Sink {
+    fn default() -> Self {
+        Self {
+            received: AtomicU64::new(0),
+            latencies: std::sync::Mutex::default(),
+            notify: Notify::new(),
+            target: AtomicU64::new(u64::MAX),
+            record: std::sync::atomic::AtomicBool::new(false),
+            by_path: std::sync::Mutex::default(),
+        }
+    }
+}
+
+/// Starts the receiver on a loopback port; returns its URL (path `/hook`).
+///
+/// It stands in for the customers' servers, which run elsewhere: on the
+/// bench's machine it shares the cores with the broker and the dispatcher,
+/// so it is kept lean. Each connection is HTTP/1.1 with keep-alive, parsed
+/// with `httparse`; each request needs a `content-length` body (what the
+/// dispatcher and reqwest send) and is answered `200 ok`. Anything else
+/// (chunked bodies, bad requests, too many headers) is answered with an
+/// error status and the connection closed, so a scenario fails loudly.
 pub(crate) async fn sink() -> anyhow::Result<(String, Arc<Sink>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", listener.local_addr()?);
@@ -99,62 +124,149 @@ pub(crate) async fn sink() -> anyhow::Result<(String, Arc<Sink>)> {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let s = s.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let s = s.clone();
-                        async move {
-                            use http_body_util::BodyExt;
-                            let path = req.uri().path().to_owned();
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let now = now_nanos();
-                            // Only the fields the sink needs: a receiver
-                            // elsewhere would not cost this machine's CPU.
-                            let probe: Probe = serde_json::from_slice(&body).unwrap_or_default();
-                            let events: Vec<&Probe> = match &probe.events {
-                                Some(list) => list.iter().collect(),
-                                None => vec![&probe],
-                            };
-                            {
-                                let mut l = s.latencies.lock().expect("lock");
-                                l.extend(
-                                    events
-                                        .iter()
-                                        .map(|e| now.saturating_sub(e.data.t.unwrap_or(now))),
-                                );
-                            }
-                            if s.record.load(Ordering::Relaxed) {
-                                s.by_path
-                                    .lock()
-                                    .expect("lock")
-                                    .entry(path)
-                                    .or_default()
-                                    .extend(events.iter().map(|e| e.tenant.clone()));
-                            }
-                            s.received.fetch_add(events.len() as u64, Ordering::SeqCst);
-                            s.notify.notify_waiters();
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
-                            ))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(serve(stream, s.clone()));
         }
     });
     Ok((url, sink))
 }
 
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// One connection: answers every complete request read, pipelined ones
+/// together in one write.
+async fn serve(mut stream: tokio::net::TcpStream, sink: Arc<Sink>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = bytes::BytesMut::with_capacity(16 * 1024);
+    let mut out = Vec::with_capacity(256);
+    // Bytes the request being read still needs (0: unknown yet).
+    let mut wanted = 0;
+    loop {
+        let fatal = loop {
+            match next_request(&buf, sink.record.load(Ordering::Relaxed)) {
+                Parsed::Partial { need } => {
+                    wanted = need;
+                    break None;
+                }
+                Parsed::Bad(answer) => break Some(answer),
+                Parsed::Complete { len, head, path } => {
+                    let request = buf.split_to(len);
+                    sink.record(path, &request[head..]);
+                    out.extend_from_slice(OK);
+                    wanted = 0;
+                }
+            }
+        };
+        if let Some(answer) = fatal {
+            out.extend_from_slice(answer);
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if fatal.is_some() {
+            return;
+        }
+        let room = (wanted.saturating_sub(buf.len())).max(8 * 1024);
+        if buf.capacity() - buf.len() < room {
+            buf.reserve(room);
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+enum Parsed {
+    /// A whole request of `len` bytes, its body from `head`; its path when
+    /// asked for.
+    Complete {
+        len: usize,
+        head: usize,
+        path: Option<String>,
+    },
+    /// More bytes needed; `need`, when known, is the whole request's size.
+    Partial { need: usize },
+    /// An answer to send before closing the connection.
+    Bad(&'static [u8]),
+}
+
+const TOO_MANY_HEADERS: &[u8] =
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const BAD_REQUEST: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const NO_CHUNKED: &[u8] =
+    b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+fn next_request(buf: &[u8], want_path: bool) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut request = httparse::Request::new(&mut headers);
+    let head = match request.parse(buf) {
+        Ok(httparse::Status::Complete(head)) => head,
+        Ok(httparse::Status::Partial) => return Parsed::Partial { need: 0 },
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Bad(TOO_MANY_HEADERS),
+        Err(_) => return Parsed::Bad(BAD_REQUEST),
+    };
+    let mut length = 0;
+    for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            match std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                Some(n) => length = n,
+                None => return Parsed::Bad(BAD_REQUEST),
+            }
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Parsed::Bad(NO_CHUNKED);
+        }
+    }
+    let len = head + length;
+    if buf.len() < len {
+        return Parsed::Partial { need: len };
+    }
+    Parsed::Complete {
+        len,
+        head,
+        path: request.path.filter(|_| want_path).map(str::to_owned),
+    }
+}
+
 impl Sink {
+    /// Counts a request's events and their latency; with
+    /// [`Sink::record_paths`], records them under `path`.
+    fn record(&self, path: Option<String>, body: &[u8]) {
+        let now = now_nanos();
+        // Only the fields the sink needs: a receiver elsewhere would not
+        // cost this machine's CPU.
+        let probe: Probe = serde_json::from_slice(body).unwrap_or_default();
+        let events: Vec<&Probe> = match &probe.events {
+            Some(list) => list.iter().collect(),
+            None => vec![&probe],
+        };
+        self.latencies.lock().expect("lock").extend(
+            events
+                .iter()
+                .map(|e| now.saturating_sub(e.data.t.unwrap_or(now))),
+        );
+        if self.record.load(Ordering::Relaxed) {
+            self.by_path
+                .lock()
+                .expect("lock")
+                .entry(path.unwrap_or_default())
+                .or_default()
+                .extend(events.iter().map(|e| e.tenant.clone()));
+        }
+        let count = events.len() as u64;
+        let total = self.received.fetch_add(count, Ordering::SeqCst) + count;
+        if total >= self.target.load(Ordering::SeqCst) {
+            self.notify.notify_waiters();
+        }
+    }
+
     /// Records each path's events from now on (costs a lock per request).
     pub(crate) fn record_paths(&self) {
         self.record.store(true, Ordering::Relaxed);
@@ -164,16 +276,25 @@ impl Sink {
         let deadline = tokio::time::Instant::now() + timeout;
         while self.received.load(Ordering::SeqCst) < n {
             let notified = self.notify.notified();
+            // The lowest count anyone waits for (one waiter at a time in
+            // practice); the slice below backs up a waiter with a higher one.
+            self.target.fetch_min(n, Ordering::SeqCst);
             if self.received.load(Ordering::SeqCst) >= n {
                 break;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let slice = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
+            if tokio::time::timeout_at(slice, notified).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
                 anyhow::bail!(
                     "only {} of {n} events arrived within {timeout:?}",
                     self.received.load(Ordering::SeqCst)
                 );
             }
         }
+        let _ = self
+            .target
+            .compare_exchange(n, u64::MAX, Ordering::SeqCst, Ordering::SeqCst);
         Ok(())
     }
 }
