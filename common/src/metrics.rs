@@ -83,7 +83,7 @@ pub struct ProducerMetrics {
     /// `hookpost_archive_records_total{result}`: events' archive copies,
     /// `written` (confirmed) or `lost` (refused, or no archive).
     pub archive_records: IntCounterVec,
-    /// `hookpost_archive_bytes_total`: bytes of the copies written.
+    /// `hookpost_archive_bytes_total`: bytes of the copies written (compressed).
     pub archive_bytes: prometheus::IntCounter,
     /// `hookpost_replay_events_total{stage}`: events of the API's replays,
     /// `scanned` (read from the archive), `matched`, `sent`.
@@ -143,7 +143,7 @@ impl ProducerMetrics {
         )?;
         let archive_bytes = prometheus::IntCounter::new(
             "hookpost_archive_bytes_total",
-            "Bytes of the archive copies written by this process.",
+            "Bytes of the archive copies written by this process (compressed, as stored).",
         )?;
         let replay_events = IntCounterVec::new(
             Opts::new(

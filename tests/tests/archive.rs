@@ -54,7 +54,8 @@ async fn a_replay_sends_the_windows_matching_events_to_a_new_endpoint_at_its_rat
         "every event archived"
     );
     assert_eq!(m.archive_records.with_label_values(&["lost"]).get(), 0);
-    assert!(m.archive_bytes.get() > 25 * 50);
+    // Compressed, but each copy keeps at least its random id.
+    assert!(m.archive_bytes.get() > 25 * 20, "{}", m.archive_bytes.get());
 
     // The endpoint is created after the events were published.
     let config = scope.config(&format!(

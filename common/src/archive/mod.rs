@@ -4,7 +4,9 @@
 //! and read back by time to send events again ([`replay`]).
 //!
 //! A stream message holds the copies of up to 256 events published together,
-//! one envelope per line as published (`application/x-ndjson`), and the
+//! one envelope per line as published (`application/x-ndjson`),
+//! LZ4-compressed as the attempt log is (`content-encoding`
+//! [`crate::history::LZ4`]; a message without it is read plain), and the
 //! header [`ARCHIVED_AT_HEADER`]: when the publisher archived them. The
 //! publisher sends it on the channel of the events, right after them,
 //! without `mandatory`: a missing archive never fails a publish, and a
@@ -65,11 +67,15 @@ pub struct Archived {
 }
 
 impl Archived {
-    /// The archived events of a stream message, in order; none for a
-    /// message that holds none (no time header). A line that is not a valid
-    /// envelope is skipped.
-    pub fn read(headers: &FieldTable, body: &[u8]) -> Vec<Self> {
+    /// The archived events of a stream message, in order, its body
+    /// unpacked by its `content-encoding` (`encoding`); none for a message
+    /// that holds none (no time header, or a body that does not unpack). A
+    /// line that is not a valid envelope is skipped.
+    pub fn read(headers: &FieldTable, encoding: Option<&str>, body: &[u8]) -> Vec<Self> {
         let Some(archived_at) = Self::time(headers) else {
+            return Vec::new();
+        };
+        let Some(body) = crate::history::unpacked(encoding, body) else {
             return Vec::new();
         };
         body.split(|b| *b == b'\n')
@@ -105,7 +111,7 @@ mod tests {
             now,
         );
         let headers = props.headers().clone().expect("headers");
-        let back = Archived::read(&headers, &event.to_vec());
+        let back = Archived::read(&headers, None, &event.to_vec());
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].archived_at, now);
         assert_eq!(back[0].event.id, event.id);
@@ -114,12 +120,23 @@ mod tests {
         let mut body = event.to_vec();
         body.extend_from_slice(b"\nnot json\n");
         body.extend_from_slice(&other.to_vec());
-        let ids: Vec<String> = Archived::read(&headers, &body)
-            .into_iter()
-            .map(|a| a.event.id)
-            .collect();
-        assert_eq!(ids, [event.id.clone(), other.id.clone()]);
-        assert!(Archived::read(&headers, b"not json").is_empty());
-        assert!(Archived::read(&FieldTable::default(), &event.to_vec()).is_empty());
+        let ids = |encoding: Option<&str>, body: &[u8]| -> Vec<String> {
+            Archived::read(&headers, encoding, body)
+                .into_iter()
+                .map(|a| a.event.id)
+                .collect()
+        };
+        assert_eq!(ids(None, &body), [event.id.clone(), other.id.clone()]);
+        // Compressed, as the publisher writes it: the same events.
+        let packed = crate::history::compress(&body);
+        assert_eq!(
+            ids(Some(crate::history::LZ4), &packed),
+            [event.id.clone(), other.id.clone()]
+        );
+        // A body that does not unpack holds nothing (and does not panic).
+        assert!(ids(Some(crate::history::LZ4), &body).is_empty());
+        assert!(ids(Some(crate::history::LZ4), b"\xff\xff\xff\x7f").is_empty());
+        assert!(ids(None, b"not json").is_empty());
+        assert!(Archived::read(&FieldTable::default(), None, &event.to_vec()).is_empty());
     }
 }

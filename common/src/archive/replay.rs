@@ -219,7 +219,12 @@ pub async fn run(
                     .format(&time::format_description::well_known::Rfc3339)
                     .ok();
             }
-            for archived in Archived::read(&headers, &delivery.data) {
+            let encoding = delivery
+                .properties
+                .content_encoding()
+                .as_ref()
+                .map(|e| e.as_str());
+            for archived in Archived::read(&headers, encoding, &delivery.data) {
                 progress.scanned += 1;
                 if last_report.elapsed() >= REPORT_EVERY {
                     report(Note::Progress(&progress));

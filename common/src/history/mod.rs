@@ -20,13 +20,15 @@ mod read;
 pub use cursor::{ATTACH_MARGIN, Cursor, Step};
 pub use read::{Follow, Query, Scanned, read};
 
-/// The `content-encoding` of a log message whose body is LZ4-compressed
-/// (a block with its size prepended, little-endian `u32`): what the
-/// dispatchers write. A message without it is plain.
+/// The `content-encoding` of a log or archive message whose body is
+/// LZ4-compressed (a block with its size prepended, little-endian `u32`):
+/// what the dispatchers write to the log and the publishers to the archive.
+/// A message without it is plain.
 pub const LZ4: &str = "lz4";
 
-/// The largest body a compressed log message may unpack to; a message
-/// claiming more is skipped (dispatchers pack at most 256 KiB).
+/// The largest body a compressed log or archive message may unpack to; a
+/// message claiming more is skipped (dispatchers pack at most 256 KiB,
+/// publishers compress at most this much).
 pub const MAX_UNPACKED: usize = 4 << 20;
 
 /// `body` compressed for a log message (see [`LZ4`]).

@@ -1,5 +1,5 @@
 //! The archive's copies of a call's events: after each run of them, one
-//! stream message holding their envelopes, one per line
+//! stream message holding their envelopes, one per line, LZ4-compressed
 //! (`common::archive`).
 
 use super::lane::Item;
@@ -15,7 +15,7 @@ pub const COPY_MESSAGE_BYTES: usize = 512 * 1024;
 
 /// `items` with, after each run of at most [`COPIES_PER_MESSAGE`] events
 /// (and [`COPY_MESSAGE_BYTES`]), one archive message holding their copies,
-/// one envelope per line: one stream message per event would halve the
+/// one envelope per line, compressed: one stream message per event would halve the
 /// publisher's rate (the broker's work per message), one per run costs
 /// little (BENCHMARKS.md, `archive-cost`).
 pub(super) fn with_copies(
@@ -37,18 +37,23 @@ pub(super) fn with_copies(
             }
             body.extend_from_slice(&item.body);
         }
+        let mut properties = BasicProperties::default()
+            .with_content_type("application/x-ndjson".into())
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(first.id.as_str()))
+            .with_app_id("hookpost".into());
+        // LZ4, as the attempt log: the archive keeps several times more
+        // history within `archive.max_bytes`, and the broker writes that
+        // much less. A body too large to unpack safely stays plain.
+        if body.len() <= common::history::MAX_UNPACKED {
+            body = common::history::compress(&body);
+            properties = properties.with_content_encoding(common::history::LZ4.into());
+        }
         let copy = Item {
             id: first.id.clone(),
             exchange: ShortString::from(""),
             routing_key: stream.clone(),
-            properties: common::archive::copy_properties(
-                &BasicProperties::default()
-                    .with_content_type("application/x-ndjson".into())
-                    .with_delivery_mode(2)
-                    .with_message_id(ShortString::from(first.id.as_str()))
-                    .with_app_id("hookpost".into()),
-                now,
-            ),
+            properties: common::archive::copy_properties(&properties, now),
             body,
             copies: run.len(),
         };
@@ -103,8 +108,18 @@ mod tests {
         assert_eq!(last.routing_key.as_str(), "p.archive");
         assert_eq!(last.exchange.as_str(), "");
         assert_eq!(last.id, "e512");
-        assert_eq!(last.body.split(|b| *b == b'\n').count(), 88);
-        assert!(last.body.split(|b| *b == b'\n').all(|l| l == b"xxx"));
+        assert_eq!(
+            last.properties
+                .content_encoding()
+                .as_ref()
+                .map(|e| e.as_str()),
+            Some(common::history::LZ4)
+        );
+        let lines = common::history::unpacked(Some(common::history::LZ4), &last.body)
+            .expect("unpacks")
+            .into_owned();
+        assert_eq!(lines.split(|b| *b == b'\n').count(), 88);
+        assert!(lines.split(|b| *b == b'\n').all(|l| l == b"xxx"));
         let headers = last.properties.headers().clone().expect("headers");
         assert_eq!(common::archive::Archived::time(&headers), Some(now));
         // A large event closes the run before it.

@@ -298,3 +298,119 @@ impl Sink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "POST /hook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n";
+
+    fn request(body: &str) -> String {
+        format!("{HEAD}content-length: {}\r\n\r\n{body}", body.len())
+    }
+
+    #[test]
+    fn a_whole_request_is_parsed_with_its_body_and_path() {
+        let text = request("{\"a\":1}");
+        let Parsed::Complete { len, head, path } = next_request(text.as_bytes(), true) else {
+            panic!("not complete");
+        };
+        assert_eq!(len, text.len());
+        assert_eq!(&text[head..len], "{\"a\":1}");
+        assert_eq!(path.as_deref(), Some("/hook"));
+        // Without path recording, no path is copied.
+        let Parsed::Complete { path, .. } = next_request(text.as_bytes(), false) else {
+            panic!("not complete");
+        };
+        assert_eq!(path, None);
+    }
+
+    #[test]
+    fn a_partial_request_says_how_much_it_needs() {
+        let text = request("0123456789");
+        // Head incomplete: size unknown.
+        assert!(matches!(
+            next_request(&text.as_bytes()[..20], false),
+            Parsed::Partial { need: 0 }
+        ));
+        // Head complete, body short: the whole size.
+        assert!(matches!(
+            next_request(&text.as_bytes()[..text.len() - 3], false),
+            Parsed::Partial { need } if need == text.len()
+        ));
+    }
+
+    #[test]
+    fn pipelined_requests_are_parsed_one_at_a_time() {
+        let text = format!("{}{}", request("first"), request("second!"));
+        let Parsed::Complete { len, head, .. } = next_request(text.as_bytes(), false) else {
+            panic!("not complete");
+        };
+        assert_eq!(&text[head..len], "first");
+        let rest = &text.as_bytes()[len..];
+        let Parsed::Complete { len, head, .. } = next_request(rest, false) else {
+            panic!("not complete");
+        };
+        assert_eq!(&rest[head..len], b"second!");
+    }
+
+    #[test]
+    fn what_the_sink_cannot_count_is_refused() {
+        let chunked = format!("{HEAD}transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        assert!(matches!(
+            next_request(chunked.as_bytes(), false),
+            Parsed::Bad(NO_CHUNKED)
+        ));
+        let bad_length = format!("{HEAD}content-length: many\r\n\r\n");
+        assert!(matches!(
+            next_request(bad_length.as_bytes(), false),
+            Parsed::Bad(BAD_REQUEST)
+        ));
+        assert!(matches!(
+            next_request(b"NOT HTTP AT ALL\r\n\r\n", false),
+            Parsed::Bad(BAD_REQUEST)
+        ));
+        let many: String = (0..60).map(|i| format!("x-h{i}: v\r\n")).collect();
+        let crowded = format!("{HEAD}{many}content-length: 0\r\n\r\n");
+        assert!(matches!(
+            next_request(crowded.as_bytes(), false),
+            Parsed::Bad(TOO_MANY_HEADERS)
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_sink_counts_events_over_keep_alive_and_answers_each() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (url, sink) = sink().await.expect("sink");
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches("/hook")
+            .to_owned();
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        // Two requests in one write, a batch of two events and one envelope,
+        // then a third in two pieces.
+        let batch = request("{\"events\":[{\"data\":{\"t\":1}},{\"data\":{\"t\":2}}]}");
+        let one = request("{\"data\":{\"t\":3}}");
+        stream
+            .write_all(format!("{batch}{one}").as_bytes())
+            .await
+            .expect("write");
+        let third = request("{\"data\":{}}");
+        let (a, b) = third.as_bytes().split_at(30);
+        stream.write_all(a).await.expect("write");
+        stream.flush().await.expect("flush");
+        stream.write_all(b).await.expect("write");
+        sink.wait_for(4, Duration::from_secs(10))
+            .await
+            .expect("four events");
+        let mut answers = vec![0u8; OK.len() * 3];
+        stream
+            .read_exact(&mut answers)
+            .await
+            .expect("three answers");
+        assert_eq!(answers, OK.repeat(3));
+        assert_eq!(sink.latencies.lock().expect("lock").len(), 4);
+    }
+}
