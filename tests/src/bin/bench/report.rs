@@ -150,6 +150,15 @@ pub(crate) fn cpu_of(stat: &str) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU seconds of this process's children that have been waited for
+/// (`cutime + cstime`): around one child's run and wait, that child's.
+pub(crate) fn waited_children_cpu() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(13)?.parse::<f64>().ok()? + fields.get(14)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// The CPU seconds of every RabbitMQ node (`beam.smp` running `rabbit`)
 /// on this machine; `None` when there is none (a remote broker).
 fn broker_cpu() -> Option<f64> {
