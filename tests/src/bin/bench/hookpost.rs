@@ -29,7 +29,19 @@ impl DispatcherChild {
         (rss.map(|kb| kb / 1024.0), cpu)
     }
 
-    pub(crate) fn stop(mut self) {
+    /// Stops the dispatcher (SIGTERM) and waits for it.
+    pub(crate) fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for DispatcherChild {
+    /// Also on an error or the run's deadline: no dispatcher outlives the
+    /// bench.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
         // Under HOOKPOST_BENCH_WRAP the dispatcher is the wrapper's child.
         let _ = Command::new("pkill")
             .args(["-TERM", "-P", &self.child.id().to_string()])

@@ -87,6 +87,10 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Give up (exit with an error) when the whole run takes longer than
+    /// this; the last progress line names the scenario before the stalled one.
+    #[arg(long, default_value_t = 60)]
+    deadline_minutes: u64,
     /// Internal: run a dispatcher on this config (the child process).
     #[arg(long, hide = true)]
     dispatcher_child: Option<PathBuf>,
@@ -98,7 +102,16 @@ fn main() -> anyhow::Result<()> {
     if let Some(config) = args.dispatcher_child {
         return runtime.block_on(dispatcher_child(config));
     }
-    runtime.block_on(run(args))
+    let deadline = std::time::Duration::from_secs(args.deadline_minutes * 60);
+    runtime.block_on(async {
+        tokio::time::timeout(deadline, run(args))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "the run took longer than {deadline:?} (--deadline-minutes): a scenario stalled"
+                ))
+            })
+    })
 }
 
 async fn dispatcher_child(path: PathBuf) -> anyhow::Result<()> {
