@@ -22,12 +22,12 @@
 //! (`drain`): the one carrying the return was completed no later than the
 //! returned event's own.
 
+use super::book::Book;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation};
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -73,10 +73,11 @@ pub(super) enum Outcome {
     Lost { unconfirmed: Vec<Arc<Item>> },
 }
 
-struct Job {
-    items: Vec<Arc<Item>>,
-    answer: oneshot::Sender<Outcome>,
-    progress: watch::Sender<usize>,
+/// A caller's events and where to answer it.
+pub(super) struct Job {
+    pub(super) items: Vec<Arc<Item>>,
+    pub(super) answer: oneshot::Sender<Outcome>,
+    pub(super) progress: watch::Sender<usize>,
 }
 
 /// What a caller holds for its job.
@@ -164,7 +165,7 @@ impl Lane {
 }
 
 impl Job {
-    fn new(items: Vec<Arc<Item>>) -> (Self, Ticket) {
+    pub(super) fn new(items: Vec<Arc<Item>>) -> (Self, Ticket) {
         let (answer, answered) = oneshot::channel();
         let (progress, progressed) = watch::channel(0);
         let job = Self {
@@ -182,8 +183,10 @@ impl Job {
     }
 }
 
-type Key = (u64, usize);
-type Done = (Key, Result<Confirmation, lapin::Error>);
+/// An event in a lane: its job and its index in the job.
+pub(super) type Key = (u64, usize);
+/// A publish settled: its confirm, or why there is none.
+pub(super) type Done = (Key, Result<Confirmation, lapin::Error>);
 type InFlight = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
 
 async fn run(
@@ -266,422 +269,4 @@ async fn publish(channel: Channel, key: Key, item: Arc<Item>) -> Done {
     }
     .await;
     (key, result)
-}
-
-/// Where each job stands. Kept apart from the channel so the bookkeeping
-/// (which event a confirm or a return settles) is tested without a broker.
-#[derive(Default)]
-struct Book {
-    next_job: u64,
-    jobs: HashMap<u64, JobState>,
-    /// Events not yet published, in order.
-    to_send: VecDeque<Key>,
-    /// Archive copies (events) settled since the last count: written, lost,
-    /// bytes written.
-    copies: (u64, u64, u64),
-}
-
-struct JobState {
-    items: Vec<Arc<Item>>,
-    confirmed: Vec<bool>,
-    confirmed_count: usize,
-    /// The index of its oldest unconfirmed event.
-    oldest_unconfirmed: usize,
-    /// One of its events was confirmed since the last progress report.
-    progressed: bool,
-    /// Published, confirm not yet in.
-    in_flight: usize,
-    /// Answered with a failure; its events not yet published never will be.
-    failed: bool,
-    answer: Option<oneshot::Sender<Outcome>>,
-    progress: watch::Sender<usize>,
-}
-
-impl Book {
-    fn add(&mut self, job: Job) {
-        let id = self.next_job;
-        self.next_job += 1;
-        let n = job.items.len();
-        self.to_send.extend((0..n).map(|i| (id, i)));
-        self.jobs.insert(
-            id,
-            JobState {
-                confirmed: vec![false; n],
-                confirmed_count: 0,
-                oldest_unconfirmed: 0,
-                progressed: false,
-                in_flight: 0,
-                items: job.items,
-                failed: false,
-                answer: Some(job.answer),
-                progress: job.progress,
-            },
-        );
-        if n == 0 {
-            self.answer_finished();
-        }
-    }
-
-    /// The next event to publish, skipping those of failed jobs.
-    fn next_to_send(&mut self) -> Option<(Key, Arc<Item>)> {
-        while let Some(key) = self.to_send.pop_front() {
-            if let Some(job) = self.jobs.get_mut(&key.0)
-                && !job.failed
-            {
-                job.in_flight += 1;
-                return Some((key, job.items[key.1].clone()));
-            }
-        }
-        None
-    }
-
-    /// Records one event's result; true when the channel failed.
-    fn resolve(&mut self, (key, result): Done) -> bool {
-        let returned = match result {
-            Err(_) => return true,
-            Ok(Confirmation::Ack(returned)) => {
-                self.settle(key, true);
-                returned
-            }
-            Ok(Confirmation::NotRequested) => {
-                self.settle(key, true);
-                None
-            }
-            Ok(Confirmation::Nack(returned)) => {
-                self.settle(key, false);
-                returned
-            }
-        };
-        if let Some(message) = returned {
-            let id = message
-                .properties
-                .message_id()
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            self.returned(&id, message.reply_text.as_str());
-        }
-        false
-    }
-
-    fn settle(&mut self, (job, i): Key, acked: bool) {
-        let Some(state) = self.jobs.get_mut(&job) else {
-            return;
-        };
-        state.in_flight -= 1;
-        let item = &state.items[i];
-        let copies = item.copies as u64;
-        if copies > 0 {
-            if acked {
-                self.copies.0 += copies;
-                self.copies.2 += item.body.len() as u64;
-            } else {
-                self.copies.1 += copies;
-            }
-        }
-        // Refused copies are lost, not the events: the job goes on.
-        if acked || copies > 0 {
-            state.confirmed[i] = true;
-            state.confirmed_count += 1;
-            state.progressed = true;
-            while state.confirmed.get(state.oldest_unconfirmed) == Some(&true) {
-                state.oldest_unconfirmed += 1;
-            }
-        } else {
-            let id = state.items[i].id.clone();
-            state.fail(Outcome::Nacked { id });
-        }
-    }
-
-    /// The broker returned event `id`: every job still waiting for it fails.
-    fn returned(&mut self, id: &str, reply: &str) {
-        let mut found = false;
-        for state in self.jobs.values_mut() {
-            if state.items.iter().any(|item| item.id == id) {
-                found = true;
-                state.fail(Outcome::Unroutable {
-                    id: id.to_owned(),
-                    reply: reply.to_owned(),
-                });
-            }
-        }
-        if !found {
-            tracing::warn!(event = %id, reply, "Broker returned an event no publish waits for.");
-        }
-    }
-
-    /// Answers the jobs whose every event is confirmed; forgets failed jobs
-    /// once none of their events is in flight.
-    fn answer_finished(&mut self) {
-        self.jobs.retain(|_, state| {
-            if state.failed {
-                return state.in_flight > 0;
-            }
-            if state.confirmed_count < state.items.len() {
-                return true;
-            }
-            if let Some(answer) = state.answer.take() {
-                let _ = answer.send(Outcome::Confirmed);
-            }
-            false
-        });
-    }
-
-    /// Tells each waiting job that the broker made progress for it, after a
-    /// round of confirms: one of its events was confirmed, or none of its
-    /// events is in flight (they wait their turn, and the confirms just in
-    /// make room for them).
-    fn report_progress(&mut self) {
-        for state in self.jobs.values_mut() {
-            if state.answer.is_some() && (state.progressed || state.in_flight == 0) {
-                state.progress.send_replace(state.oldest_unconfirmed);
-            }
-            state.progressed = false;
-        }
-    }
-
-    /// The channel failed: every waiting job learns which events have no confirm.
-    fn lose_all(&mut self) {
-        for (_, mut state) in self.jobs.drain() {
-            let unconfirmed = state
-                .items
-                .iter()
-                .zip(&state.confirmed)
-                .filter(|(_, confirmed)| !**confirmed)
-                .map(|(item, _)| item.clone())
-                .collect();
-            if let Some(answer) = state.answer.take() {
-                let _ = answer.send(Outcome::Lost { unconfirmed });
-            }
-        }
-        self.to_send.clear();
-    }
-}
-
-impl JobState {
-    /// Answers at once with the first failure; the job's events not yet
-    /// published are not (those in flight settle unseen).
-    fn fail(&mut self, failure: Outcome) {
-        if let Some(answer) = self.answer.take() {
-            let _ = answer.send(failure);
-        }
-        self.failed = true;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lapin::message::{BasicReturnMessage, Delivery};
-
-    fn item(id: &str) -> Arc<Item> {
-        Arc::new(Item {
-            copies: 0,
-            id: id.to_owned(),
-            exchange: "x".into(),
-            routing_key: "t".into(),
-            body: Vec::new(),
-            properties: BasicProperties::default().with_message_id(id.into()),
-        })
-    }
-
-    fn ticket(book: &mut Book, ids: &[&str]) -> Ticket {
-        let (job, ticket) = Job::new(ids.iter().map(|id| item(id)).collect());
-        book.add(job);
-        ticket
-    }
-
-    fn job(book: &mut Book, ids: &[&str]) -> oneshot::Receiver<Outcome> {
-        ticket(book, ids).answer
-    }
-
-    fn ack(book: &mut Book, key: Key) {
-        assert!(!book.resolve((key, Ok(Confirmation::Ack(None)))));
-        book.answer_finished();
-        book.report_progress();
-    }
-
-    fn returned(id: &str) -> BasicReturnMessage {
-        let mut delivery = Delivery::mock(0, "x".into(), "t".into(), false, Vec::new());
-        delivery.properties = BasicProperties::default().with_message_id(id.into());
-        BasicReturnMessage {
-            delivery,
-            reply_code: 312,
-            reply_text: "NO_ROUTE".into(),
-        }
-    }
-
-    fn send_all(book: &mut Book) -> Vec<Key> {
-        std::iter::from_fn(|| book.next_to_send().map(|(key, _)| key)).collect()
-    }
-
-    #[test]
-    fn a_refused_archive_copy_is_counted_lost_and_the_job_still_succeeds() {
-        let mut book = Book::default();
-        let copy = |id: &str| {
-            Arc::new(Item {
-                copies: 1,
-                id: id.to_owned(),
-                exchange: "".into(),
-                routing_key: "archive".into(),
-                body: b"{}".to_vec(),
-                properties: BasicProperties::default().with_message_id(id.into()),
-            })
-        };
-        let (j, mut ticket) = Job::new(vec![item("a"), copy("a"), item("b"), copy("b")]);
-        book.add(j);
-        let keys = send_all(&mut book);
-        assert_eq!(keys.len(), 4);
-        book.resolve((keys[0], Ok(Confirmation::Ack(None))));
-        book.resolve((keys[1], Ok(Confirmation::Nack(None))));
-        book.resolve((keys[2], Ok(Confirmation::Ack(None))));
-        book.resolve((keys[3], Ok(Confirmation::Ack(None))));
-        book.answer_finished();
-        assert!(matches!(ticket.answer.try_recv(), Ok(Outcome::Confirmed)));
-        assert_eq!(book.copies, (1, 1, 2), "written, lost, bytes written");
-        // A refused event still fails its job.
-        let mut answered = job(&mut book, &["c"]);
-        let keys = send_all(&mut book);
-        book.resolve((keys[0], Ok(Confirmation::Nack(None))));
-        assert!(matches!(answered.try_recv(), Ok(Outcome::Nacked { .. })));
-    }
-
-    #[test]
-    fn a_job_is_answered_once_every_event_is_confirmed() {
-        let mut book = Book::default();
-        let mut answered = job(&mut book, &["a", "b"]);
-        let keys = send_all(&mut book);
-        assert_eq!(keys.len(), 2);
-        assert!(!book.resolve((keys[1], Ok(Confirmation::Ack(None)))));
-        book.answer_finished();
-        assert!(answered.try_recv().is_err(), "one confirm is still missing");
-        assert!(!book.resolve((keys[0], Ok(Confirmation::Ack(None)))));
-        book.answer_finished();
-        assert!(matches!(answered.try_recv(), Ok(Outcome::Confirmed)));
-        assert!(book.jobs.is_empty());
-    }
-
-    #[test]
-    fn a_return_carried_by_another_jobs_confirm_fails_only_the_returned_event() {
-        let mut book = Book::default();
-        let mut first = job(&mut book, &["a1", "a2"]);
-        let mut second = job(&mut book, &["b1"]);
-        let keys = send_all(&mut book);
-        // lapin hands the return of b1 to whichever confirm it completes
-        // first: here a1's.
-        book.resolve((keys[0], Ok(Confirmation::Ack(Some(returned("b1"))))));
-        book.resolve((keys[1], Ok(Confirmation::Ack(None))));
-        book.resolve((keys[2], Ok(Confirmation::Ack(None))));
-        book.answer_finished();
-        assert!(matches!(first.try_recv(), Ok(Outcome::Confirmed)));
-        match second.try_recv() {
-            Ok(Outcome::Unroutable { id, reply }) => {
-                assert_eq!((id.as_str(), reply.as_str()), ("b1", "NO_ROUTE"));
-            }
-            other => panic!("b1 must fail as unroutable: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_nack_fails_its_job_at_once_and_the_rest_is_not_published() {
-        let mut book = Book::default();
-        let mut answered = job(&mut book, &["a", "b", "c"]);
-        let mut other = job(&mut book, &["d"]);
-        let (a, _) = book.next_to_send().expect("a");
-        book.resolve((a, Ok(Confirmation::Nack(None))));
-        match answered.try_recv() {
-            Ok(Outcome::Nacked { id }) => assert_eq!(id, "a"),
-            other => panic!("a must be nacked: {other:?}"),
-        }
-        // b and c are skipped; d is next.
-        let rest = send_all(&mut book);
-        assert_eq!(rest.len(), 1);
-        book.resolve((rest[0], Ok(Confirmation::Ack(None))));
-        book.answer_finished();
-        assert!(matches!(other.try_recv(), Ok(Outcome::Confirmed)));
-        assert!(book.jobs.is_empty());
-    }
-
-    #[test]
-    fn a_failed_channel_hands_back_only_the_unconfirmed_events() {
-        let mut book = Book::default();
-        let mut answered = job(&mut book, &["a", "b", "c"]);
-        let keys = send_all(&mut book);
-        book.resolve((keys[1], Ok(Confirmation::Ack(None))));
-        let broken = book.resolve((
-            keys[0],
-            Err(lapin::Error::from(lapin::ErrorKind::InvalidChannel(1))),
-        ));
-        assert!(broken);
-        book.lose_all();
-        match answered.try_recv() {
-            Ok(Outcome::Lost { unconfirmed }) => {
-                let ids: Vec<&str> = unconfirmed.iter().map(|i| i.id.as_str()).collect();
-                assert_eq!(ids, ["a", "c"]);
-            }
-            other => panic!("lost expected: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn an_empty_job_is_confirmed_at_once() {
-        let mut book = Book::default();
-        let mut answered = job(&mut book, &[]);
-        assert!(matches!(answered.try_recv(), Ok(Outcome::Confirmed)));
-    }
-
-    #[test]
-    fn each_confirm_reports_progress_with_the_oldest_unconfirmed_event() {
-        let mut book = Book::default();
-        let mut t = ticket(&mut book, &["a", "b", "c"]);
-        let keys = send_all(&mut book);
-        ack(&mut book, keys[1]);
-        assert!(t.progress.has_changed().expect("open"), "b confirmed");
-        assert_eq!(*t.progress.borrow_and_update(), 0, "a is still unconfirmed");
-        ack(&mut book, keys[0]);
-        assert!(t.progress.has_changed().expect("open"));
-        assert_eq!(*t.progress.borrow_and_update(), 2, "a and b confirmed");
-        ack(&mut book, keys[2]);
-        assert!(matches!(t.answer.try_recv(), Ok(Outcome::Confirmed)));
-    }
-
-    #[test]
-    fn a_job_waiting_its_turn_progresses_with_the_jobs_ahead_of_it() {
-        let mut book = Book::default();
-        let mut ahead = ticket(&mut book, &["a1", "a2"]);
-        let mut behind = ticket(&mut book, &["b1"]);
-        // A window of one: a1 goes out, a2 and b1 wait.
-        let (a1, _) = book.next_to_send().expect("a1");
-        ack(&mut book, a1);
-        assert!(ahead.progress.has_changed().expect("open"));
-        assert!(
-            behind.progress.has_changed().expect("open"),
-            "room was made"
-        );
-        ahead.progress.mark_unchanged();
-        behind.progress.mark_unchanged();
-        let (a2, _) = book.next_to_send().expect("a2");
-        let (b1, _) = book.next_to_send().expect("b1");
-        // Once b1 is in flight, only its own confirm is progress for it.
-        ack(&mut book, a2);
-        assert!(matches!(ahead.answer.try_recv(), Ok(Outcome::Confirmed)));
-        assert!(!behind.progress.has_changed().expect("open"));
-        ack(&mut book, b1);
-        assert!(matches!(behind.answer.try_recv(), Ok(Outcome::Confirmed)));
-    }
-
-    #[test]
-    fn a_job_whose_events_are_not_confirmed_sees_no_progress() {
-        let mut book = Book::default();
-        let mut stuck = ticket(&mut book, &["s"]);
-        let mut moving = ticket(&mut book, &["m1", "m2"]);
-        let keys = send_all(&mut book);
-        // The broker confirms the other job's events, never s (a queue
-        // without its quorum, say).
-        ack(&mut book, keys[1]);
-        ack(&mut book, keys[2]);
-        assert!(matches!(moving.answer.try_recv(), Ok(Outcome::Confirmed)));
-        assert!(!stuck.progress.has_changed().expect("open"));
-        assert!(stuck.answer.try_recv().is_err());
-    }
 }

@@ -24,6 +24,7 @@
 //! instead of waiting out the timeout: an alarm lasts until an operator or
 //! the consumers free the resource, far longer than a publish should wait.
 
+mod book;
 mod channel;
 mod copies;
 mod error;
