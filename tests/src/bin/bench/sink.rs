@@ -113,7 +113,8 @@ impl Default for Sink {
 /// with `httparse`; each request needs a `content-length` body (what the
 /// dispatcher and reqwest send) and is answered `200 ok`. Anything else
 /// (chunked bodies, bad requests, too many headers) is answered with an
-/// error status and the connection closed, so a scenario fails loudly.
+/// error status and the connection closed, so a scenario fails loudly; so
+/// does a body over 64 MiB.
 pub(crate) async fn sink() -> anyhow::Result<(String, Arc<Sink>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", listener.local_addr()?);
@@ -198,6 +199,11 @@ const TOO_MANY_HEADERS: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const TOO_LARGE: &[u8] =
+    b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+/// The largest body the sink reads (a batch of 100 1 KiB events is about
+/// 100 KiB).
+const MAX_BODY: usize = 64 << 20;
 const NO_CHUNKED: &[u8] =
     b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
@@ -217,7 +223,8 @@ fn next_request(buf: &[u8], want_path: bool) -> Parsed {
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
             {
-                Some(n) => length = n,
+                Some(n) if n <= MAX_BODY => length = n,
+                Some(_) => return Parsed::Bad(TOO_LARGE),
                 None => return Parsed::Bad(BAD_REQUEST),
             }
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -369,6 +376,11 @@ mod tests {
         assert!(matches!(
             next_request(b"NOT HTTP AT ALL\r\n\r\n", false),
             Parsed::Bad(BAD_REQUEST)
+        ));
+        let huge = format!("{HEAD}content-length: {}\r\n\r\n", MAX_BODY + 1);
+        assert!(matches!(
+            next_request(huge.as_bytes(), false),
+            Parsed::Bad(TOO_LARGE)
         ));
         let many: String = (0..60).map(|i| format!("x-h{i}: v\r\n")).collect();
         let crowded = format!("{HEAD}{many}content-length: 0\r\n\r\n");
