@@ -180,7 +180,15 @@ fn teardown(x: u8) {
 /// left alone.
 pub fn remove_leftovers() {
     let owner_alive = |x: u8| {
-        std::fs::read_to_string(cluster_dir(x).join("owner")).is_ok_and(|pid| pid_alive(pid.trim()))
+        let dir = cluster_dir(x);
+        match std::fs::read_to_string(dir.join("owner")) {
+            Ok(pid) => pid_alive(pid.trim()),
+            // Claimed a moment ago, its owner file not written yet (another
+            // process's `start`): only a stale directory is a leftover.
+            Err(_) => std::fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(60)),
+        }
     };
     let mut dead = std::collections::BTreeSet::new();
     let listed = String::from_utf8_lossy(&ip(&["netns", "list"]).stdout).into_owned();
@@ -238,6 +246,14 @@ impl Cluster {
             is_root() && user_exists("rabbitmq"),
             "the cluster harness needs root (network namespaces) and the rabbitmq user"
         );
+        // Clusters of this process start in parallel (tests run on threads):
+        // one at a time removes leftovers and claims a number, so none takes
+        // another's directory, claimed but without its owner file yet, for a
+        // leftover.
+        static CLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let claim = CLAIM
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         remove_leftovers();
         let began = Instant::now();
         // The directory is the lock on X: create_dir fails if it exists.
@@ -252,6 +268,7 @@ impl Cluster {
         // From here on, a panic drops `cluster`, which removes everything.
         std::fs::write(cluster.dir.join("owner"), std::process::id().to_string())
             .expect("owner file");
+        drop(claim);
         cluster.build_network();
         cluster.write_files();
         let network = began.elapsed();
