@@ -67,15 +67,16 @@ pub struct Archived {
 }
 
 impl Archived {
-    /// The archived events of a stream message, in order, its body
-    /// unpacked by its `content-encoding` (`encoding`); none for a message
-    /// that holds none (no time header, or a body that does not unpack). A
-    /// line that is not a valid envelope is skipped.
-    pub fn read(headers: &FieldTable, encoding: Option<&str>, body: &[u8]) -> Vec<Self> {
-        let Some(archived_at) = Self::time(headers) else {
+    /// The archived events of a stream message (its `properties` and
+    /// `body`), in order, the body unpacked by its `content-encoding`; none
+    /// for a message that holds none (no time header, or a body that does
+    /// not unpack). A line that is not a valid envelope is skipped.
+    pub fn read(properties: &BasicProperties, body: &[u8]) -> Vec<Self> {
+        let headers = properties.headers().clone().unwrap_or_default();
+        let Some(archived_at) = Self::time(&headers) else {
             return Vec::new();
         };
-        let Some(body) = crate::history::unpacked(encoding, body) else {
+        let Some(body) = crate::history::unpacked_message(properties, body) else {
             return Vec::new();
         };
         body.split(|b| *b == b'\n')
@@ -110,8 +111,7 @@ mod tests {
             &BasicProperties::default().with_message_id(event.id.as_str().into()),
             now,
         );
-        let headers = props.headers().clone().expect("headers");
-        let back = Archived::read(&headers, None, &event.to_vec());
+        let back = Archived::read(&props, &event.to_vec());
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].archived_at, now);
         assert_eq!(back[0].event.id, event.id);
@@ -121,7 +121,11 @@ mod tests {
         body.extend_from_slice(b"\nnot json\n");
         body.extend_from_slice(&other.to_vec());
         let ids = |encoding: Option<&str>, body: &[u8]| -> Vec<String> {
-            Archived::read(&headers, encoding, body)
+            let props = match encoding {
+                Some(e) => props.clone().with_content_encoding(e.into()),
+                None => props.clone(),
+            };
+            Archived::read(&props, body)
                 .into_iter()
                 .map(|a| a.event.id)
                 .collect()
@@ -137,6 +141,6 @@ mod tests {
         assert!(ids(Some(crate::history::LZ4), &body).is_empty());
         assert!(ids(Some(crate::history::LZ4), b"\xff\xff\xff\x7f").is_empty());
         assert!(ids(None, b"not json").is_empty());
-        assert!(Archived::read(&FieldTable::default(), None, &event.to_vec()).is_empty());
+        assert!(Archived::read(&BasicProperties::default(), &event.to_vec()).is_empty());
     }
 }

@@ -219,12 +219,7 @@ pub async fn run(
                     .format(&time::format_description::well_known::Rfc3339)
                     .ok();
             }
-            let encoding = delivery
-                .properties
-                .content_encoding()
-                .as_ref()
-                .map(|e| e.as_str());
-            for archived in Archived::read(&headers, encoding, &delivery.data) {
+            for archived in Archived::read(&delivery.properties, &delivery.data) {
                 progress.scanned += 1;
                 if last_report.elapsed() >= REPORT_EVERY {
                     report(Note::Progress(&progress));

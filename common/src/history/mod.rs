@@ -53,6 +53,18 @@ pub fn unpacked<'a>(encoding: Option<&str>, data: &'a [u8]) -> Option<std::borro
         .map(std::borrow::Cow::Owned)
 }
 
+/// A log or archive message's body as written: [`unpacked`] by the
+/// message's own `content-encoding`.
+pub fn unpacked_message<'a>(
+    properties: &lapin::BasicProperties,
+    data: &'a [u8],
+) -> Option<std::borrow::Cow<'a, [u8]>> {
+    unpacked(
+        properties.content_encoding().as_ref().map(|e| e.as_str()),
+        data,
+    )
+}
+
 /// Header of a reader's end marker in the log (not an attempt: readers skip
 /// it, except the one that appended it).
 pub const MARKER_HEADER: &str = "hookpost-log-marker";

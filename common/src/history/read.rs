@@ -172,12 +172,7 @@ pub async fn read(
             Some(Step::Message(delivery)) => delivery,
         };
         // A message holds one record per line (compressed, as dispatchers write it).
-        let encoding = delivery
-            .properties
-            .content_encoding()
-            .as_ref()
-            .map(|e| e.as_str());
-        let Some(data) = super::unpacked(encoding, &delivery.data) else {
+        let Some(data) = super::unpacked_message(&delivery.properties, &delivery.data) else {
             continue;
         };
         scanned.records += memchr::memchr_iter(b'\n', &data).count() as u64 + 1;

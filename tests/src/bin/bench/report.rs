@@ -143,19 +143,23 @@ impl CpuMark {
 
 /// `utime + stime` in seconds from a `/proc/<pid>/stat` file.
 pub(crate) fn cpu_of(stat: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(stat).ok()?;
-    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // USER_HZ is 100 on every Linux the bench runs on.
-    Some(ticks / 100.0)
+    ticks_at(stat, 11)
 }
 
 /// CPU seconds of this process's children that have been waited for
 /// (`cutime + cstime`): around one child's run and wait, that child's.
 pub(crate) fn waited_children_cpu() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    ticks_at("/proc/self/stat", 13)
+}
+
+/// The two clock-tick fields of `stat` starting at `first` (counted after
+/// the command name), summed, in seconds.
+fn ticks_at(stat: &str, first: usize) -> Option<f64> {
+    let text = std::fs::read_to_string(stat).ok()?;
     let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(13)?.parse::<f64>().ok()? + fields.get(14)?.parse::<f64>().ok()?;
+    let ticks: f64 =
+        fields.get(first)?.parse::<f64>().ok()? + fields.get(first + 1)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux the bench runs on.
     Some(ticks / 100.0)
 }
 
