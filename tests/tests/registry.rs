@@ -585,3 +585,115 @@ async fn events_published_right_after_a_create_or_change_wait_for_the_endpoint()
     let _ = dispatcher.stop().await;
     publisher.close().await;
 }
+
+/// Management API writes read the registry through the API's live follower
+/// (`control::FollowerReads`): one marker appended, not a replay of the
+/// stream. What such a read returns holds every change confirmed before it,
+/// whoever wrote it; a read no follower answers falls back to a replay.
+#[tokio::test]
+async fn reads_answered_by_a_live_follower_hold_every_write_confirmed_before_them() {
+    use common::registry::control::{self, FollowerReads, Holds};
+    let scope = Scope::new().await;
+    let config = config(&scope, "");
+    let url = tests::amqp_url();
+    let connect = || async {
+        lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect")
+    };
+    let (a, b) = (std::sync::Arc::new(connect().await), connect().await);
+    let topology = common::topology::Topology::for_config(&config);
+    let reads = FollowerReads::default();
+    let (tx, mut followed) = tokio::sync::watch::channel(Holds::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follower = tokio::spawn({
+        let (a, topology, reads, stop) = (a.clone(), topology.clone(), reads.clone(), stop.clone());
+        async move {
+            control::keep_following(
+                || {
+                    let a = a.clone();
+                    async move { Some(a) }
+                },
+                &topology,
+                tx,
+                stop,
+                Some(reads),
+                || {},
+            )
+            .await;
+        }
+    });
+    followed.changed().await.expect("the follower caught up");
+    let body = |v: Value| v.as_object().expect("object").clone();
+    let through_follower =
+        common::registry::Registry::new(&a, &config).with_follower(reads.clone());
+    let other_writer = common::registry::Registry::new(&b, &config);
+    for n in 0..10 {
+        let id = format!("f{n}");
+        scope.track_endpoint(&config, &id);
+        // Another writer's change, confirmed: the next read holds it.
+        other_writer
+            .create(body(
+                json!({"id": id, "url": "http://127.0.0.1:9/", "events": ["r"]}),
+            ))
+            .await
+            .expect("created");
+        let state = reads
+            .read(&a, &topology, Duration::from_secs(5))
+            .await
+            .expect("the follower answers");
+        assert_eq!(state.endpoints[&id].version, 1, "{id}");
+        // A write through the follower, seen by a reader that replays.
+        let updated = through_follower
+            .update(
+                &id,
+                body(json!({"description": "changed"})),
+                common::registry::Mode::Merge,
+            )
+            .await
+            .expect("updated");
+        assert_eq!(updated.version, 2);
+        assert_eq!(other_writer.get(&id).await.expect("there").version, 2);
+        assert_eq!(through_follower.get(&id).await.expect("there").version, 2);
+    }
+    // Two writers through followers at once: one after the other, or one
+    // loses with a conflict; never a silent overwrite.
+    let second = common::registry::Registry::new(&b, &config).with_follower(reads.clone());
+    let (x, y) = tokio::join!(
+        through_follower.update(
+            "f0",
+            body(json!({"description": "from a"})),
+            common::registry::Mode::Merge
+        ),
+        second.update(
+            "f0",
+            body(json!({"description": "from b"})),
+            common::registry::Mode::Merge
+        ),
+    );
+    let last = other_writer.get("f0").await.expect("still there");
+    match (&x, &y) {
+        (Ok(_), Ok(_)) => assert_eq!(last.version, 4, "one after the other"),
+        (Ok(w), Err(common::registry::OpError::Conflict(_)))
+        | (Err(common::registry::OpError::Conflict(_)), Ok(w)) => {
+            assert_eq!(&last, w, "the winner's change is the one stored");
+            assert_eq!(last.version, 3);
+        }
+        other => panic!("unexpected outcome: {other:?}"),
+    }
+    // No follower answers these: the read says so, and the registry replays.
+    let unserved = FollowerReads::default();
+    assert!(
+        unserved
+            .read(&a, &topology, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    let fallback = common::registry::Registry::new(&a, &config).with_follower(unserved);
+    assert_eq!(
+        fallback.get("f9").await.expect("found by a replay").version,
+        2
+    );
+    stop.cancel();
+    follower.await.expect("the follower ends");
+}

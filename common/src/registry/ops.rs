@@ -1,6 +1,8 @@
 //! Registry operations shared by the management API and `hookpost-admin`:
 //! create, update, fetch, list and rotate-secret, each reading the control
-//! stream up to now and appending (with a publisher confirm) what changes.
+//! stream up to now (through the live follower when there is one:
+//! [`control::FollowerReads`]) and appending (with a publisher confirm)
+//! what changes.
 //! Dispatchers follow the stream and apply changes within moments. Deletes
 //! are in [`super::lifecycle`].
 
@@ -37,10 +39,17 @@ pub struct Registry<'a> {
     /// Set for a tenant token's requests: only this tenant's registered
     /// endpoints exist; every other one answers [`OpError::NotFound`].
     pub(super) tenant: Option<String>,
+    /// A live follower that answers reads (the management API's), else
+    /// each read replays the stream.
+    reads: Option<control::FollowerReads>,
 }
 
 /// How long a read of the control stream may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a read waits for the live follower before it replays the
+/// stream itself (the follower answers within milliseconds once caught up).
+const FOLLOWER_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl<'a> Registry<'a> {
     /// The registry of `config`'s broker prefix, on `conn`.
@@ -50,7 +59,16 @@ impl<'a> Registry<'a> {
             config,
             topology: Topology::for_config(config),
             tenant: None,
+            reads: None,
         }
+    }
+
+    /// The same registry, its reads answered by the live follower of
+    /// `reads` (falling back to a replay when it does not answer in time).
+    #[must_use]
+    pub fn with_follower(mut self, reads: control::FollowerReads) -> Self {
+        self.reads = Some(reads);
+        self
     }
 
     /// The same registry as seen by a tenant token of `tenant`: endpoints
@@ -95,6 +113,13 @@ impl<'a> Registry<'a> {
     /// # Errors
     /// The broker failed.
     pub async fn state(&self) -> Result<State, OpError> {
+        if let Some(reads) = &self.reads
+            && let Some(state) = reads
+                .read(self.conn, &self.topology, FOLLOWER_TIMEOUT)
+                .await
+        {
+            return Ok((*state).clone());
+        }
         let mut attempt = 0;
         loop {
             match control::read(self.conn, &self.topology, READ_TIMEOUT).await {

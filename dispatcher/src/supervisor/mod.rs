@@ -313,6 +313,7 @@ async fn follow_control(
             &topology,
             tx,
             stop,
+            None,
             || first_failed.cancel(),
         )
         .await;

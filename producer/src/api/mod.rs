@@ -89,6 +89,8 @@ pub struct Api {
     state: watch::Receiver<Holds>,
     /// Whether `state` has caught up with the stream once.
     loaded: Arc<AtomicBool>,
+    /// Writes read the registry through the follower of `state`.
+    reads: control::FollowerReads,
     /// Replays from the archive started here.
     replays: replays::Replays,
     /// The process's metrics (replays), when it serves them.
@@ -107,11 +109,13 @@ impl Api {
         );
         let (tx, state) = watch::channel(Holds::default());
         let loaded = Arc::new(AtomicBool::new(false));
+        let reads = control::FollowerReads::default();
         tokio::spawn(follow(
             client.clone(),
             Topology::for_config(&config),
             tx,
             loaded.clone(),
+            reads.clone(),
             shutdown.clone(),
         ));
         let console = crate::console::Console::new(&config);
@@ -125,6 +129,7 @@ impl Api {
             shutdown,
             state,
             loaded,
+            reads,
             replays: replays::Replays::default(),
             metrics: None,
             console,
@@ -135,6 +140,11 @@ impl Api {
     /// The config this API serves.
     pub(crate) fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The registry on `conn`, its reads answered by this API's follower.
+    pub(crate) fn registry<'a>(&'a self, conn: &'a lapin::Connection) -> Registry<'a> {
+        Registry::new(conn, &self.config).with_follower(self.reads.clone())
     }
 
     /// The web console's state.
@@ -259,8 +269,8 @@ impl Api {
             Err(r) => return r,
         };
         let registry = match &caller {
-            Caller::Operator => Registry::new(&conn, &self.config),
-            Caller::Tenant(t) => Registry::new(&conn, &self.config).scoped(t),
+            Caller::Operator => self.registry(&conn),
+            Caller::Tenant(t) => self.registry(&conn).scoped(t),
         };
         let result = match (method.clone(), id, body) {
             (Method::GET, None, _) => self.list(&caller, tenant_filter.as_deref()).await,
@@ -378,6 +388,7 @@ async fn follow(
     topology: Topology,
     tx: watch::Sender<Holds>,
     loaded: Arc<AtomicBool>,
+    reads: control::FollowerReads,
     shutdown: CancellationToken,
 ) {
     let mut caught_up = tx.subscribe();
@@ -397,6 +408,7 @@ async fn follow(
         &topology,
         tx,
         shutdown.clone(),
+        Some(reads),
         || {},
     )
     .await;

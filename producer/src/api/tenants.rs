@@ -12,7 +12,7 @@
 
 use super::{Api, Caller, ROUTES, op_error, unavailable};
 use crate::http::{error, forbidden, method_not_allowed};
-use common::registry::{self, Registry};
+use common::registry;
 use common::server::{HttpResponse, json};
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
@@ -67,7 +67,7 @@ pub(super) async fn handle(api: &Api, req: Request<super::ApiBody>, rest: &str) 
         Ok(conn) => conn,
         Err(r) => return r,
     };
-    let registry = Registry::new(&conn, &api.config);
+    let registry = api.registry(&conn);
     match token_id {
         None => match registry.mint_token(tenant).await {
             Ok((token, stored)) => {

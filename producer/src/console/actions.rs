@@ -9,7 +9,6 @@ use super::views::replay_body;
 use super::{Signed, api_error, html, on_endpoint};
 use crate::api::{Api, Caller};
 use common::history::{Attempt, Query};
-use common::registry::Registry;
 use common::registry::control::{self, Command};
 use common::server::HttpResponse;
 use common::topology::Topology;
@@ -166,7 +165,7 @@ pub async fn queue_depths(api: &Api, views: &[Value]) -> Vec<Option<u32>> {
     let Ok(conn) = api.broker().await else {
         return vec![None; views.len()];
     };
-    let registry = Registry::new(&conn, api.config());
+    let registry = api.registry(&conn);
     let topology = Topology::for_config(api.config());
     let mut out = Vec::with_capacity(views.len());
     for v in views {
@@ -255,7 +254,7 @@ pub async fn topology_page(api: &Api, s: &Signed) -> HttpResponse {
         Err(_) => Vec::new(),
     };
     let rows = Topology::for_config(api.config()).queues(api.config(), registered);
-    let registry = Registry::new(&conn, api.config());
+    let registry = api.registry(&conn);
     let mut shown = Vec::with_capacity(rows.len());
     for (name, kind) in rows {
         let status = registry.queue_counts(&name).await.ok().flatten();

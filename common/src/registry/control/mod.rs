@@ -35,10 +35,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// What the control stream says, as of the last record read.
@@ -359,6 +359,7 @@ async fn read_once(
     let options = Options {
         force_snapshot,
         stats: Some(stats.clone()),
+        reads: None,
     };
     let follow = follow_with(conn, topology, tx, stop.clone(), &options);
     tokio::pin!(follow);
@@ -388,26 +389,93 @@ async fn read_once(
     Ok((holds, stats))
 }
 
+/// Reads of the registry answered by a live follower ([`keep_following`]):
+/// the reader appends a marker and the follower, once it has applied every
+/// record before that marker, answers with its state. The same state a
+/// fresh [`read`] gives, for one append instead of a replay of the snapshot
+/// and the changes after it (what made each management API write cost in
+/// proportion to the registry). Cheap to clone; the follower and its
+/// readers share one.
+#[derive(Debug, Clone, Default)]
+pub struct FollowerReads {
+    waiting: Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<Holds>>>>,
+}
+
+impl FollowerReads {
+    /// The state as of now (every record confirmed before this call
+    /// applied), from the follower; `None` when it did not answer within
+    /// `timeout` (not following, or still catching up): then read the
+    /// stream instead.
+    pub async fn read(
+        &self,
+        conn: &Connection,
+        topology: &Topology,
+        timeout: Duration,
+    ) -> Option<Holds> {
+        let token = format!("read-{}", uuid::Uuid::new_v4());
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(token.clone(), tx);
+        let marker = Command::Marker {
+            token: token.clone(),
+        };
+        let answered = match append(conn, topology, &marker).await {
+            Ok(()) => tokio::time::timeout(timeout, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        if answered.is_none() {
+            self.lock().remove(&token);
+        }
+        answered
+    }
+
+    /// Whether a reader waits for the marker `token`.
+    pub(super) fn awaits(&self, token: &str) -> bool {
+        self.lock().contains_key(token)
+    }
+
+    /// Answers the reader of `token`, if it still waits.
+    pub(super) fn answer(&self, token: &str, state: &Holds) {
+        if let Some(tx) = self.lock().remove(token) {
+            let _ = tx.send(state.clone());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Holds>>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Follows the control stream until `stop`, starting over (from the latest
 /// snapshot) one second after a reader fails or ends: the one follower loop
 /// of the dispatcher's supervisor and the management API. `connect` gives
 /// the connection to read on (`None`: give up); `after_each` runs after each
-/// reader that ended, before the pause.
+/// reader that ended, before the pause. With `reads`, it answers those
+/// readers' markers.
 pub async fn keep_following<C, F>(
     mut connect: C,
     topology: &Topology,
     holds_tx: watch::Sender<Holds>,
     stop: CancellationToken,
+    reads: Option<FollowerReads>,
     mut after_each: impl FnMut(),
 ) where
     C: FnMut() -> F,
     F: Future<Output = Option<Arc<Connection>>>,
 {
+    let options = Options {
+        reads,
+        ..Options::default()
+    };
     loop {
         let Some(conn) = connect().await else {
             return;
         };
-        let result = follow(&conn, topology, holds_tx.clone(), stop.clone()).await;
+        let result = follow_with(&conn, topology, holds_tx.clone(), stop.clone(), &options).await;
         if stop.is_cancelled() {
             return;
         }

@@ -10,6 +10,8 @@ pub(super) struct Options {
     pub(super) force_snapshot: bool,
     /// Where to leave what the read did.
     pub(super) stats: Option<Arc<std::sync::Mutex<ReadStats>>>,
+    /// Readers waiting for this follower to pass their markers.
+    pub(super) reads: Option<FollowerReads>,
 }
 
 /// How a reader's pass ended.
@@ -109,6 +111,8 @@ pub(super) async fn pass(
     .await?;
     let mut replay = Replay::new(start);
     let mut caught_up = false;
+    // Readers' markers read before this reader caught up: answered then.
+    let mut early: Vec<String> = Vec::new();
     let mut unacked = 0u32;
     let ended = loop {
         let delivery = tokio::select! {
@@ -138,6 +142,18 @@ pub(super) async fn pass(
             }
         };
         let mine = matches!(&command, Command::Marker { token: t } if *t == token);
+        if let (Command::Marker { token: theirs }, Some(reads)) = (&command, &options.reads)
+            && !mine
+            && reads.awaits(theirs)
+        {
+            if caught_up {
+                // Markers change nothing: the state sent last is the state
+                // as of this record.
+                reads.answer(theirs, &holds_tx.borrow());
+            } else {
+                early.push(theirs.clone());
+            }
+        }
         let described = caught_up.then(|| describe(&command));
         let outcome = replay.push(offset, command);
         if mine {
@@ -185,7 +201,13 @@ pub(super) async fn pass(
                     wrote,
                 };
             }
-            holds_tx.send_replace(Arc::new(state));
+            let state = Arc::new(state);
+            holds_tx.send_replace(state.clone());
+            if let Some(reads) = &options.reads {
+                for theirs in early.drain(..) {
+                    reads.answer(&theirs, &state);
+                }
+            }
             continue;
         }
         if !caught_up {
