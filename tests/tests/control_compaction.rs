@@ -142,7 +142,7 @@ async fn a_fresh_read_after_compaction_reads_the_snapshot_and_the_tail_not_the_h
     );
     assert!(stats.wrote.is_none(), "nothing to compact yet");
     // Whole endpoints: everything a Put carried.
-    assert_eq!(state.endpoints["e42"], {
+    assert_eq!(*state.endpoints["e42"], {
         let mut e = stored("e42", state.endpoints["e42"].version);
         e.updated_at = format!("v{}", e.version);
         e

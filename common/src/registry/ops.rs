@@ -147,7 +147,7 @@ impl<'a> Registry<'a> {
             .endpoints
             .get(id)
             .filter(|e| self.tenant.is_none() || e.tenant() == self.tenant.as_deref())
-            .cloned()
+            .map(|e| (**e).clone())
             .ok_or_else(|| OpError::NotFound(id.to_owned()))
     }
 

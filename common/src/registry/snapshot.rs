@@ -20,6 +20,7 @@ use super::StoredEndpoint;
 use super::control::{Command, State, apply};
 use super::tokens::StoredToken;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Endpoints or holds per `snapshot_part` record: small records, each well
 /// under the broker's message size limit.
@@ -31,7 +32,7 @@ pub const MIN_CHANGES: u64 = 1000;
 /// The records of a snapshot `id` of `state` as of stream offset `base`.
 /// Markers are not state: a snapshot never carries them.
 pub fn records(id: &str, base: u64, at: &str, state: &State) -> Vec<Command> {
-    let endpoints: Vec<&StoredEndpoint> = state.endpoints.values().collect();
+    let endpoints: Vec<&StoredEndpoint> = state.endpoints.values().map(|e| &**e).collect();
     let holds: Vec<&String> = state.holds.iter().collect();
     let tokens: Vec<&StoredToken> = state.tokens.values().collect();
     let mut parts = Vec::new();
@@ -237,7 +238,7 @@ impl Replay {
                         p.next_seq += 1;
                         p.state
                             .endpoints
-                            .extend(endpoints.into_iter().map(|e| (e.id.clone(), e)));
+                            .extend(endpoints.into_iter().map(|e| (e.id.clone(), Arc::new(e))));
                         p.state.holds.extend(holds);
                         p.state
                             .tokens

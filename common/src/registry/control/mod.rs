@@ -47,7 +47,7 @@ pub struct State {
     /// The endpoints an operator holds.
     pub holds: BTreeSet<String>,
     /// The registered endpoints, by id.
-    pub endpoints: BTreeMap<String, StoredEndpoint>,
+    pub endpoints: BTreeMap<String, Arc<StoredEndpoint>>,
     /// The live tenant tokens (hashes only), by token id.
     pub tokens: BTreeMap<String, StoredToken>,
     /// The last [`RECENT`] versions applied to each endpoint (version and a
@@ -86,7 +86,7 @@ impl State {
     /// came from a snapshot written after a later version.
     pub fn landed(&self, stored: &StoredEndpoint) -> bool {
         match self.endpoints.get(&stored.id) {
-            Some(current) if current.version == stored.version => current == stored,
+            Some(current) if current.version == stored.version => **current == *stored,
             Some(current) if current.version > stored.version => {
                 let digest = digest(stored);
                 self.recent
@@ -261,7 +261,7 @@ pub fn apply(state: &mut State, command: &Command) -> bool {
             state.remember(endpoint);
             state
                 .endpoints
-                .insert(endpoint.id.clone(), endpoint.clone());
+                .insert(endpoint.id.clone(), Arc::new(endpoint.clone()));
             true
         }
         Command::Delete { id, .. } => {
