@@ -692,3 +692,59 @@ async fn an_open_circuit_breaker_shows_until_a_delivery_succeeds() {
     b.quit().await;
     dispatcher.stop().await.expect("stop");
 }
+
+/// Behind https (`api.public_origin`), the session cookie carries the
+/// `__Host-` prefix (so no sibling subdomain can set or shadow it), with
+/// `Secure` and `Path=/`, and a session is read from that name only.
+#[tokio::test]
+async fn behind_https_the_session_cookie_is_host_prefixed() {
+    let scope = Scope::new().await;
+    let config = scope.config(&format!(
+        "{FAST}[api]\ntokens = [\"{OPERATOR}\"]\npublic_origin = \"https://hooks.example.com\"\n[registry]\nsecrets_key = \"{KEY}\"\n"
+    ));
+    let api = Api::start(&config).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = http
+        .post(format!("{}/console/sign-in", api.root))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={OPERATOR}"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
+    assert!(cookie.starts_with("__Host-hookpost_session="), "{cookie}");
+    for part in ["; Path=/;", "HttpOnly", "SameSite=Strict", "; Secure"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    let value = cookie
+        .split(';')
+        .next()
+        .and_then(|pair| pair.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .expect("value");
+    let page = |name: &'static str| {
+        let (http, root, value) = (http.clone(), api.root.clone(), value.clone());
+        async move {
+            http.get(format!("{root}/console/endpoints"))
+                .header("cookie", format!("{name}={value}"))
+                .send()
+                .await
+                .expect("get")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(page("__Host-hookpost_session").await, 200);
+    assert_eq!(
+        page("hookpost_session").await,
+        303,
+        "the unprefixed name is not read"
+    );
+}

@@ -274,8 +274,8 @@ pub struct ApiSection {
     pub max_endpoints_per_tenant: NonZeroUsize,
     /// The origin browsers reach the API and console at, when it is not
     /// the listener itself (a proxy): `https://hooks.example.com`. With
-    /// `https://`, console cookies are `Secure`; console form posts from
-    /// this origin are accepted.
+    /// `https://`, the console's session cookie is `__Host-` prefixed and
+    /// `Secure`; console form posts from this origin are accepted.
     #[serde(default)]
     pub public_origin: Option<String>,
 }

@@ -186,11 +186,7 @@ async fn route(api: &Api, req: Request<ApiBody>) -> HttpResponse {
         if path == "/console/sign-out" {
             api.console().keys.sign_out(&signed.session);
             let mut r = redirect("/console/sign-in");
-            let secure = if api.console().secure { "; Secure" } else { "" };
-            set_cookie(
-                &mut r,
-                &format!("{COOKIE}=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict{secure}"),
-            );
+            set_cookie(&mut r, &session_cookie(api.console().secure, "", 0));
             return r;
         }
         return views::post(api, &signed, &path, &form).await;
@@ -254,15 +250,31 @@ async fn sign_in(api: &Api, req: Request<ApiBody>) -> HttpResponse {
         );
     };
     let mut r = redirect("/console/endpoints");
-    let secure = if api.console().secure { "; Secure" } else { "" };
     set_cookie(
         &mut r,
-        &format!(
-            "{COOKIE}={cookie}; Path=/console; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
-            session::LIFETIME.as_secs()
-        ),
+        &session_cookie(api.console().secure, &cookie, session::LIFETIME.as_secs()),
     );
     r
+}
+
+/// The session cookie's name and path. Served over https (`Secure`), it is
+/// `__Host-` prefixed: a browser then takes it only from this very origin,
+/// never from a sibling subdomain or over plain http, and the prefix needs
+/// `Path=/`. Over plain http (a local console) it is scoped to `/console`.
+fn cookie_name_and_path(secure: bool) -> (&'static str, &'static str) {
+    if secure {
+        (session::HOST_COOKIE, "/")
+    } else {
+        (COOKIE, "/console")
+    }
+}
+
+/// The `Set-Cookie` value of a session (`value`; empty with `max_age` 0
+/// ends it).
+fn session_cookie(secure: bool, value: &str, max_age: u64) -> String {
+    let (name, path) = cookie_name_and_path(secure);
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}")
 }
 
 /// The request's session, if its cookie verifies and the token it was made
@@ -276,7 +288,7 @@ async fn signed_in(api: &Api, req: &Request<ApiBody>) -> Option<Signed> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == cookie_name_and_path(api.console().secure).0)
         .map(|(_, v)| v.to_owned())?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let session = api.console().keys.verify(&cookie, now)?;
@@ -414,4 +426,30 @@ pub(crate) fn api_error(status: StatusCode, body: &Value) -> String {
     body.get("error")
         .and_then(Value::as_str)
         .map_or_else(|| format!("the API answered {status}"), str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_host_prefixed_over_https_only() {
+        let https = session_cookie(true, "v", 60);
+        assert_eq!(
+            https,
+            "__Host-hookpost_session=v; Path=/; Max-Age=60; HttpOnly; SameSite=Strict; Secure"
+        );
+        let http = session_cookie(false, "v", 60);
+        assert_eq!(
+            http,
+            "hookpost_session=v; Path=/console; Max-Age=60; HttpOnly; SameSite=Strict"
+        );
+        // Signing out ends the same cookie (same name and path).
+        assert!(
+            session_cookie(true, "", 0).starts_with("__Host-hookpost_session=; Path=/; Max-Age=0")
+        );
+        assert!(
+            session_cookie(false, "", 0).starts_with("hookpost_session=; Path=/console; Max-Age=0")
+        );
+    }
 }

@@ -21,8 +21,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
-/// The session cookie's name.
+/// The session cookie's name (over plain http).
 pub const COOKIE: &str = "hookpost_session";
+/// The session cookie's name when the console is served over https
+/// (`api.public_origin`): [`COOKIE`] with the `__Host-` prefix.
+pub const HOST_COOKIE: &str = "__Host-hookpost_session";
 
 /// How long a session lasts after sign-in.
 pub const LIFETIME: Duration = Duration::from_secs(8 * 3600);
