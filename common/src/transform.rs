@@ -53,7 +53,7 @@ pub enum Outcome {
 #[error("{0}")]
 pub struct TransformError(String);
 
-/// Longest program accepted, in bytes. With [`COMPILE_STACK_BYTES`] it
+/// Longest program accepted, in bytes. With `COMPILE_STACK_BYTES` it
 /// bounds how deeply a program can nest: jaq parses and compiles
 /// recursively, and a program of thousands of nested brackets would
 /// overflow an ordinary thread's stack, which aborts the process.

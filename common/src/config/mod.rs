@@ -4,9 +4,9 @@
 //! Loading is in [`load`]; the file schema (and its documentation) in [`raw`].
 //! Every error names the file and the key; secrets never appear in one.
 
-//! - [`types`]: the checked configuration and endpoint types;
-//! - [`check`]: raw → checked, every section but the endpoints;
-//! - [`endpoint`]: one endpoint checked (file or API), ids and patterns.
+//! - `types`: the checked configuration and endpoint types;
+//! - `check`: raw → checked, every section but the endpoints;
+//! - `endpoint`: one endpoint checked (file or API), ids and patterns.
 
 mod check;
 mod defaults;

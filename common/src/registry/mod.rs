@@ -4,17 +4,17 @@
 //! ChaCha20-Poly1305 under a key from the environment (`[registry]
 //! secrets_key`); the stream never holds them in clear.
 //!
-//! - [`model`]: the stored record and the errors;
-//! - [`validate`]: API object → checked, sealed record;
-//! - [`load`]: record → opened settings → runtime endpoint;
-//! - [`rotation`]: new secrets and their overlap;
-//! - [`view`]: what the API shows;
+//! - `model`: the stored record and the errors;
+//! - `validate`: API object → checked, sealed record;
+//! - `load`: record → opened settings → runtime endpoint;
+//! - `rotation`: new secrets and their overlap;
+//! - `view`: what the API shows;
 //! - [`control`]: the control stream's records, writer and reader;
 //! - [`snapshot`]: snapshots of it, and the reader's replay;
-//! - [`ops`]: create, update, get, rotate through the control stream;
-//! - [`lifecycle`]: delete, draining the queues when forced;
+//! - `ops`: create, update, get, rotate through the control stream;
+//! - `lifecycle`: delete, draining the queues when forced;
 //! - [`tokens`]: tenant tokens (format, hash, authentication); minted and
-//!   revoked through the control stream by [`ops`].
+//!   revoked through the control stream by `ops`.
 
 pub mod control;
 mod lifecycle;
