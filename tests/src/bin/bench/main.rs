@@ -7,6 +7,7 @@
 //! The dispatcher runs as a child process (this binary with
 //! `--dispatcher-child CONFIG`) so its peak RSS and CPU time are its own.
 
+mod api_writes;
 mod cli;
 mod history;
 mod hookpost;
@@ -78,10 +79,13 @@ struct Args {
     /// Tenants of the tenants scenario (three endpoints each).
     #[arg(long, default_value_t = 1_000)]
     tenants: usize,
+    /// Endpoints the API-writes scenario registers through the API.
+    #[arg(long, default_value_t = 2_000)]
+    api_endpoints: usize,
     /// Records in the attempt log of the log-read scenario.
     #[arg(long, default_value_t = 500_000)]
     log_records: usize,
-    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants).
+    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants, api-writes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -267,6 +271,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rows.push(progress_of(
             scale::scale(args.scale_endpoints, args.size, &args.scale_queue_type).await?,
         ));
+    }
+    if wanted(&args, "api-writes") {
+        for row in api_writes::api_writes(args.api_endpoints).await? {
+            rows.push(progress_of(row));
+        }
     }
     if wanted(&args, "tenants") {
         rows.push(progress_of(
