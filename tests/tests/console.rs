@@ -524,18 +524,7 @@ async fn console_answers_carry_strict_headers_and_sign_in_is_rate_limited() {
     assert_eq!(r.headers()["location"], "/console/sign-in");
 
     // The cookie of a good sign-in.
-    let r = http
-        .post(format!("{}/console/sign-in", api.root))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={OPERATOR}"))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 303);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .expect("cookie")
-        .to_owned();
+    let cookie = operator_sign_in(&http, &api.root).await;
     for part in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age="] {
         assert!(cookie.contains(part), "{cookie}");
     }
@@ -579,6 +568,23 @@ async fn console_answers_carry_strict_headers_and_sign_in_is_rate_limited() {
         .expect("post");
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
+}
+
+/// Signs in with the operator token through the form (no browser); the
+/// `Set-Cookie` it answers with.
+async fn operator_sign_in(http: &reqwest::Client, root: &str) -> String {
+    let r = http
+        .post(format!("{root}/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={OPERATOR}"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 303);
+    r.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_owned()
 }
 
 /// The state column of the endpoints list, by endpoint name.
@@ -707,18 +713,7 @@ async fn behind_https_the_session_cookie_is_host_prefixed() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let r = http
-        .post(format!("{}/console/sign-in", api.root))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={OPERATOR}"))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 303);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .expect("cookie")
-        .to_owned();
+    let cookie = operator_sign_in(&http, &api.root).await;
     assert!(cookie.starts_with("__Host-hookpost_session="), "{cookie}");
     for part in ["; Path=/;", "HttpOnly", "SameSite=Strict", "; Secure"] {
         assert!(cookie.contains(part), "{cookie}");

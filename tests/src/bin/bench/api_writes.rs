@@ -70,19 +70,12 @@ pub(crate) async fn api_writes(n: usize) -> anyhow::Result<Vec<Row>> {
     for client in clients {
         created.extend(client.await??);
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let (p50, p95, p99) = percentiles(created);
-    let creates = cpu.filled(Row {
-        scenario: format!("API creates, {CLIENTS} clients, up to {n} endpoints"),
-        events: n,
-        seconds,
-        events_per_s: n as f64 / seconds,
-        p50_ms: p50,
-        p95_ms: p95,
-        p99_ms: p99,
-        notes: Some("events = writes; latencies are per create, four at once".into()),
-        ..Row::default()
-    });
+    let creates = cpu.filled(row(
+        format!("API creates, {CLIENTS} clients, up to {n} endpoints"),
+        started,
+        created,
+        "events = writes; latencies are per create, four at once",
+    ));
     let cpu = CpuMark::now();
     let started = Instant::now();
     let mut took = Vec::with_capacity(PATCHES);
@@ -99,18 +92,29 @@ pub(crate) async fn api_writes(n: usize) -> anyhow::Result<Vec<Row>> {
         anyhow::ensure!(r.status() == 200, "patch {id}: {}", r.status());
         took.push(u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX));
     }
+    let patches = cpu.filled(row(
+        format!("API PATCH at {n} endpoints, one at a time"),
+        started,
+        took,
+        "events = writes",
+    ));
+    Ok(vec![creates, patches])
+}
+
+/// A row of writes that started at `started`, each taking `took` (ns).
+fn row(scenario: String, started: Instant, took: Vec<u64>, notes: &str) -> Row {
     let seconds = started.elapsed().as_secs_f64();
+    let events = took.len();
     let (p50, p95, p99) = percentiles(took);
-    let patches = cpu.filled(Row {
-        scenario: format!("API PATCH at {n} endpoints, one at a time"),
-        events: PATCHES,
+    Row {
+        scenario,
+        events,
         seconds,
-        events_per_s: PATCHES as f64 / seconds,
+        events_per_s: events as f64 / seconds,
         p50_ms: p50,
         p95_ms: p95,
         p99_ms: p99,
-        notes: Some("events = writes".into()),
+        notes: Some(notes.into()),
         ..Row::default()
-    });
-    Ok(vec![creates, patches])
+    }
 }
