@@ -24,10 +24,12 @@
 
 mod answer;
 pub(crate) mod attempts;
+mod follower;
 mod replays;
 mod tenants;
 mod views;
 use answer::{bad_request, op_error, query_param, read_object, unavailable};
+use follower::follow;
 use views::created;
 
 use crate::http::{self, bearer_matches, error, method_not_allowed, unauthorized};
@@ -380,38 +382,6 @@ impl Api {
             .map(|tenant| Caller::Tenant(tenant.to_owned()))
             .ok_or_else(unauthorized)
     }
-}
-
-/// Follows the control stream for the API's reads, reconnecting as needed.
-async fn follow(
-    client: AmqpClient,
-    topology: Topology,
-    tx: watch::Sender<Holds>,
-    loaded: Arc<AtomicBool>,
-    reads: control::FollowerReads,
-    shutdown: CancellationToken,
-) {
-    let mut caught_up = tx.subscribe();
-    tokio::spawn({
-        let loaded = loaded.clone();
-        async move {
-            if caught_up.changed().await.is_ok() {
-                loaded.store(true, Ordering::SeqCst);
-            }
-        }
-    });
-    control::keep_following(
-        || {
-            let (client, shutdown) = (client.clone(), shutdown.clone());
-            async move { client.connection(None, &shutdown).await.ok() }
-        },
-        &topology,
-        tx,
-        shutdown.clone(),
-        Some(reads),
-        || {},
-    )
-    .await;
 }
 
 /// Serves the management API on `listener` until `shutdown`.

@@ -17,9 +17,11 @@
 //! than `max(1000, 2 × entries)` changes since its snapshot writes a new one.
 //! Retention (`registry.control_max_bytes`) bounds the stream's size.
 
+mod follower_reads;
 mod reader;
 mod store;
 
+pub use follower_reads::FollowerReads;
 use reader::*;
 pub use store::*;
 
@@ -35,10 +37,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// What the control stream says, as of the last record read.
@@ -387,67 +389,6 @@ async fn read_once(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     Ok((holds, stats))
-}
-
-/// Reads of the registry answered by a live follower ([`keep_following`]):
-/// the reader appends a marker and the follower, once it has applied every
-/// record before that marker, answers with its state. The same state a
-/// fresh [`read`] gives, for one append instead of a replay of the snapshot
-/// and the changes after it (what made each management API write cost in
-/// proportion to the registry). Cheap to clone; the follower and its
-/// readers share one.
-#[derive(Debug, Clone, Default)]
-pub struct FollowerReads {
-    waiting: Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<Holds>>>>,
-}
-
-impl FollowerReads {
-    /// The state as of now (every record confirmed before this call
-    /// applied), from the follower; `None` when it did not answer within
-    /// `timeout` (not following, or still catching up): then read the
-    /// stream instead.
-    pub async fn read(
-        &self,
-        conn: &Connection,
-        topology: &Topology,
-        timeout: Duration,
-    ) -> Option<Holds> {
-        let token = format!("read-{}", uuid::Uuid::new_v4());
-        let (tx, rx) = oneshot::channel();
-        self.lock().insert(token.clone(), tx);
-        let marker = Command::Marker {
-            token: token.clone(),
-        };
-        let answered = match append(conn, topology, &marker).await {
-            Ok(()) => tokio::time::timeout(timeout, rx)
-                .await
-                .ok()
-                .and_then(Result::ok),
-            Err(_) => None,
-        };
-        if answered.is_none() {
-            self.lock().remove(&token);
-        }
-        answered
-    }
-
-    /// Whether a reader waits for the marker `token`.
-    pub(super) fn awaits(&self, token: &str) -> bool {
-        self.lock().contains_key(token)
-    }
-
-    /// Answers the reader of `token`, if it still waits.
-    pub(super) fn answer(&self, token: &str, state: &Holds) {
-        if let Some(tx) = self.lock().remove(token) {
-            let _ = tx.send(state.clone());
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Holds>>> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 /// Follows the control stream until `stop`, starting over (from the latest
