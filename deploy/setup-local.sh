@@ -11,7 +11,13 @@
 #             RabbitMQ node its own network namespace (they need root)
 #   browser   Debian's chromium and chromium-driver (/usr/bin/chromedriver),
 #             which the console's browser tests drive headless
-# Usage: deploy/setup-local.sh broker [promtool] [python] [network] [browser]
+#   leftovers on the local broker (not at AMQP_URL; root), deletes what test
+#             runs left behind when they were killed: the queues and
+#             exchanges of every test prefix `hpt-<pid>-<random>` whose
+#             process <pid> no longer runs (a killed test never cleans up,
+#             and hundreds of stale quorum queues can fill the broker's
+#             open files)
+# Usage: deploy/setup-local.sh broker [promtool] [python] [network] [browser] [leftovers]
 # Each step does nothing when what it provides is already there.
 set -euo pipefail
 
@@ -84,9 +90,36 @@ step_browser() {
   apt_install chromium chromium-driver fonts-dejavu-core
 }
 
+step_leftovers() {
+  [ -n "${AMQP_URL:-}" ] && return
+  { [ "$(id -u)" -eq 0 ] && command -v rabbitmqctl >/dev/null 2>&1 && broker_listening; } || return 0
+  local names prefix pid stale=""
+  names=$({ rabbitmqctl -q list_queues name --no-table-headers
+            rabbitmqctl -q list_exchanges name --no-table-headers; } 2>/dev/null \
+    | grep -oE '^hpt-[0-9]+-[0-9a-f]{10}[.]' | sort -u) || return 0
+  for prefix in $names; do
+    pid=${prefix#hpt-}
+    pid=${pid%%-*}
+    [ -d "/proc/$pid" ] && continue
+    stale="$stale${stale:+, }<<\"$prefix\">>"
+  done
+  [ -z "$stale" ] && return
+  say "Deleting what killed test runs left on the local broker: [$stale]"
+  # One call for all: quorum queues and exchanges under each stale prefix.
+  rabbitmqctl -q eval "
+    Ps = [$stale],
+    Stale = fun(N) -> lists:any(fun(P) -> binary:match(N, P) =:= {0, byte_size(P)} end, Ps) end,
+    Qs = [rabbit_amqqueue:delete(Q, false, false, <<\"hookpost test cleanup\">>)
+         || Q <- rabbit_amqqueue:list(<<\"/\">>), Stale(element(4, amqqueue:get_name(Q)))],
+    Xs = [rabbit_exchange:delete(element(2, E), false, <<\"hookpost test cleanup\">>)
+         || E <- rabbit_exchange:list(<<\"/\">>), Stale(element(4, element(2, E)))],
+    {queues, length(Qs), exchanges, length(Xs)}." >&2 \
+    || say "Could not delete them (continuing): see rabbitmqctl's message above"
+}
+
 for step in "$@"; do
   case "$step" in
-    broker | promtool | python | network | browser) "step_$step" ;;
+    broker | promtool | python | network | browser | leftovers) "step_$step" ;;
     *) say "unknown step: $step"; exit 2 ;;
   esac
 done

@@ -56,7 +56,9 @@ where
 /// of every exchange and queue under the prefix when dropped (even on panic).
 #[derive(Debug)]
 pub struct Scope {
-    /// The unique prefix (`hpt-<random>`).
+    /// The unique prefix (`hpt-<pid>-<random>`: the test process's id lets
+    /// `deploy/setup-local.sh leftovers` tell a killed run's queues from a
+    /// running one's).
     pub prefix: String,
     /// A connection for the test's own checks.
     pub connection: Connection,
@@ -73,7 +75,11 @@ impl Scope {
     /// # Panics
     /// When the broker is unreachable: start it (README, "Troubleshooting").
     pub async fn new() -> Self {
-        let prefix = format!("hpt-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let prefix = format!(
+            "hpt-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .unwrap_or_else(|e| panic!("RabbitMQ at {} is unreachable ({e}); start it with `rabbitmq-server -detached`", amqp_url()));
