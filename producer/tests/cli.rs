@@ -13,6 +13,24 @@ fn producer(scope: &Scope) -> Command {
     cmd
 }
 
+/// A `serve` child: killed if the test fails before stopping it, its log
+/// printed then (a timeout otherwise shows nothing of why).
+struct Serving(Option<std::process::Child>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            if let Ok(out) = child.wait_with_output() {
+                eprintln!(
+                    "hookpost-producer serve's log:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn publish_prints_the_ids_it_published() {
     let scope = Scope::new().await;
@@ -197,14 +215,16 @@ async fn serve_runs_the_management_api_when_api_tokens_are_set() {
             "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[ingest]\nlisten = \"127.0.0.1:{ingest}\"\ntokens = [\"ingest-token-0123456789\"]\n[api]\nlisten = \"127.0.0.1:{api}\"\ntokens = [\"api-token-0123456789abc\"]\n[registry]\nsecrets_key = \"bG9jYWwtZGV2LWtleS0zMi1ieXRlcy1jaGFuZ2UtbWU=\"\n"
         ),
     );
-    let child = producer(&scope)
-        .env_remove("HOOKPOST_AMQP_PREFIX")
-        .args(["--config"])
-        .arg(&config)
-        .arg("serve")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("serve starts");
+    let mut serving = Serving(Some(
+        producer(&scope)
+            .env_remove("HOOKPOST_AMQP_PREFIX")
+            .args(["--config"])
+            .arg(&config)
+            .arg("serve")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("serve starts"),
+    ));
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{api}/v1/endpoints");
     let listed = tests::eventually(
@@ -233,6 +253,7 @@ async fn serve_runs_the_management_api_when_api_tokens_are_set() {
         401,
         "ingest tokens are not API tokens"
     );
+    let child = serving.0.take().expect("still running");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
