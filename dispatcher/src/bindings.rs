@@ -51,7 +51,7 @@ pub async fn sync(
     config: &Config,
     held: &Bindings,
 ) -> Result<(), lapin::Error> {
-    let channel = &conn.create_channel().await?;
+    let channel = &common::amqp::open_channel(conn).await?;
     topology
         .declare_bindings_state(channel)
         .await
@@ -76,7 +76,7 @@ pub async fn sync(
     for (id, pattern) in stale(&recorded, &wanted) {
         // Its own channel: a queue an operator deleted makes the unbind fail
         // and closes the channel, which must not stop the rest.
-        let result = match conn.create_channel().await {
+        let result = match common::amqp::open_channel(conn).await {
             Ok(ch) => {
                 let r = unbind(&ch, topology, &id, &pattern).await;
                 let _ = ch.close(200, "unbound".into()).await;

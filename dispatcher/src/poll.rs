@@ -47,7 +47,7 @@ pub async fn run(
     loop {
         for chunk in queues.chunks(POLLS_IN_FLIGHT) {
             if channel.as_ref().is_none_or(|c| !c.status().connected()) {
-                channel = conn.create_channel().await.ok();
+                channel = common::amqp::open_channel(&conn).await.ok();
             }
             let Some(ch) = channel.as_ref() else { break };
             let declared = futures_util::future::join_all(chunk.iter().map(|(_, _, queue)| {

@@ -697,3 +697,40 @@ async fn reads_answered_by_a_live_follower_hold_every_write_confirmed_before_the
     stop.cancel();
     follower.await.expect("the follower ends");
 }
+
+/// The management API opens a few channels per write on one connection.
+/// lapin keeps the error of a channel the broker closed (a 404 to a passive
+/// declare) under its id, and a channel opened on that id once the ids
+/// wrap (at `channel_max`) failed with it: one API write in about 300
+/// answered 503 "no queue '<prefix>.control'". Every channel is opened
+/// through `open_channel`, which skips such ids.
+#[tokio::test]
+async fn channels_keep_opening_after_the_ids_wrap_past_a_refused_one() {
+    let scope = Scope::new().await;
+    let conn =
+        lapin::Connection::connect(&tests::amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let missing = format!("{}.never-declared", scope.prefix);
+    assert!(
+        !common::amqp::queue_exists(&conn, &missing)
+            .await
+            .expect("a 404 is an answer"),
+        "the broker refused the passive declare and closed its channel"
+    );
+    let max = u32::from(conn.configuration().channel_max());
+    assert!(max > 0, "the broker set a channel_max");
+    // Twice round every id: each one, the refused channel's included, opens.
+    for i in 0..2 * max + 2 {
+        let ch = common::amqp::open_channel(&conn)
+            .await
+            .unwrap_or_else(|e| panic!("channel {i} of {}: {e}", 2 * max + 2));
+        let _ = ch.close(200, "done".into()).await;
+    }
+    assert!(
+        !common::amqp::queue_exists(&conn, &missing)
+            .await
+            .expect("the connection still answers"),
+    );
+    let _ = conn.close(200, "done".into()).await;
+}

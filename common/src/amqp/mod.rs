@@ -16,9 +16,11 @@
 //! nothing on the connection (not even `connection.close`), so every wait on
 //! the broker needs its own bound; [`AmqpClient::close`] has one.
 
+mod channel;
 mod publish;
 pub mod reply;
 
+pub use channel::open_channel;
 pub use publish::{CONFIRM_TIMEOUT, event_properties, publish_confirmed, republished_properties};
 pub use reply::{queue_counts, queue_exists, reply_code};
 

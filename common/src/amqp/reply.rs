@@ -41,7 +41,7 @@ pub async fn queue_counts(
     conn: &lapin::Connection,
     name: &str,
 ) -> Result<Option<(u32, u32)>, lapin::Error> {
-    let ch = conn.create_channel().await?;
+    let ch = crate::amqp::open_channel(conn).await?;
     let found = ch
         .queue_declare(
             name.into(),

@@ -194,7 +194,7 @@ pub async fn run(
         "the archive is created by the first publisher or dispatcher with archive.enabled",
     )
     .await?;
-    let ch = conn.create_channel().await?;
+    let ch = crate::amqp::open_channel(conn).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let exchange = topology.endpoints_exchange();
     let mut progress = Progress::default();

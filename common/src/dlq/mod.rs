@@ -138,7 +138,7 @@ impl<'a> DeadLetters<'a> {
         mut visit: impl FnMut(&BasicGetMessage, &DeadLetterView),
     ) -> anyhow::Result<()> {
         let total = self.walk_len().await?;
-        let ch = self.conn.create_channel().await?;
+        let ch = crate::amqp::open_channel(self.conn).await?;
         let queue = self.topology.dead();
         for _ in 0..total {
             let Some((msg, view)) = self.take(&ch, &queue).await? else {
@@ -388,7 +388,7 @@ impl<'a> DeadLetters<'a> {
     }
 
     async fn confirm_channel(&self) -> anyhow::Result<Channel> {
-        let ch = self.conn.create_channel().await?;
+        let ch = crate::amqp::open_channel(self.conn).await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(ch)
     }

@@ -58,7 +58,7 @@ impl Cursor {
         until: Option<OffsetDateTime>,
         missing: &str,
     ) -> anyhow::Result<Self> {
-        let channel = conn.create_channel().await?;
+        let channel = crate::amqp::open_channel(conn).await?;
         channel.basic_qos(1000, BasicQosOptions::default()).await?;
         let attach = since - ATTACH_MARGIN;
         let mut args = FieldTable::default();
@@ -140,7 +140,7 @@ async fn append_marker(
     token: &str,
     missing: &str,
 ) -> anyhow::Result<()> {
-    let ch = conn.create_channel().await?;
+    let ch = crate::amqp::open_channel(conn).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut headers = FieldTable::default();
     headers.insert(

@@ -258,7 +258,7 @@ pub async fn ensure_stream(
     if crate::amqp::queue_exists(conn, name).await? {
         return Ok(());
     }
-    let ch = conn.create_channel().await?;
+    let ch = crate::amqp::open_channel(conn).await?;
     ch.queue_declare(
         name.into(),
         QueueDeclareOptions {

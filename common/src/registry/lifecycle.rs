@@ -34,9 +34,7 @@ impl Registry<'_> {
     /// applies it.
     pub(super) async fn declare_queues(&self, stored: &StoredEndpoint) {
         let declared = async {
-            let ch = self
-                .conn
-                .create_channel()
+            let ch = crate::amqp::open_channel(self.conn)
                 .await
                 .map_err(anyhow::Error::from)?;
             // Also settles the member count the installation's queues use.
@@ -137,7 +135,7 @@ impl Registry<'_> {
         // check above is dead-lettered too, never dropped.
         let mut dead_lettered = 0;
         let mut queue_deleted = !present.is_empty();
-        let ch = self.conn.create_channel().await?;
+        let ch = crate::amqp::open_channel(self.conn).await?;
         for (runtime_id, keys, queue) in present {
             self.topology
                 .retire_endpoint(&ch, &runtime_id, &keys)
@@ -167,7 +165,7 @@ impl Registry<'_> {
     /// Moves every message of `queue` to the dead-letter queue, each acked
     /// only after the broker confirmed its copy.
     async fn dead_letter_all(&self, id: &str, queue: &str) -> Result<u32, OpError> {
-        let ch = self.conn.create_channel().await?;
+        let ch = crate::amqp::open_channel(self.conn).await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         let mut moved = 0;
         while let Some(msg) = ch

@@ -233,7 +233,7 @@ impl<'a> Registry<'a> {
             None,
         )?;
         // An id used before: stop sending its retries to the dead-letter queue.
-        let ch = self.conn.create_channel().await?;
+        let ch = crate::amqp::open_channel(self.conn).await?;
         for (runtime_id, _) in stored.runtime_bindings() {
             let _ = self.topology.revive_endpoint(&ch, &runtime_id).await;
         }
@@ -357,7 +357,7 @@ impl<'a> Registry<'a> {
             .filter(|r| !before.contains(r))
             .collect();
         if !added.is_empty() {
-            let ch = self.conn.create_channel().await?;
+            let ch = crate::amqp::open_channel(self.conn).await?;
             for runtime_id in &added {
                 let _ = self.topology.revive_endpoint(&ch, runtime_id).await;
             }

@@ -65,13 +65,13 @@ impl Replicas {
         let queue = topology.dead();
         let mut refused = None;
         for candidate in candidates(self.wanted) {
-            let ch = conn
-                .create_channel()
-                .await
-                .map_err(|source| TopologyError::Broker {
-                    object: "a channel".into(),
-                    source,
-                })?;
+            let ch =
+                crate::amqp::open_channel(conn)
+                    .await
+                    .map_err(|source| TopologyError::Broker {
+                        object: "a channel".into(),
+                        source,
+                    })?;
             let args = topology.queue_args_with(candidate);
             match topology.declare_queue(&ch, &queue, args).await {
                 Ok(()) => {

@@ -150,7 +150,7 @@ impl Admin {
             last_status: None,
         };
         let (event, key) = notice.event()?;
-        let ch = self.conn.create_channel().await?;
+        let ch = common::amqp::open_channel(&self.conn).await?;
         ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await?;
         let published = common::amqp::publish_confirmed(

@@ -122,7 +122,7 @@ impl Channels {
         self.inner.count_consumers(open.len());
         let shared = open.len() >= self.inner.max_consume;
         let slot = if open.len() < self.inner.max_consume {
-            let channel = self.inner.conn.create_channel().await?;
+            let channel = common::amqp::open_channel(&self.inner.conn).await?;
             let slot = Arc::new(ConsumeChannel {
                 channel,
                 acks: Arc::new(AckTracker::default()),
@@ -172,7 +172,7 @@ impl Channels {
         {
             return Ok(ch.clone());
         }
-        let ch = self.inner.conn.create_channel().await?;
+        let ch = common::amqp::open_channel(&self.inner.conn).await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         if slot.replace(ch.clone()).is_none() {
             let n = self.inner.publish_open.fetch_add(1, Ordering::Relaxed) + 1;
@@ -194,7 +194,7 @@ impl Channels {
         let ch = match check.as_ref() {
             Some(ch) if ch.status().connected() => ch.clone(),
             _ => {
-                let ch = self.inner.conn.create_channel().await?;
+                let ch = common::amqp::open_channel(&self.inner.conn).await?;
                 *check = Some(ch.clone());
                 ch
             }

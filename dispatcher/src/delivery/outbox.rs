@@ -342,7 +342,9 @@ impl Writer {
                     .await
                     .map_err(|e| format!("declaring {}: {e}", self.topology.log()))?;
             }
-            let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+            let ch = common::amqp::open_channel(&conn)
+                .await
+                .map_err(|e| e.to_string())?;
             ch.confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(|e| e.to_string())?;

@@ -127,7 +127,7 @@ pub(crate) async fn declare(
     held: &bindings::Bindings,
 ) -> Result<(), DeclareError> {
     let channel = step(|| "a channel".into(), async {
-        conn.create_channel()
+        common::amqp::open_channel(conn)
             .await
             .map_err(broker("channel".into()))
     })
@@ -182,7 +182,7 @@ pub(crate) async fn declare(
     for _ in 0..lanes {
         channels.push(
             step(|| "a channel".into(), async {
-                conn.create_channel()
+                common::amqp::open_channel(conn)
                     .await
                     .map_err(broker("channel".into()))
             })

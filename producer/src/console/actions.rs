@@ -65,7 +65,7 @@ pub async fn test_event(api: &Api, view: &Value) -> Flash {
     };
     let topology = Topology::for_config(api.config());
     let sent = async {
-        let ch = conn.create_channel().await?;
+        let ch = common::amqp::open_channel(&conn).await?;
         ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await?;
         let result = common::amqp::publish_confirmed(

@@ -102,7 +102,7 @@ async fn consume(
     breakers: &Breakers,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let ch = conn.create_channel().await?;
+    let ch = common::amqp::open_channel(conn).await?;
     // The events exchanges, as every publisher declares them: binding to
     // one that does not exist yet would be refused (and logged by lapin).
     topology.declare_base(conn, &ch).await?;

@@ -29,8 +29,7 @@ impl Publisher {
         loop {
             let connection = self.client.connection(Some(deadline), &self.closed).await?;
             let opened = async {
-                let channel = connection
-                    .create_channel()
+                let channel = common::amqp::open_channel(&connection)
                     .await
                     .map_err(PublishError::Channel)?;
                 channel

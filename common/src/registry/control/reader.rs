@@ -81,7 +81,7 @@ pub(super) async fn pass(
     // Each reader its own stretch of the snapshot threshold.
     let jitter = f64::from(token.as_bytes()[0]) / 512.0;
     let token = token.to_string();
-    let ch = conn.create_channel().await?;
+    let ch = crate::amqp::open_channel(conn).await?;
     ch.basic_qos(500, BasicQosOptions::default()).await?;
     let mut args = FieldTable::default();
     let offset = match start {

@@ -142,7 +142,7 @@ pub async fn ensure(conn: &Connection, topology: &Topology) -> Result<(), lapin:
         check_retention(conn, topology).await;
         return Ok(());
     }
-    let ch = conn.create_channel().await?;
+    let ch = crate::amqp::open_channel(conn).await?;
     declare(&ch, topology).await?;
     let _ = ch.close(200, "declared".into()).await;
     let origin = Pointer {
@@ -172,7 +172,7 @@ pub(super) async fn check_retention(conn: &Connection, topology: &Topology) {
     }
     let mut refused = false;
     for with_replicas in [true, false] {
-        let Ok(ch) = conn.create_channel().await else {
+        let Ok(ch) = crate::amqp::open_channel(conn).await else {
             return;
         };
         match declare_with(&ch, topology, with_replicas).await {
@@ -238,7 +238,7 @@ pub async fn append_all(
     commands: &[Command],
 ) -> anyhow::Result<()> {
     ensure(conn, topology).await?;
-    let ch = conn.create_channel().await?;
+    let ch = crate::amqp::open_channel(conn).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let published = publish_all(&ch, "", &topology.control(), commands).await;
     let _ = ch.close(200, "appended".into()).await;
@@ -301,7 +301,7 @@ pub async fn publish_pointer(
     topology: &Topology,
     pointer: &Pointer,
 ) -> anyhow::Result<()> {
-    let ch = conn.create_channel().await?;
+    let ch = crate::amqp::open_channel(conn).await?;
     let result = async {
         declare_pointer_queue(&ch, topology).await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -322,7 +322,7 @@ pub async fn read_pointer(
     conn: &Connection,
     topology: &Topology,
 ) -> anyhow::Result<Option<Pointer>> {
-    let ch = conn.create_channel().await?;
+    let ch = crate::amqp::open_channel(conn).await?;
     let result = async {
         declare_pointer_queue(&ch, topology).await?;
         for wait_ms in [0, 5, 20] {
