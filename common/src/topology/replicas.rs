@@ -11,7 +11,7 @@
 
 use super::{Topology, TopologyError};
 use lapin::Connection;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -23,6 +23,14 @@ const LARGEST_TRIED: u8 = 9;
 
 /// Prefixes whose differing member count this process has logged.
 static SAID: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// The count each prefix's dead-letter queue last accepted in this process
+/// (`None` inside: without the argument): tried first by the next
+/// [`Replicas::settle`], so an installation whose queues differ from
+/// `amqp.quorum_replicas` is not refused (406, a channel closed by the
+/// broker) on every API write. Only a hint: the broker still decides.
+static LAST_SETTLED: std::sync::Mutex<BTreeMap<String, Option<u8>>> =
+    std::sync::Mutex::new(BTreeMap::new());
 
 /// The member count asked for, and the one declarations use (shared by the
 /// topology's clones).
@@ -64,7 +72,12 @@ impl Replicas {
     ) -> Result<(), TopologyError> {
         let queue = topology.dead();
         let mut refused = None;
-        for candidate in candidates(self.wanted) {
+        let last = LAST_SETTLED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(topology.prefix())
+            .copied();
+        for candidate in ordered(last, self.wanted) {
             let ch =
                 crate::amqp::open_channel(conn)
                     .await
@@ -78,6 +91,10 @@ impl Replicas {
                     let _ = ch.close(200, "declared".into()).await;
                     self.in_use
                         .store(candidate.unwrap_or(WITHOUT), Ordering::Relaxed);
+                    LAST_SETTLED
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(topology.prefix().to_owned(), candidate);
                     if candidate != Some(self.wanted) {
                         self.say_once(topology.prefix(), candidate);
                     }
@@ -120,6 +137,12 @@ fn candidates(wanted: u8) -> impl Iterator<Item = Option<u8>> {
         .chain((1..=LARGEST_TRIED).filter(move |n| *n != wanted).map(Some))
 }
 
+/// [`candidates`], with the count accepted `last` time (if any) first.
+fn ordered(last: Option<Option<u8>>, wanted: u8) -> impl Iterator<Item = Option<u8>> {
+    last.into_iter()
+        .chain(candidates(wanted).filter(move |c| Some(*c) != last))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +156,17 @@ mod tests {
         counts.sort_unstable();
         assert_eq!(counts, (1..=9).collect::<Vec<_>>());
         assert_eq!(candidates(12).count(), 1 + 1 + 9);
+    }
+
+    #[test]
+    fn the_count_accepted_last_time_is_tried_first_and_only_once() {
+        let tried: Vec<Option<u8>> = ordered(Some(None), 3).collect();
+        assert_eq!(tried[..2], [None, Some(3)]);
+        assert_eq!(tried.len(), candidates(3).count());
+        let tried: Vec<Option<u8>> = ordered(Some(Some(5)), 3).collect();
+        assert_eq!(tried[..3], [Some(5), Some(3), None]);
+        assert_eq!(tried.iter().filter(|c| **c == Some(5)).count(), 1);
+        assert!(ordered(None, 3).eq(candidates(3)));
     }
 
     #[test]
