@@ -494,3 +494,59 @@ async fn a_reader_fails_loudly_when_retention_removed_state_no_snapshot_covers()
         "names the cause: {err:#}"
     );
 }
+
+/// Appends skip the passive declare once this process knows the stream.
+/// A stream gone since (deleted, or another broker under the same prefix)
+/// returns the record: a single record is then appended again after the
+/// stream is made sure of, several fail (some may have landed), and the
+/// next append makes sure of it again.
+#[tokio::test]
+async fn an_append_after_the_stream_went_away_makes_sure_of_it_again() {
+    let scope = Scope::new().await;
+    let config = scope.config("");
+    let topology = Topology::for_config(&config);
+    let conn = &scope.connection;
+    control::append(conn, &topology, &put("a", 1))
+        .await
+        .expect("first append creates the stream");
+    let delete_stream = || async {
+        scope
+            .channel
+            .queue_delete(
+                topology.control().as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("stream deleted")
+    };
+    delete_stream().await;
+    control::append(conn, &topology, &put("b", 1))
+        .await
+        .expect("a single record lands in a new stream");
+    let (state, _) = control::read_with_stats(conn, &topology, READ)
+        .await
+        .expect("read");
+    assert_eq!(
+        summary(&state).0,
+        BTreeMap::from([("b".to_owned(), 1)]),
+        "the new stream holds the record appended after the delete"
+    );
+
+    delete_stream().await;
+    let several = control::append_all(conn, &topology, &[put("c", 1), put("d", 1)]).await;
+    let error = several.expect_err("several records to a gone stream fail");
+    assert!(
+        error.to_string().contains("returned"),
+        "the broker returned them: {error}"
+    );
+    control::append_all(conn, &topology, &[put("c", 1), put("d", 1)])
+        .await
+        .expect("the next append makes sure of the stream");
+    let (state, _) = control::read_with_stats(conn, &topology, READ)
+        .await
+        .expect("read");
+    assert_eq!(
+        summary(&state).0,
+        BTreeMap::from([("c".to_owned(), 1), ("d".to_owned(), 1)])
+    );
+}

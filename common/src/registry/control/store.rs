@@ -127,6 +127,36 @@ pub(super) async fn declare_pointer_queue(
 static RETENTION_CHECKED: std::sync::Mutex<BTreeSet<String>> =
     std::sync::Mutex::new(BTreeSet::new());
 
+/// Control streams this process found or created ([`ensure`]): appends to
+/// them skip the passive declare (a channel and a round trip each; an API
+/// write appends twice). An append the broker returns (no such queue any
+/// more, or another broker under the same prefix) forgets the stream, and
+/// a single record is appended again after [`ensure`].
+static KNOWN: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+fn known(name: &str) -> bool {
+    KNOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(name)
+}
+
+fn set_known(name: &str, is: bool) {
+    let mut known = KNOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if is {
+        known.insert(name.to_owned());
+    } else {
+        known.remove(name);
+    }
+}
+
+/// A publish the broker returned: no queue took it.
+#[derive(Debug, thiserror::Error)]
+#[error("the broker returned it ({0})")]
+pub(super) struct Returned(String);
+
 /// Makes sure the control stream exists: a passive declare first, so only
 /// the very first writer creates it. (RabbitMQ 3.10 answers two creations of
 /// the same stream at the same moment with a connection-level
@@ -237,12 +267,38 @@ pub async fn append_all(
     topology: &Topology,
     commands: &[Command],
 ) -> anyhow::Result<()> {
-    ensure(conn, topology).await?;
+    let name = topology.control();
+    let was_known = known(&name);
+    if !was_known {
+        ensure(conn, topology).await?;
+        set_known(&name, true);
+    }
+    let mut published = publish_on_a_channel(conn, &name, commands).await;
+    if let Err(e) = &published
+        && e.is::<Returned>()
+    {
+        set_known(&name, false);
+        // Returned means not stored, so one record may be sent again; of
+        // several, those before the returned one may have landed.
+        if was_known && commands.len() == 1 {
+            ensure(conn, topology).await?;
+            set_known(&name, true);
+            published = publish_on_a_channel(conn, &name, commands).await;
+        }
+    }
+    published.map_err(|e| anyhow::anyhow!("appending to the control stream: {e}"))
+}
+
+async fn publish_on_a_channel(
+    conn: &Connection,
+    stream: &str,
+    commands: &[Command],
+) -> anyhow::Result<()> {
     let ch = crate::amqp::open_channel(conn).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let published = publish_all(&ch, "", &topology.control(), commands).await;
+    let published = publish_all(&ch, "", stream, commands).await;
     let _ = ch.close(200, "appended".into()).await;
-    published.map_err(|e| anyhow::anyhow!("appending to the control stream: {e}"))
+    published
 }
 
 /// Publishes each of `items` as JSON, persistent and `mandatory`, with up
@@ -283,7 +339,7 @@ pub(super) async fn publish_all<T: Serialize>(
             match answer? {
                 lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested => {}
                 lapin::Confirmation::Ack(Some(returned)) => {
-                    anyhow::bail!("the broker returned it ({})", returned.reply_text)
+                    return Err(Returned(returned.reply_text.to_string()).into());
                 }
                 lapin::Confirmation::Nack(_) => anyhow::bail!("the broker refused it (nack)"),
             }
