@@ -734,3 +734,49 @@ async fn channels_keep_opening_after_the_ids_wrap_past_a_refused_one() {
     );
     let _ = conn.close(200, "done".into()).await;
 }
+
+/// An API process declares the installation's base topology (exchanges,
+/// dead-letter and unrouted queues) once, not on every write. When it is
+/// gone since (deleted here), the next create declares it all again, so
+/// events published once the create is answered still wait in the new
+/// endpoint's queue.
+#[tokio::test]
+async fn a_create_after_the_base_topology_went_away_declares_it_again() {
+    let scope = Scope::new().await;
+    let config = config(&scope, "");
+    scope.track_endpoint(&config, "first");
+    scope.track_endpoint(&config, "second");
+    let api = Api::start(&config).await;
+    let create = |id: &'static str| {
+        let api = &api;
+        async move {
+            let (status, body) = api
+                .call(
+                    reqwest::Method::POST,
+                    "",
+                    Some(json!({"id": id, "url": "http://127.0.0.1:9/hook", "events": [format!("{id}.made")]})),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+    };
+    create("first").await;
+    let events = format!("{}.events", scope.prefix);
+    scope
+        .channel
+        .exchange_delete(
+            events.as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .expect("events exchange deleted");
+    create("second").await;
+    let publisher = Publisher::connect(&config).await.expect("publisher");
+    publish(&publisher, "second.made", 3).await;
+    let queue = format!("{}.ep.second", scope.prefix);
+    eventually(WAIT, "the events in the new endpoint's queue", || async {
+        (scope.depth(&queue).await == 3).then_some(())
+    })
+    .await;
+    publisher.close().await;
+}

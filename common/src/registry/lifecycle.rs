@@ -33,23 +33,31 @@ impl Registry<'_> {
     /// the record landed, and every dispatcher declares the same when it
     /// applies it.
     pub(super) async fn declare_queues(&self, stored: &StoredEndpoint) {
-        let declared = async {
-            let ch = crate::amqp::open_channel(self.conn)
-                .await
-                .map_err(anyhow::Error::from)?;
-            // Also settles the member count the installation's queues use.
-            self.topology.declare_base(self.conn, &ch).await?;
-            for (runtime_id, keys) in stored.runtime_bindings() {
-                self.topology
-                    .declare_endpoint(&ch, &runtime_id, &keys)
-                    .await?;
-            }
-            let _ = ch.close(200, "declared".into()).await;
-            Ok::<(), anyhow::Error>(())
-        };
-        if let Err(e) = declared.await {
+        let mut declared = self.declare_on_a_channel(stored).await;
+        if declared.is_err() {
+            // The base topology this process declared may be gone since
+            // (or this is another broker under the same prefix): all again.
+            self.topology.forget_base();
+            declared = self.declare_on_a_channel(stored).await;
+        }
+        if let Err(e) = declared {
             tracing::warn!(endpoint = %stored.id, error = %e, "Declaring the endpoint's queue failed; events published before a dispatcher applies the change may miss it.");
         }
+    }
+
+    /// The base topology (once per process) and `stored`'s queues and
+    /// bindings, on a channel of their own.
+    async fn declare_on_a_channel(&self, stored: &StoredEndpoint) -> anyhow::Result<()> {
+        let ch = crate::amqp::open_channel(self.conn).await?;
+        // Also settles the member count the installation's queues use.
+        self.topology.declare_base_once(self.conn, &ch).await?;
+        for (runtime_id, keys) in stored.runtime_bindings() {
+            self.topology
+                .declare_endpoint(&ch, &runtime_id, &keys)
+                .await?;
+        }
+        let _ = ch.close(200, "declared".into()).await;
+        Ok(())
     }
 
     /// Removes a registered endpoint. Its queue, and each of its

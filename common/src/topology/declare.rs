@@ -10,7 +10,51 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ExchangeKind};
 
+/// Prefixes whose base topology this process declared through
+/// [`Topology::declare_base_once`].
+static BASE_DECLARED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 impl Topology {
+    /// [`Topology::declare_base`] the first time this process asks for its
+    /// prefix; later calls only take the quorum member count settled then
+    /// (no round trip). For callers that declare on every request (each API
+    /// write): when a declaration after it fails, the base may be gone
+    /// since (or this is another broker), so call
+    /// [`Topology::forget_base`] and declare again.
+    ///
+    /// # Errors
+    /// As [`Topology::declare_base`].
+    pub async fn declare_base_once(
+        &self,
+        conn: &Connection,
+        ch: &Channel,
+    ) -> Result<(), TopologyError> {
+        let declared = BASE_DECLARED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(self.prefix());
+        if declared
+            && (self.queue_type != QueueType::Quorum || self.replicas.adopt_last(self.prefix()))
+        {
+            return Ok(());
+        }
+        self.declare_base(conn, ch).await?;
+        BASE_DECLARED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(self.prefix().to_owned());
+        Ok(())
+    }
+
+    /// Makes the next [`Topology::declare_base_once`] declare everything.
+    pub fn forget_base(&self) {
+        BASE_DECLARED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(self.prefix());
+    }
+
     /// Declares the bindings-state queue (keeps only the newest message).
     ///
     /// # Errors

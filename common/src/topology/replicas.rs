@@ -57,6 +57,24 @@ impl Replicas {
         }
     }
 
+    /// Takes the count this process last settled for `prefix` without
+    /// asking the broker; whether there was one.
+    pub(super) fn adopt_last(&self, prefix: &str) -> bool {
+        let last = LAST_SETTLED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(prefix)
+            .copied();
+        match last {
+            Some(count) => {
+                self.in_use
+                    .store(count.unwrap_or(WITHOUT), Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Declares the dead-letter queue with the wanted member count, else
     /// with none, else with each count up to [`LARGEST_TRIED`], each on a
     /// channel of its own, and keeps the first the broker accepts. No
