@@ -11,12 +11,11 @@
 #             RabbitMQ node its own network namespace (they need root)
 #   browser   Debian's chromium and chromium-driver (/usr/bin/chromedriver),
 #             which the console's browser tests drive headless
-#   leftovers on the local broker (not at AMQP_URL; root), deletes what test
-#             runs left behind when they were killed: the queues and
-#             exchanges of every test prefix `hpt-<pid>-<random>` whose
-#             process <pid> no longer runs (a killed test never cleans up,
-#             and hundreds of stale quorum queues can fill the broker's
-#             open files)
+#   leftovers on the local broker (not at AMQP_URL; root), deletes what
+#             earlier test runs left behind: the queues and exchanges of
+#             every test prefix `hpt-<pid>-<random>` whose process <pid> no
+#             longer runs (a killed test never cleans up, and hundreds of
+#             stale quorum queues can fill the broker's open files)
 # Usage: deploy/setup-local.sh broker [promtool] [python] [network] [browser] [leftovers]
 # Each step does nothing when what it provides is already there.
 set -euo pipefail
@@ -104,7 +103,7 @@ step_leftovers() {
     stale="$stale${stale:+, }<<\"$prefix\">>"
   done
   [ -z "$stale" ] && return
-  say "Deleting what killed test runs left on the local broker: [$stale]"
+  say "Deleting what earlier test runs left on the local broker: [$stale]"
   # One call for all: quorum queues and exchanges under each stale prefix.
   rabbitmqctl -q eval "
     Ps = [$stale],

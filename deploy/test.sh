@@ -3,7 +3,7 @@
 # AMQP_URL), that promtool, the example receiver's Python package,
 # iproute2 (the cluster tests' network namespaces) and Debian's headless
 # Chromium and its driver (the console tests) are installed, deletes what
-# killed test runs left on the local broker, then runs every test of the
+# earlier test runs left on the local broker, then runs every test of the
 # workspace. Extra arguments go to `cargo test` (say,
 # `-p tests --test dispatch`).
 set -euo pipefail

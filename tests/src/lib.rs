@@ -147,6 +147,20 @@ impl Scope {
         }
     }
 
+    /// Registers the wait tier of `delay_ms` (its queue and exchange) for
+    /// cleanup: one an endpoint's own retry policy made.
+    pub fn track_tier(&self, config: &Config, delay_ms: u64) {
+        let t = Topology::new(&config.amqp);
+        self.queues
+            .lock()
+            .expect("lock")
+            .push(t.wait_queue(delay_ms));
+        self.exchanges
+            .lock()
+            .expect("lock")
+            .push(t.retry_exchange(delay_ms));
+    }
+
     /// Registers everything `config` declares for cleanup.
     pub fn track_config(&self, config: &Config) {
         let t = Topology::new(&config.amqp);

@@ -109,6 +109,8 @@ async fn an_operator_creates_a_webhook_and_follows_its_deliveries_retries_and_ne
     .await;
     let config = config(&scope);
     scope.track_endpoint(&config, "shop");
+    // The edit below gives it a wait tier of its own.
+    scope.track_tier(&config, 300);
     let dispatcher = Running::start(config.clone()).await;
     let api = Api::start(&config).await;
     let b = browser().await;

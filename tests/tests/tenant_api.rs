@@ -48,6 +48,16 @@ fn config(scope: &Scope, extra: &str) -> Config {
     ))
 }
 
+/// Registers the queues of endpoints the test creates (with their
+/// environments' `~prd` and `~snd`) for cleanup.
+fn track(scope: &Scope, config: &Config, ids: &[&str]) {
+    for id in ids {
+        for queue in [id.to_string(), format!("{id}~prd"), format!("{id}~snd")] {
+            scope.track_endpoint(config, &queue);
+        }
+    }
+}
+
 fn endpoint(id: &str) -> Value {
     json!({
         "id": id,
@@ -79,6 +89,17 @@ async fn a_tenant_token_reaches_only_its_own_endpoints_and_stops_once_revoked() 
     let config = config(
         &scope,
         "[[endpoints]]\nid = \"filed\"\nurl = \"http://127.0.0.1:9/f\"\nevents = [\"#\"]\ntenant = \"acme\"\n",
+    );
+    track(
+        &scope,
+        &config,
+        &[
+            "acme-hooks",
+            "globex-hooks",
+            "global-hooks",
+            "acme-1",
+            "acme-2",
+        ],
     );
     let api = Api::start(&config).await;
     let (acme, acme_id) = mint(&api, "acme").await;
@@ -341,6 +362,7 @@ async fn a_tenant_token_reaches_only_its_own_endpoints_and_stops_once_revoked() 
 async fn operators_filter_by_tenant_and_bad_tenants_and_tokens_are_refused() {
     let scope = Scope::new().await;
     let config = config(&scope, "");
+    track(&scope, &config, &["a1", "g1", "n1"]);
     let api = Api::start(&config).await;
     for (id, tenant) in [("a1", Some("acme")), ("g1", Some("globex")), ("n1", None)] {
         let mut body = json!({"id": id, "url": "http://127.0.0.1:9/x", "events": ["#"]});
@@ -524,6 +546,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 async fn tokens_survive_a_snapshot_and_the_stream_never_holds_a_plain_token_or_secret() {
     let scope = Scope::new().await;
     let config = config(&scope, "");
+    track(&scope, &config, &["acme-hooks"]);
     let api = Api::start(&config).await;
     let (kept, _) = mint(&api, "acme").await;
     let (revoked, revoked_id) = mint(&api, "acme").await;
