@@ -87,7 +87,7 @@ pub enum Exit {
 /// run after a declaration), so the check that it exists is skipped.
 pub async fn run(
     endpoint: Arc<Endpoint>,
-    shared: Shared,
+    shared: Arc<Shared>,
     stop: CancellationToken,
     breaker: Arc<Breaker>,
     lines: Arc<FailureLines>,
@@ -103,7 +103,7 @@ type Deliveries = std::pin::Pin<Box<dyn futures_util::Stream<Item = Delivery> + 
 
 async fn consume(
     endpoint: &Arc<Endpoint>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     stop: &CancellationToken,
     breaker: &Arc<Breaker>,
     lines: Arc<FailureLines>,
@@ -202,7 +202,7 @@ async fn consume(
     let batch_size = endpoint.batch_size as usize;
     // Each batch task holds the worker's `Shared` by one reference count,
     // not a copy of its dozens of handles (cloned per event at batch 1).
-    let task_shared = Arc::new(shared.clone());
+    let task_shared = Arc::clone(shared);
     let mut lost_publisher = false;
     // The consumer starts once the breaker is closed; while it is half-open,
     // single messages are fetched as probes instead (nothing is prefetched).

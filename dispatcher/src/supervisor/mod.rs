@@ -128,7 +128,9 @@ pub async fn run(
             Err(AmqpError::Shutdown) => break Ok(()),
             Err(e) => break Err(e.into()),
         };
-        let shared = worker::Shared {
+        // One `Shared` for every worker of this connection, by reference
+        // count: at 10,000 endpoints a copy each cost megabytes.
+        let shared = Arc::new(worker::Shared {
             topology: Topology::for_config(&config),
             sender: send::Sender::new(&config.http, log.keep_body())?,
             metrics: metrics.clone(),
@@ -147,7 +149,7 @@ pub async fn run(
             channel_failures: channel_failures.clone(),
             log: log.clone(),
             notices: notices.clone(),
-        };
+        });
         let generation = shutdown.child_token();
         let tracker = TaskTracker::new();
         if let Err(e) =

@@ -55,7 +55,7 @@ impl Workers {
     pub(super) fn start_missing(
         &mut self,
         endpoints: &[common::config::Endpoint],
-        shared: &worker::Shared,
+        shared: &Arc<worker::Shared>,
         generation: &CancellationToken,
         lost_tx: &mpsc::Sender<(String, String)>,
         tracker: &TaskTracker,
@@ -68,7 +68,7 @@ impl Workers {
             let stop = generation.child_token();
             let handle = tracker.spawn(supervise(
                 endpoint.clone(),
-                shared.clone(),
+                Arc::clone(shared),
                 stop.clone(),
                 lost_tx.clone(),
             ));
@@ -83,7 +83,7 @@ impl Workers {
 /// is reported on `lost_tx` (everything is rebuilt).
 async fn supervise(
     endpoint: Arc<common::config::Endpoint>,
-    shared: worker::Shared,
+    shared: Arc<worker::Shared>,
     stop: CancellationToken,
     lost_tx: mpsc::Sender<(String, String)>,
 ) {
