@@ -16,6 +16,7 @@ pub mod history;
 mod idle;
 pub mod logging;
 pub mod metrics;
+pub mod names;
 pub mod operational;
 pub mod registry;
 pub mod retry;

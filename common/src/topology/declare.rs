@@ -12,8 +12,7 @@ use lapin::{Channel, Connection, ExchangeKind};
 
 /// Prefixes whose base topology this process declared through
 /// [`Topology::declare_base_once`].
-static BASE_DECLARED: std::sync::Mutex<std::collections::BTreeSet<String>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
+static BASE_DECLARED: crate::names::Names = crate::names::Names::new();
 
 impl Topology {
     /// [`Topology::declare_base`] the first time this process asks for its
@@ -30,29 +29,19 @@ impl Topology {
         conn: &Connection,
         ch: &Channel,
     ) -> Result<(), TopologyError> {
-        let declared = BASE_DECLARED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(self.prefix());
-        if declared
+        if BASE_DECLARED.contains(self.prefix())
             && (self.queue_type != QueueType::Quorum || self.replicas.adopt_last(self.prefix()))
         {
             return Ok(());
         }
         self.declare_base(conn, ch).await?;
-        BASE_DECLARED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(self.prefix().to_owned());
+        BASE_DECLARED.insert(self.prefix());
         Ok(())
     }
 
     /// Makes the next [`Topology::declare_base_once`] declare everything.
     pub fn forget_base(&self) {
-        BASE_DECLARED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(self.prefix());
+        BASE_DECLARED.remove(self.prefix());
     }
 
     /// Declares the bindings-state queue (keeps only the newest message).

@@ -11,7 +11,7 @@
 
 use super::{Topology, TopologyError};
 use lapin::Connection;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -22,7 +22,7 @@ const WITHOUT: u8 = 0;
 const LARGEST_TRIED: u8 = 9;
 
 /// Prefixes whose differing member count this process has logged.
-static SAID: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+static SAID: crate::names::Names = crate::names::Names::new();
 
 /// The count each prefix's dead-letter queue last accepted in this process
 /// (`None` inside: without the argument): tried first by the next
@@ -128,11 +128,7 @@ impl Replicas {
     }
 
     fn say_once(&self, prefix: &str, found: Option<u8>) {
-        let new = SAID
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(prefix.to_owned());
-        if !new {
+        if !SAID.insert(prefix) {
             return;
         }
         let created = found.map_or_else(

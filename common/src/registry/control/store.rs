@@ -124,33 +124,14 @@ pub(super) async fn declare_pointer_queue(
 
 /// Streams whose retention this process checked (its log says once per
 /// stream that an older stream lacks it).
-static RETENTION_CHECKED: std::sync::Mutex<BTreeSet<String>> =
-    std::sync::Mutex::new(BTreeSet::new());
+static RETENTION_CHECKED: crate::names::Names = crate::names::Names::new();
 
 /// Control streams this process found or created ([`ensure`]): appends to
 /// them skip the passive declare (a channel and a round trip each; an API
 /// write appends twice). An append the broker returns (no such queue any
 /// more, or another broker under the same prefix) forgets the stream, and
 /// a single record is appended again after [`ensure`].
-static KNOWN: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
-
-fn known(name: &str) -> bool {
-    KNOWN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .contains(name)
-}
-
-fn set_known(name: &str, is: bool) {
-    let mut known = KNOWN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if is {
-        known.insert(name.to_owned());
-    } else {
-        known.remove(name);
-    }
-}
+static KNOWN: crate::names::Names = crate::names::Names::new();
 
 /// A publish the broker returned: no queue took it.
 #[derive(Debug, thiserror::Error)]
@@ -192,13 +173,8 @@ pub async fn ensure(conn: &Connection, topology: &Topology) -> Result<(), lapin:
 /// replica argument: the check is tried without it too.
 pub(super) async fn check_retention(conn: &Connection, topology: &Topology) {
     let name = topology.control();
-    {
-        let mut checked = RETENTION_CHECKED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !checked.insert(name.clone()) {
-            return;
-        }
+    if !RETENTION_CHECKED.insert(&name) {
+        return;
     }
     let mut refused = false;
     for with_replicas in [true, false] {
@@ -268,21 +244,21 @@ pub async fn append_all(
     commands: &[Command],
 ) -> anyhow::Result<()> {
     let name = topology.control();
-    let was_known = known(&name);
+    let was_known = KNOWN.contains(&name);
     if !was_known {
         ensure(conn, topology).await?;
-        set_known(&name, true);
+        KNOWN.insert(&name);
     }
     let mut published = publish_on_a_channel(conn, &name, commands).await;
     if let Err(e) = &published
         && e.is::<Returned>()
     {
-        set_known(&name, false);
+        KNOWN.remove(&name);
         // Returned means not stored, so one record may be sent again; of
         // several, those before the returned one may have landed.
         if was_known && commands.len() == 1 {
             ensure(conn, topology).await?;
-            set_known(&name, true);
+            KNOWN.insert(&name);
             published = publish_on_a_channel(conn, &name, commands).await;
         }
     }
