@@ -91,6 +91,88 @@ async fn publish_many_confirms_a_thousand() {
     assert_eq!(ids, want);
 }
 
+/// A call longer than a chunk (1,000 events) is serialized and sent a chunk
+/// at a time. Every event is checked before anything is sent, so an invalid
+/// event anywhere publishes nothing; an oversized one fails the call at its
+/// chunk, whose events and those after it are never sent.
+#[tokio::test]
+async fn a_long_publish_many_checks_every_event_first_and_sizes_chunk_by_chunk() {
+    let scope = Scope::new().await;
+    let config = scope.config_with("", "max_message_bytes = 2048", &amqp_url());
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
+    let make = |n: usize| -> Vec<Event> {
+        (0..n)
+            .map(|i| Event::new("bulk.item", serde_json::json!({ "i": i })).expect("valid"))
+            .collect()
+    };
+
+    // 2,500 in three chunks: all confirmed and stored.
+    let events = make(2500);
+    publisher
+        .publish_many(&events)
+        .await
+        .expect("all confirmed");
+    assert_eq!(scope.depth(&all).await, 2500);
+    let got = scope.take(&all, 2500).await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .filter_map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+        })
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want);
+
+    // An invalid event at the very end: nothing at all is published.
+    let mut events = make(2500);
+    events[2499].event_type = "Not A Type".to_owned();
+    let err = publisher.publish_many(&events).await.expect_err("invalid");
+    assert!(
+        matches!(&err, PublishError::Invalid { id, .. } if *id == events[2499].id),
+        "{err}"
+    );
+
+    // An oversized event in the third chunk: the call fails naming it, and
+    // nothing of its chunk (or after) reaches the broker.
+    let mut events = make(3500);
+    events[2200].data = serde_json::json!({ "blob": "x".repeat(4096) });
+    let err = publisher
+        .publish_many(&events)
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(&err, PublishError::TooLarge { id, .. } if *id == events[2200].id),
+        "{err}"
+    );
+    publisher.close().await;
+    let stored: std::collections::HashSet<String> = scope
+        .drain(&all)
+        .await
+        .iter()
+        .filter_map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+        })
+        .collect();
+    assert!(stored.len() <= 2000, "{} stored", stored.len());
+    assert!(
+        events[2000..].iter().all(|e| !stored.contains(&e.id)),
+        "an event of the oversized event's chunk or after it was sent"
+    );
+}
+
 /// The publish timeout bounds the wait for the broker's next confirm, not
 /// the whole call: a `publish_many` that lasts many timeouts succeeds while
 /// the broker confirms steadily (it failed with `Timeout` before).

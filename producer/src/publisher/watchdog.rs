@@ -31,6 +31,12 @@ impl Watchdog {
     }
 
     /// When the call fails unless the broker makes progress before.
+    /// Counts from now: time the caller spent on its own work (serializing
+    /// events) is not the broker's.
+    pub(super) fn restart(&mut self) {
+        self.deadline = Instant::now() + self.timeout;
+    }
+
     pub(super) fn deadline(&self) -> Instant {
         self.deadline
     }
@@ -147,6 +153,21 @@ mod tests {
         let (_progress, mut progressed) = watch::channel(0);
         assert!(watchdog.wait(answered, &mut progressed).await.is_none());
         assert_eq!(started.elapsed(), 3 * TIMEOUT / 2 + TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_gives_a_whole_timeout_from_then() {
+        // Time the caller spent serializing is not the broker's.
+        let mut watchdog = Watchdog::start(TIMEOUT);
+        tokio::time::sleep(3 * TIMEOUT).await;
+        assert!(watchdog.expired());
+        watchdog.restart();
+        assert!(!watchdog.expired());
+        let restarted = Instant::now();
+        let (_answer, answered) = oneshot::channel::<()>();
+        let (_progress, mut progressed) = watch::channel(0);
+        assert!(watchdog.wait(answered, &mut progressed).await.is_none());
+        assert_eq!(restarted.elapsed(), TIMEOUT);
     }
 
     #[tokio::test(start_paused = true)]
