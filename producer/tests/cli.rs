@@ -115,6 +115,30 @@ async fn publish_prints_the_ids_it_published() {
             .data["from"],
         "file"
     );
+
+    // Past one call's thousand: every id printed once, each stored.
+    let out = producer(&scope)
+        .args(["publish", "--type", "bulk.item", "--count", "2500"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: std::collections::BTreeSet<String> = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(printed.len(), 2500, "2,500 distinct ids");
+    let stored: std::collections::BTreeSet<String> = scope
+        .take(&all, 2500)
+        .await
+        .iter()
+        .map(|m| Event::from_slice(&m.delivery.data).expect("envelope").id)
+        .collect();
+    assert_eq!(stored, printed);
 }
 
 /// Arguments, environment, and what standard error must say.
