@@ -62,12 +62,19 @@ impl Book {
         }
     }
 
-    /// The next event to publish, skipping those of failed jobs.
+    /// The next event to publish, skipping those of failed jobs and of jobs
+    /// nobody waits for any more (the call failed on another of its chunks,
+    /// or was dropped): what is not sent of those never will be.
     pub(super) fn next_to_send(&mut self) -> Option<(Key, Arc<Item>)> {
         while let Some(key) = self.to_send.pop_front() {
-            if let Some(job) = self.jobs.get_mut(&key.0)
-                && !job.failed
-            {
+            let Some(job) = self.jobs.get_mut(&key.0) else {
+                continue;
+            };
+            if job.answer.as_ref().is_some_and(oneshot::Sender::is_closed) {
+                job.answer = None;
+                job.failed = true;
+            }
+            if !job.failed {
                 job.in_flight += 1;
                 return Some((key, job.items[key.1].clone()));
             }
@@ -286,6 +293,22 @@ mod tests {
         let keys = send_all(&mut book);
         book.resolve((keys[0], Ok(Confirmation::Nack(None))));
         assert!(matches!(answered.try_recv(), Ok(Outcome::Nacked { .. })));
+    }
+
+    #[test]
+    fn a_job_nobody_waits_for_is_not_sent_and_then_forgotten() {
+        let mut book = Book::default();
+        let first = ticket(&mut book, &["a", "b"]);
+        let mut waited = job(&mut book, &["c"]);
+        let (key, _) = book.next_to_send().expect("a");
+        drop(first);
+        // "a" is in flight; "b" is not sent now that its caller is gone.
+        let rest = send_all(&mut book);
+        assert_eq!(rest.len(), 1, "only c: {rest:?}");
+        ack(&mut book, key);
+        ack(&mut book, rest[0]);
+        assert!(matches!(waited.try_recv(), Ok(Outcome::Confirmed)));
+        assert!(book.jobs.is_empty(), "the abandoned job is forgotten");
     }
 
     #[test]

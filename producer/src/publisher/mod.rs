@@ -214,13 +214,15 @@ impl Publisher {
         let mut lane = self.lane(watchdog.deadline()).await?;
         let mut jobs = VecDeque::new();
         jobs.push_back((first.clone(), lane.submit(first)));
+        let serializing = Instant::now();
         for chunk in chunks {
             // The lane's task may share this thread: let it send.
             tokio::task::yield_now().await;
             let items = self.items(chunk)?;
             jobs.push_back((items.clone(), lane.submit(items)));
         }
-        watchdog.restart();
+        // Time spent serializing is the caller's, not the broker's.
+        watchdog.extend(serializing.elapsed());
         while let Some((items, ticket)) = jobs.pop_front() {
             // Bounded, and cut short when the broker blocks the connection
             // (memory or disk alarm): it then stops reading our frames.
@@ -245,7 +247,15 @@ impl Publisher {
             // The channel failed: the lane answered every job it held, and
             // dropped those it had not taken yet.
             for (items, ticket) in jobs.drain(..) {
-                match ticket.answer.await {
+                // Answered or dropped at once by a lane that broke, but
+                // bounded all the same: a job queued as the lane's task
+                // ended can stay unanswered in its queue.
+                let answer = tokio::time::timeout_at(watchdog.deadline(), ticket.answer);
+                match answer.await.unwrap_or_else(|_| {
+                    Ok(Outcome::Lost {
+                        unconfirmed: items.clone(),
+                    })
+                }) {
                     Ok(Outcome::Lost { unconfirmed }) => pending.extend(unconfirmed),
                     Ok(Outcome::Confirmed) => {}
                     Ok(Outcome::Nacked { id }) => return Err(PublishError::Nacked { id }),
