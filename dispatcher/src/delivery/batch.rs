@@ -41,17 +41,27 @@ where
     if interval.is_zero() {
         return Some(batch);
     }
-    // Then what arrived is taken every TICK, not as each item arrives: the
-    // broker's deliveries would otherwise wake the runtime one at a time.
+    // Then each arrival, and what else arrives within a TICK of it, which
+    // is taken at once: the broker's deliveries would otherwise wake the
+    // runtime one at a time, and an idle stream costs nothing.
     while batch.len() < size {
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            break;
-        }
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            () = tokio::time::sleep_until(deadline.min(now + TICK)) => {}
+            () = tokio::time::sleep_until(deadline) => break,
+            item = stream.next() => match item {
+                Some(item) => batch.push(item),
+                None => break,
+            },
+        }
+        if batch.len() >= size {
+            break;
+        }
+        let tick = deadline.min(tokio::time::Instant::now() + TICK);
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep_until(tick) => {}
         }
         while batch.len() < size {
             match stream.next().now_or_never() {
@@ -132,6 +142,31 @@ mod tests {
             "{took:?}"
         );
         drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ending_while_a_batch_fills_returns_what_it_has() {
+        let (tx, mut stream) = channel();
+        let stop = CancellationToken::new();
+        tx.send(1).unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tx.send(2).unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(tx);
+        });
+        let started = Instant::now();
+        let batch = next_batch(&mut stream, 10, Duration::from_secs(10), &stop).await;
+        assert_eq!(batch, Some(vec![1, 2]));
+        assert!(
+            started.elapsed() <= Duration::from_millis(10) + TICK,
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            next_batch(&mut stream, 10, Duration::from_secs(10), &stop).await,
+            None
+        );
     }
 
     #[tokio::test(start_paused = true)]
