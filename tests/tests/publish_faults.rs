@@ -93,11 +93,11 @@ async fn publish_many_during_outages_never_reports_a_lost_event_confirmed() {
     );
 }
 
-/// Calls of several chunks (1,000 events each, queued on the channel at
-/// once): when the channel fails, every chunk's unconfirmed events are
-/// published again, and a call that lived through an outage still succeeds.
+/// Calls of several windows (3,500 events, 1,000 in flight at most): when
+/// the channel fails, the unconfirmed events are published again, and a
+/// call that lived through an outage still succeeds.
 #[tokio::test]
-async fn long_publish_many_calls_survive_outages_chunk_by_chunk() {
+async fn long_publish_many_calls_survive_outages() {
     let scope = Scope::new().await;
     let proxy = Arc::new(Proxy::start(broker_addr(&amqp_url())).await);
     let config = scope.config_with(

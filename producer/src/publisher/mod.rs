@@ -43,7 +43,6 @@ pub use error::PublishError;
 use lane::{CopyCounters, Item, Lane, Outcome, Ticket};
 use lapin::Channel;
 use lapin::types::ShortString;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -53,10 +52,6 @@ use watchdog::Watchdog;
 
 /// Most publishes awaiting their confirm at once, across all callers.
 pub const WINDOW: usize = 1000;
-
-/// Events of one call serialized and queued together: a longer call is sent
-/// a chunk at a time, the next serialized while the broker takes the first.
-const CHUNK: usize = WINDOW;
 
 /// A connection to the broker for publishing events. Cheap to share behind an
 /// `Arc`; concurrent publishes share one channel and are in flight together.
@@ -164,12 +159,6 @@ impl Publisher {
     /// the wait for the broker's next confirm, not the whole call: a long
     /// call the broker confirms steadily succeeds.
     ///
-    /// Every event's type, id and scope are checked before anything is
-    /// sent. Events are serialized (and their size checked) 1,000 at a
-    /// time, each thousand sent while the next is serialized: a call of up
-    /// to 1,000 events with an oversized one publishes nothing, a longer
-    /// call may have stored the thousands before it.
-    ///
     /// # Errors
     /// See [`PublishError`].
     pub async fn publish_many(&self, events: &[Event]) -> Result<(), PublishError> {
@@ -193,41 +182,27 @@ impl Publisher {
         if let Some(reason) = self.client.blocked() {
             return Err(PublishError::Blocked { reason });
         }
-        // Every event's type, id and scope before anything is sent: an
-        // invalid one publishes nothing.
-        for event in events {
-            Self::check(event)?;
-        }
-        // Serialized once (retries after a reconnect send the same bytes),
-        // [`CHUNK`] events at a time, each chunk queued on the lane as soon
-        // as it is ready: the broker takes the first while the rest are
-        // serialized. An oversized event fails the call at its chunk; the
-        // chunks before it may be stored.
-        let mut chunks = events.chunks(CHUNK);
-        let Some(first) = chunks.next() else {
-            return Ok(());
+        // Serialize once: retries after a reconnect send the same bytes.
+        let items = events
+            .iter()
+            .map(|event| self.item(event).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut pending = match &self.archive {
+            // Each run of events followed by one archive message holding
+            // their copies, on the same channel.
+            Some((_, stream)) => with_copies(items, stream, time::OffsetDateTime::now_utc()),
+            None => items,
         };
-        let first = self.items(first)?;
         // One deadline for the call, moved by each confirm, carried across
         // reconnects (a lost channel is not progress).
         let mut watchdog = Watchdog::start(self.timeout);
-        let mut lane = self.lane(watchdog.deadline()).await?;
-        let mut jobs = VecDeque::new();
-        jobs.push_back((first.clone(), lane.submit(first)));
-        let serializing = Instant::now();
-        for chunk in chunks {
-            // The lane's task may share this thread: let it send.
-            tokio::task::yield_now().await;
-            let items = self.items(chunk)?;
-            jobs.push_back((items.clone(), lane.submit(items)));
-        }
-        // Time spent serializing is the caller's, not the broker's.
-        watchdog.extend(serializing.elapsed());
-        while let Some((items, ticket)) = jobs.pop_front() {
+        while !pending.is_empty() {
+            let lane = self.lane(watchdog.deadline()).await?;
+            let ticket = lane.submit(pending.clone());
             // Bounded, and cut short when the broker blocks the connection
             // (memory or disk alarm): it then stops reading our frames.
-            let mut pending = match self.wait(&mut watchdog, &items, ticket).await? {
-                Ok(Outcome::Confirmed) => continue,
+            match self.wait(&mut watchdog, &pending, ticket).await? {
+                Ok(Outcome::Confirmed) => return Ok(()),
                 Ok(Outcome::Nacked { id }) => {
                     // A channel that saw a quorum queue without a leader can
                     // keep refusing after a new one is elected (seen on a
@@ -240,66 +215,26 @@ impl Publisher {
                 Ok(Outcome::Unroutable { id, reply }) => {
                     return Err(PublishError::Unroutable { id, reply });
                 }
-                Ok(Outcome::Lost { unconfirmed }) => unconfirmed,
+                Ok(Outcome::Lost { unconfirmed }) => pending = unconfirmed,
                 // The lane closed before taking the job: nothing confirmed.
-                Err(_) => items,
-            };
-            // The channel failed: the lane answered every job it held, and
-            // dropped those it had not taken yet.
-            for (items, ticket) in jobs.drain(..) {
-                // Answered or dropped at once by a lane that broke, but
-                // bounded all the same: a job queued as the lane's task
-                // ended can stay unanswered in its queue.
-                let answer = tokio::time::timeout_at(watchdog.deadline(), ticket.answer);
-                match answer.await.unwrap_or_else(|_| {
-                    Ok(Outcome::Lost {
-                        unconfirmed: items.clone(),
-                    })
-                }) {
-                    Ok(Outcome::Lost { unconfirmed }) => pending.extend(unconfirmed),
-                    Ok(Outcome::Confirmed) => {}
-                    Ok(Outcome::Nacked { id }) => return Err(PublishError::Nacked { id }),
-                    Ok(Outcome::Unroutable { id, reply }) => {
-                        return Err(PublishError::Unroutable { id, reply });
-                    }
-                    Err(_) => pending.extend(items),
+                Err(_) => {}
+            }
+            if let Some(first) = pending.first() {
+                if watchdog.expired() {
+                    return Err(PublishError::Timeout {
+                        id: first.id.clone(),
+                        timeout: self.timeout,
+                    });
                 }
+                tracing::warn!(
+                    unconfirmed = pending.len(),
+                    "Broker channel lost while publishing; publishing again."
+                );
+                self.forget_lane(&lane).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let Some(first) = pending.first() else {
-                continue;
-            };
-            if watchdog.expired() {
-                return Err(PublishError::Timeout {
-                    id: first.id.clone(),
-                    timeout: self.timeout,
-                });
-            }
-            tracing::warn!(
-                unconfirmed = pending.len(),
-                "Broker channel lost while publishing; publishing again."
-            );
-            self.forget_lane(&lane).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            lane = self.lane(watchdog.deadline()).await?;
-            let ticket = lane.submit(pending.clone());
-            jobs.push_back((pending, ticket));
         }
         Ok(())
-    }
-
-    /// `events` serialized, each run of them followed by its archive copies
-    /// when the archive is on.
-    fn items(&self, events: &[Event]) -> Result<Vec<Arc<Item>>, PublishError> {
-        let items = events
-            .iter()
-            .map(|event| self.item(event).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(match &self.archive {
-            // Each run of events followed by one archive message holding
-            // their copies, on the same channel.
-            Some((_, stream)) => with_copies(items, stream, time::OffsetDateTime::now_utc()),
-            None => items,
-        })
     }
 
     /// Waits for the answer to the job of `items` until the watchdog's
@@ -337,20 +272,16 @@ impl Publisher {
         })
     }
 
-    /// Whether `event` may be published. Its fields are public: a caller may
-    /// have changed them since it was made, and the tenant and environment
-    /// become the routing key.
-    fn check(event: &Event) -> Result<(), PublishError> {
+    /// The event serialized, with its message properties (and `copies: 0`).
+    fn item(&self, event: &Event) -> Result<Item, PublishError> {
+        // Its fields are public: a caller may have changed them since it was
+        // checked, and the tenant and environment become the routing key.
         event
             .validate_publishable()
             .map_err(|source| PublishError::Invalid {
                 id: event.id.chars().take(255).collect(),
                 source,
-            })
-    }
-
-    /// The event serialized, with its message properties (and `copies: 0`).
-    fn item(&self, event: &Event) -> Result<Item, PublishError> {
+            })?;
         let body = event.to_vec();
         if body.len() > self.max_bytes {
             return Err(PublishError::TooLarge {

@@ -31,12 +31,6 @@ impl Watchdog {
     }
 
     /// When the call fails unless the broker makes progress before.
-    /// Moves the deadline later by `by`: time the caller spent on its own
-    /// work (serializing events) is not the broker's.
-    pub(super) fn extend(&mut self, by: Duration) {
-        self.deadline += by;
-    }
-
     pub(super) fn deadline(&self) -> Instant {
         self.deadline
     }
@@ -153,20 +147,6 @@ mod tests {
         let (_progress, mut progressed) = watch::channel(0);
         assert!(watchdog.wait(answered, &mut progressed).await.is_none());
         assert_eq!(started.elapsed(), 3 * TIMEOUT / 2 + TIMEOUT);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_extension_adds_the_callers_own_time_and_nothing_more() {
-        // Time the caller spent serializing is not the broker's; the rest
-        // of the timeout still counts from the call's start.
-        let started = Instant::now();
-        let mut watchdog = Watchdog::start(TIMEOUT);
-        tokio::time::sleep(TIMEOUT / 2).await;
-        watchdog.extend(TIMEOUT);
-        let (_answer, answered) = oneshot::channel::<()>();
-        let (_progress, mut progressed) = watch::channel(0);
-        assert!(watchdog.wait(answered, &mut progressed).await.is_none());
-        assert_eq!(started.elapsed(), 2 * TIMEOUT);
     }
 
     #[tokio::test(start_paused = true)]
