@@ -7,26 +7,54 @@ use common::Event;
 use producer::{PublishError, Publisher};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tests::proxy::{Proxy, broker_addr};
 use tests::{Scope, amqp_url};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Takes the proxy down and up until `stop`.
-fn flap(proxy: Arc<Proxy>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+/// Takes the proxy down every `up` for `down`, until `stop`; counts the
+/// outages in `outages` as they start, and returns their number.
+fn flap_every(
+    proxy: Arc<Proxy>,
+    stop: Arc<AtomicBool>,
+    (up, down): (Duration, Duration),
+    outages: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
-        let mut outages = 0;
         while !stop.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(up).await;
             proxy.down();
-            outages += 1;
-            tokio::time::sleep(Duration::from_millis(600)).await;
+            outages.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(down).await;
             proxy.up();
         }
-        outages
+        outages.load(Ordering::SeqCst)
     })
+}
+
+/// Takes the proxy down and up until `stop`.
+fn flap(proxy: Arc<Proxy>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+    let periods = (Duration::from_millis(400), Duration::from_millis(600));
+    flap_every(proxy, stop, periods, Arc::default())
+}
+
+/// A publisher whose broker connection goes through a proxy, with
+/// `publish_timeout_ms`, and a queue observing every event.
+async fn behind_proxy(publish_timeout_ms: u64) -> (Scope, Arc<Proxy>, Publisher, String) {
+    let scope = Scope::new().await;
+    let proxy = Arc::new(Proxy::start(broker_addr(&amqp_url())).await);
+    let config = scope.config_with(
+        "",
+        &format!("publish_timeout_ms = {publish_timeout_ms}\nmax_reconnect_delay_ms = 200"),
+        &proxy.amqp_url(&amqp_url()),
+    );
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
+    (scope, proxy, publisher, all)
 }
 
 async fn stored_ids(scope: &Scope, queue: &str, at_least: &HashSet<String>) -> HashSet<String> {
@@ -50,17 +78,7 @@ async fn stored_ids(scope: &Scope, queue: &str, at_least: &HashSet<String>) -> H
 
 #[tokio::test]
 async fn publish_many_during_outages_never_reports_a_lost_event_confirmed() {
-    let scope = Scope::new().await;
-    let proxy = Arc::new(Proxy::start(broker_addr(&amqp_url())).await);
-    let config = scope.config_with(
-        "",
-        "publish_timeout_ms = 1500\nmax_reconnect_delay_ms = 200",
-        &proxy.amqp_url(&amqp_url()),
-    );
-    let publisher = Publisher::connect(&config).await.expect("connect");
-    let all = scope
-        .observe(&format!("{}.events", scope.prefix), "#")
-        .await;
+    let (scope, proxy, publisher, all) = behind_proxy(1500).await;
     let stop = Arc::new(AtomicBool::new(false));
     let flapper = flap(proxy.clone(), stop.clone());
 
@@ -98,31 +116,11 @@ async fn publish_many_during_outages_never_reports_a_lost_event_confirmed() {
 /// call that lived through an outage still succeeds.
 #[tokio::test]
 async fn long_publish_many_calls_survive_outages() {
-    let scope = Scope::new().await;
-    let proxy = Arc::new(Proxy::start(broker_addr(&amqp_url())).await);
-    let config = scope.config_with(
-        "",
-        "publish_timeout_ms = 3000\nmax_reconnect_delay_ms = 200",
-        &proxy.amqp_url(&amqp_url()),
-    );
-    let publisher = Publisher::connect(&config).await.expect("connect");
-    let all = scope
-        .observe(&format!("{}.events", scope.prefix), "#")
-        .await;
+    let (scope, proxy, publisher, all) = behind_proxy(3000).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let outages = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let flapper = {
-        let (proxy, stop, outages) = (proxy.clone(), stop.clone(), outages.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(700)).await;
-                proxy.down();
-                outages.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                proxy.up();
-            }
-        })
-    };
+    let outages = Arc::new(AtomicUsize::new(0));
+    let periods = (Duration::from_millis(700), Duration::from_millis(300));
+    let flapper = flap_every(proxy.clone(), stop.clone(), periods, outages.clone());
 
     let (mut confirmed, mut failed, mut survived) = (HashSet::new(), 0usize, 0usize);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
