@@ -7,6 +7,20 @@ use std::time::Duration;
 use tests::proxy::{Proxy, broker_addr};
 use tests::{Scope, amqp_url};
 
+/// The `message_id` of each message, in order.
+fn message_ids(messages: &[lapin::message::BasicGetMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn published_event_arrives_with_its_properties() {
     let scope = Scope::new().await;
@@ -75,16 +89,7 @@ async fn publish_many_confirms_a_thousand() {
     // Confirmed means stored: the queue holds every one of them at once.
     assert_eq!(scope.depth(&all).await, 1000);
     let got = scope.take(&all, 1000).await;
-    let mut ids: Vec<String> = got
-        .iter()
-        .filter_map(|m| {
-            m.delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-        })
-        .collect();
+    let mut ids = message_ids(&got);
     ids.sort();
     let mut want: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     want.sort();
@@ -133,16 +138,7 @@ async fn a_long_publish_many_with_a_bad_event_anywhere_publishes_nothing() {
     publisher.publish(&marker).await.expect("confirmed");
     publisher.close().await;
     let stored = scope.drain(&all).await;
-    let ids: Vec<String> = stored
-        .iter()
-        .filter_map(|m| {
-            m.delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-        })
-        .collect();
+    let ids = message_ids(&stored);
     assert_eq!(ids, [marker.id], "only the marker was stored");
 }
 
