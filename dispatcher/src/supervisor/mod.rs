@@ -211,6 +211,16 @@ pub async fn run(
                     }
                 },
                 r = state.changed() => if r.is_err() { break Some(()) },
+                // A worker idle on its consumer may never hear that the
+                // connection died (seen once in 40 runs of a proxy outage:
+                // nothing ended the generation and nothing was consumed).
+                () = tokio::time::sleep(CONNECTION_CHECK) => {
+                    if !conn.status().connected() {
+                        tracing::warn!("Broker connection lost; reconnecting.");
+                        break Some(());
+                    }
+                    continue;
+                }
             }
             let (next, next_held) =
                 effective_config(&config, &state.borrow_and_update(), &mut warned);
@@ -281,6 +291,9 @@ fn set_expected(expected: &std::sync::Mutex<Vec<String>>, config: &Config) {
         .unwrap_or_else(std::sync::PoisonError::into_inner) =
         config.endpoints.iter().map(|e| e.id.clone()).collect();
 }
+
+/// How often the supervisor checks that its generation's connection is up.
+const CONNECTION_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Longest wait for the broker while (re)declaring or stopping, before the
 /// dispatcher gives up on the connection and rebuilds.
