@@ -31,6 +31,7 @@
 
 pub mod api;
 mod console;
+pub mod count;
 mod http;
 pub mod ingest;
 pub mod publisher;

@@ -344,18 +344,7 @@ async fn concurrent_publishes_are_all_confirmed_and_counted() {
             .get(),
         2000
     );
-    let mut ids: Vec<String> = scope
-        .take(&all, 2000)
-        .await
-        .iter()
-        .filter_map(|m| {
-            m.delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-        })
-        .collect();
+    let mut ids = message_ids(&scope.take(&all, 2000).await);
     ids.sort();
     let mut want: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     want.sort();
