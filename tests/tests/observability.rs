@@ -221,22 +221,33 @@ async fn per_endpoint_series_stay_few_and_histograms_aggregate() {
     publisher.close().await;
     receiver.wait_requests(6, Duration::from_secs(20)).await;
     let _ = ids;
-    let text = tests::eventually(Duration::from_secs(10), "histograms", || async {
-        let text = dispatcher.metrics_text().await;
-        text.contains("hookpost_http_request_duration_seconds_count{endpoint=\"detailed\"} 3")
-            .then_some(text)
-    })
-    .await;
-    for line in [
+    // Outcomes are counted once each event is settled, after its response:
+    // wait for all of them, not just the request durations.
+    let expected = [
         "hookpost_http_request_duration_seconds_count{endpoint=\"*\"} 3",
+        "hookpost_http_request_duration_seconds_count{endpoint=\"detailed\"} 3",
         "hookpost_end_to_end_latency_seconds_count{endpoint=\"*\"} 3",
         "hookpost_end_to_end_latency_seconds_count{endpoint=\"detailed\"} 3",
         "hookpost_batch_size_count{endpoint=\"detailed\"} 3",
         "hookpost_deliveries_total{endpoint=\"fresh\",outcome=\"delivered\"} 3",
+        "hookpost_deliveries_total{endpoint=\"detailed\",outcome=\"delivered\"} 3",
         "hookpost_delivery_attempts_total{endpoint=\"fresh\",status_class=\"2xx\"} 3",
-    ] {
+    ];
+    let mut last = String::new();
+    let settled = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            last = dispatcher.metrics_text().await;
+            if expected.iter().all(|line| last.lines().any(|l| l == *line)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let text = last;
+    for line in expected {
         assert!(
-            text.lines().any(|l| l == line),
+            settled.is_ok() && text.lines().any(|l| l == line),
             "missing `{line}` in:\n{text}"
         );
     }
