@@ -318,12 +318,13 @@ async fn follow_control(
     );
     let first_done = CancellationToken::new();
     let first_failed = first_done.clone();
-    // Follows until the generation ends, on the generation's connection.
+    // Follows until the generation ends, on the generation's connection;
+    // once that is closed, the supervisor's check rebuilds everything.
     tracker.spawn(async move {
         control::keep_following(
             || {
                 let conn = conn.clone();
-                async move { Some(conn) }
+                async move { conn.status().connected().then_some(conn) }
             },
             &topology,
             tx,
@@ -332,6 +333,7 @@ async fn follow_control(
             || first_failed.cancel(),
         )
         .await;
+        first_failed.cancel();
     });
     tokio::select! {
         r = caught_up.changed() => r.map_err(anyhow::Error::from),

@@ -412,6 +412,9 @@ pub async fn keep_following<C, F>(
         reads,
         ..Options::default()
     };
+    // A broker away for minutes fails every reader: logged with backoff.
+    let mut failures =
+        crate::logging::Throttle::new(Duration::from_secs(10), Duration::from_secs(300));
     loop {
         let Some(conn) = connect().await else {
             return;
@@ -420,8 +423,10 @@ pub async fn keep_following<C, F>(
         if stop.is_cancelled() {
             return;
         }
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "Following the control stream failed; starting over.");
+        if let Err(e) = &result
+            && let Some(failures) = failures.hit()
+        {
+            tracing::warn!(error = %e, failures, "Following the control stream failed; starting over (logged with backoff; `failures` counts the failures since the last line).");
         }
         after_each();
         tokio::select! {
