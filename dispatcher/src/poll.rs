@@ -32,6 +32,9 @@ pub fn queues(config: &Config) -> Vec<(&'static str, String, String)> {
 /// time would take seconds per round at 10,000 endpoints).
 const POLLS_IN_FLIGHT: usize = 16;
 
+/// Longest wait for one chunk's answers before the round is given up.
+const ROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Polls `queues` until `stop`: a round, then `interval` of rest (a round
 /// over 10,000 queues takes a while; the broker is never polled back to back).
 pub async fn run(
@@ -50,7 +53,7 @@ pub async fn run(
                 channel = common::amqp::open_channel(&conn).await.ok();
             }
             let Some(ch) = channel.as_ref() else { break };
-            let declared = futures_util::future::join_all(chunk.iter().map(|(_, _, queue)| {
+            let declares = futures_util::future::join_all(chunk.iter().map(|(_, _, queue)| {
                 ch.queue_declare(
                     queue.as_str().into(),
                     QueueDeclareOptions {
@@ -59,8 +62,14 @@ pub async fn run(
                     },
                     FieldTable::default(),
                 )
-            }))
-            .await;
+            }));
+            // A stop or a dead connection ends the round at once.
+            let alive = || conn.status().connected() && !stop.is_cancelled();
+            let Some(declared) = common::amqp::while_alive(alive, ROUND_TIMEOUT, declares).await
+            else {
+                channel = None;
+                break;
+            };
             // A missing queue closes the channel (and fails the declares
             // pipelined behind it); the next chunk opens a new channel.
             for ((kind, name, _), declared) in chunk.iter().zip(declared) {

@@ -1,5 +1,5 @@
-//! Opening a channel on a long-lived connection, around a flaw of lapin
-//! 4.12: when the broker closes a channel (a 404 to a passive declare, a
+//! Opening a channel, and waiting on one, around two flaws of lapin 4.12
+//! (the second: [`while_alive`]). The first: when the broker closes a channel (a 404 to a passive declare, a
 //! 406 to a declaration with other arguments), lapin keeps that channel's
 //! error under its id. Channel ids wrap at the connection's `channel_max`
 //! (2,047 with RabbitMQ), and the next channel opened on that id fails at
@@ -48,4 +48,90 @@ pub async fn open_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
 /// Whether `e`, from opening a channel, is an earlier channel's refusal.
 fn is_stale(e: &lapin::Error) -> bool {
     matches!(e.kind(), ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(_)))
+}
+
+/// How often [`while_alive`] looks at the connection or channel.
+const ALIVE_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Waits for a broker operation for at most `limit`, and no longer than
+/// `alive` holds (checked every 100 ms): `None` when it gave up.
+///
+/// lapin 4.12 can leave an operation pending for good when it was begun as
+/// its connection failed (an ack, a publish or its confirm, queued after
+/// lapin dropped the pending frames). A connection dropped under a
+/// dispatcher's acks left its worker waiting out a 30 s timeout and the
+/// dispatcher consuming nothing until then. Every wait on the broker that
+/// holds up a stop or a rebuild goes through here.
+pub async fn while_alive<T>(
+    alive: impl Fn() -> bool,
+    limit: std::time::Duration,
+    op: impl Future<Output = T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let watch = async {
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(ALIVE_CHECK.min(left)).await;
+            if !alive() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        done = op => Some(done),
+        () = watch => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::while_alive;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_comes_back_at_once() {
+        let start = Instant::now();
+        let done = while_alive(|| true, Duration::from_secs(30), async { 7 }).await;
+        assert_eq!(done, Some(7));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_connection_ends_the_wait_within_a_check() {
+        let alive = Arc::new(AtomicBool::new(true));
+        let flip = alive.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            flip.store(false, Ordering::SeqCst);
+        });
+        let start = Instant::now();
+        let done = while_alive(
+            || alive.load(Ordering::SeqCst),
+            Duration::from_secs(30),
+            std::future::pending::<()>(),
+        )
+        .await;
+        assert_eq!(done, None);
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_connection_waits_up_to_the_limit() {
+        let start = Instant::now();
+        let done = while_alive(
+            || true,
+            Duration::from_millis(1250),
+            std::future::pending::<()>(),
+        )
+        .await;
+        assert_eq!(done, None);
+        assert_eq!(start.elapsed(), Duration::from_millis(1250));
+    }
 }

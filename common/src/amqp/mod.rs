@@ -20,7 +20,7 @@ mod channel;
 mod publish;
 pub mod reply;
 
-pub use channel::open_channel;
+pub use channel::{open_channel, while_alive};
 pub use publish::{CONFIRM_TIMEOUT, event_properties, publish_confirmed, republished_properties};
 pub use reply::{queue_counts, queue_exists, reply_code};
 

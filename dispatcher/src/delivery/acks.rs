@@ -65,8 +65,8 @@ impl AckTracker {
             // One at a time anyway: at once, so a consumer whose prefetch is
             // below FLUSH_AT never waits for the flusher's tick.
             drop(inner);
-            let sent = tokio::time::timeout(
-                SEND_TIMEOUT,
+            let sent = send(
+                &delivery.acker,
                 delivery.acker.ack(BasicAckOptions { multiple: false }),
             )
             .await;
@@ -92,7 +92,7 @@ impl AckTracker {
             ..BasicNackOptions::default()
         });
         // If even this fails, the channel is gone and the broker requeues it.
-        let _ = tokio::time::timeout(SEND_TIMEOUT, nack).await;
+        let _ = send(&delivery.acker, nack).await;
     }
 
     /// From now on, acks one delivery at a time: call before a second
@@ -124,31 +124,38 @@ async fn flush(inner: &mut Inner) -> Result<(), lapin::Error> {
         return Ok(());
     };
     let acker = acker.clone();
-    let sent =
-        tokio::time::timeout(SEND_TIMEOUT, acker.ack(BasicAckOptions { multiple: true })).await;
+    let sent = send(&acker, acker.ack(BasicAckOptions { multiple: true })).await;
     // Whatever happened, these are settled: on failure the broker redelivers them.
     inner.settled = inner.settled.split_off(&(upto + 1));
-    match sent {
-        Ok(result) => result.map(drop),
-        Err(_) => Ok(()),
-    }
+    sent.map_or(Ok(()), |result| result.map(drop))
 }
 
 /// Acks every settled delivery on its own (a shared channel).
 async fn flush_each(inner: &mut Inner) -> Result<(), lapin::Error> {
     let settled = std::mem::take(&mut inner.settled);
+    let Some(first) = settled.values().next() else {
+        return Ok(());
+    };
     // Sent together: lapin writes them in order without waiting for each.
     let acks = settled
         .values()
         .map(|acker| acker.ack(BasicAckOptions { multiple: false }));
-    let sent = tokio::time::timeout(SEND_TIMEOUT, futures_util::future::join_all(acks)).await;
+    let sent = send(first, futures_util::future::join_all(acks)).await;
     match sent {
-        Ok(results) => results
+        Some(results) => results
             .into_iter()
             .find(Result::is_err)
             .unwrap_or(Ok(true))
             .map(drop),
         // The broker redelivers whatever was not acked.
-        Err(_) => Ok(()),
+        None => Ok(()),
     }
+}
+
+/// Waits for an ack or nack on `acker`'s channel up to [`SEND_TIMEOUT`],
+/// and not once the channel is gone (lapin can leave one begun as the
+/// connection failed pending: see [`common::amqp::while_alive`]). `None`:
+/// given up, and the broker redelivers.
+async fn send<T>(acker: &Acker, op: impl Future<Output = T>) -> Option<T> {
+    common::amqp::while_alive(|| !acker.poisoned(), SEND_TIMEOUT, op).await
 }

@@ -224,6 +224,14 @@ impl Channels {
         self.inner.conn.status().connected()
     }
 
+    /// Waits for a broker operation on this connection up to
+    /// [`BROKER_TIMEOUT`](crate::delivery::route::BROKER_TIMEOUT), and not
+    /// once the connection is gone (see [`common::amqp::while_alive`]):
+    /// `None` when it gave up.
+    pub async fn wait<T>(&self, op: impl Future<Output = T>) -> Option<T> {
+        wait_on(&self.inner.conn, op).await
+    }
+
     /// Closes the publishing and checking channels (call once every worker
     /// has stopped, before the connection closes). Left to lapin, a channel
     /// whose last handle goes is closed by a task of its own, which fails
@@ -239,11 +247,7 @@ impl Channels {
             .iter()
             .filter(|ch| ch.status().connected())
             .map(|ch| ch.close(200, "stopping".into()));
-        let _ = tokio::time::timeout(
-            crate::delivery::route::BROKER_TIMEOUT,
-            futures_util::future::join_all(closing),
-        )
-        .await;
+        let _ = self.wait(futures_util::future::join_all(closing)).await;
     }
 
     /// Tells the pool how many endpoints consume: beyond `consume_channels`
@@ -344,11 +348,16 @@ async fn release(pool: &Inner, slot: &Arc<ConsumeChannel>) {
     drop(open);
     slot.flusher.cancel();
     let _ = slot.acks.flush().await;
-    let _ = tokio::time::timeout(
+    let _ = wait_on(&pool.conn, slot.channel.close(200, "released".into())).await;
+}
+
+async fn wait_on<T>(conn: &Connection, op: impl Future<Output = T>) -> Option<T> {
+    common::amqp::while_alive(
+        || conn.status().connected(),
         crate::delivery::route::BROKER_TIMEOUT,
-        slot.channel.close(200, "released".into()),
+        op,
     )
-    .await;
+    .await
 }
 
 /// Acks the channel's settled deliveries at least every [`FLUSH_EVERY`].

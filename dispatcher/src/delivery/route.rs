@@ -24,8 +24,11 @@ pub enum RouteError {
     /// The channel or connection failed.
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
-    /// No confirm within [`BROKER_TIMEOUT`] (broker blocked or without quorum).
-    #[error("no answer from the broker within {BROKER_TIMEOUT:?}")]
+    /// No confirm within [`BROKER_TIMEOUT`] (broker blocked or without
+    /// quorum), or the connection failed before it came.
+    #[error(
+        "no answer from the broker (within {BROKER_TIMEOUT:?}, or before the connection failed)"
+    )]
     Timeout,
     /// The broker nacked or returned the message.
     #[error("the broker did not take the message ({0})")]
@@ -179,9 +182,11 @@ impl Router {
                 .await?
                 .await
         };
-        let confirm = tokio::time::timeout(BROKER_TIMEOUT, publish)
+        let confirm = self
+            .channels
+            .wait(publish)
             .await
-            .map_err(|_| RouteError::Timeout)??;
+            .ok_or(RouteError::Timeout)??;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
             Confirmation::Ack(Some(_)) => {

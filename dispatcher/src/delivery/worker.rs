@@ -340,10 +340,14 @@ async fn give_back_prefetched(
     router: &Router,
     park: bool,
 ) {
-    let cancelled = channel
-        .basic_cancel(tag, BasicCancelOptions::default())
-        .await
-        .is_ok();
+    let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
+    let cancelled = common::amqp::while_alive(
+        || channel.status().connected(),
+        crate::delivery::route::BROKER_TIMEOUT,
+        cancel,
+    )
+    .await
+    .is_some_and(|r| r.is_ok());
     // After the cancel, the stream yields what was already sent, then ends.
     while cancelled
         && let Ok(Some(delivery)) =
