@@ -197,20 +197,28 @@ async fn ingest_under_load_during_outages_never_answers_202_for_a_lost_event() {
         .map(|c| {
             let url = url.clone();
             tokio::spawn(async move {
-                let client = reqwest::Client::new();
+                // An answer is due within publish_timeout_ms; 30 s is a hang.
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("client");
                 let (mut accepted, mut refused) = (Vec::new(), 0usize);
                 for i in 0..40 {
                     let body = serde_json::json!([{ "type": "fault.ingest", "data": { "c": c, "i": i } }, { "type": "fault.ingest" }]);
-                    let Ok(r) = client
+                    let r = match client
                         .post(&url)
                         .bearer_auth("faults-token-0123456789")
                         .header("content-type", "application/json")
                         .body(body.to_string())
                         .send()
                         .await
-                    else {
-                        refused += 1;
-                        continue;
+                    {
+                        Ok(r) => r,
+                        Err(e) if e.is_timeout() => panic!("no answer within 30 s: {e}"),
+                        Err(_) => {
+                            refused += 1;
+                            continue;
+                        }
                     };
                     let status = r.status().as_u16();
                     let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or_default();
@@ -242,7 +250,11 @@ async fn ingest_under_load_during_outages_never_answers_202_for_a_lost_event() {
         accepted.len()
     );
     shutdown.cancel();
-    server.await.expect("join").expect("stopped");
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the ingest server stops within 30 s")
+        .expect("join")
+        .expect("stopped");
 }
 
 /// A broker that stops reading (what a blocked connection looks like on the
