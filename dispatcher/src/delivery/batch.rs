@@ -7,6 +7,9 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How often a filling batch takes what arrived meanwhile.
+const TICK: Duration = Duration::from_millis(1);
+
 /// The next batch from `stream`: `None` when the stream ended or `stop`
 /// fired before a first item. A partial batch is returned early when the
 /// stream ends or `stop` fires.
@@ -38,6 +41,9 @@ where
     if interval.is_zero() {
         return Some(batch);
     }
+    // Then each arrival, and what else arrives within a TICK of it, which
+    // is taken at once: the broker's deliveries would otherwise wake the
+    // runtime one at a time, and an idle stream costs nothing.
     while batch.len() < size {
         tokio::select! {
             biased;
@@ -47,6 +53,22 @@ where
                 Some(item) => batch.push(item),
                 None => break,
             },
+        }
+        if batch.len() >= size {
+            break;
+        }
+        let tick = deadline.min(tokio::time::Instant::now() + TICK);
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep_until(tick) => {}
+        }
+        while batch.len() < size {
+            match stream.next().now_or_never() {
+                Some(Some(item)) => batch.push(item),
+                Some(None) => return Some(batch),
+                None => break,
+            }
         }
     }
     Some(batch)
@@ -94,6 +116,56 @@ mod tests {
             started.elapsed(),
             Duration::ZERO,
             "full batches do not wait"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_fills_the_batch_within_a_tick_of_its_last_item() {
+        // Items arriving one at a time are taken a tick at a time, and a
+        // batch that fills returns at the tick it filled on, not at the
+        // interval.
+        let (tx, mut stream) = channel();
+        let stop = CancellationToken::new();
+        let sender = tokio::spawn(async move {
+            for i in 0..5 {
+                tx.send(i).unwrap();
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            tx
+        });
+        let started = Instant::now();
+        let batch = next_batch(&mut stream, 5, Duration::from_secs(10), &stop).await;
+        assert_eq!(batch, Some(vec![0, 1, 2, 3, 4]));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(12) && took <= Duration::from_millis(12) + TICK,
+            "{took:?}"
+        );
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ending_while_a_batch_fills_returns_what_it_has() {
+        let (tx, mut stream) = channel();
+        let stop = CancellationToken::new();
+        tx.send(1).unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tx.send(2).unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(tx);
+        });
+        let started = Instant::now();
+        let batch = next_batch(&mut stream, 10, Duration::from_secs(10), &stop).await;
+        assert_eq!(batch, Some(vec![1, 2]));
+        assert!(
+            started.elapsed() <= Duration::from_millis(10) + TICK,
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            next_batch(&mut stream, 10, Duration::from_secs(10), &stop).await,
+            None
         );
     }
 

@@ -65,6 +65,10 @@ fn pack(batch: Vec<Outgoing>) -> Vec<(Outgoing, usize)> {
 /// a live tail (`log --follow`) shows attempts at most this late.
 const LINGER: Duration = Duration::from_millis(500);
 
+/// How often a lingering batch takes the records that arrived: one wake-up
+/// per tick, not one per attempt.
+const TICK: Duration = Duration::from_millis(10);
+
 /// How long a stopping dispatcher keeps writing what is buffered.
 const FLUSH: Duration = Duration::from_secs(3);
 
@@ -175,21 +179,29 @@ impl Writer {
         }
     }
 
-    /// Adds to `batch` what arrives within [`LINGER`], up to [`BATCH`].
+    /// Adds to `batch` what arrives within [`LINGER`], up to [`BATCH`],
+    /// taking arrivals every [`TICK`] rather than waking for each record.
     async fn linger(
         batch: &mut Vec<Outgoing>,
         rx: &mut mpsc::Receiver<Outgoing>,
         stop: &CancellationToken,
     ) {
         let until = tokio::time::Instant::now() + LINGER;
-        while batch.len() < BATCH {
+        loop {
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(o) => batch.push(o),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if batch.len() >= BATCH || now >= until {
+                return;
+            }
             tokio::select! {
-                r = rx.recv() => match r {
-                    Some(o) => batch.push(o),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(until) => break,
-                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(until.min(now + TICK)) => {}
+                () = stop.cancelled() => return,
             }
         }
     }
