@@ -242,19 +242,43 @@ impl Event {
                 return Err(EnvelopeError::Scope(field, v.chars().take(80).collect()));
             }
         }
-        let key = self.route().1.len();
-        if key > crate::routing::MAX_KEY_LEN {
-            return Err(EnvelopeError::ScopedKeyTooLong(key));
+        // Without a scope the key is the type, checked above.
+        if self.tenant.is_some() || self.environment.is_some() {
+            let key = self.route().1.len();
+            if key > crate::routing::MAX_KEY_LEN {
+                return Err(EnvelopeError::ScopedKeyTooLong(key));
+            }
         }
         Ok(())
     }
 
     /// The envelope as JSON bytes, the AMQP body and the single-delivery HTTP body.
     pub fn to_vec(&self) -> Vec<u8> {
-        // Serializing a struct of strings and a `Value` cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        // Written into a buffer kept per thread, then copied once at its
+        // exact size: `serde_json::to_vec` grows its own from 128 bytes, a
+        // reallocation and a copy each time it doubles (four for a 1 KiB
+        // event, per event published).
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            // Serializing a struct of strings and a `Value` cannot fail.
+            let out = match serde_json::to_writer(&mut *buf, self) {
+                Ok(()) => buf.as_slice().to_vec(),
+                Err(_) => Vec::new(),
+            };
+            // One very large event does not keep its buffer for good.
+            if buf.capacity() > SCRATCH_KEPT {
+                *buf = Vec::new();
+            }
+            out
+        })
     }
 }
+
+/// The largest serialization buffer [`Event::to_vec`] keeps for the next event.
+const SCRATCH_KEPT: usize = 256 << 10;
 
 /// A fresh, time-ordered event id: `evt_` + UUIDv7 (sortable by creation time).
 pub fn new_event_id() -> String {
