@@ -7,6 +7,11 @@ use producer::Publisher;
 use std::io::Read;
 use tokio_util::sync::CancellationToken;
 
+// mimalloc rather than the system allocator: publishing allocates a few
+// dozen small blocks per event (BENCHMARKS.md, session 24).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hookpost-producer",
