@@ -133,6 +133,16 @@ async fn a_long_publish_many_with_a_bad_event_anywhere_publishes_nothing() {
         matches!(&err, PublishError::TooLarge { id, .. } if *id == events[3200].id),
         "{err}"
     );
+    // Bad events early and late (a long call is prepared in two halves at
+    // once): the earliest is the one reported.
+    let mut events = make(4000);
+    events[3900].data = serde_json::json!({ "blob": "x".repeat(4096) });
+    events[7].event_type = "Not A Type".to_owned();
+    let err = publisher.publish_many(&events).await.expect_err("invalid");
+    assert!(
+        matches!(&err, PublishError::Invalid { id, .. } if *id == events[7].id),
+        "{err}"
+    );
     // A marker published after it is the first thing stored.
     let marker = Event::new("bulk.marker", serde_json::Value::Null).expect("valid");
     publisher.publish(&marker).await.expect("confirmed");

@@ -53,6 +53,10 @@ use watchdog::Watchdog;
 /// Most publishes awaiting their confirm at once, across all callers.
 pub const WINDOW: usize = 1000;
 
+/// Events from which a call is serialized on two threads (below, a thread
+/// costs more than it saves).
+const PREPARE_IN_TWO_FROM: usize = 2048;
+
 /// A connection to the broker for publishing events. Cheap to share behind an
 /// `Arc`; concurrent publishes share one channel and are in flight together.
 #[derive(Debug)]
@@ -182,17 +186,7 @@ impl Publisher {
         if let Some(reason) = self.client.blocked() {
             return Err(PublishError::Blocked { reason });
         }
-        // Serialize once: retries after a reconnect send the same bytes.
-        let items = events
-            .iter()
-            .map(|event| self.item(event).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut pending = match &self.archive {
-            // Each run of events followed by one archive message holding
-            // their copies, on the same channel.
-            Some((_, stream)) => with_copies(items, stream, time::OffsetDateTime::now_utc()),
-            None => items,
-        };
+        let mut pending = self.prepare(events)?;
         // One deadline for the call, moved by each confirm, carried across
         // reconnects (a lost channel is not progress).
         let mut watchdog = Watchdog::start(self.timeout);
@@ -270,6 +264,43 @@ impl Publisher {
                 timeout: self.timeout,
             }
         })
+    }
+
+    /// Every event serialized once (retries after a reconnect send the same
+    /// bytes), each run followed by its archive message when the archive is
+    /// on; the first invalid or too large event fails the call before
+    /// anything is sent. Nothing is published while this runs, so a long
+    /// call is prepared in two halves at once.
+    fn prepare(&self, events: &[Event]) -> Result<Vec<Arc<Item>>, PublishError> {
+        let now = time::OffsetDateTime::now_utc();
+        let part = |events: &[Event]| -> Result<Vec<Arc<Item>>, PublishError> {
+            let items = events
+                .iter()
+                .map(|event| self.item(event).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(match &self.archive {
+                // Each run of events followed by one archive message holding
+                // their copies, on the same channel.
+                Some((_, stream)) => with_copies(items, stream, now),
+                None => items,
+            })
+        };
+        if events.len() < PREPARE_IN_TWO_FROM {
+            return part(events);
+        }
+        // Split on a run boundary: the archive messages stay full.
+        let middle = (events.len() / 2)
+            .next_multiple_of(COPIES_PER_MESSAGE)
+            .min(events.len());
+        let (first, second) = events.split_at(middle);
+        let (first, second) = std::thread::scope(|scope| {
+            let second = scope.spawn(|| part(second));
+            (part(first), second.join())
+        });
+        // The earliest bad event is the one reported.
+        let mut items = first?;
+        items.extend(second.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+        Ok(items)
     }
 
     /// The event serialized, with its message properties (and `copies: 0`).
