@@ -28,6 +28,9 @@ pub(crate) struct Method {
     /// Channels, each on its own connection when `connections`, else all on one.
     pub(crate) channels: usize,
     pub(crate) connections: bool,
+    /// Each message as hookpost's publisher sends it (`mandatory`, the
+    /// event's properties): what that costs the broker, apart from the client.
+    pub(crate) hookpost_message: bool,
 }
 
 impl Method {
@@ -47,7 +50,11 @@ impl Method {
             } else {
                 ""
             },
-        )
+        ) + if self.hookpost_message {
+            ", mandatory with hookpost's properties"
+        } else {
+            ""
+        }
     }
 }
 
@@ -58,30 +65,42 @@ pub(crate) const METHODS: &[Method] = &[
         window: 1000,
         channels: 1,
         connections: false,
+        hookpost_message: false,
     },
     Method {
         sequential: false,
         window: 1000,
         channels: 1,
         connections: false,
+        hookpost_message: false,
     },
     Method {
         sequential: false,
         window: 5000,
         channels: 1,
         connections: false,
+        hookpost_message: false,
     },
     Method {
         sequential: false,
         window: 1000,
         channels: 4,
         connections: false,
+        hookpost_message: false,
     },
     Method {
         sequential: false,
         window: 1000,
         channels: 4,
         connections: true,
+        hookpost_message: false,
+    },
+    Method {
+        sequential: false,
+        window: 1000,
+        channels: 1,
+        connections: false,
+        hookpost_message: true,
     },
 ];
 
@@ -144,15 +163,33 @@ async fn publish_on(
     count: usize,
     method: Method,
 ) -> anyhow::Result<()> {
-    let publish = |ch: Channel, exchange: String, body: Arc<Vec<u8>>| async move {
-        ch.basic_publish(
-            exchange.as_str().into(),
-            "bench.event".into(),
+    let (options, properties) = if method.hookpost_message {
+        let event = event(body.len());
+        (
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            common::amqp::event_properties(&event),
+        )
+    } else {
+        (
             BasicPublishOptions::default(),
-            &body,
             BasicProperties::default().with_delivery_mode(2),
         )
-        .await
+    };
+    let publish = |ch: Channel, exchange: String, body: Arc<Vec<u8>>| {
+        let properties = properties.clone();
+        async move {
+            ch.basic_publish(
+                exchange.as_str().into(),
+                "bench.event".into(),
+                options,
+                &body,
+                properties,
+            )
+            .await
+        }
     };
     if method.sequential {
         let mut pending = std::collections::VecDeque::new();
@@ -194,14 +231,15 @@ pub(crate) async fn raw_variants(n: usize, size: usize) -> anyhow::Result<Vec<Ro
         let scope = Scope::new().await;
         let exchange = format!("{}.raw", scope.prefix);
         scope.quorum_queue_behind(&exchange).await;
+        let mark = CpuMark::now();
         let seconds = raw_publish(&exchange, n, size, *method).await?;
-        rows.push(progress_of(Row {
+        rows.push(progress_of(mark.filled(Row {
             scenario: format!("raw publish only: {}", method.name()),
             events: n,
             seconds,
             events_per_s: n as f64 / seconds,
             ..Row::default()
-        }));
+        })));
     }
     Ok(rows)
 }
