@@ -58,49 +58,39 @@ impl Method {
     }
 }
 
+/// One channel, concurrent sends, window 1,000, a plain message: the base
+/// the other variants change one thing of.
+const CONCURRENT: Method = Method {
+    sequential: false,
+    window: 1000,
+    channels: 1,
+    connections: false,
+    hookpost_message: false,
+};
+
 /// The variants `raw-variants` measures.
 pub(crate) const METHODS: &[Method] = &[
     Method {
         sequential: true,
-        window: 1000,
-        channels: 1,
-        connections: false,
-        hookpost_message: false,
+        ..CONCURRENT
     },
+    CONCURRENT,
     Method {
-        sequential: false,
-        window: 1000,
-        channels: 1,
-        connections: false,
-        hookpost_message: false,
-    },
-    Method {
-        sequential: false,
         window: 5000,
-        channels: 1,
-        connections: false,
-        hookpost_message: false,
+        ..CONCURRENT
     },
     Method {
-        sequential: false,
-        window: 1000,
         channels: 4,
-        connections: false,
-        hookpost_message: false,
+        ..CONCURRENT
     },
     Method {
-        sequential: false,
-        window: 1000,
         channels: 4,
         connections: true,
-        hookpost_message: false,
+        ..CONCURRENT
     },
     Method {
-        sequential: false,
-        window: 1000,
-        channels: 1,
-        connections: false,
         hookpost_message: true,
+        ..CONCURRENT
     },
 ];
 
