@@ -242,7 +242,8 @@ impl Event {
                 return Err(EnvelopeError::Scope(field, v.chars().take(80).collect()));
             }
         }
-        // Without a scope the key is the type, checked above.
+        // Without a scope the key is the type, checked above (no longer
+        // than a key may be: asserted below).
         if self.tenant.is_some() || self.environment.is_some() {
             let key = self.route().1.len();
             if key > crate::routing::MAX_KEY_LEN {
@@ -276,6 +277,9 @@ impl Event {
         })
     }
 }
+
+// An unscoped event's routing key is its type: a valid type is a valid key.
+const _: () = assert!(MAX_TYPE_LEN <= crate::routing::MAX_KEY_LEN);
 
 /// The largest serialization buffer [`Event::to_vec`] keeps for the next event.
 const SCRATCH_KEPT: usize = 256 << 10;

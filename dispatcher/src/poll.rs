@@ -33,7 +33,7 @@ pub fn queues(config: &Config) -> Vec<(&'static str, String, String)> {
 const POLLS_IN_FLIGHT: usize = 16;
 
 /// Longest wait for one chunk's answers before the round is given up.
-const ROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const CHUNK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Polls `queues` until `stop`: a round, then `interval` of rest (a round
 /// over 10,000 queues takes a while; the broker is never polled back to back).
@@ -65,7 +65,7 @@ pub async fn run(
             }));
             // A stop or a dead connection ends the round at once.
             let alive = || conn.status().connected() && !stop.is_cancelled();
-            let Some(declared) = common::amqp::while_alive(alive, ROUND_TIMEOUT, declares).await
+            let Some(declared) = common::amqp::while_alive(alive, CHUNK_TIMEOUT, declares).await
             else {
                 channel = None;
                 break;

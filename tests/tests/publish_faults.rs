@@ -221,7 +221,8 @@ async fn ingest_under_load_during_outages_never_answers_202_for_a_lost_event() {
                         }
                     };
                     let status = r.status().as_u16();
-                    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or_default();
+                    let body = r.bytes().await.unwrap_or_else(|e| panic!("no whole answer within 30 s: {e}"));
+                    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     match status {
                         202 => accepted.extend(body["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned))),
                         503 => refused += 1,

@@ -60,8 +60,10 @@ const ALIVE_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 /// its connection failed (an ack, a publish or its confirm, queued after
 /// lapin dropped the pending frames). A connection dropped under a
 /// dispatcher's acks left its worker waiting out a 30 s timeout and the
-/// dispatcher consuming nothing until then. Every wait on the broker that
-/// holds up a stop or a rebuild goes through here.
+/// dispatcher consuming nothing until then. The dispatcher's acks, nacks,
+/// republishes, consumer cancels, channel closes, queue checks and depth
+/// polls go through here (opening a channel and starting a consumer do not
+/// yet).
 pub async fn while_alive<T>(
     alive: impl Fn() -> bool,
     limit: std::time::Duration,

@@ -199,16 +199,23 @@ impl Channels {
                 ch
             }
         };
-        let declared = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await;
+        let declare = ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        );
+        // Bounded: the lock is held, and stopping the pool waits for it.
+        let Some(declared) = self.wait(declare).await else {
+            *check = None;
+            let why = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer to the check that queue {queue} exists"),
+            );
+            return Err(lapin::ErrorKind::IOError(Arc::new(why)).into());
+        };
         match declared {
             Ok(_) => Ok(true),
             Err(e) if reply_code(&e) == Some(reply::NOT_FOUND) => {

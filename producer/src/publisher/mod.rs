@@ -294,8 +294,13 @@ impl Publisher {
             .min(events.len());
         let (first, second) = events.split_at(middle);
         let (first, second) = std::thread::scope(|scope| {
-            let second = scope.spawn(|| part(second));
-            (part(first), second.join())
+            // No thread to be had (a process or thread limit): one after
+            // the other, on this one.
+            let Ok(helper) = std::thread::Builder::new().spawn_scoped(scope, || part(second))
+            else {
+                return (part(first), Ok(part(second)));
+            };
+            (part(first), helper.join())
         });
         // The earliest bad event is the one reported.
         let mut items = first?;
