@@ -93,6 +93,15 @@ impl Throttle {
         }
     }
 
+    /// The throttle for a failure that repeats while a dependency is away:
+    /// 10 s, doubling to 5 minutes.
+    pub fn for_failures() -> Self {
+        Self::new(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(300),
+        )
+    }
+
     /// Records one occurrence; `Some(n)` when it should be logged now, with
     /// the `n` occurrences this line stands for (this one included).
     pub fn hit(&mut self) -> Option<u64> {

@@ -129,7 +129,7 @@ pub fn start(
         purpose,
         records,
         channel: None,
-        failures: Throttle::new(Duration::from_secs(10), Duration::from_secs(300)),
+        failures: Throttle::for_failures(),
     };
     (tx, tokio::spawn(writer.run(rx, stop)))
 }

@@ -396,7 +396,7 @@ async fn read_once(
 /// of the dispatcher's supervisor and the management API. `connect` gives
 /// the connection to read on (`None`: give up); `after_each` runs after each
 /// reader that ended, before the pause. With `reads`, it answers those
-/// readers' markers.
+/// readers' markers. Failures are logged with backoff (a broker away fails each).
 pub async fn keep_following<C, F>(
     mut connect: C,
     topology: &Topology,
@@ -412,13 +412,8 @@ pub async fn keep_following<C, F>(
         reads,
         ..Options::default()
     };
-    // A broker away for minutes fails every reader: logged with backoff.
-    let mut failures =
-        crate::logging::Throttle::new(Duration::from_secs(10), Duration::from_secs(300));
-    loop {
-        let Some(conn) = connect().await else {
-            return;
-        };
+    let mut failures = crate::logging::Throttle::for_failures();
+    while let Some(conn) = connect().await {
         let result = follow_with(&conn, topology, holds_tx.clone(), stop.clone(), &options).await;
         if stop.is_cancelled() {
             return;
