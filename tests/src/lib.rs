@@ -225,6 +225,13 @@ impl Scope {
     /// Declares a durable topic exchange `exchange` and a quorum queue bound
     /// to it with `#` (both deleted at the end); returns the queue's name.
     pub async fn quorum_queue_behind(&self, exchange: &str) -> String {
+        self.quorum_queue_with_args_behind(exchange, FieldTable::default())
+            .await
+    }
+
+    /// [`Scope::quorum_queue_behind`], the queue declared with `extra`
+    /// arguments as well.
+    pub async fn quorum_queue_with_args_behind(&self, exchange: &str, extra: FieldTable) -> String {
         self.channel
             .exchange_declare(
                 exchange.into(),
@@ -242,7 +249,7 @@ impl Scope {
             .expect("lock")
             .push(exchange.to_owned());
         let queue = format!("{exchange}.q");
-        let mut args = FieldTable::default();
+        let mut args = extra;
         args.insert(
             "x-queue-type".into(),
             lapin::types::AMQPValue::LongString("quorum".into()),

@@ -47,6 +47,7 @@ pub(crate) async fn publisher_alone_with(
         let scope = Scope::new().await;
         let exchange = format!("{}.raw", scope.prefix);
         scope.quorum_queue_behind(&exchange).await;
+        broker_quiet().await;
         let mark = CpuMark::now();
         raw_best = raw_best.max(n as f64 / raw_publish(&exchange, n, size, FASTEST).await?);
         add(&mut raw_cpu, mark);
@@ -61,6 +62,7 @@ pub(crate) async fn publisher_alone_with(
             .await?;
         scope.track_endpoint(&config, "bench");
         let events: Vec<Event> = (0..n).map(|_| event(size)).collect();
+        broker_quiet().await;
         let mark = CpuMark::now();
         let started = Instant::now();
         publisher.publish_many(&events).await?;
@@ -113,6 +115,7 @@ pub(crate) async fn cli(n: usize, size: usize, batch: u32) -> anyhow::Result<Row
     let config = scope.write_config("producer", "", "");
     let data = std::env::temp_dir().join(format!("{}-data.json", scope.prefix));
     std::fs::write(&data, serde_json::to_vec(&event(size).data)?)?;
+    broker_quiet().await;
     let mark = CpuMark::now();
     let children_before = waited_children_cpu();
     let started = Instant::now();

@@ -139,6 +139,7 @@ pub(crate) async fn hookpost_with(
     // One pipelined publish_many (a sliding window of unconfirmed publishes),
     // as the raw broker scenario publishes.
     let events: Vec<Event> = (0..n).map(|_| event(size)).collect();
+    broker_quiet().await;
     let mark = CpuMark::now();
     let started = Instant::now();
     let publishing = tokio::spawn(async move { p.publish_many(&events).await });
@@ -175,6 +176,7 @@ pub(crate) async fn latency(rate: u32, seconds: u64, size: usize) -> anyhow::Res
     let config = scope.config("");
     let publisher = Arc::new(Publisher::connect(&config).await?);
     let n = rate as usize * seconds as usize;
+    broker_quiet().await;
     let mark = CpuMark::now();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));

@@ -85,7 +85,7 @@ struct Args {
     /// Records in the attempt log of the log-read scenario.
     #[arg(long, default_value_t = 500_000)]
     log_records: usize,
-    /// Only these scenarios (comma-separated: raw-variants, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants, api-writes).
+    /// Only these scenarios (comma-separated: raw-variants, queue-args, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants, api-writes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -152,6 +152,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Not in the default run: the raw publisher's variants (BENCHMARKS.md).
     if args.only.iter().any(|o| o == "raw-variants") {
         rows.extend(raw_variants(args.events, args.size).await?);
+    }
+    if args.only.iter().any(|o| o == "queue-args") {
+        rows.extend(crate::raw::raw_queue_args(args.events, args.size, 2).await?);
     }
     if wanted(&args, "raw-broker") {
         let row = raw_broker_best(args.events, args.size).await?;

@@ -221,6 +221,7 @@ pub(crate) async fn raw_variants(n: usize, size: usize) -> anyhow::Result<Vec<Ro
         let scope = Scope::new().await;
         let exchange = format!("{}.raw", scope.prefix);
         scope.quorum_queue_behind(&exchange).await;
+        broker_quiet().await;
         let mark = CpuMark::now();
         let seconds = raw_publish(&exchange, n, size, *method).await?;
         rows.push(progress_of(mark.filled(Row {
@@ -257,9 +258,23 @@ pub(crate) async fn raw_broker_best(n: usize, size: usize) -> anyhow::Result<Row
 /// Publish through a topic exchange by `method` and consume with manual
 /// acks (every 100th acks the ones before it), at once.
 pub(crate) async fn raw_broker(n: usize, size: usize, method: Method) -> anyhow::Result<Row> {
+    raw_broker_into(n, size, method, false).await
+}
+
+/// [`raw_broker`], into a queue with a hookpost endpoint queue's arguments
+/// (at-least-once dead-lettering, `reject-publish`, a delivery limit) when
+/// `endpoint_args`.
+async fn raw_broker_into(
+    n: usize,
+    size: usize,
+    method: Method,
+    endpoint_args: bool,
+) -> anyhow::Result<Row> {
     let scope = Scope::new().await;
     let exchange = format!("{}.raw", scope.prefix);
-    let queue = scope.quorum_queue_behind(&exchange).await;
+    let queue = scope
+        .quorum_queue_with_args_behind(&exchange, queue_args(&exchange, endpoint_args))
+        .await;
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let consume = conn.create_channel().await?;
     consume.basic_qos(1000, BasicQosOptions::default()).await?;
@@ -271,6 +286,7 @@ pub(crate) async fn raw_broker(n: usize, size: usize, method: Method) -> anyhow:
             FieldTable::default(),
         )
         .await?;
+    broker_quiet().await;
     let mark = CpuMark::now();
     let started = Instant::now();
     let publish = tokio::spawn(async move { raw_publish(&exchange, n, size, method).await });
@@ -291,7 +307,15 @@ pub(crate) async fn raw_broker(n: usize, size: usize, method: Method) -> anyhow:
     let seconds = started.elapsed().as_secs_f64();
     publish.await??;
     Ok(mark.filled(Row {
-        scenario: format!("raw broker ({})", method.name()),
+        scenario: format!(
+            "raw broker ({}){}",
+            method.name(),
+            if endpoint_args {
+                ", queue with hookpost's endpoint arguments"
+            } else {
+                ""
+            }
+        ),
         events: n,
         deliveries: n,
         seconds,
@@ -335,4 +359,93 @@ pub(crate) async fn raw_http(n: usize, size: usize) -> anyhow::Result<Row> {
         events_per_s: n as f64 / seconds,
         ..Row::default()
     }))
+}
+
+/// A hookpost endpoint queue's arguments, or none.
+fn queue_args(exchange: &str, endpoint_args: bool) -> FieldTable {
+    let mut args = FieldTable::default();
+    if endpoint_args {
+        let long = |s: &str| lapin::types::AMQPValue::LongString(s.into());
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            long(&format!("{exchange}.dead")),
+        );
+        args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
+        args.insert("x-overflow".into(), long("reject-publish"));
+        args.insert(
+            "x-delivery-limit".into(),
+            lapin::types::AMQPValue::LongLongInt(20),
+        );
+    }
+    args
+}
+
+/// The raw broker into a plain quorum queue and into one with a hookpost
+/// endpoint queue's arguments, alternated `rounds` times: what those
+/// arguments cost the broker.
+pub(crate) async fn raw_queue_args(
+    n: usize,
+    size: usize,
+    rounds: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for _ in 0..rounds {
+        for endpoint_args in [false, true] {
+            rows.push(progress_of(
+                raw_broker_into(n, size, CONCURRENT, endpoint_args).await?,
+            ));
+            let scope = Scope::new().await;
+            let exchange = format!("{}.raw", scope.prefix);
+            scope
+                .quorum_queue_with_args_behind(&exchange, queue_args(&exchange, endpoint_args))
+                .await;
+            broker_quiet().await;
+            let mark = CpuMark::now();
+            let seconds = raw_publish(&exchange, n, size, CONCURRENT).await?;
+            rows.push(progress_of(mark.filled(Row {
+                scenario: format!(
+                    "raw publish only{}",
+                    if endpoint_args {
+                        ", queue with hookpost's endpoint arguments"
+                    } else {
+                        ""
+                    }
+                ),
+                events: n,
+                seconds,
+                events_per_s: n as f64 / seconds,
+                ..Row::default()
+            })));
+        }
+        // The raw publisher's hookpost-shaped message into hookpost's
+        // topology: the events exchange (with its alternate exchange) and an
+        // endpoint queue declared as the dispatcher declares it.
+        let scope = Scope::new().await;
+        let config = scope.config("");
+        let topology = common::topology::Topology::new(&config.amqp);
+        let ch = scope.connection.create_channel().await?;
+        topology.declare_base(&scope.connection, &ch).await?;
+        topology
+            .declare_endpoint(&ch, "bench", &["#".to_owned()])
+            .await?;
+        scope.track_endpoint(&config, "bench");
+        broker_quiet().await;
+        let mark = CpuMark::now();
+        let method = Method {
+            hookpost_message: true,
+            ..CONCURRENT
+        };
+        let seconds = raw_publish(&topology.events_exchange(), n, size, method).await?;
+        rows.push(progress_of(mark.filled(Row {
+            scenario: format!(
+                "raw publish only ({}) into hookpost's topology",
+                method.name()
+            ),
+            events: n,
+            seconds,
+            events_per_s: n as f64 / seconds,
+            ..Row::default()
+        })));
+    }
+    Ok(rows)
 }

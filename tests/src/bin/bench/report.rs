@@ -179,3 +179,29 @@ fn broker_cpu() -> Option<f64> {
     }
     total
 }
+
+/// Waits (up to 20 s) until the local broker has been quiet, under 5% of a
+/// core for three tenths of a second in a row, so that a round does not pay
+/// for the previous one's background work (a deleted queue's files, the
+/// write-ahead log's segments): both sides of a comparison start alike.
+/// Returns at once for a remote broker.
+pub(crate) async fn broker_quiet() {
+    let Some(mut last) = broker_cpu() else {
+        return;
+    };
+    let (started, mut calm) = (std::time::Instant::now(), 0);
+    while calm < 3 && started.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let Some(now) = broker_cpu() else {
+            return;
+        };
+        calm = if now - last < 0.005 { calm + 1 } else { 0 };
+        last = now;
+    }
+    if std::env::var_os("BENCH_DEBUG_QUIET").is_some() {
+        eprintln!(
+            "broker quiet after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
