@@ -50,7 +50,11 @@ pub async fn run(
     loop {
         for chunk in queues.chunks(POLLS_IN_FLIGHT) {
             if channel.as_ref().is_none_or(|c| !c.status().connected()) {
-                channel = common::amqp::open_channel(&conn).await.ok();
+                let alive = || conn.status().connected() && !stop.is_cancelled();
+                let opening = common::amqp::open_channel(&conn);
+                channel = common::amqp::while_alive(alive, CHUNK_TIMEOUT, opening)
+                    .await
+                    .and_then(Result::ok);
             }
             let Some(ch) = channel.as_ref() else { break };
             let declares = futures_util::future::join_all(chunk.iter().map(|(_, _, queue)| {

@@ -122,7 +122,11 @@ impl Channels {
         self.inner.count_consumers(open.len());
         let shared = open.len() >= self.inner.max_consume;
         let slot = if open.len() < self.inner.max_consume {
-            let channel = common::amqp::open_channel(&self.inner.conn).await?;
+            let opening = common::amqp::open_channel(&self.inner.conn);
+            let channel = self
+                .wait(opening)
+                .await
+                .ok_or_else(|| no_answer("channel.open"))??;
             let slot = Arc::new(ConsumeChannel {
                 channel,
                 acks: Arc::new(AckTracker::default()),
@@ -172,8 +176,15 @@ impl Channels {
         {
             return Ok(ch.clone());
         }
-        let ch = common::amqp::open_channel(&self.inner.conn).await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let opening = async {
+            let ch = common::amqp::open_channel(&self.inner.conn).await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok::<_, lapin::Error>(ch)
+        };
+        let ch = self
+            .wait(opening)
+            .await
+            .ok_or_else(|| no_answer("channel.open"))??;
         if slot.replace(ch.clone()).is_none() {
             let n = self.inner.publish_open.fetch_add(1, Ordering::Relaxed) + 1;
             self.inner
@@ -194,7 +205,11 @@ impl Channels {
         let ch = match check.as_ref() {
             Some(ch) if ch.status().connected() => ch.clone(),
             _ => {
-                let ch = common::amqp::open_channel(&self.inner.conn).await?;
+                let opening = common::amqp::open_channel(&self.inner.conn);
+                let ch = self
+                    .wait(opening)
+                    .await
+                    .ok_or_else(|| no_answer("channel.open"))??;
                 *check = Some(ch.clone());
                 ch
             }
@@ -210,11 +225,7 @@ impl Channels {
         // Bounded: the lock is held, and stopping the pool waits for it.
         let Some(declared) = self.wait(declare).await else {
             *check = None;
-            let why = std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer to the check that queue {queue} exists"),
-            );
-            return Err(lapin::ErrorKind::IOError(Arc::new(why)).into());
+            return Err(no_answer("queue.declare (passive)"));
         };
         match declared {
             Ok(_) => Ok(true),
@@ -305,19 +316,25 @@ impl Lease {
         prefetch: u16,
     ) -> Result<lapin::Consumer, lapin::Error> {
         let _turn = self.slot.setup.lock().await;
-        self.slot
-            .channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        self.slot
-            .channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                lapin::options::BasicConsumeOptions::default(),
-                lapin::types::FieldTable::default(),
-            )
+        let starting = async {
+            self.slot
+                .channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            self.slot
+                .channel
+                .basic_consume(
+                    queue.into(),
+                    "".into(),
+                    lapin::options::BasicConsumeOptions::default(),
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+        };
+        // Bounded like every wait under a lock here (the setup lock).
+        wait_on(&self.pool.conn, starting)
             .await
+            .ok_or_else(|| no_answer("basic.consume"))?
     }
 
     /// Gives the place back; the last user closes the channel (after a
@@ -356,6 +373,15 @@ async fn release(pool: &Inner, slot: &Arc<ConsumeChannel>) {
     slot.flusher.cancel();
     let _ = slot.acks.flush().await;
     let _ = wait_on(&pool.conn, slot.channel.close(200, "released".into())).await;
+}
+
+/// The error for a broker operation given up by [`Channels::wait`].
+fn no_answer(what: &str) -> lapin::Error {
+    let why = std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer to {what} (the connection died, or 30 s passed)"),
+    );
+    lapin::ErrorKind::IOError(Arc::new(why)).into()
 }
 
 async fn wait_on<T>(conn: &Connection, op: impl Future<Output = T>) -> Option<T> {
