@@ -278,22 +278,41 @@ impl Writer {
                 }
                 Err(e) => {
                     self.channel = None;
-                    self.settle(confirms).await;
+                    self.settle(&ch, confirms).await;
                     self.lost(n - sent, &e.to_string());
                     return;
                 }
             }
         }
-        self.settle(confirms).await;
+        self.settle(&ch, confirms).await;
     }
 
-    /// Waits for each confirm: an ack without a return is written;
-    /// anything else (a return: the stream is gone; a nack; no answer
-    /// within [`BROKER_WAIT`]) is lost.
-    async fn settle(&mut self, confirms: Vec<(lapin::PublisherConfirm, usize)>) {
+    /// Waits for the confirms of one batch, [`BROKER_WAIT`] for all of
+    /// them and no longer than `ch` lives (lapin can leave a confirm
+    /// pending for good once its connection failed; see
+    /// [`common::amqp::while_alive`]): an ack without a return is written;
+    /// anything else (a return: the stream is gone; a nack; no answer in
+    /// time) is lost.
+    async fn settle(&mut self, ch: &Channel, confirms: Vec<(lapin::PublisherConfirm, usize)>) {
+        use futures_util::FutureExt;
         let (mut written, mut lost, mut why) = (0usize, 0usize, None);
+        let deadline = tokio::time::Instant::now() + BROKER_WAIT;
+        let mut given_up = false;
         for (confirm, count) in confirms {
-            match tokio::time::timeout(BROKER_WAIT, confirm).await {
+            let answer = if given_up {
+                // Only what has already come in; the rest is not waited for.
+                confirm.now_or_never().map(Ok)
+            } else {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                common::amqp::while_alive(|| ch.status().connected(), left, confirm)
+                    .await
+                    .map(Ok)
+            };
+            let answer = answer.unwrap_or_else(|| {
+                given_up = true;
+                Err(())
+            });
+            match answer {
                 Ok(Ok(lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested)) => {
                     written += count;
                 }

@@ -83,10 +83,9 @@ pub async fn run(
         server_stop.clone(),
     ));
     let paused = Arc::default();
-    let channel_failures = Arc::new(std::sync::Mutex::new(common::logging::Throttle::new(
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_secs(300),
-    )));
+    let channel_failures = Arc::new(std::sync::Mutex::new(
+        common::logging::Throttle::for_failures(),
+    ));
     let sandbox = sandbox::Sandbox::new(
         sandbox::Sandbox::locate(config.transforms.worker_path.as_ref()),
         config.transforms.clone(),
