@@ -611,3 +611,64 @@ async fn restart_on_a_new_config_removes_stale_bindings() {
     assert!(!receiver.ids().contains(&dropped[0]));
     dispatcher.stop().await.expect("clean stop");
 }
+
+/// A consumer's cancel that the broker never answers (a proxy holds back the
+/// dispatcher's bytes) while another endpoint keeps the shared channel open:
+/// the channel is closed, so that what the stopped consumer had prefetched
+/// goes back to its queue instead of staying unacked there.
+#[tokio::test]
+async fn an_unanswered_cancel_gives_back_what_a_shared_channel_held() {
+    let scope = Scope::new().await;
+    let proxy = Proxy::start(broker_addr(&amqp_url())).await;
+    let slow = Receiver::with(Arc::new(|_, _| Reply::Delay(Duration::from_secs(1), 200))).await;
+    let other = Receiver::start().await;
+    let config = |with_slow: bool| {
+        let slow = if with_slow {
+            endpoint("slow", &slow.url, &["s.*"], "max_in_flight = 1")
+        } else {
+            String::new()
+        };
+        scope.config_with(
+            &format!(
+                "{FAST}{slow}{}",
+                endpoint("other", &other.url, &["o.*"], "")
+            ),
+            "consume_channels = 1\nmax_reconnect_delay_ms = 200",
+            &proxy.amqp_url(&amqp_url()),
+        )
+    };
+    let dispatcher = Running::start(config(true)).await;
+    let publisher = Publisher::connect(&scope.config(""))
+        .await
+        .expect("connect");
+    publish(&publisher, "s.x", 10).await;
+    // One request in flight, the other nine prefetched on the one channel.
+    slow.wait_requests(1, WAIT).await;
+    let channels = "hookpost_amqp_channels{role=\"consume\"}";
+    assert_eq!(dispatcher.metric(channels).await, 1.0);
+
+    proxy.stall();
+    dispatcher.reload.send(config(false)).await.expect("reload");
+    // The cancel goes unanswered for 30 s; then the channel is given up.
+    // Waited for up to 45 s, then the test goes on either way: what it
+    // checks is where the prefetched events end up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    while dispatcher.metric(channels).await != 0.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.resume();
+
+    let queue = format!("{}.ep.slow", scope.prefix);
+    eventually(
+        WAIT,
+        "what slow had prefetched back in its queue",
+        || async {
+            let back = scope.depth(&queue).await as usize;
+            (back + slow.ids().len() >= 10).then_some(())
+        },
+    )
+    .await;
+    let ids = publish(&publisher, "o.x", 1).await;
+    other.wait_ids(&ids, Duration::from_secs(40)).await;
+    dispatcher.stop().await.expect("clean stop");
+}

@@ -30,6 +30,7 @@
 //! neighbours.
 
 use crate::delivery::acks::{AckTracker, FLUSH_EVERY};
+use crate::delivery::route::BROKER_TIMEOUT;
 use common::amqp::{reply, reply_code};
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::{Channel, Connection};
@@ -335,6 +336,33 @@ impl Lease {
         wait_on(&self.pool.conn, starting)
             .await
             .ok_or_else(|| no_answer("basic.consume"))?
+    }
+
+    /// Cancels the consumer `tag`, bounded like every wait here: `true` once
+    /// the broker answered. One it does not answer while the channel stays
+    /// up may still hold deliveries there, unacked while the channel lives:
+    /// the channel is then closed for all its users (their workers start
+    /// again) and dropped from the pool, without waiting for the answer.
+    pub async fn cancel(&self, endpoint: &str, tag: lapin::types::ShortString) -> bool {
+        let channel = &self.slot.channel;
+        let alive = || channel.status().connected();
+        let cancel = channel.basic_cancel(tag, lapin::options::BasicCancelOptions::default());
+        let answered = common::amqp::while_alive(alive, BROKER_TIMEOUT, cancel)
+            .await
+            .is_some_and(|r| r.is_ok());
+        if !answered && alive() {
+            tracing::warn!(
+                endpoint,
+                "The broker did not answer a consumer cancel; closing its channel so that what the consumer held goes back to the queue."
+            );
+            // lapin marks the channel closing at once: no longer `alive`.
+            let closing = channel.close(200, "consumer cancel unanswered".into());
+            let _ = common::amqp::while_alive(alive, BROKER_TIMEOUT, closing).await;
+            let mut open = self.pool.consume.lock().await;
+            open.retain(|c| c.channel.status().connected());
+            self.pool.count_consumers(open.len());
+        }
+        answered
     }
 
     /// Gives the place back; the last user closes the channel (after a

@@ -19,7 +19,7 @@ use common::metrics::DispatcherMetrics;
 use common::topology::Topology;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicGetOptions};
+use lapin::options::BasicGetOptions;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -296,7 +296,7 @@ async fn consume(
     if let Some(consumer) = consumer.take() {
         let park = suspend.is_cancelled() && router.is_open();
         Box::pin(give_back_prefetched(
-            &consume, consumer, &acks, &router, park,
+            id, &lease, consumer, &acks, &router, park,
         ))
         .await;
     }
@@ -334,20 +334,14 @@ async fn consume(
 /// the queue when `park` (a suspension: attempts untouched, where a requeue
 /// would count toward the quorum queue's delivery limit), else by a requeue.
 async fn give_back_prefetched(
-    channel: &lapin::Channel,
+    endpoint: &str,
+    lease: &Lease,
     (mut deliveries, tag): (Deliveries, lapin::types::ShortString),
     acks: &crate::delivery::acks::AckTracker,
     router: &Router,
     park: bool,
 ) {
-    let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
-    let cancelled = common::amqp::while_alive(
-        || channel.status().connected(),
-        crate::delivery::route::BROKER_TIMEOUT,
-        cancel,
-    )
-    .await
-    .is_some_and(|r| r.is_ok());
+    let cancelled = lease.cancel(endpoint, tag).await;
     // After the cancel, the stream yields what was already sent, then ends.
     while cancelled
         && let Ok(Some(delivery)) =
