@@ -642,11 +642,15 @@ async fn an_unanswered_cancel_gives_back_what_a_shared_channel_held() {
         .await
         .expect("connect");
     publish(&publisher, "s.x", 10).await;
-    // One request in flight, the other nine prefetched on the one channel.
+    // One request in flight, a few more prefetched on the one shared channel
+    // (its per-consumer prefetch is small), the rest still in the queue.
     slow.wait_requests(1, WAIT).await;
     let channels = "hookpost_amqp_channels{role=\"consume\"}";
     assert_eq!(dispatcher.metric(channels).await, 1.0);
 
+    // Under a minute of stall: the broker's heartbeat timeout (60 s by
+    // default) would otherwise end the connection and requeue everything,
+    // hiding what this checks.
     proxy.stall();
     dispatcher.reload.send(config(false)).await.expect("reload");
     // The cancel goes unanswered for 30 s; then the channel is given up.

@@ -36,7 +36,7 @@ use lapin::options::{BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions}
 use lapin::{Channel, Connection};
 use prometheus::IntGaugeVec;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +73,9 @@ struct ConsumeChannel {
     setup: Mutex<()>,
     /// Stops its ack flusher.
     flusher: CancellationToken,
+    /// A consumer cancel on it went unanswered: closed for every user once
+    /// that worker lets go (after its own acks).
+    unanswered: AtomicBool,
 }
 
 /// A worker's place on a consumer channel; give it back with [`Lease::release`].
@@ -106,7 +109,7 @@ impl Channels {
                 publish_open: AtomicUsize::new(0),
                 check: Mutex::new(None),
                 gauge,
-                crowded: std::sync::atomic::AtomicBool::new(false),
+                crowded: AtomicBool::new(false),
             }),
         }
     }
@@ -134,6 +137,7 @@ impl Channels {
                 users: AtomicUsize::new(0),
                 setup: Mutex::new(()),
                 flusher: CancellationToken::new(),
+                unanswered: AtomicBool::new(false),
             });
             tokio::spawn(flush_acks(slot.acks.clone(), slot.flusher.clone()));
             open.push(slot.clone());
@@ -332,8 +336,11 @@ impl Lease {
                 )
                 .await
         };
-        // Bounded like every wait under a lock here (the setup lock).
-        wait_on(&self.pool.conn, starting)
+        // Bounded like every wait under a lock here (the setup lock), and
+        // not past the channel's life (another user may close it).
+        let alive =
+            || self.pool.conn.status().connected() && self.slot.channel.status().connected();
+        common::amqp::while_alive(alive, BROKER_TIMEOUT, starting)
             .await
             .ok_or_else(|| no_answer("basic.consume"))?
     }
@@ -341,8 +348,8 @@ impl Lease {
     /// Cancels the consumer `tag`, bounded like every wait here: `true` once
     /// the broker answered. One it does not answer while the channel stays
     /// up may still hold deliveries there, unacked while the channel lives:
-    /// the channel is then closed for all its users (their workers start
-    /// again) and dropped from the pool, without waiting for the answer.
+    /// the channel is then closed for all its users when this worker lets
+    /// go ([`Lease::release`]).
     pub async fn cancel(&self, endpoint: &str, tag: lapin::types::ShortString) -> bool {
         let channel = &self.slot.channel;
         let alive = || channel.status().connected();
@@ -353,14 +360,9 @@ impl Lease {
         if !answered && alive() {
             tracing::warn!(
                 endpoint,
-                "The broker did not answer a consumer cancel; closing its channel so that what the consumer held goes back to the queue."
+                "The broker did not answer a consumer cancel; its channel will be closed so that what the consumer held goes back to the queue."
             );
-            // lapin marks the channel closing at once: no longer `alive`.
-            let closing = channel.close(200, "consumer cancel unanswered".into());
-            let _ = common::amqp::while_alive(alive, BROKER_TIMEOUT, closing).await;
-            let mut open = self.pool.consume.lock().await;
-            open.retain(|c| c.channel.status().connected());
-            self.pool.count_consumers(open.len());
+            self.slot.unanswered.store(true, Ordering::SeqCst);
         }
         answered
     }
@@ -392,12 +394,25 @@ impl Inner {
 
 async fn release(pool: &Inner, slot: &Arc<ConsumeChannel>) {
     let mut open = pool.consume.lock().await;
-    if slot.users.fetch_sub(1, Ordering::SeqCst) != 1 {
+    let last = slot.users.fetch_sub(1, Ordering::SeqCst) == 1;
+    let unanswered = slot.unanswered.load(Ordering::SeqCst);
+    if !last && !unanswered {
         return;
     }
+    // Out of the pool (while it closes, the pool may open one more).
     open.retain(|c| !Arc::ptr_eq(c, slot));
     pool.count_consumers(open.len());
     drop(open);
+    if !last {
+        // Others use it: closed for them too, not waiting for the answer
+        // (lapin marks it closing at once); their workers start again, and
+        // what they had in flight is redelivered.
+        let channel = &slot.channel;
+        let closing = channel.close(200, "consumer cancel unanswered".into());
+        let alive = || channel.status().connected();
+        let _ = common::amqp::while_alive(alive, BROKER_TIMEOUT, closing).await;
+        return;
+    }
     slot.flusher.cancel();
     let _ = slot.acks.flush().await;
     let _ = wait_on(&pool.conn, slot.channel.close(200, "released".into())).await;
@@ -413,12 +428,7 @@ fn no_answer(what: &str) -> lapin::Error {
 }
 
 async fn wait_on<T>(conn: &Connection, op: impl Future<Output = T>) -> Option<T> {
-    common::amqp::while_alive(
-        || conn.status().connected(),
-        crate::delivery::route::BROKER_TIMEOUT,
-        op,
-    )
-    .await
+    common::amqp::while_alive(|| conn.status().connected(), BROKER_TIMEOUT, op).await
 }
 
 /// Acks the channel's settled deliveries at least every [`FLUSH_EVERY`].

@@ -180,8 +180,9 @@ fn broker_cpu() -> Option<f64> {
     total
 }
 
-/// Waits (up to 20 s) until the local broker has been quiet, under 5% of a
-/// core for three tenths of a second in a row, so that a round does not pay
+/// Waits (up to 20 s) until the local broker has been quiet, not one CPU
+/// clock tick (10 ms) in each of three 100 ms samples in a row (an idle
+/// broker here uses none for seconds), so that a round does not pay
 /// for the previous one's background work (a deleted queue's files, the
 /// write-ahead log's segments): both sides of a comparison start alike.
 /// Returns at once for a remote broker.
