@@ -61,8 +61,9 @@ const ALIVE_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 /// lapin dropped the pending frames). A connection dropped under a
 /// dispatcher's acks left its worker waiting out a 30 s timeout and the
 /// dispatcher consuming nothing until then. The dispatcher's acks, nacks,
-/// republishes, channel opens and closes, consumer starts and cancels,
-/// queue checks and depth polls go through here.
+/// republishes, channel opens and closes, consumer starts and cancels, the
+/// breaker's probes (`basic.get`), queue checks and depth polls go through
+/// here.
 pub async fn while_alive<T>(
     alive: impl Fn() -> bool,
     limit: std::time::Duration,

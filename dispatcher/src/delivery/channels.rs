@@ -419,7 +419,7 @@ async fn release(pool: &Inner, slot: &Arc<ConsumeChannel>) {
 }
 
 /// The error for a broker operation given up by [`Channels::wait`].
-fn no_answer(what: &str) -> lapin::Error {
+pub(crate) fn no_answer(what: &str) -> lapin::Error {
     let why = std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("no answer to {what} (the connection died, or 30 s passed)"),
