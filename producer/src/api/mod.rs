@@ -99,6 +99,9 @@ pub struct Api {
     metrics: Option<common::metrics::ProducerMetrics>,
     /// The web console's sessions and sign-in limits.
     console: crate::console::Console,
+    /// The control stream's and the console's followers, awaited (they
+    /// close their channels) before the connection closes.
+    followers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Api {
@@ -112,7 +115,7 @@ impl Api {
         let (tx, state) = watch::channel(Holds::default());
         let loaded = Arc::new(AtomicBool::new(false));
         let reads = control::FollowerReads::default();
-        tokio::spawn(follow(
+        let follower = tokio::spawn(follow(
             client.clone(),
             Topology::for_config(&config),
             tx,
@@ -121,7 +124,7 @@ impl Api {
             shutdown.clone(),
         ));
         let console = crate::console::Console::new(&config);
-        console.follow(
+        let console_follower = console.follow(
             client.clone(),
             Topology::for_config(&config),
             shutdown.clone(),
@@ -136,6 +139,7 @@ impl Api {
             metrics: None,
             console,
             config,
+            followers: std::sync::Mutex::new(vec![follower, console_follower]),
         }
     }
 
@@ -185,6 +189,7 @@ impl Api {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let shutdown = self.shutdown.clone();
         let client = self.client.clone();
+        let api = self.clone();
         common::server::serve(
             listener,
             self.config.api.limits,
@@ -193,6 +198,17 @@ impl Api {
                 Box::pin(async move { this.handle(req.map(http_body_util::Either::Left)).await })
             },
             shutdown,
+        )
+        .await;
+        let followers = std::mem::take(
+            &mut *api
+                .followers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            futures_util::future::join_all(followers),
         )
         .await;
         client.close().await;

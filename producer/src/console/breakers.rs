@@ -151,9 +151,13 @@ async fn consume(
                 Some(Err(e)) => return Err(e.into()),
                 None => anyhow::bail!("the consumer was cancelled"),
             },
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => break,
         }
     }
+    // Closed here, not left to lapin: its own close of a dropped channel
+    // logs an ERROR when the connection closes at the same time.
+    let _ = tokio::time::timeout(Duration::from_secs(5), ch.close(200, "stopping".into())).await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -87,13 +87,13 @@ impl Console {
         client: common::amqp::AmqpClient,
         topology: common::topology::Topology,
         shutdown: tokio_util::sync::CancellationToken,
-    ) {
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(breakers::follow(
             client,
             topology,
             self.breakers.clone(),
             shutdown,
-        ));
+        ))
     }
 }
 
