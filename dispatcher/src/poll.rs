@@ -47,10 +47,11 @@ pub async fn run(
     metrics.queue_messages.reset();
     metrics.queue_consumers.reset();
     let mut channel: Option<Channel> = None;
+    // A stop or a dead connection ends a wait (and the round) at once.
+    let alive = || conn.status().connected() && !stop.is_cancelled();
     loop {
         for chunk in queues.chunks(POLLS_IN_FLIGHT) {
             if channel.as_ref().is_none_or(|c| !c.status().connected()) {
-                let alive = || conn.status().connected() && !stop.is_cancelled();
                 let opening = common::amqp::open_channel(&conn);
                 channel = common::amqp::while_alive(alive, CHUNK_TIMEOUT, opening)
                     .await
@@ -67,8 +68,6 @@ pub async fn run(
                     FieldTable::default(),
                 )
             }));
-            // A stop or a dead connection ends the round at once.
-            let alive = || conn.status().connected() && !stop.is_cancelled();
             let Some(declared) = common::amqp::while_alive(alive, CHUNK_TIMEOUT, declares).await
             else {
                 channel = None;

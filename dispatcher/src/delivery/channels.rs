@@ -73,8 +73,7 @@ struct ConsumeChannel {
     setup: Mutex<()>,
     /// Stops its ack flusher.
     flusher: CancellationToken,
-    /// A consumer cancel on it went unanswered: closed for every user once
-    /// that worker lets go (after its own acks).
+    /// A consumer cancel went unanswered: closed for all when that worker lets go.
     unanswered: AtomicBool,
 }
 
@@ -345,19 +344,16 @@ impl Lease {
             .ok_or_else(|| no_answer("basic.consume"))?
     }
 
-    /// Cancels the consumer `tag`, bounded like every wait here: `true` once
-    /// the broker answered. One it does not answer while the channel stays
-    /// up may still hold deliveries there, unacked while the channel lives:
-    /// the channel is then closed for all its users when this worker lets
-    /// go ([`Lease::release`]).
+    /// Cancels the consumer `tag`, bounded: `true` once the broker answered.
+    /// Unanswered on a live channel, the consumer may still hold deliveries
+    /// there: the channel is closed for all when this worker lets go.
     pub async fn cancel(&self, endpoint: &str, tag: lapin::types::ShortString) -> bool {
         let channel = &self.slot.channel;
-        let alive = || channel.status().connected();
         let cancel = channel.basic_cancel(tag, lapin::options::BasicCancelOptions::default());
-        let answered = common::amqp::while_alive(alive, BROKER_TIMEOUT, cancel)
+        let answered = wait_on_channel(channel, cancel)
             .await
             .is_some_and(|r| r.is_ok());
-        if !answered && alive() {
+        if !answered && channel.status().connected() {
             tracing::warn!(
                 endpoint,
                 "The broker did not answer a consumer cancel; its channel will be closed so that what the consumer held goes back to the queue."
@@ -407,10 +403,8 @@ async fn release(pool: &Inner, slot: &Arc<ConsumeChannel>) {
         // Others use it: closed for them too, not waiting for the answer
         // (lapin marks it closing at once); their workers start again, and
         // what they had in flight is redelivered.
-        let channel = &slot.channel;
-        let closing = channel.close(200, "consumer cancel unanswered".into());
-        let alive = || channel.status().connected();
-        let _ = common::amqp::while_alive(alive, BROKER_TIMEOUT, closing).await;
+        let closing = slot.channel.close(200, "consumer cancel unanswered".into());
+        let _ = wait_on_channel(&slot.channel, closing).await;
         return;
     }
     slot.flusher.cancel();
@@ -429,6 +423,14 @@ pub(crate) fn no_answer(what: &str) -> lapin::Error {
 
 async fn wait_on<T>(conn: &Connection, op: impl Future<Output = T>) -> Option<T> {
     common::amqp::while_alive(|| conn.status().connected(), BROKER_TIMEOUT, op).await
+}
+
+/// [`wait_on`] for an operation on `channel`: not past the channel's life.
+pub(crate) async fn wait_on_channel<T>(
+    channel: &Channel,
+    op: impl Future<Output = T>,
+) -> Option<T> {
+    common::amqp::while_alive(|| channel.status().connected(), BROKER_TIMEOUT, op).await
 }
 
 /// Acks the channel's settled deliveries at least every [`FLUSH_EVERY`].

@@ -294,25 +294,16 @@ impl Writer {
     /// anything else (a return: the stream is gone; a nack; no answer in
     /// time) is lost.
     async fn settle(&mut self, ch: &Channel, confirms: Vec<(lapin::PublisherConfirm, usize)>) {
-        use futures_util::FutureExt;
         let (mut written, mut lost, mut why) = (0usize, 0usize, None);
-        let deadline = tokio::time::Instant::now() + BROKER_WAIT;
-        let mut given_up = false;
+        let mut deadline = tokio::time::Instant::now() + BROKER_WAIT;
         for (confirm, count) in confirms {
-            let answer = if given_up {
-                // Only what has already come in; the rest is not waited for.
-                confirm.now_or_never().map(Ok)
-            } else {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                common::amqp::while_alive(|| ch.status().connected(), left, confirm)
-                    .await
-                    .map(Ok)
-            };
-            let answer = answer.unwrap_or_else(|| {
-                given_up = true;
-                Err(())
-            });
-            match answer {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let answer = common::amqp::while_alive(|| ch.status().connected(), left, confirm).await;
+            if answer.is_none() {
+                // Given up: of the rest, only confirms already in are taken.
+                deadline = tokio::time::Instant::now();
+            }
+            match answer.ok_or(()) {
                 Ok(Ok(lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested)) => {
                     written += count;
                 }

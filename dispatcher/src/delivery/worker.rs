@@ -394,13 +394,9 @@ async fn get_one(
         let get = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false });
         // Bounded like the consumer's waits: given up, the worker's channel
         // counts as lost and the generation's rebuild returns what it held.
-        let got = common::amqp::while_alive(
-            || channel.status().connected(),
-            crate::delivery::route::BROKER_TIMEOUT,
-            get,
-        )
-        .await
-        .ok_or_else(|| crate::delivery::channels::no_answer("basic.get"))??;
+        let got = crate::delivery::channels::wait_on_channel(channel, get)
+            .await
+            .ok_or_else(|| crate::delivery::channels::no_answer("basic.get"))??;
         if let Some(message) = got {
             return Ok(Some(message.delivery));
         }

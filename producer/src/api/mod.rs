@@ -200,12 +200,10 @@ impl Api {
             shutdown,
         )
         .await;
-        let followers = std::mem::take(
-            &mut *api
-                .followers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let followers: Vec<_> = (api.followers.lock())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+            .collect();
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             futures_util::future::join_all(followers),
