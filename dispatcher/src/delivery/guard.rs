@@ -1,52 +1,51 @@
 //! The dispatcher's side of the address policy ([`common::addresses`]): the
-//! resolver of its HTTP client, which drops refused addresses, so a name
+//! resolver its connections use, which drops refused addresses, so a name
 //! cannot resolve to a refused address behind the check's back.
 
 pub use common::addresses::{AddressGuard, Refusal};
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::{IpAddr, SocketAddr};
 
-/// A DNS resolver that drops refused addresses and fails when none is left.
-#[derive(Debug, Clone)]
-pub struct GuardedResolver {
-    guard: AddressGuard,
+/// Why a host name gave no address to connect to.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The system resolver failed.
+    #[error("dns error: {0}")]
+    Lookup(#[from] std::io::Error),
+    /// Every address was refused.
+    #[error(transparent)]
+    Blocked(#[from] BlockedAddress),
 }
 
-impl GuardedResolver {
-    /// Resolves with the system resolver, filtered by `guard`.
-    pub fn new(guard: AddressGuard) -> Self {
-        Self { guard }
+/// Resolves `host` with the system resolver and keeps the addresses
+/// `guard` permits (with `port`); fails when none is left.
+///
+/// # Errors
+/// [`ResolveError`].
+pub async fn resolve(
+    guard: &AddressGuard,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, ResolveError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    let mut first_refused = None;
+    let mut permitted = Vec::with_capacity(addrs.len());
+    for addr in &addrs {
+        match guard.check(addr.ip()) {
+            Ok(()) => permitted.push(*addr),
+            Err(why) => {
+                first_refused.get_or_insert((addr.ip(), why));
+            }
+        }
     }
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let guard = self.guard.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut first_refused = None;
-            let mut permitted = Vec::with_capacity(addrs.len());
-            for addr in &addrs {
-                match guard.check(addr.ip()) {
-                    Ok(()) => permitted.push(*addr),
-                    Err(why) => {
-                        first_refused.get_or_insert((addr.ip(), why));
-                    }
-                }
-            }
-            match first_refused {
-                Some((ip, why)) if permitted.is_empty() => Err(Box::new(BlockedAddress {
-                    host,
-                    resolved: addrs.len(),
-                    ip,
-                    why,
-                })
-                    as Box<dyn std::error::Error + Send + Sync>),
-                _ => Ok(Box::new(permitted.into_iter()) as Addrs),
-            }
-        })
+    match first_refused {
+        Some((ip, why)) if permitted.is_empty() => Err(BlockedAddress {
+            host: host.to_owned(),
+            resolved: addrs.len(),
+            ip,
+            why,
+        }
+        .into()),
+        _ => Ok(permitted),
     }
 }
 
@@ -72,22 +71,22 @@ mod tests {
 
     #[tokio::test]
     async fn resolver_refuses_names_of_blocked_addresses() {
-        let blocked = GuardedResolver::new(AddressGuard::default());
-        let err = match blocked.resolve("localhost".parse().unwrap()).await {
-            Ok(_) => panic!("localhost must be refused"),
-            Err(e) => e.to_string(),
+        let err = match resolve(&AddressGuard::default(), "localhost", 80).await {
+            Err(ResolveError::Blocked(b)) => b.to_string(),
+            other => panic!("localhost must be refused: {other:?}"),
         };
         assert!(err.contains("allowed_networks"), "{err}");
         assert!(err.contains("loopback"), "{err}");
-        let open = GuardedResolver::new(AddressGuard::new(vec![
+        let open = AddressGuard::new(vec![
             "127.0.0.0/8".parse().unwrap(),
             "::1/128".parse().unwrap(),
-        ]));
-        let addrs: Vec<SocketAddr> = open
-            .resolve("localhost".parse().unwrap())
-            .await
-            .unwrap()
-            .collect();
+        ]);
+        let addrs = resolve(&open, "localhost", 8080).await.unwrap();
         assert!(!addrs.is_empty());
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.port() == 8080 && a.ip().is_loopback())
+        );
     }
 }

@@ -28,6 +28,7 @@ pub mod limit;
 pub mod request;
 
 // Send it, to permitted addresses only.
+pub mod connect;
 pub mod guard;
 pub mod send;
 

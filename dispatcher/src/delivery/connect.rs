@@ -1,0 +1,369 @@
+//! Connections to endpoints: HTTP/1.1 over TCP, or TLS (rustls, the
+//! platform's verifier), on hyper's connection API, kept alive and reused
+//! per origin. Names resolve through the address guard
+//! ([`crate::delivery::guard::resolve`]); literal addresses are checked by
+//! the caller ([`crate::delivery::send`]). Nothing here follows a redirect
+//! or goes through a proxy.
+
+use crate::delivery::guard::{AddressGuard, BlockedAddress, ResolveError, resolve};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls_platform_verifier::BuilderVerifierExt;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// A request body.
+pub type Body = Full<Bytes>;
+
+/// Longest a new connection (resolving, TCP, TLS, HTTP) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle connections older than this are closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a connection goes: connections are reused only for the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of an `http` or `https` URL with a host.
+    pub fn of(url: &url::Url) -> Option<Self> {
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => return None,
+        };
+        Some(Self {
+            tls,
+            host: url.host_str()?.to_owned(),
+            port: url.port_or_known_default()?,
+        })
+    }
+}
+
+/// A connection out of the pool, to send one request on.
+#[derive(Debug)]
+pub struct Conn {
+    /// Where it goes.
+    pub origin: Origin,
+    /// The request side of the connection.
+    pub sender: SendRequest<Body>,
+    /// It was used before (a request on it may find it closed since).
+    pub reused: bool,
+}
+
+/// Why no connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The address guard refused every address.
+    #[error(transparent)]
+    Blocked(#[from] BlockedAddress),
+    /// Anything else (resolving, refused, reset, TLS, timed out).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<ResolveError> for ConnectError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Blocked(b) => Self::Blocked(b),
+            ResolveError::Lookup(_) => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+/// The process's connections: made on demand, idle ones kept per origin.
+#[derive(Debug)]
+pub struct Connector {
+    guard: AddressGuard,
+    tls: Arc<rustls::ClientConfig>,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    by_origin: HashMap<Origin, Vec<(SendRequest<Body>, Instant)>>,
+    swept: Instant,
+}
+
+impl Connector {
+    /// A connector resolving through `guard`, with the platform's trusted
+    /// roots for TLS.
+    ///
+    /// # Errors
+    /// When the TLS configuration cannot be built (no usable root store).
+    pub fn new(guard: AddressGuard) -> Result<Self, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_platform_verifier()?
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            guard,
+            tls: Arc::new(tls),
+            idle: Mutex::new(Idle {
+                by_origin: HashMap::new(),
+                swept: Instant::now(),
+            }),
+        })
+    }
+
+    /// An idle connection to `url`'s origin, or a new one.
+    ///
+    /// # Errors
+    /// [`ConnectError`]; an unsupported URL is `Failed`.
+    pub async fn checkout(&self, url: &url::Url) -> Result<Conn, ConnectError> {
+        let origin = Origin::of(url)
+            .ok_or_else(|| ConnectError::Failed("not an http or https URL".into()))?;
+        if let Some(sender) = self.take_idle(&origin) {
+            return Ok(Conn {
+                origin,
+                sender,
+                reused: true,
+            });
+        }
+        self.fresh(origin).await
+    }
+
+    /// A new connection to `origin`, never a pooled one.
+    ///
+    /// # Errors
+    /// As [`Connector::checkout`].
+    pub async fn fresh(&self, origin: Origin) -> Result<Conn, ConnectError> {
+        let sender = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&origin))
+            .await
+            .map_err(|_| {
+                ConnectError::Failed(format!(
+                    "timed out after {} ms",
+                    CONNECT_TIMEOUT.as_millis()
+                ))
+            })??;
+        Ok(Conn {
+            origin,
+            sender,
+            reused: false,
+        })
+    }
+
+    /// Puts a connection whose last response was read to the end back for
+    /// reuse (a closed one is dropped).
+    pub fn checkin(&self, conn: Conn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now.duration_since(idle.swept) >= IDLE_TIMEOUT / 2 {
+            idle.swept = now;
+            idle.by_origin.retain(|_, conns| {
+                conns.retain(|(s, since)| {
+                    !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
+                });
+                !conns.is_empty()
+            });
+        }
+        idle.by_origin
+            .entry(conn.origin)
+            .or_default()
+            .push((conn.sender, now));
+    }
+
+    /// Idle connections held, over all origins.
+    pub fn idle_count(&self) -> usize {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.by_origin.values().map(Vec::len).sum()
+    }
+
+    /// The most recently used idle connection to `origin` that is still
+    /// open and not expired; the expired ones are dropped (closing them).
+    fn take_idle(&self, origin: &Origin) -> Option<SendRequest<Body>> {
+        let now = Instant::now();
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conns = idle.by_origin.get_mut(origin)?;
+        let mut found = None;
+        while let Some((sender, since)) = conns.pop() {
+            if !sender.is_closed() && now.duration_since(since) < IDLE_TIMEOUT {
+                found = Some(sender);
+                break;
+            }
+        }
+        if conns.is_empty() {
+            idle.by_origin.remove(origin);
+        }
+        found
+    }
+
+    async fn connect(&self, origin: &Origin) -> Result<SendRequest<Body>, ConnectError> {
+        let addrs = match origin
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+        {
+            Ok(ip) => {
+                // Checked by the sender already; checked again so that no
+                // caller can get past the guard.
+                self.guard.check(ip).map_err(|why| BlockedAddress {
+                    host: origin.host.clone(),
+                    resolved: 1,
+                    ip,
+                    why,
+                })?;
+                vec![SocketAddr::new(ip, origin.port)]
+            }
+            Err(_) => resolve(&self.guard, &origin.host, origin.port).await?,
+        };
+        let stream = connect_any(&addrs).await?;
+        let _ = stream.set_nodelay(true);
+        if origin.tls {
+            let name = rustls::pki_types::ServerName::try_from(
+                origin
+                    .host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            )
+            .map_err(|e| ConnectError::Failed(format!("TLS: invalid server name: {e}")))?;
+            let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| ConnectError::Failed(format!("TLS handshake: {e}")))?;
+            handshake(TokioIo::new(stream)).await
+        } else {
+            handshake(TokioIo::new(stream)).await
+        }
+    }
+}
+
+/// Connects to the first of `addrs` that answers.
+async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, ConnectError> {
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(ConnectError::Failed(match last {
+        Some(e) => e.to_string(),
+        None => "no address to connect to".into(),
+    }))
+}
+
+/// HTTP/1.1 on `io`; the connection is driven by a task of its own, which
+/// ends when the connection closes or every handle to it is dropped.
+async fn handshake<T>(io: T) -> Result<SendRequest<Body>, ConnectError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(io)
+        .await
+        .map_err(|e| ConnectError::Failed(e.to_string()))?;
+    // Its error, if any, reaches the request in flight on it.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> Connector {
+        Connector::new(AddressGuard::new(vec!["127.0.0.0/8".parse().unwrap()])).unwrap()
+    }
+
+    #[test]
+    fn origins_differ_by_scheme_host_and_port() {
+        let o = |u: &str| Origin::of(&u.parse().unwrap());
+        assert_eq!(o("http://a.example/x?y"), o("http://a.example:80/z"));
+        assert_ne!(o("http://a.example/"), o("https://a.example/"));
+        assert_ne!(o("http://a.example/"), o("http://a.example:8080/"));
+        assert_ne!(o("http://a.example/"), o("http://b.example/"));
+        assert_eq!(o("ftp://a.example/"), None);
+    }
+
+    #[tokio::test]
+    async fn a_refused_literal_address_is_blocked_before_connecting() {
+        let connector = Connector::new(AddressGuard::default()).unwrap();
+        let url = "http://127.0.0.1:9/".parse().unwrap();
+        match connector.checkout(&url).await {
+            Err(ConnectError::Blocked(b)) => assert!(b.to_string().contains("loopback"), "{b}"),
+            other => panic!("must be blocked: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_refused_is_a_failure() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = format!("http://127.0.0.1:{port}/").parse().unwrap();
+        match open().checkout(&url).await {
+            Err(ConnectError::Failed(e)) => assert!(e.contains("refused"), "{e}"),
+            other => panic!("must fail: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reused_until_they_expire() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: url::Url = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        // Accepted connections stay open (held here) until the test ends.
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                held.push(listener.accept().await.unwrap());
+            }
+        });
+        let connector = open();
+        let conn = connector.checkout(&url).await.unwrap();
+        assert!(!conn.reused);
+        connector.checkin(conn);
+        assert_eq!(connector.idle_count(), 1);
+        let again = connector.checkout(&url).await.unwrap();
+        assert!(again.reused, "an idle connection is reused");
+        connector.checkin(again);
+        // Only the clock moves from here (no connection is made).
+        tokio::time::pause();
+        tokio::time::advance(IDLE_TIMEOUT - Duration::from_secs(1)).await;
+        let origin = Origin::of(&url).unwrap();
+        let kept = connector.take_idle(&origin).expect("not expired yet");
+        connector.checkin(Conn {
+            origin: origin.clone(),
+            sender: kept,
+            reused: true,
+        });
+        tokio::time::advance(IDLE_TIMEOUT).await;
+        assert!(
+            connector.take_idle(&origin).is_none(),
+            "an expired one is not"
+        );
+        assert_eq!(connector.idle_count(), 0);
+        held.abort();
+    }
+}
