@@ -119,6 +119,33 @@ impl Connector {
         })
     }
 
+    /// A connector trusting only `roots` (tests: certificates of their own).
+    #[cfg(test)]
+    pub(crate) fn with_roots(
+        guard: AddressGuard,
+        roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Self {
+        let mut store = rustls::RootCertStore::empty();
+        for root in roots {
+            store.add(root).expect("a root certificate");
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            guard,
+            tls: Arc::new(tls),
+            idle: Mutex::new(Idle {
+                by_origin: HashMap::new(),
+                swept: Instant::now(),
+            }),
+        }
+    }
+
     /// An idle connection to `url`'s origin, or a new one.
     ///
     /// # Errors

@@ -44,6 +44,17 @@ impl Sender {
         })
     }
 
+    /// A sender on `connector` (tests: one trusting their own certificates).
+    #[cfg(test)]
+    fn with_connector(http: &HttpConfig, connector: Connector) -> Self {
+        Self {
+            connector: Arc::new(connector),
+            guard: AddressGuard::new(http.allowed_networks.clone()),
+            max_body: http.max_response_body_bytes,
+            keep_body: 0,
+        }
+    }
+
     /// Sends `prepared` to `endpoint`; never fails, the result says what
     /// happened. Also returns the start of the response body (see `new`).
     pub async fn send(&self, endpoint: &Endpoint, prepared: &Prepared) -> (Response, Vec<u8>) {
@@ -273,56 +284,109 @@ mod tests {
         let s = seen.clone();
         tokio::spawn(async move {
             for n in 0.. {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        // One request: its head, then content-length bytes.
-                        let mut chunk = [0u8; 4096];
-                        let Ok(read) = socket.read(&mut chunk).await else {
-                            return;
-                        };
-                        if read == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..read]);
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if buf.len() < end + 4 + length {
-                            continue;
-                        }
-                        buf.drain(..end + 4 + length);
-                        s.heads.lock().unwrap().push((n, head));
-                        let body = match style {
-                            Style::Big(size) => "x".repeat(size),
-                            _ => "ok".to_owned(),
-                        };
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if socket.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        if matches!(style, Style::CloseAfter) {
-                            return;
-                        }
-                    }
-                });
+                let (socket, _) = listener.accept().await.unwrap();
+                tokio::spawn(serve(socket, n, style, s.clone()));
             }
         });
         (format!("127.0.0.1:{}", addr.port()), seen)
+    }
+
+    /// Answers the requests on one connection (number `n`) in `style`.
+    async fn serve<S>(mut socket: S, n: usize, style: Style, seen: Arc<Seen>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut buf = Vec::new();
+        loop {
+            // One request: its head, then content-length bytes.
+            let mut chunk = [0u8; 4096];
+            let Ok(read) = socket.read(&mut chunk).await else {
+                return;
+            };
+            if read == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..read]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() < end + 4 + length {
+                continue;
+            }
+            buf.drain(..end + 4 + length);
+            seen.heads.lock().unwrap().push((n, head));
+            let body = match style {
+                Style::Big(size) => "x".repeat(size),
+                _ => "ok".to_owned(),
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if socket.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            let _ = socket.flush().await;
+            if matches!(style, Style::CloseAfter) {
+                return;
+            }
+        }
+    }
+
+    /// A TLS server for `localhost` with a self-signed certificate, offering
+    /// h2 and http/1.1: its address, the certificate, and per connection
+    /// the server name and protocol the client chose.
+    async fn tls_server() -> (
+        u16,
+        rustls::pki_types::CertificateDer<'static>,
+        Arc<Seen>,
+        Arc<Mutex<Vec<(Option<String>, Option<Vec<u8>>)>>>,
+    ) {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = key.cert.der().clone();
+        let private =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], private)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (seen, hellos) = (Arc::new(Seen::default()), Arc::new(Mutex::new(Vec::new())));
+        let (s, h) = (seen.clone(), hellos.clone());
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (socket, _) = listener.accept().await.unwrap();
+                let (acceptor, s, h) = (acceptor.clone(), s.clone(), h.clone());
+                tokio::spawn(async move {
+                    // A refused handshake is the client's doing: nothing to serve.
+                    let Ok(tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let (_, session) = tls.get_ref();
+                    h.lock().unwrap().push((
+                        session.server_name().map(str::to_owned),
+                        session.alpn_protocol().map(<[u8]>::to_vec),
+                    ));
+                    serve(tls, n, Style::KeepAlive, s).await;
+                });
+            }
+        });
+        (port, cert, seen, hellos)
     }
 
     fn endpoint(url: &str, extra: &str) -> Endpoint {
@@ -475,6 +539,55 @@ mod tests {
         );
         assert!(head.contains("x-env: sandbox"), "{head}");
         assert!(!head.contains("us%40er"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn https_goes_over_tls_to_the_hosts_name_with_http_1_1() {
+        let (port, cert, seen, hellos) = tls_server().await;
+        let http = Config::from_toml_str(
+            "[http]\nallowed_networks = [\"127.0.0.0/8\"]\n",
+            "t.toml".as_ref(),
+            &[],
+        )
+        .unwrap()
+        .http;
+        let guard = AddressGuard::new(http.allowed_networks.clone());
+        let sender = Sender::with_connector(&http, Connector::with_roots(guard, vec![cert]));
+        let endpoint = endpoint(&format!("https://localhost:{port}/tls"), "");
+        for _ in 0..2 {
+            ok(&sender.send(&endpoint, &prepared()).await.0);
+        }
+        let heads = seen.heads.lock().unwrap();
+        assert_eq!(heads.len(), 2);
+        assert!(heads.iter().all(|(n, _)| *n == 0), "kept alive: {heads:?}");
+        assert!(
+            heads[0].1.starts_with("POST /tls HTTP/1.1\r\n"),
+            "{heads:?}"
+        );
+        assert_eq!(
+            *hellos.lock().unwrap(),
+            vec![(Some("localhost".to_owned()), Some(b"http/1.1".to_vec()))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_the_platform_does_not_trust_fails_the_request() {
+        let (port, _, seen, _) = tls_server().await;
+        let endpoint = endpoint(&format!("https://localhost:{port}/"), "");
+        match sender(1024).send(&endpoint, &prepared()).await.0 {
+            Response::Failed {
+                error,
+                timeout: false,
+            } => {
+                assert!(
+                    error.starts_with("connection failed: TLS handshake: "),
+                    "{error}"
+                );
+                assert!(error.contains("certificate"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(seen.heads.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
