@@ -85,7 +85,7 @@ struct Args {
     /// Records in the attempt log of the log-read scenario.
     #[arg(long, default_value_t = 500_000)]
     log_records: usize,
-    /// Only these scenarios (comma-separated: raw-variants, queue-args, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants, api-writes).
+    /// Only these scenarios (comma-separated: raw-variants, queue-args, queue-args-each, raw-backlog, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants, api-writes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -152,6 +152,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Not in the default run: the raw publisher's variants (BENCHMARKS.md).
     if args.only.iter().any(|o| o == "raw-variants") {
         rows.extend(raw_variants(args.events, args.size).await?);
+    }
+    if args.only.iter().any(|o| o == "raw-backlog") {
+        rows.extend(crate::raw::raw_backlog(args.events, args.size, &[12_000, 6_000]).await?);
+    }
+    if args.only.iter().any(|o| o == "queue-args-each") {
+        rows.extend(crate::raw::raw_queue_args_each(args.events, args.size, 2).await?);
     }
     if args.only.iter().any(|o| o == "queue-args") {
         rows.extend(crate::raw::raw_queue_args(args.events, args.size, 2).await?);

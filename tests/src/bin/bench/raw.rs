@@ -258,7 +258,23 @@ pub(crate) async fn raw_broker_best(n: usize, size: usize) -> anyhow::Result<Row
 /// Publish through a topic exchange by `method` and consume with manual
 /// acks (every 100th acks the ones before it), at once.
 pub(crate) async fn raw_broker(n: usize, size: usize, method: Method) -> anyhow::Result<Row> {
-    raw_broker_into(n, size, method, false).await
+    raw_broker_into(n, size, method, false, None).await
+}
+
+/// The raw broker with its consumer held to `rates` (events/s), each
+/// alternated with an unpaced round: what a backlog (a consumer slower than
+/// its publisher, as hookpost's dispatcher is at batch 1) costs the broker.
+pub(crate) async fn raw_backlog(n: usize, size: usize, rates: &[u32]) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for rate in rates {
+        rows.push(progress_of(
+            raw_broker_into(n, size, CONCURRENT, false, None).await?,
+        ));
+        rows.push(progress_of(
+            raw_broker_into(n, size, CONCURRENT, false, Some(*rate)).await?,
+        ));
+    }
+    Ok(rows)
 }
 
 /// [`raw_broker`], into a queue with a hookpost endpoint queue's arguments
@@ -269,6 +285,7 @@ async fn raw_broker_into(
     size: usize,
     method: Method,
     endpoint_args: bool,
+    pace: Option<u32>,
 ) -> anyhow::Result<Row> {
     let scope = Scope::new().await;
     let exchange = format!("{}.raw", scope.prefix);
@@ -297,6 +314,10 @@ async fn raw_broker_into(
             .await
             .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
         got += 1;
+        if let Some(rate) = pace {
+            let due = started + Duration::from_secs_f64(got as f64 / f64::from(rate));
+            tokio::time::sleep_until(due.into()).await;
+        }
         if got % 100 == 0 || got == n {
             delivery
                 .acker
@@ -315,7 +336,7 @@ async fn raw_broker_into(
             } else {
                 ""
             }
-        ),
+        ) + &pace.map_or(String::new(), |r| format!(", consumer held to {r}/s")),
         events: n,
         deliveries: n,
         seconds,
@@ -380,6 +401,64 @@ fn queue_args(exchange: &str, endpoint_args: bool) -> FieldTable {
     args
 }
 
+/// Publish-only rounds into quorum queues with one of hookpost's endpoint
+/// queue arguments each (then all of them), alternated with a plain queue
+/// `rounds` times: which argument costs the broker what.
+pub(crate) async fn raw_queue_args_each(
+    n: usize,
+    size: usize,
+    rounds: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let long = |s: &str| lapin::types::AMQPValue::LongString(s.into());
+    let mut rows = Vec::new();
+    for _ in 0..rounds {
+        for variant in [
+            "plain",
+            "x-dead-letter-exchange",
+            "x-overflow",
+            "x-delivery-limit",
+            "x-dead-letter-strategy",
+            "all",
+        ] {
+            let scope = Scope::new().await;
+            let exchange = format!("{}.raw", scope.prefix);
+            let mut args = FieldTable::default();
+            let dlx = || long(&format!("{exchange}.dead"));
+            match variant {
+                "plain" => {}
+                "x-dead-letter-exchange" => {
+                    args.insert(variant.into(), dlx());
+                }
+                "x-overflow" => {
+                    args.insert(variant.into(), long("reject-publish"));
+                }
+                "x-delivery-limit" => {
+                    args.insert(variant.into(), lapin::types::AMQPValue::LongLongInt(20));
+                }
+                "x-dead-letter-strategy" => {
+                    // at-least-once needs reject-publish and a target.
+                    args.insert("x-dead-letter-exchange".into(), dlx());
+                    args.insert("x-overflow".into(), long("reject-publish"));
+                    args.insert(variant.into(), long("at-least-once"));
+                }
+                _ => args = queue_args(&exchange, true),
+            }
+            scope.quorum_queue_with_args_behind(&exchange, args).await;
+            broker_quiet().await;
+            let mark = CpuMark::now();
+            let seconds = raw_publish(&exchange, n, size, CONCURRENT).await?;
+            rows.push(progress_of(mark.filled(Row {
+                scenario: format!("raw publish only, queue with {variant}"),
+                events: n,
+                seconds,
+                events_per_s: n as f64 / seconds,
+                ..Row::default()
+            })));
+        }
+    }
+    Ok(rows)
+}
+
 /// The raw broker into a plain quorum queue and into one with a hookpost
 /// endpoint queue's arguments, alternated `rounds` times: what those
 /// arguments cost the broker.
@@ -392,7 +471,7 @@ pub(crate) async fn raw_queue_args(
     for _ in 0..rounds {
         for endpoint_args in [false, true] {
             rows.push(progress_of(
-                raw_broker_into(n, size, CONCURRENT, endpoint_args).await?,
+                raw_broker_into(n, size, CONCURRENT, endpoint_args, None).await?,
             ));
             let scope = Scope::new().await;
             let exchange = format!("{}.raw", scope.prefix);
