@@ -27,6 +27,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle connections older than this are closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often idle connections are looked over (closed by the peer, expired).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// Where a connection goes: connections are reused only for the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
@@ -68,7 +71,10 @@ pub enum ConnectError {
     /// The address guard refused every address.
     #[error(transparent)]
     Blocked(#[from] BlockedAddress),
-    /// Anything else (resolving, refused, reset, TLS, timed out).
+    /// Not connected within [`CONNECT_TIMEOUT`].
+    #[error("timed out after {} ms", CONNECT_TIMEOUT.as_millis())]
+    TimedOut,
+    /// Anything else (resolving, refused, reset, TLS).
     #[error("{0}")]
     Failed(String),
 }
@@ -90,11 +96,8 @@ pub struct Connector {
     idle: Mutex<Idle>,
 }
 
-#[derive(Debug)]
-struct Idle {
-    by_origin: HashMap<Origin, Vec<(SendRequest<Body>, Instant)>>,
-    swept: Instant,
-}
+/// Idle connections by origin, each with the time it became idle.
+type Idle = HashMap<Origin, Vec<(SendRequest<Body>, Instant)>>;
 
 impl Connector {
     /// A connector resolving through `guard`, with the platform's trusted
@@ -112,11 +115,41 @@ impl Connector {
         Ok(Self {
             guard,
             tls: Arc::new(tls),
-            idle: Mutex::new(Idle {
-                by_origin: HashMap::new(),
-                swept: Instant::now(),
-            }),
+            idle: Mutex::default(),
         })
+    }
+
+    /// Closes idle connections that expired or that the peer closed, every
+    /// [`SWEEP_EVERY`] until `connector` is dropped, so a connection to an
+    /// endpoint that gets no more requests does not stay open.
+    pub fn sweep_idle(connector: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(connector);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(connector) = weak.upgrade() else {
+                    return;
+                };
+                connector.sweep();
+            }
+        });
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.retain(|_, conns| {
+            conns.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
+            !conns.is_empty()
+        });
     }
 
     /// A connector trusting only `roots` (tests: certificates of their own).
@@ -139,10 +172,7 @@ impl Connector {
         Self {
             guard,
             tls: Arc::new(tls),
-            idle: Mutex::new(Idle {
-                by_origin: HashMap::new(),
-                swept: Instant::now(),
-            }),
+            idle: Mutex::default(),
         }
     }
 
@@ -170,12 +200,7 @@ impl Connector {
     pub async fn fresh(&self, origin: Origin) -> Result<Conn, ConnectError> {
         let sender = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&origin))
             .await
-            .map_err(|_| {
-                ConnectError::Failed(format!(
-                    "timed out after {} ms",
-                    CONNECT_TIMEOUT.as_millis()
-                ))
-            })??;
+            .map_err(|_| ConnectError::TimedOut)??;
         Ok(Conn {
             origin,
             sender,
@@ -194,17 +219,7 @@ impl Connector {
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if now.duration_since(idle.swept) >= IDLE_TIMEOUT / 2 {
-            idle.swept = now;
-            idle.by_origin.retain(|_, conns| {
-                conns.retain(|(s, since)| {
-                    !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
-                });
-                !conns.is_empty()
-            });
-        }
-        idle.by_origin
-            .entry(conn.origin)
+        idle.entry(conn.origin)
             .or_default()
             .push((conn.sender, now));
     }
@@ -215,7 +230,7 @@ impl Connector {
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.by_origin.values().map(Vec::len).sum()
+        idle.values().map(Vec::len).sum()
     }
 
     /// The most recently used idle connection to `origin` that is still
@@ -226,7 +241,7 @@ impl Connector {
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let conns = idle.by_origin.get_mut(origin)?;
+        let conns = idle.get_mut(origin)?;
         let mut found = None;
         while let Some((sender, since)) = conns.pop() {
             if !sender.is_closed() && now.duration_since(since) < IDLE_TIMEOUT {
@@ -235,7 +250,7 @@ impl Connector {
             }
         }
         if conns.is_empty() {
-            idle.by_origin.remove(origin);
+            idle.remove(origin);
         }
         found
     }
@@ -282,19 +297,25 @@ impl Connector {
     }
 }
 
-/// Connects to the first of `addrs` that answers.
+/// Connects to the first of `addrs` that answers, giving each an equal
+/// share of [`CONNECT_TIMEOUT`] (so an address that drops packets, a broken
+/// IPv6 record say, leaves time for the next).
 async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, ConnectError> {
-    let mut last = None;
+    let share = CONNECT_TIMEOUT / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
+    let mut refused = None;
     for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = Some(e),
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => refused = Some(e.to_string()),
+            Err(_) => {}
         }
     }
-    Err(ConnectError::Failed(match last {
-        Some(e) => e.to_string(),
-        None => "no address to connect to".into(),
-    }))
+    // Only when every address stayed silent is it a timeout.
+    Err(match refused {
+        Some(e) => ConnectError::Failed(e),
+        None if addrs.is_empty() => ConnectError::Failed("no address to connect to".into()),
+        None => ConnectError::TimedOut,
+    })
 }
 
 /// HTTP/1.1 on `io`; the connection is driven by a task of its own, which
@@ -334,11 +355,42 @@ mod tests {
     #[tokio::test]
     async fn a_refused_literal_address_is_blocked_before_connecting() {
         let connector = Connector::new(AddressGuard::default()).unwrap();
-        let url = "http://127.0.0.1:9/".parse().unwrap();
-        match connector.checkout(&url).await {
-            Err(ConnectError::Blocked(b)) => assert!(b.to_string().contains("loopback"), "{b}"),
-            other => panic!("must be blocked: {other:?}"),
+        for url in [
+            "http://127.0.0.1:9/",
+            "http://[::1]:9/",
+            "https://[::ffff:127.0.0.1]:9/",
+            "http://0x7f.1:9/",
+        ] {
+            match connector.checkout(&url.parse().unwrap()).await {
+                Err(ConnectError::Blocked(b)) => {
+                    assert!(b.to_string().contains("loopback"), "{url}: {b}");
+                }
+                other => panic!("{url} must be blocked: {other:?}"),
+            }
         }
+    }
+
+    /// A listener whose accept queue is full drops new connections' SYNs:
+    /// connecting to it gets no answer at all.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_gets_no_answer_times_out() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let listener = socket.listen(0).unwrap();
+        let mut filled = Vec::new();
+        while let Ok(s) =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300))
+        {
+            filled.push(s);
+            assert!(filled.len() < 64, "the accept queue never filled up");
+        }
+        let url = format!("http://{addr}/").parse().unwrap();
+        match open().checkout(&url).await {
+            Err(ConnectError::TimedOut) => {}
+            other => panic!("must time out: {other:?}"),
+        }
+        drop(listener);
     }
 
     #[tokio::test]
@@ -390,6 +442,33 @@ mod tests {
             connector.take_idle(&origin).is_none(),
             "an expired one is not"
         );
+        assert_eq!(connector.idle_count(), 0);
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_without_traffic() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: url::Url = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                held.push(listener.accept().await.unwrap());
+            }
+        });
+        let connector = Arc::new(open());
+        let conn = connector.checkout(&url).await.unwrap();
+        connector.checkin(conn);
+        tokio::time::pause();
+        Connector::sweep_idle(&connector);
+        tokio::time::advance(IDLE_TIMEOUT - SWEEP_EVERY).await;
+        tokio::task::yield_now().await;
+        assert_eq!(connector.idle_count(), 1, "not expired yet");
+        // Nothing is sent: the sweeper alone closes it.
+        tokio::time::advance(2 * SWEEP_EVERY).await;
+        tokio::task::yield_now().await;
         assert_eq!(connector.idle_count(), 0);
         held.abort();
     }

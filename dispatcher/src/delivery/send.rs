@@ -10,6 +10,7 @@ use base64::Engine as _;
 use common::config::{Endpoint, HttpConfig, Method};
 use http_body_util::BodyExt as _;
 use hyper::header::{HeaderName, HeaderValue};
+use percent_encoding::percent_decode_str;
 use std::error::Error as _;
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ pub struct Sender {
 enum Failure {
     Blocked(String),
     Failed(String),
+    /// Connecting took too long.
+    TimedOut(String),
 }
 
 impl Sender {
@@ -36,8 +39,10 @@ impl Sender {
     /// When the TLS configuration cannot be built.
     pub fn new(http: &HttpConfig, keep_body: usize) -> Result<Self, rustls::Error> {
         let guard = AddressGuard::new(http.allowed_networks.clone());
+        let connector = Arc::new(Connector::new(guard.clone())?);
+        Connector::sweep_idle(&connector);
         Ok(Self {
-            connector: Arc::new(Connector::new(guard.clone())?),
+            connector,
             guard,
             max_body: http.max_response_body_bytes,
             keep_body: keep_body.min(http.max_response_body_bytes),
@@ -47,8 +52,10 @@ impl Sender {
     /// A sender on `connector` (tests: one trusting their own certificates).
     #[cfg(test)]
     fn with_connector(http: &HttpConfig, connector: Connector) -> Self {
+        let connector = Arc::new(connector);
+        Connector::sweep_idle(&connector);
         Self {
-            connector: Arc::new(connector),
+            connector,
             guard: AddressGuard::new(http.allowed_networks.clone()),
             max_body: http.max_response_body_bytes,
             keep_body: 0,
@@ -78,6 +85,10 @@ impl Sender {
                 error,
                 timeout: false,
             },
+            Ok(Err(Failure::TimedOut(error))) => Response::Failed {
+                error,
+                timeout: true,
+            },
             Err(_) => Response::Failed {
                 error: format!("timed out after {} ms", endpoint.timeout.as_millis()),
                 timeout: true,
@@ -88,11 +99,14 @@ impl Sender {
 
     /// One request and its answer. A kept-alive connection can have been
     /// closed by the endpoint just as the request went out on it (it
-    /// closes idle connections on a timer of its own): when a reused
-    /// connection fails before an answer, the request goes out once more,
-    /// on a new connection. Delivery is at least once anyway, and a
-    /// connection that failed is never reused, so an endpoint cannot get
-    /// every attempt twice this way.
+    /// closes idle connections on a timer of its own). When a reused
+    /// connection turns out closed before any of an answer came (the
+    /// request handed back unsent, or the connection closed before a
+    /// complete answer head), the request goes out once more, on a new
+    /// connection; any other failure (a malformed answer, say) is the
+    /// attempt's. Delivery is at least once anyway (a failed attempt would
+    /// be retried), and a connection that failed is never reused, so an
+    /// endpoint cannot get every attempt twice this way.
     async fn exchange(
         &self,
         endpoint: &Endpoint,
@@ -104,24 +118,36 @@ impl Sender {
             .checkout(&endpoint.url)
             .await
             .map_err(connect_failure)?;
+        let mut request = build(endpoint, prepared)
+            .map_err(|e| Failure::Failed(format!("request failed: {e}")))?;
         let response = loop {
-            let request = build(endpoint, prepared)
-                .map_err(|e| Failure::Failed(format!("request failed: {e}")))?;
-            let sent = match conn.sender.ready().await {
-                Ok(()) => conn.sender.send_request(request).await,
-                Err(e) => Err(e),
+            let again = match conn.sender.ready().await {
+                Ok(()) => match conn.sender.try_send_request(request).await {
+                    Ok(response) => break response,
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => (unsent, e.into_error()),
+                        None if e.error().is_incomplete_message() => {
+                            let e = e.into_error();
+                            let rebuilt = build(endpoint, prepared)
+                                .map_err(|e| Failure::Failed(format!("request failed: {e}")))?;
+                            (rebuilt, e)
+                        }
+                        None => {
+                            return Err(Failure::Failed(describe("request failed", e.error())));
+                        }
+                    },
+                },
+                Err(e) => (request, e),
             };
-            match sent {
-                Ok(response) => break response,
-                Err(_) if conn.reused => {
-                    conn = self
-                        .connector
-                        .fresh(conn.origin)
-                        .await
-                        .map_err(connect_failure)?;
-                }
-                Err(e) => return Err(Failure::Failed(describe("request failed", &e))),
+            if !conn.reused {
+                return Err(Failure::Failed(describe("request failed", &again.1)));
             }
+            request = again.0;
+            conn = self
+                .connector
+                .fresh(conn.origin)
+                .await
+                .map_err(connect_failure)?;
         };
         let code = response.status().as_u16();
         let retry_after = response
@@ -179,14 +205,13 @@ fn build(
         .header(
             hyper::header::HOST,
             &url[url::Position::BeforeHost..url::Position::AfterPort],
-        );
+        )
+        // What reqwest, the client before, sent by default.
+        .header(hyper::header::ACCEPT, HeaderValue::from_static("*/*"));
     if !url.username().is_empty() || url.password().is_some() {
-        let decode = |s: &str| percent_decode(s);
-        let pair = format!(
-            "{}:{}",
-            decode(url.username()),
-            decode(url.password().unwrap_or(""))
-        );
+        let mut pair: Vec<u8> = percent_decode_str(url.username()).collect();
+        pair.push(b':');
+        pair.extend(percent_decode_str(url.password().unwrap_or("")));
         let value = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(pair)
@@ -206,29 +231,10 @@ fn build(
     request.body(Body::new(prepared.body.clone()))
 }
 
-/// `%XX` sequences decoded (what a URL's user and password hold).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = s.get(i + 1..i + 3)
-            && let Ok(byte) = u8::from_str_radix(hex, 16)
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn connect_failure(e: ConnectError) -> Failure {
     match e {
         ConnectError::Blocked(b) => Failure::Blocked(b.to_string()),
+        ConnectError::TimedOut => Failure::TimedOut(format!("connection failed: {e}")),
         ConnectError::Failed(e) => Failure::Failed(format!("connection failed: {e}")),
     }
 }
@@ -434,6 +440,7 @@ mod tests {
             let (response, body) = sender.send(&endpoint, &prepared()).await;
             ok(&response);
             assert_eq!(body, b"ok");
+            assert_eq!(sender.connector.idle_count(), 1, "back in the pool");
         }
         let heads = seen.heads.lock().unwrap();
         assert_eq!(heads.len(), 3);
@@ -512,6 +519,7 @@ mod tests {
             let (response, kept) = sender.send(&endpoint, &prepared()).await;
             ok(&response);
             assert_eq!(kept.len(), 16, "the first keep_body bytes");
+            assert_eq!(sender.connector.idle_count(), 0, "never back in the pool");
         }
         let heads = seen.heads.lock().unwrap();
         assert_eq!(
