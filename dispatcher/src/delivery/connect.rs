@@ -106,17 +106,20 @@ impl Connector {
     /// # Errors
     /// When the TLS configuration cannot be built (no usable root store).
     pub fn new(guard: AddressGuard) -> Result<Self, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
+        let tls = tls_builder()?
             .with_platform_verifier()?
             .with_no_client_auth();
+        Ok(Self::with_tls(guard, tls))
+    }
+
+    /// A connector using `tls` (its protocols set to HTTP/1.1 only).
+    fn with_tls(guard: AddressGuard, mut tls: rustls::ClientConfig) -> Self {
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Self {
+        Self {
             guard,
             tls: Arc::new(tls),
             idle: Mutex::default(),
-        })
+        }
     }
 
     /// Closes idle connections that expired or that the peer closed, every
@@ -162,18 +165,11 @@ impl Connector {
         for root in roots {
             store.add(root).expect("a root certificate");
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let tls = tls_builder()
             .expect("protocol versions")
             .with_root_certificates(store)
             .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Self {
-            guard,
-            tls: Arc::new(tls),
-            idle: Mutex::default(),
-        }
+        Self::with_tls(guard, tls)
     }
 
     /// An idle connection to `url`'s origin, or a new one.
@@ -225,7 +221,8 @@ impl Connector {
     }
 
     /// Idle connections held, over all origins.
-    pub fn idle_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn idle_count(&self) -> usize {
         let idle = self
             .idle
             .lock()
@@ -297,6 +294,16 @@ impl Connector {
     }
 }
 
+/// TLS with aws-lc-rs and its safe default protocol versions, before the
+/// certificate verifier is chosen.
+fn tls_builder()
+-> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, rustls::Error> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+}
+
 /// Connects to the first of `addrs` that answers, giving each an equal
 /// share of [`CONNECT_TIMEOUT`] (so an address that drops packets, a broken
 /// IPv6 record say, leaves time for the next).
@@ -337,6 +344,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback listener whose accepted connections stay open (held by
+    /// its task) until the task is aborted; its URL.
+    async fn holding_listener() -> (url::Url, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                held.push(listener.accept().await.unwrap());
+            }
+        });
+        (url, held)
+    }
 
     fn open() -> Connector {
         Connector::new(AddressGuard::new(vec!["127.0.0.0/8".parse().unwrap()])).unwrap()
@@ -408,17 +431,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_are_reused_until_they_expire() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url: url::Url = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        // Accepted connections stay open (held here) until the test ends.
-        let held = tokio::spawn(async move {
-            let mut held = Vec::new();
-            loop {
-                held.push(listener.accept().await.unwrap());
-            }
-        });
+        let (url, held) = holding_listener().await;
         let connector = open();
         let conn = connector.checkout(&url).await.unwrap();
         assert!(!conn.reused);
@@ -448,16 +461,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_are_closed_without_traffic() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url: url::Url = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let held = tokio::spawn(async move {
-            let mut held = Vec::new();
-            loop {
-                held.push(listener.accept().await.unwrap());
-            }
-        });
+        let (url, held) = holding_listener().await;
         let connector = Arc::new(open());
         let conn = connector.checkout(&url).await.unwrap();
         connector.checkin(conn);
