@@ -16,6 +16,7 @@ mod report;
 mod scale;
 mod sink;
 mod stress;
+mod targets;
 mod tenants;
 
 use clap::Parser;
@@ -85,6 +86,11 @@ struct Args {
     /// Records in the attempt log of the log-read scenario.
     #[arg(long, default_value_t = 500_000)]
     log_records: usize,
+    /// Rounds of each scenario measured against the raw broker (cli, batch1,
+    /// batch), each right after a ceiling measurement of its own (with
+    /// raw-broker); the targets table takes the median of the rounds' ratios.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Only these scenarios (comma-separated: raw-variants, queue-args, queue-args-each, raw-backlog, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants, api-writes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -136,6 +142,45 @@ async fn dispatcher_child(path: PathBuf) -> anyhow::Result<()> {
     dispatcher::run(config, listener, reloads, shutdown).await
 }
 
+/// `scenario` run `--rounds` times, each round right after a ceiling of its
+/// own (the fastest of [`CEILING_CANDIDATES`], as the run's first one) when
+/// the run measures the raw broker: the ratio then compares two
+/// measurements minutes apart at most seconds, not minutes (this machine's
+/// speed moves by a fifth within minutes). Each round's rows go into `rows`;
+/// returns the rounds' ratios.
+async fn against_ceiling<F, Fut>(
+    args: &Args,
+    rows: &mut Vec<Row>,
+    scenario: F,
+) -> anyhow::Result<Vec<f64>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Row>>,
+{
+    let mut ratios = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        let ceiling = if wanted(args, "raw-broker") {
+            let mut c = raw_broker_best(args.events, args.size).await?;
+            c.scenario = format!("raw broker, the ceiling of the next row: {}", c.scenario);
+            Some(progress_of(c))
+        } else {
+            None
+        };
+        let mut row = progress_of(scenario().await?);
+        if args.rounds > 1 {
+            row.scenario = format!("{} (round {round})", row.scenario);
+        }
+        if let Some(c) = &ceiling {
+            let ratio = row.events_per_s / c.events_per_s;
+            row.ratio_to_raw_broker = Some(ratio);
+            ratios.push(ratio);
+        }
+        rows.extend(ceiling);
+        rows.push(row);
+    }
+    Ok(ratios)
+}
+
 fn wanted(args: &Args, name: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|o| o == name)
 }
@@ -148,6 +193,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         common::secret::redact_url(&amqp_url())
     );
     let mut rows: Vec<Row> = Vec::new();
+    let mut targets = targets::Targets::default();
     let mut raw = None;
     // Not in the default run: the raw publisher's variants (BENCHMARKS.md).
     if args.only.iter().any(|o| o == "raw-variants") {
@@ -172,29 +218,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rows.push(progress_of(raw_http(args.events, args.size).await?));
     }
     if wanted(&args, "publisher") {
-        rows.extend(publisher_alone(args.events, args.size, 2).await?);
+        let both = publisher_alone(args.events, args.size, 2).await?;
+        targets.publisher = both.last().and_then(|r| r.ratio_to_raw_broker);
+        rows.extend(both);
     }
     if wanted(&args, "cli") {
-        rows.push(progress_of(
-            cli(args.events, args.size, args.batch_size).await?,
-        ));
+        let ratios = against_ceiling(&args, &mut rows, || {
+            cli(args.events, args.size, args.batch_size)
+        })
+        .await?;
+        if args.batch_size == 100 {
+            targets.cli = ratios;
+        }
     }
     if wanted(&args, "batch1") {
-        rows.push(progress_of(
-            hookpost("hookpost batch 1, 1 endpoint", args.events, args.size, 1, 1).await?,
-        ));
+        targets.batch1 = against_ceiling(&args, &mut rows, || {
+            hookpost("hookpost batch 1, 1 endpoint", args.events, args.size, 1, 1)
+        })
+        .await?;
     }
     if wanted(&args, "batch") {
-        rows.push(progress_of(
-            hookpost(
-                &format!("hookpost batch {}, 1 endpoint", args.batch_size),
-                args.events,
-                args.size,
-                args.batch_size,
-                1,
-            )
-            .await?,
-        ));
+        let name = format!("hookpost batch {}, 1 endpoint", args.batch_size);
+        let ratios = against_ceiling(&args, &mut rows, || {
+            hookpost(&name, args.events, args.size, args.batch_size, 1)
+        })
+        .await?;
+        if args.batch_size == 100 {
+            targets.batch100 = ratios;
+        }
     }
     if wanted(&args, "log-cost") {
         // The attempt log's cost: batch 1 without and with it, alternated
@@ -255,12 +306,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
     if wanted(&args, "latency") {
-        rows.push(progress_of(
-            latency(args.rate, args.latency_seconds, args.size).await?,
-        ));
+        let row = progress_of(latency(args.rate, args.latency_seconds, args.size).await?);
+        if args.rate == 1000 {
+            targets.p99_ms = row.p99_ms;
+        }
+        rows.push(row);
     }
     if wanted(&args, "noisy") {
-        for row in stress::noisy_neighbour(args.events / 2, args.size, args.noisy_backlog).await? {
+        let both = stress::noisy_neighbour(args.events / 2, args.size, args.noisy_backlog).await?;
+        if let [alone, beside] = both.as_slice() {
+            targets.noisy = Some(beside.events_per_s / alone.events_per_s);
+        }
+        for row in both {
             rows.push(progress_of(row));
         }
     }
@@ -277,9 +334,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if wanted(&args, "scale") {
-        rows.push(progress_of(
+        let row = progress_of(
             scale::scale(args.scale_endpoints, args.size, &args.scale_queue_type).await?,
-        ));
+        );
+        if args.scale_endpoints == 10_000 {
+            targets.scale = row.scrape.map(|(series, bytes)| targets::Scale {
+                endpoints: row.events,
+                rss_mib: row.dispatcher_peak_rss_mib,
+                series,
+                bytes,
+            });
+        }
+        rows.push(row);
     }
     if wanted(&args, "api-writes") {
         for row in api_writes::api_writes(args.api_endpoints).await? {
@@ -306,6 +372,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     print_table(&rows);
+    targets.print();
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
         println!("wrote {}", path.display());

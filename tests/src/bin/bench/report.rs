@@ -23,6 +23,9 @@ pub(crate) struct Row {
     /// CPU seconds of the bench process itself (publisher, consumer or
     /// receiver; not its dispatcher child) during the scenario.
     pub(crate) bench_cpu_s: Option<f64>,
+    /// The scale scenario's one `/metrics` scrape: series and bytes.
+    #[serde(skip)]
+    pub(crate) scrape: Option<(usize, usize)>,
     /// What the table has no column for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) notes: Option<String>,

@@ -62,6 +62,7 @@ pub(crate) async fn scale(k: usize, size: usize, queue_type: &str) -> anyhow::Re
         events_per_s: 0.0,
         dispatcher_peak_rss_mib: rss,
         dispatcher_cpu_s: cpu,
+        scrape: Some((series, scrape.len())),
         notes: Some(format!(
             "ready in {ready_s:.1} s; all delivered in {seconds:.1} s; one /metrics scrape: {series} series, {:.1} MB; {broker}",
             scrape.len() as f64 / 1e6
