@@ -116,19 +116,42 @@ impl Default for Sink {
 /// error status and the connection closed, so a scenario fails loudly; so
 /// does a body over 64 MiB.
 pub(crate) async fn sink() -> anyhow::Result<(String, Arc<Sink>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let url = format!("http://{}/hook", listener.local_addr()?);
     let sink = Arc::new(Sink::default());
-    let s = sink.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(serve(stream, s.clone()));
-        }
-    });
+    let weak = Arc::downgrade(&sink);
+    // Its own thread and single-threaded runtime (BENCHMARKS.md, "Method"):
+    // its connections' reads and writes never hop between the bench's worker
+    // threads. The thread ends once the scenario dropped the sink and its
+    // connections closed.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("sink".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let mut check = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let (Ok((stream, _)), Some(s)) = (accepted, weak.upgrade()) else {
+                                continue;
+                            };
+                            let _ = stream.set_nodelay(true);
+                            tokio::spawn(serve(stream, s));
+                        }
+                        _ = check.tick() => if weak.strong_count() == 0 {
+                            return;
+                        },
+                    }
+                }
+            });
+        })?;
     Ok((url, sink))
 }
 
