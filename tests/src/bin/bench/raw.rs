@@ -306,13 +306,23 @@ async fn raw_broker_into(
     broker_quiet().await;
     let mark = CpuMark::now();
     let started = Instant::now();
-    let publish = tokio::spawn(async move { raw_publish(&exchange, n, size, method).await });
+    let mut publish = tokio::spawn(async move { raw_publish(&exchange, n, size, method).await });
+    let mut published = false;
     let mut got = 0;
     while got < n {
-        let delivery = consumer
-            .next()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
+        // A publisher that failed (a nack, a closed channel) would leave
+        // this loop waiting for messages that never come: its error ends
+        // the round instead.
+        let next = tokio::select! {
+            next = tokio::time::timeout(Duration::from_secs(60), consumer.next()) => next
+                .map_err(|_| anyhow::anyhow!("no delivery for 60 s after {got} of {n}"))?,
+            done = &mut publish, if !published => {
+                done??;
+                published = true;
+                continue;
+            }
+        };
+        let delivery = next.ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
         got += 1;
         if let Some(rate) = pace {
             let due = started + Duration::from_secs_f64(got as f64 / f64::from(rate));
@@ -326,7 +336,9 @@ async fn raw_broker_into(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    publish.await??;
+    if !published {
+        publish.await??;
+    }
     Ok(mark.filled(Row {
         scenario: format!(
             "raw broker ({}){}",
