@@ -166,7 +166,7 @@ where
         } else {
             None
         };
-        let mut row = progress_of(scenario().await?);
+        let mut row = scenario().await?;
         if args.rounds > 1 {
             row.scenario = format!("{} (round {round})", row.scenario);
         }
@@ -175,6 +175,7 @@ where
             row.ratio_to_raw_broker = Some(ratio);
             ratios.push(ratio);
         }
+        progress(&row);
         rows.extend(ceiling);
         rows.push(row);
     }
