@@ -145,8 +145,8 @@ async fn dispatcher_child(path: PathBuf) -> anyhow::Result<()> {
 /// `scenario` run `--rounds` times, each round right after a ceiling of its
 /// own (the fastest of [`CEILING_CANDIDATES`], as the run's first one) when
 /// the run measures the raw broker: the ratio then compares two
-/// measurements minutes apart at most seconds, not minutes (this machine's
-/// speed moves by a fifth within minutes). Each round's rows go into `rows`;
+/// measurements seconds apart, not minutes (this machine's speed moves by a
+/// fifth within minutes). Each round's rows go into `rows`;
 /// returns the rounds' ratios.
 async fn against_ceiling<F, Fut>(
     args: &Args,
