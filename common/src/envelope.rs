@@ -204,6 +204,53 @@ impl Event {
         Ok(event)
     }
 
+    /// [`Event::from_slice`] without keeping the payload: `data` is checked
+    /// to be JSON and left `null`. For readers that need the envelope's
+    /// fields, not its payload (a dispatcher sends the bytes as published,
+    /// a replay republishes them): no allocation per payload field, however
+    /// large or nested the payload. Accepts and rejects exactly what
+    /// [`Event::from_slice`] does, with the same errors.
+    ///
+    /// # Errors
+    /// [`EnvelopeError`] when the bytes are not JSON, miss a field or break a rule.
+    pub fn head_from_slice(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        /// The envelope's fields, the payload skipped (but parsed).
+        #[derive(Deserialize)]
+        struct Head {
+            id: String,
+            #[serde(rename = "type")]
+            event_type: String,
+            #[serde(with = "time::serde::rfc3339")]
+            timestamp: OffsetDateTime,
+            #[serde(default)]
+            source: Option<String>,
+            #[serde(default)]
+            tenant: Option<String>,
+            #[serde(default)]
+            environment: Option<String>,
+            #[serde(default, rename = "data")]
+            _data: serde::de::IgnoredAny,
+        }
+        let Ok(head) = serde_json::from_slice::<Head>(bytes) else {
+            // The full parse names the failing field.
+            return Self::from_slice(bytes).map(|event| Self {
+                data: serde_json::Value::Null,
+                ..event
+            });
+        };
+        let event = Self {
+            id: head.id,
+            event_type: head.event_type,
+            timestamp: head.timestamp,
+            source: head.source,
+            tenant: head.tenant,
+            environment: head.environment,
+            data: serde_json::Value::Null,
+        };
+        event.validate()?;
+        Ok(event)
+    }
+
     /// [`Event::validate`], and the type not one of hookpost's own
     /// ([`crate::routing::OPERATIONAL_WORD`]): what publishers (the library,
     /// the CLI, the ingest) may send, so that no service can pass its
@@ -418,10 +465,65 @@ mod tests {
         ));
     }
 
+    /// Any JSON value: control characters, quotes and non-ASCII in strings
+    /// and keys, integers and floats of every size, nesting.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,30}".prop_map(Value::String),
+            "[\\x00-\\x1f\"\\\\]{0,10}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,10}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    #[test]
+    fn the_head_parser_rejects_what_the_full_one_does() {
+        let cases: [&[u8]; 7] = [
+            br#"{"id":"e","type":"a.b","timestamp":"2026-01-01T00:00:00Z","data":{"x":[1,2}}"#,
+            br#"{"id":"e","type":"a.b","timestamp":"2026-01-01T00:00:00Z","data":1} trailing"#,
+            br#"{"id":"e","type":"a.b","timestamp":"2026-01-01T00:00:00Z","data":1,"data":2}"#,
+            br#"{"id":"e","type":"A B","timestamp":"2026-01-01T00:00:00Z"}"#,
+            br#"{"id":"","type":"a.b","timestamp":"2026-01-01T00:00:00Z"}"#,
+            br#"{"id":"e","type":"a.b","timestamp":"yesterday"}"#,
+            br#"{"id":"e","type":"a.b","timestamp":"2026-01-01T00:00:00Z","tenant":"Bad Tenant"}"#,
+        ];
+        for bytes in cases {
+            let head = Event::head_from_slice(bytes);
+            assert!(head.is_err(), "{}", String::from_utf8_lossy(bytes));
+            assert_eq!(head.err(), Event::from_slice(bytes).err());
+        }
+    }
+
     proptest! {
         #[test]
         fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = Event::from_slice(&bytes);
+        }
+
+        #[test]
+        fn the_head_parser_agrees_with_the_full_one(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let full = Event::from_slice(&bytes).map(|e| Event { data: serde_json::Value::Null, ..e });
+            prop_assert_eq!(Event::head_from_slice(&bytes), full);
+        }
+
+        #[test]
+        fn the_head_of_any_event_is_the_event_without_its_payload(data in json_value(), scoped in any::<bool>()) {
+            let mut event = Event::new("a.b", data).unwrap();
+            if scoped {
+                event = event.with_scope(Some("acme"), Some("prd")).unwrap();
+            }
+            let bytes = event.to_vec();
+            prop_assert_eq!(Event::head_from_slice(&bytes).unwrap(), Event { data: serde_json::Value::Null, ..event });
         }
 
         #[test]
