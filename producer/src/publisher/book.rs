@@ -6,7 +6,9 @@ use super::lane::{Done, Item, Job, Key, Outcome};
 use lapin::Confirmation;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 /// Where each job stands. Kept apart from the channel so the bookkeeping
 /// (which event a confirm or a return settles) is tested without a broker.
@@ -19,6 +21,9 @@ pub(super) struct Book {
     /// Archive copies (events) settled since the last count: written, lost,
     /// bytes written.
     pub(super) copies: (u64, u64, u64),
+    /// Least time between two progress reports to a job waiting its turn
+    /// (see [`Book::report_progress`]); zero reports every round.
+    waiting_report_every: Duration,
 }
 
 struct JobState {
@@ -29,6 +34,8 @@ struct JobState {
     oldest_unconfirmed: usize,
     /// One of its events was confirmed since the last progress report.
     progressed: bool,
+    /// When it was last told of progress.
+    reported: Option<Instant>,
     /// Published, confirm not yet in.
     in_flight: usize,
     /// Answered with a failure; its events not yet published never will be.
@@ -38,6 +45,15 @@ struct JobState {
 }
 
 impl Book {
+    /// A book that tells a job waiting its turn of the channel's progress at
+    /// most once per `waiting_report_every`.
+    pub(super) fn new(waiting_report_every: Duration) -> Self {
+        Self {
+            waiting_report_every,
+            ..Self::default()
+        }
+    }
+
     pub(super) fn add(&mut self, job: Job) {
         let id = self.next_job;
         self.next_job += 1;
@@ -50,6 +66,7 @@ impl Book {
                 confirmed_count: 0,
                 oldest_unconfirmed: 0,
                 progressed: false,
+                reported: None,
                 in_flight: 0,
                 items: job.items,
                 failed: false,
@@ -175,13 +192,25 @@ impl Book {
     }
 
     /// Tells each waiting job that the broker made progress for it, after a
-    /// round of confirms: one of its events was confirmed, or none of its
-    /// events is in flight (they wait their turn, and the confirms just in
-    /// make room for them).
-    pub(super) fn report_progress(&mut self) {
+    /// round of confirms (`now`): one of its events was confirmed, or none
+    /// of its events is in flight (they wait their turn, and the confirms
+    /// just in make room for them). A job waiting its turn hears of it at
+    /// most once per `waiting_report_every`: with thousands of callers
+    /// queued behind the window, telling each of them on every round would
+    /// wake every caller's task hundreds of times a second for nothing.
+    pub(super) fn report_progress(&mut self, now: Instant) {
+        let every = self.waiting_report_every;
         for state in self.jobs.values_mut() {
-            if state.answer.is_some() && (state.progressed || state.in_flight == 0) {
+            let waited_enough = || {
+                state
+                    .reported
+                    .is_none_or(|at| now.saturating_duration_since(at) >= every)
+            };
+            if state.answer.is_some()
+                && (state.progressed || (state.in_flight == 0 && waited_enough()))
+            {
                 state.progress.send_replace(state.oldest_unconfirmed);
+                state.reported = Some(now);
             }
             state.progressed = false;
         }
@@ -247,7 +276,7 @@ mod tests {
     fn ack(book: &mut Book, key: Key) {
         assert!(!book.resolve((key, Ok(Confirmation::Ack(None)))));
         book.answer_finished();
-        book.report_progress();
+        book.report_progress(Instant::now());
     }
 
     fn returned(id: &str) -> BasicReturnMessage {
@@ -433,6 +462,46 @@ mod tests {
         assert!(!behind.progress.has_changed().expect("open"));
         ack(&mut book, b1);
         assert!(matches!(behind.answer.try_recv(), Ok(Outcome::Confirmed)));
+    }
+
+    #[test]
+    fn jobs_waiting_their_turn_hear_of_progress_at_most_once_per_interval() {
+        let every = Duration::from_millis(100);
+        let mut book = Book::new(every);
+        let mut ahead = ticket(&mut book, &["a1", "a2", "a3", "a4"]);
+        let mut behind: Vec<Ticket> = (0..50)
+            .map(|i| ticket(&mut book, &[format!("b{i}").as_str()]))
+            .collect();
+        let start = Instant::now();
+        // A window of one: a1 goes out, everything else waits.
+        let mut sent = book.next_to_send().expect("a1").0;
+        for (round, at) in [0, 10, 20, 130].into_iter().enumerate() {
+            book.settle(sent, true);
+            book.answer_finished();
+            book.report_progress(start + Duration::from_millis(at));
+            // The job whose event was confirmed hears of it every round
+            // (the last one answers it).
+            if round < 3 {
+                assert!(ahead.progress.has_changed().expect("open"), "round {round}");
+                ahead.progress.mark_unchanged();
+            }
+            // The ones waiting: on the first round, not on the next two
+            // (within the interval), again once it has passed.
+            let told = behind
+                .iter_mut()
+                .filter(|t| t.progress.has_changed().expect("open"))
+                .count();
+            assert_eq!(
+                told,
+                if at == 0 || at == 130 { 50 } else { 0 },
+                "at {at} ms"
+            );
+            behind.iter_mut().for_each(|t| t.progress.mark_unchanged());
+            if round < 3 {
+                sent = book.next_to_send().expect("next of a").0;
+            }
+        }
+        assert!(matches!(ahead.answer.try_recv(), Ok(Outcome::Confirmed)));
     }
 
     #[test]

@@ -48,6 +48,7 @@ impl Publisher {
                     let lane = Arc::new(Lane::start(
                         channel,
                         WINDOW,
+                        self.timeout,
                         archive,
                         self.copy_counters.clone(),
                     ));

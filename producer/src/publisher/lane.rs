@@ -88,8 +88,10 @@ pub(super) struct Ticket {
     /// Changes (even to the same value) each time the broker made progress
     /// for the job: one of its events confirmed or, while none of them is in
     /// flight yet (they wait their turn behind other jobs), any confirm on
-    /// the channel. The value is the index of the job's oldest unconfirmed
-    /// event.
+    /// the channel, told at most four times per publish timeout (so a call
+    /// waiting its turn fails between three quarters of a timeout and one
+    /// timeout after the channel's last confirm). The value is the index of
+    /// the job's oldest unconfirmed event.
     pub(super) progress: watch::Receiver<usize>,
 }
 
@@ -113,13 +115,18 @@ impl Lane {
     pub(super) fn start(
         channel: Channel,
         window: usize,
+        timeout: std::time::Duration,
         archive: bool,
         counters: Counters,
     ) -> Self {
         // Unbounded: each waiting caller has at most one job queued, and each
         // job is bounded by the caller's own limits (ingest body size, --count).
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(run(channel.clone(), window, queue, counters.clone()));
+        // A caller waiting its turn hears of the channel's progress four
+        // times per timeout at least, so its watchdog never fires while the
+        // broker confirms anything.
+        let book = Book::new(timeout / 4);
+        tokio::spawn(run(channel.clone(), window, book, queue, counters.clone()));
         Self {
             channel,
             jobs,
@@ -190,10 +197,10 @@ pub(super) type Done = (Key, Result<Confirmation, lapin::Error>);
 async fn run(
     channel: Channel,
     window: usize,
+    mut book: Book,
     mut queue: mpsc::UnboundedReceiver<Job>,
     counters: Counters,
 ) {
-    let mut book = Book::default();
     // Publishes in flight, each borrowing the channel, held inline in the
     // set's own task node (not boxed: one allocation per publish, not two
     // and a copy of the future).
@@ -223,7 +230,7 @@ async fn run(
                     return;
                 }
                 book.answer_finished();
-                book.report_progress();
+                book.report_progress(tokio::time::Instant::now());
                 if let Some(c) = counters.get() {
                     let (written, lost, bytes) = std::mem::take(&mut book.copies);
                     c.written.inc_by(written);
