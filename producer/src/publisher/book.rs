@@ -21,9 +21,16 @@ pub(super) struct Book {
     /// Archive copies (events) settled since the last count: written, lost,
     /// bytes written.
     pub(super) copies: (u64, u64, u64),
-    /// Least time between two progress reports to a job waiting its turn
-    /// (see [`Book::report_progress`]); zero reports every round.
+    /// Least time between two progress reports to the jobs waiting their
+    /// turn (see [`Book::report_progress`]); zero reports every round.
     waiting_report_every: Duration,
+    /// When the jobs waiting their turn were last told of progress.
+    waiting_reported: Option<Instant>,
+    /// Jobs whose state changed since the last round (an event settled,
+    /// the job failed or was added empty): only these can be answered,
+    /// forgotten or have progressed, so a round visits these, not every
+    /// job (thousands of single-event calls may wait behind the window).
+    touched: Vec<u64>,
 }
 
 struct JobState {
@@ -34,8 +41,6 @@ struct JobState {
     oldest_unconfirmed: usize,
     /// One of its events was confirmed since the last progress report.
     progressed: bool,
-    /// When it was last told of progress.
-    reported: Option<Instant>,
     /// Published, confirm not yet in.
     in_flight: usize,
     /// Answered with a failure; its events not yet published never will be.
@@ -66,7 +71,6 @@ impl Book {
                 confirmed_count: 0,
                 oldest_unconfirmed: 0,
                 progressed: false,
-                reported: None,
                 in_flight: 0,
                 items: job.items,
                 failed: false,
@@ -75,6 +79,7 @@ impl Book {
             },
         );
         if n == 0 {
+            self.touched.push(id);
             self.answer_finished();
         }
     }
@@ -90,6 +95,7 @@ impl Book {
             if job.answer.as_ref().is_some_and(oneshot::Sender::is_closed) {
                 job.answer = None;
                 job.failed = true;
+                self.touched.push(key.0);
             }
             if !job.failed {
                 job.in_flight += 1;
@@ -132,6 +138,7 @@ impl Book {
         let Some(state) = self.jobs.get_mut(&job) else {
             return;
         };
+        self.touched.push(job);
         state.in_flight -= 1;
         let item = &state.items[i];
         let copies = item.copies as u64;
@@ -160,9 +167,10 @@ impl Book {
     /// The broker returned event `id`: every job still waiting for it fails.
     pub(super) fn returned(&mut self, id: &str, reply: &str) {
         let mut found = false;
-        for state in self.jobs.values_mut() {
+        for (job, state) in &mut self.jobs {
             if state.items.iter().any(|item| item.id == id) {
                 found = true;
+                self.touched.push(*job);
                 state.fail(Outcome::Unroutable {
                     id: id.to_owned(),
                     reply: reply.to_owned(),
@@ -175,44 +183,58 @@ impl Book {
     }
 
     /// Answers the jobs whose every event is confirmed; forgets failed jobs
-    /// once none of their events is in flight.
+    /// once none of their events is in flight. Only the jobs touched since
+    /// the last round can have changed.
     pub(super) fn answer_finished(&mut self) {
-        self.jobs.retain(|_, state| {
-            if state.failed {
-                return state.in_flight > 0;
+        for job in &self.touched {
+            let Some(state) = self.jobs.get_mut(job) else {
+                continue;
+            };
+            let done = if state.failed {
+                state.in_flight == 0
+            } else if state.confirmed_count < state.items.len() {
+                false
+            } else {
+                if let Some(answer) = state.answer.take() {
+                    let _ = answer.send(Outcome::Confirmed);
+                }
+                true
+            };
+            if done {
+                self.jobs.remove(job);
             }
-            if state.confirmed_count < state.items.len() {
-                return true;
-            }
-            if let Some(answer) = state.answer.take() {
-                let _ = answer.send(Outcome::Confirmed);
-            }
-            false
-        });
+        }
     }
 
     /// Tells each waiting job that the broker made progress for it, after a
     /// round of confirms (`now`): one of its events was confirmed, or none
     /// of its events is in flight (they wait their turn, and the confirms
-    /// just in make room for them). A job waiting its turn hears of it at
-    /// most once per `waiting_report_every`: with thousands of callers
+    /// just in make room for them). The jobs waiting their turn hear of it
+    /// at most once per `waiting_report_every`: with thousands of callers
     /// queued behind the window, telling each of them on every round would
-    /// wake every caller's task hundreds of times a second for nothing.
+    /// wake every caller's task hundreds of times a second for nothing, and
+    /// visiting them all would cost the round as much.
     pub(super) fn report_progress(&mut self, now: Instant) {
-        let every = self.waiting_report_every;
-        for state in self.jobs.values_mut() {
-            let waited_enough = || {
-                state
-                    .reported
-                    .is_none_or(|at| now.saturating_duration_since(at) >= every)
-            };
-            if state.answer.is_some()
-                && (state.progressed || (state.in_flight == 0 && waited_enough()))
+        for job in std::mem::take(&mut self.touched) {
+            if let Some(state) = self.jobs.get_mut(&job)
+                && state.progressed
             {
-                state.progress.send_replace(state.oldest_unconfirmed);
-                state.reported = Some(now);
+                state.progressed = false;
+                if state.answer.is_some() {
+                    state.progress.send_replace(state.oldest_unconfirmed);
+                }
             }
-            state.progressed = false;
+        }
+        let due = self
+            .waiting_reported
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.waiting_report_every);
+        if due {
+            self.waiting_reported = Some(now);
+            for state in self.jobs.values_mut() {
+                if state.answer.is_some() && state.in_flight == 0 {
+                    state.progress.send_replace(state.oldest_unconfirmed);
+                }
+            }
         }
     }
 
@@ -231,6 +253,7 @@ impl Book {
             }
         }
         self.to_send.clear();
+        self.touched.clear();
     }
 }
 
@@ -338,6 +361,19 @@ mod tests {
         ack(&mut book, rest[0]);
         assert!(matches!(waited.try_recv(), Ok(Outcome::Confirmed)));
         assert!(book.jobs.is_empty(), "the abandoned job is forgotten");
+    }
+
+    #[test]
+    fn a_job_dropped_before_any_of_it_was_sent_is_forgotten_at_the_next_round() {
+        let mut book = Book::default();
+        let mut waited = job(&mut book, &["a"]);
+        drop(ticket(&mut book, &["x", "y"]));
+        let sent = send_all(&mut book);
+        assert_eq!(sent.len(), 1, "only a: {sent:?}");
+        ack(&mut book, sent[0]);
+        assert!(matches!(waited.try_recv(), Ok(Outcome::Confirmed)));
+        assert!(book.jobs.is_empty(), "the abandoned job is forgotten");
+        assert!(book.touched.is_empty());
     }
 
     #[test]
