@@ -25,6 +25,19 @@ pub(crate) async fn publisher_alone(
     publisher_alone_with(n, size, rounds, "").await
 }
 
+/// [`publisher_alone`], the `n` events published by `n` concurrent tasks,
+/// one `publish` call each (one `Publisher` shared): what many callers at
+/// once cost the lane (issue 15: concurrent calls pipeline too). With
+/// `extra` TOML in the publisher's config.
+pub(crate) async fn concurrent_publishers(
+    n: usize,
+    size: usize,
+    rounds: usize,
+    extra: &str,
+) -> anyhow::Result<Vec<Row>> {
+    publisher_rounds(n, size, rounds, extra, true).await
+}
+
 /// [`publisher_alone`] with `extra` TOML in the publisher's config (say,
 /// `[archive]`).
 pub(crate) async fn publisher_alone_with(
@@ -32,6 +45,18 @@ pub(crate) async fn publisher_alone_with(
     size: usize,
     rounds: usize,
     extra: &str,
+) -> anyhow::Result<Vec<Row>> {
+    publisher_rounds(n, size, rounds, extra, false).await
+}
+
+/// The rounds of [`publisher_alone_with`]; hookpost's publishes by `n`
+/// concurrent `publish` calls when `concurrent`, else one `publish_many`.
+async fn publisher_rounds(
+    n: usize,
+    size: usize,
+    rounds: usize,
+    extra: &str,
+    concurrent: bool,
 ) -> anyhow::Result<Vec<Row>> {
     let (mut raw_best, mut ours_best) = (0.0_f64, 0.0_f64);
     // The CPU of the rounds of each, summed (the rows show all rounds').
@@ -55,7 +80,7 @@ pub(crate) async fn publisher_alone_with(
 
         let scope = Scope::new().await;
         let config = scope.config(extra);
-        let publisher = Publisher::connect(&config).await?;
+        let publisher = std::sync::Arc::new(Publisher::connect(&config).await?);
         let ch = scope.connection.create_channel().await?;
         Topology::new(&config.amqp)
             .declare_endpoint(&ch, "bench", &["#".to_owned()])
@@ -65,7 +90,18 @@ pub(crate) async fn publisher_alone_with(
         broker_quiet().await;
         let mark = CpuMark::now();
         let started = Instant::now();
-        publisher.publish_many(&events).await?;
+        if concurrent {
+            let mut calls = tokio::task::JoinSet::new();
+            for event in events {
+                let publisher = publisher.clone();
+                calls.spawn(async move { publisher.publish(&event).await });
+            }
+            while let Some(call) = calls.join_next().await {
+                call??;
+            }
+        } else {
+            publisher.publish_many(&events).await?;
+        }
         ours_best = ours_best.max(n as f64 / started.elapsed().as_secs_f64());
         add(&mut ours_cpu, mark);
         publisher.close().await;
@@ -81,7 +117,12 @@ pub(crate) async fn publisher_alone_with(
     });
     let ours = progress_of(Row {
         scenario: format!(
-            "hookpost publisher alone (publish_many{}), best of {rounds}; ratio to the raw publisher",
+            "hookpost publisher alone ({}{}), best of {rounds}; ratio to the raw publisher",
+            if concurrent {
+                format!("{n} concurrent publish calls")
+            } else {
+                "publish_many".to_owned()
+            },
             if extra.contains("[archive]\nenabled = false") {
                 ", archive off"
             } else {

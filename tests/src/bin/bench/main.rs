@@ -91,7 +91,7 @@ struct Args {
     /// raw-broker); the targets table takes the median of the rounds' ratios.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// Only these scenarios (comma-separated: raw-variants, queue-args, queue-args-each, raw-backlog, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants, api-writes).
+    /// Only these scenarios (comma-separated: raw-variants, queue-args, queue-args-each, raw-backlog, concurrent-publish, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants, api-writes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -222,6 +222,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let both = publisher_alone(args.events, args.size, 2).await?;
         targets.publisher = both.last().and_then(|r| r.ratio_to_raw_broker);
         rows.extend(both);
+    }
+    // Not in the default run: many concurrent callers of one publisher.
+    if args.only.iter().any(|o| o == "concurrent-publish") {
+        // With the archive (the default) and without: each call's events
+        // get an archive message of their own (BENCHMARKS.md, session 28).
+        for extra in ["", "[archive]\nenabled = false\n"] {
+            rows.extend(crate::cli::concurrent_publishers(args.events, args.size, 2, extra).await?);
+        }
     }
     if wanted(&args, "cli") {
         let ratios = against_ceiling(&args, &mut rows, || {
