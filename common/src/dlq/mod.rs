@@ -22,6 +22,10 @@ use lapin::{Channel, Connection};
 use record::Record;
 use std::io::Write;
 use std::time::Duration;
+
+/// Longest a browse waits for the messages it looked at to be back in the
+/// queue ([`DeadLetters::until_returned`]).
+const RETURN_WAIT: Duration = Duration::from_secs(5);
 use view::{DeadLetterView, Filter};
 
 /// Headers a dead letter carries that a replay removes (it starts afresh).
@@ -109,10 +113,33 @@ impl<'a> DeadLetters<'a> {
     /// How many messages a walk takes: those present now, up to the cap.
     async fn walk_len(&self) -> anyhow::Result<u32> {
         let total = self.dead_depth().await?;
-        Ok(match self.walk_cap {
+        Ok(self.capped(total))
+    }
+
+    fn capped(&self, total: u32) -> u32 {
+        match self.walk_cap {
             Some(cap) => total.min(u32::try_from(cap).unwrap_or(u32::MAX)),
             None => total,
-        })
+        }
+    }
+
+    /// Waits, at most [`RETURN_WAIT`], until the queue holds `depth` ready
+    /// messages again. The broker puts the messages of a closed channel
+    /// back in the background: without the wait, a command run right after
+    /// a browse could find some of them missing (and, say, report that no
+    /// dead letter matches). Someone else taking messages meanwhile only
+    /// makes it wait the bound out.
+    async fn until_returned(&self, depth: u32) {
+        let dead = self.topology.dead();
+        let deadline = tokio::time::Instant::now() + RETURN_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            match crate::amqp::queue_counts(self.conn, &dead).await {
+                Ok(Some((ready, _))) if ready < depth => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return,
+            }
+        }
     }
 
     async fn dead_depth(&self) -> anyhow::Result<u32> {
@@ -137,7 +164,8 @@ impl<'a> DeadLetters<'a> {
         &self,
         mut visit: impl FnMut(&BasicGetMessage, &DeadLetterView),
     ) -> anyhow::Result<()> {
-        let total = self.walk_len().await?;
+        let depth = self.dead_depth().await?;
+        let total = self.capped(depth);
         let ch = crate::amqp::open_channel(self.conn).await?;
         let queue = self.topology.dead();
         for _ in 0..total {
@@ -148,6 +176,7 @@ impl<'a> DeadLetters<'a> {
         }
         // Never acked: closing the channel returns every message to the queue.
         ch.close(200, "browsed".into()).await?;
+        self.until_returned(depth).await;
         Ok(())
     }
 
