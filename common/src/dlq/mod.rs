@@ -22,11 +22,11 @@ use lapin::{Channel, Connection};
 use record::Record;
 use std::io::Write;
 use std::time::Duration;
+use view::{DeadLetterView, Filter};
 
 /// Longest a browse waits for the messages it looked at to be back in the
 /// queue ([`DeadLetters::until_returned`]).
 const RETURN_WAIT: Duration = Duration::from_secs(5);
-use view::{DeadLetterView, Filter};
 
 /// Headers a dead letter carries that a replay removes (it starts afresh).
 const DEAD_LETTER_HEADERS: [&str; 10] = crate::contract::header::DEAD_LETTER;
