@@ -13,6 +13,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 impl Publisher {
+    /// Keeps a channel open until `shutdown`: connects (retrying without
+    /// deadline) and declares the exchanges, then checks every second and
+    /// reconnects when the broker went away, so readiness recovers even when
+    /// no publish comes. Used by servers that start while the broker is down.
+    ///
+    /// # Errors
+    /// [`PublishError::Topology`] on a conflicting declaration.
+    pub async fn keep_connected(&self, shutdown: &CancellationToken) -> Result<(), PublishError> {
+        self.inner.keep_connected(shutdown).await
+    }
+}
+
+impl super::Inner {
     /// The publishing lane, opening its channel (and declaring the
     /// exchanges) if needed.
     pub(super) async fn lane(&self, deadline: Instant) -> Result<Arc<Lane>, PublishError> {
@@ -115,14 +128,8 @@ impl Publisher {
         }
     }
 
-    /// Keeps a channel open until `shutdown`: connects (retrying without
-    /// deadline) and declares the exchanges, then checks every second and
-    /// reconnects when the broker went away, so readiness recovers even when
-    /// no publish comes. Used by servers that start while the broker is down.
-    ///
-    /// # Errors
-    /// [`PublishError::Topology`] on a conflicting declaration.
-    pub async fn keep_connected(&self, shutdown: &CancellationToken) -> Result<(), PublishError> {
+    /// See [`Publisher::keep_connected`].
+    async fn keep_connected(&self, shutdown: &CancellationToken) -> Result<(), PublishError> {
         while !shutdown.is_cancelled() {
             if !self.is_ready() {
                 match self.client.connection(None, shutdown).await {

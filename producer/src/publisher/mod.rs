@@ -61,13 +61,19 @@ const PREPARE_IN_TWO_FROM: usize = 2048;
 /// `Arc`; concurrent publishes share one channel and are in flight together.
 #[derive(Debug)]
 pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+/// What a [`Publisher`] holds, shared with the tasks it starts.
+#[derive(Debug)]
+struct Inner {
     client: AmqpClient,
     topology: Topology,
     timeout: Duration,
     lane: Mutex<Option<Arc<Lane>>>,
     /// The current channel, readable without waiting for `channel`'s lock.
     current: std::sync::Mutex<Option<Channel>>,
-    metrics: Option<ProducerMetrics>,
+    metrics: std::sync::OnceLock<ProducerMetrics>,
     /// Cancelled by [`Publisher::close`]: no connection is opened after it,
     /// and a setup the close interrupted is not retried or logged.
     closed: CancellationToken,
@@ -84,29 +90,8 @@ impl Publisher {
     /// A publisher for the broker and prefix in `config`. Connects lazily, on
     /// the first publish (see [`Publisher::connect`] to fail fast).
     pub fn new(config: &Config) -> Self {
-        // With the config's replica counts: the archive is declared with
-        // `registry.control_replicas`, as the dispatchers declare it.
-        let topology = Topology::for_config(config);
         Self {
-            client: AmqpClient::new(
-                config.amqp.urls.clone(),
-                "hookpost-producer",
-                config.amqp.max_reconnect_delay,
-            ),
-            timeout: config.amqp.publish_timeout,
-            lane: Mutex::new(None),
-            current: std::sync::Mutex::new(None),
-            metrics: None,
-            closed: CancellationToken::new(),
-            events_exchange: topology.events_exchange().into(),
-            scoped_exchange: topology.scoped_exchange().into(),
-            max_bytes: config.amqp.max_message_bytes,
-            copy_counters: lane::Counters::default(),
-            archive: config
-                .archive
-                .enabled
-                .then(|| (config.archive.clone(), topology.archive().into())),
-            topology,
+            inner: Arc::new(Inner::new(config)),
         }
     }
 
@@ -117,36 +102,31 @@ impl Publisher {
     /// the publish timeout, [`PublishError::Topology`] when it refuses a declaration.
     pub async fn connect(config: &Config) -> Result<Self, PublishError> {
         let publisher = Self::new(config);
-        publisher.lane(Instant::now() + publisher.timeout).await?;
+        let inner = &publisher.inner;
+        inner.lane(Instant::now() + inner.timeout).await?;
         Ok(publisher)
     }
 
-    /// Counts publishes in these metrics.
+    /// Counts publishes in these metrics (the first metrics given stay).
     #[must_use]
-    pub fn with_metrics(mut self, metrics: ProducerMetrics) -> Self {
-        let _ = self.copy_counters.set(CopyCounters {
+    pub fn with_metrics(self, metrics: ProducerMetrics) -> Self {
+        let _ = self.inner.copy_counters.set(CopyCounters {
             written: metrics.archive_records.with_label_values(&["written"]),
             lost: metrics.archive_records.with_label_values(&["lost"]),
             bytes: metrics.archive_bytes.clone(),
         });
-        self.metrics = Some(metrics);
+        let _ = self.inner.metrics.set(metrics);
         self
     }
 
     /// The underlying connection supervisor (for readiness checks).
     pub fn client(&self) -> &AmqpClient {
-        &self.client
+        &self.inner.client
     }
 
     /// Whether a confirm-mode channel with the exchanges declared is open now.
     pub fn is_ready(&self) -> bool {
-        self.client.is_connected()
-            && self
-                .current
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .as_ref()
-                .is_some_and(|c| c.status().connected())
+        self.inner.is_ready()
     }
 
     /// Publishes one event; returns once the broker confirmed it.
@@ -166,9 +146,67 @@ impl Publisher {
     /// # Errors
     /// See [`PublishError`].
     pub async fn publish_many(&self, events: &[Event]) -> Result<(), PublishError> {
+        self.inner.publish_many(events).await
+    }
+
+    /// Why the broker blocks this publisher's connection, if it does (see
+    /// [`PublishError::Blocked`]).
+    pub fn blocked(&self) -> Option<String> {
+        self.inner.client.blocked()
+    }
+
+    /// Closes the connection, for good: later publishes fail rather than
+    /// open a new connection. Bounded even when the broker blocks it: at
+    /// most [`common::amqp::CLOSE_TIMEOUT`] for a channel setup under way to
+    /// finish, then the client's own close (twice that at most).
+    pub async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+impl Inner {
+    fn new(config: &Config) -> Self {
+        // With the config's replica counts: the archive is declared with
+        // `registry.control_replicas`, as the dispatchers declare it.
+        let topology = Topology::for_config(config);
+        Self {
+            client: AmqpClient::new(
+                config.amqp.urls.clone(),
+                "hookpost-producer",
+                config.amqp.max_reconnect_delay,
+            ),
+            timeout: config.amqp.publish_timeout,
+            lane: Mutex::new(None),
+            current: std::sync::Mutex::new(None),
+            metrics: std::sync::OnceLock::new(),
+            closed: CancellationToken::new(),
+            events_exchange: topology.events_exchange().into(),
+            scoped_exchange: topology.scoped_exchange().into(),
+            max_bytes: config.amqp.max_message_bytes,
+            copy_counters: lane::Counters::default(),
+            archive: config
+                .archive
+                .enabled
+                .then(|| (config.archive.clone(), topology.archive().into())),
+            topology,
+        }
+    }
+
+    /// Whether a confirm-mode channel with the exchanges declared is open now.
+    fn is_ready(&self) -> bool {
+        self.client.is_connected()
+            && self
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
+    }
+
+    async fn publish_many(&self, events: &[Event]) -> Result<(), PublishError> {
         let started = Instant::now();
         let result = self.publish_all(events).await;
-        if let Some(m) = &self.metrics {
+        if let Some(m) = self.metrics.get() {
             let outcome = if result.is_ok() {
                 "confirmed"
             } else {
@@ -342,17 +380,7 @@ impl Publisher {
         })
     }
 
-    /// Why the broker blocks this publisher's connection, if it does (see
-    /// [`PublishError::Blocked`]).
-    pub fn blocked(&self) -> Option<String> {
-        self.client.blocked()
-    }
-
-    /// Closes the connection, for good: later publishes fail rather than
-    /// open a new connection. Bounded even when the broker blocks it: at
-    /// most [`common::amqp::CLOSE_TIMEOUT`] for a channel setup under way to
-    /// finish, then the client's own close (twice that at most).
-    pub async fn close(&self) {
+    async fn close(&self) {
         self.closed.cancel();
         // A channel setup under way finishes first (no new one starts after
         // the cancel): a channel opened while the connection closes makes
