@@ -27,36 +27,10 @@ pub(super) fn with_copies(
     let mut run: Vec<Arc<Item>> = Vec::new();
     let mut bytes = 0;
     let flush = |run: &mut Vec<Arc<Item>>, out: &mut Vec<Arc<Item>>| {
-        let Some(first) = run.first() else {
+        if run.is_empty() {
             return;
-        };
-        let mut body = Vec::with_capacity(run.iter().map(|i| i.body.len() + 1).sum());
-        for (n, item) in run.iter().enumerate() {
-            if n > 0 {
-                body.push(b'\n');
-            }
-            body.extend_from_slice(&item.body);
         }
-        let mut properties = BasicProperties::default()
-            .with_content_type("application/x-ndjson".into())
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(first.id.as_str()))
-            .with_app_id("hookpost".into());
-        // LZ4, as the attempt log: the archive keeps several times more
-        // history within `archive.max_bytes`, and the broker writes that
-        // much less. A body too large to unpack safely stays plain.
-        if body.len() <= common::history::MAX_UNPACKED {
-            body = common::history::compress(&body);
-            properties = properties.with_content_encoding(common::history::LZ4.into());
-        }
-        let copy = Item {
-            id: first.id.clone(),
-            exchange: ShortString::from(""),
-            routing_key: stream.clone(),
-            properties: common::archive::copy_properties(&properties, now),
-            body,
-            copies: run.len(),
-        };
+        let copy = pack(run, stream, now);
         out.append(run);
         out.push(Arc::new(copy));
     };
@@ -72,6 +46,39 @@ pub(super) fn with_copies(
     }
     flush(&mut run, &mut out);
     out
+}
+
+/// One archive message holding the copies of `run` (not empty), one
+/// envelope per line, compressed, with the archive time `now`.
+pub(super) fn pack(run: &[Arc<Item>], stream: &ShortString, now: time::OffsetDateTime) -> Item {
+    let first_id = run.first().map(|item| item.id.clone()).unwrap_or_default();
+    let mut body = Vec::with_capacity(run.iter().map(|i| i.body.len() + 1).sum());
+    for (n, item) in run.iter().enumerate() {
+        if n > 0 {
+            body.push(b'\n');
+        }
+        body.extend_from_slice(&item.body);
+    }
+    let mut properties = BasicProperties::default()
+        .with_content_type("application/x-ndjson".into())
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(first_id.as_str()))
+        .with_app_id("hookpost".into());
+    // LZ4, as the attempt log: the archive keeps several times more
+    // history within `archive.max_bytes`, and the broker writes that
+    // much less. A body too large to unpack safely stays plain.
+    if body.len() <= common::history::MAX_UNPACKED {
+        body = common::history::compress(&body);
+        properties = properties.with_content_encoding(common::history::LZ4.into());
+    }
+    Item {
+        id: first_id,
+        exchange: ShortString::from(""),
+        routing_key: stream.clone(),
+        properties: common::archive::copy_properties(&properties, now),
+        body,
+        copies: run.len(),
+    }
 }
 
 #[cfg(test)]
