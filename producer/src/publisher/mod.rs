@@ -224,7 +224,13 @@ impl Inner {
         if let Some(reason) = self.client.blocked() {
             return Err(PublishError::Blocked { reason });
         }
-        let mut pending = self.prepare(events)?;
+        let pending = self.prepare(events)?;
+        self.send(pending).await
+    }
+
+    /// Publishes `pending` on the lane (again on a new channel when one is
+    /// lost) until the broker confirmed every item, or the call fails.
+    async fn send(&self, mut pending: Vec<Arc<Item>>) -> Result<(), PublishError> {
         // One deadline for the call, moved by each confirm, carried across
         // reconnects (a lost channel is not progress).
         let mut watchdog = Watchdog::start(self.timeout);
