@@ -16,7 +16,7 @@ pub const MAX_TYPE_LEN: usize = 255;
 pub const MAX_ID_LEN: usize = 255;
 
 /// Why an envelope was refused. Each variant names the field at fault.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EnvelopeError {
     /// The body is not a JSON object of the expected shape.
     #[error("invalid envelope JSON: {0}")]

@@ -1,7 +1,8 @@
 //! The event archive and replays from a point in time (issue 18) end to end,
 //! against the real broker: every published event archived; a replay into
 //! an endpoint created after the events sends exactly the window's matching
-//! events, at the asked rate, with their ids; a dry run sends nothing; and
+//! events, at the asked rate, with their ids; a dry run sends nothing; the
+//! copies of concurrent single-event calls share archive messages; and
 //! an archive that cannot be used never fails a publish (its copies are
 //! counted lost).
 
@@ -165,6 +166,80 @@ async fn a_replay_sends_the_windows_matching_events_to_a_new_endpoint_at_its_rat
     assert!(e.to_string().contains("unknown endpoint"), "{e}");
     admin.close().await;
     publisher.close().await;
+}
+
+#[tokio::test]
+async fn concurrent_single_event_calls_share_archive_messages_and_every_copy_is_kept() {
+    let scope = Scope::new().await;
+    let config = scope.config(FAST);
+    let topology = common::topology::Topology::new(&config.amqp);
+    let (_registry, m) = metrics();
+    let publisher = std::sync::Arc::new(
+        producer::Publisher::connect(&config)
+            .await
+            .expect("publisher")
+            .with_metrics(m.clone()),
+    );
+    let since = time::OffsetDateTime::now_utc();
+    const CALLS: usize = 300;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let publisher = publisher.clone();
+            tokio::spawn(async move {
+                let event = common::Event::new("order.created", serde_json::json!({ "i": i }))
+                    .expect("valid");
+                publisher.publish(&event).await.map(|()| event.id)
+            })
+        })
+        .collect();
+    let mut published = std::collections::HashSet::new();
+    for call in calls {
+        published.insert(call.await.expect("task").expect("published"));
+    }
+    assert_eq!(published.len(), CALLS);
+    // Each call returned once its copy was stored.
+    assert_eq!(
+        m.archive_records.with_label_values(&["written"]).get(),
+        CALLS as u64
+    );
+    assert_eq!(m.archive_records.with_label_values(&["lost"]).get(), 0);
+
+    // Every event's copy is in the archive once, and the calls that waited
+    // behind others shared messages.
+    let conn = lapin::Connection::connect(&tests::amqp_url(), Default::default())
+        .await
+        .expect("connect");
+    let mut cursor =
+        common::history::Cursor::open(&conn, &topology.archive(), since, None, "the archive")
+            .await
+            .expect("read the archive");
+    let (mut messages, mut archived) = (0, Vec::new());
+    while let Some(common::history::Step::Message(delivery)) =
+        tokio::time::timeout(WAIT, cursor.next())
+            .await
+            .expect("the read ends")
+            .expect("read")
+    {
+        let copies = common::archive::Archived::read(&delivery.properties, &delivery.data);
+        assert!(!copies.is_empty(), "an archive message without copies");
+        messages += 1;
+        archived.extend(copies.into_iter().map(|a| a.event.id));
+    }
+    cursor.close().await;
+    let mut unique = archived.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), archived.len(), "a copy archived twice");
+    assert_eq!(
+        unique.into_iter().collect::<std::collections::HashSet<_>>(),
+        published
+    );
+    assert!(
+        messages < CALLS / 2,
+        "{messages} archive messages for {CALLS} concurrent calls: not packed"
+    );
+    publisher.close().await;
+    let _ = conn.close(200, "done".into()).await;
 }
 
 #[tokio::test]

@@ -48,7 +48,7 @@ pub enum ConnState {
 }
 
 /// Why no connection could be had.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AmqpError {
     /// The deadline passed before the broker accepted a connection.
     #[error("broker {url} unreachable for {waited:?}: {last_error}")]

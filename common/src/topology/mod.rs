@@ -12,7 +12,7 @@ use crate::config::{AmqpConfig, QueueType};
 use replicas::Replicas;
 
 /// A declaration the broker refused.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TopologyError {
     /// The object exists with other arguments (PRECONDITION_FAILED).
     #[error(

@@ -6,7 +6,7 @@ use common::topology::TopologyError;
 use std::time::Duration;
 
 /// Why events were not (or not surely) stored by the broker.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// No broker connection within the publish timeout (counted from the
     /// call's start or its last confirm). Nothing was confirmed from the

@@ -229,14 +229,16 @@ async fn run(
                     book.lose_all();
                     return;
                 }
-                book.answer_finished();
-                book.report_progress(tokio::time::Instant::now());
+                // Counted before the answers: a caller that reads the
+                // counters once answered finds its copies in them.
                 if let Some(c) = counters.get() {
                     let (written, lost, bytes) = std::mem::take(&mut book.copies);
                     c.written.inc_by(written);
                     c.lost.inc_by(lost);
                     c.bytes.inc_by(bytes);
                 }
+                book.answer_finished();
+                book.report_progress(tokio::time::Instant::now());
             }
             job = queue.recv(), if !closed => match job {
                 Some(job) => book.add(job),

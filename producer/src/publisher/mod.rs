@@ -29,10 +29,11 @@ mod channel;
 mod copies;
 mod error;
 mod lane;
+mod packer;
 mod watchdog;
 
 use common::Event;
-use common::amqp::AmqpClient;
+use common::amqp::{AmqpClient, AmqpError};
 use common::config::Config;
 use common::metrics::ProducerMetrics;
 use common::routing::Exchange;
@@ -43,6 +44,7 @@ pub use error::PublishError;
 use lane::{CopyCounters, Item, Lane, Outcome, Ticket};
 use lapin::Channel;
 use lapin::types::ShortString;
+use packer::Packer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -62,6 +64,9 @@ const PREPARE_IN_TWO_FROM: usize = 2048;
 #[derive(Debug)]
 pub struct Publisher {
     inner: Arc<Inner>,
+    /// Packs the archive copies of small calls together (`packer.rs`);
+    /// started by the first publish when the archive is on.
+    packer: std::sync::OnceLock<Packer>,
 }
 
 /// What a [`Publisher`] holds, shared with the tasks it starts.
@@ -92,6 +97,7 @@ impl Publisher {
     pub fn new(config: &Config) -> Self {
         Self {
             inner: Arc::new(Inner::new(config)),
+            packer: std::sync::OnceLock::new(),
         }
     }
 
@@ -146,7 +152,19 @@ impl Publisher {
     /// # Errors
     /// See [`PublishError`].
     pub async fn publish_many(&self, events: &[Event]) -> Result<(), PublishError> {
-        self.inner.publish_many(events).await
+        self.inner.publish_many(events, self.packer()).await
+    }
+
+    /// The packer, when the archive is on.
+    fn packer(&self) -> Option<&Packer> {
+        let (_, stream) = self.inner.archive.as_ref()?;
+        Some(self.packer.get_or_init(|| {
+            let inner = self.inner.clone();
+            Packer::start(stream.clone(), move |items| {
+                let inner = inner.clone();
+                async move { inner.send(items).await }
+            })
+        }))
     }
 
     /// Why the broker blocks this publisher's connection, if it does (see
@@ -203,9 +221,13 @@ impl Inner {
                 .is_some_and(|c| c.status().connected())
     }
 
-    async fn publish_many(&self, events: &[Event]) -> Result<(), PublishError> {
+    async fn publish_many(
+        &self,
+        events: &[Event],
+        packer: Option<&Packer>,
+    ) -> Result<(), PublishError> {
         let started = Instant::now();
-        let result = self.publish_all(events).await;
+        let result = self.publish_all(events, packer).await;
         if let Some(m) = self.metrics.get() {
             let outcome = if result.is_ok() {
                 "confirmed"
@@ -220,12 +242,42 @@ impl Inner {
         result
     }
 
-    async fn publish_all(&self, events: &[Event]) -> Result<(), PublishError> {
+    async fn publish_all(
+        &self,
+        events: &[Event],
+        packer: Option<&Packer>,
+    ) -> Result<(), PublishError> {
         if let Some(reason) = self.client.blocked() {
             return Err(PublishError::Blocked { reason });
         }
-        let pending = self.prepare(events)?;
-        self.send(pending).await
+        // A call of fewer events than one archive message holds has its
+        // copies packed with other calls' (`packer.rs`).
+        let packer = packer.filter(|_| !events.is_empty() && events.len() < COPIES_PER_MESSAGE);
+        let mut items = self.prepare(events, packer.is_none())?;
+        let mut copied = None;
+        if let (Some(packer), Some((_, stream))) = (packer, &self.archive) {
+            let now = time::OffsetDateTime::now_utc();
+            if packer::takes(&items) {
+                copied = Some(packer.copy(&items, now));
+            } else {
+                items = with_copies(items, stream, now);
+            }
+        }
+        self.send(items).await?;
+        let Some(copied) = copied else {
+            return Ok(());
+        };
+        match copied.await {
+            Ok(Ok(())) => Ok(()),
+            // The call's events are confirmed, its copies are not.
+            Ok(Err(PublishError::Timeout { timeout, .. })) => Err(PublishError::Timeout {
+                id: events.first().map(|e| e.id.clone()).unwrap_or_default(),
+                timeout,
+            }),
+            Ok(Err(e)) => Err(e),
+            // The packer's task is gone: the runtime is shutting down.
+            Err(_) => Err(PublishError::Unavailable(AmqpError::Shutdown)),
+        }
     }
 
     /// Publishes `pending` on the lane (again on a new channel when one is
@@ -312,10 +364,10 @@ impl Inner {
 
     /// Every event serialized once (retries after a reconnect send the same
     /// bytes), each run followed by its archive message when the archive is
-    /// on; the first invalid or too large event fails the call before
-    /// anything is sent. Nothing is published while this runs, so a long
-    /// call is prepared in two halves at once.
-    fn prepare(&self, events: &[Event]) -> Result<Vec<Arc<Item>>, PublishError> {
+    /// on and `copies`; the first invalid or too large event fails the call
+    /// before anything is sent. Nothing is published while this runs, so a
+    /// long call is prepared in two halves at once.
+    fn prepare(&self, events: &[Event], copies: bool) -> Result<Vec<Arc<Item>>, PublishError> {
         let now = time::OffsetDateTime::now_utc();
         let part = |events: &[Event]| -> Result<Vec<Arc<Item>>, PublishError> {
             let items = events
@@ -325,8 +377,8 @@ impl Inner {
             Ok(match &self.archive {
                 // Each run of events followed by one archive message holding
                 // their copies, on the same channel.
-                Some((_, stream)) => with_copies(items, stream, now),
-                None => items,
+                Some((_, stream)) if copies => with_copies(items, stream, now),
+                _ => items,
             })
         };
         if events.len() < PREPARE_IN_TWO_FROM {
