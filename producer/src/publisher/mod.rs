@@ -10,6 +10,10 @@
 //! event may reach the broker twice (at-least-once), and none is reported
 //! confirmed without a confirm.
 //!
+//! With the archive on, a call also waits for the stream message holding its
+//! events' copies: its own after each run of 256 events (`copies.rs`), or,
+//! for a smaller call, one shared with other calls' copies (`packer.rs`).
+//!
 //! `amqp.publish_timeout_ms` bounds how long a call waits without progress,
 //! not the whole call (`watchdog.rs`): the call fails with
 //! [`PublishError::Timeout`] (or [`PublishError::Unavailable`] while
