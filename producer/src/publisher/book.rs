@@ -165,10 +165,17 @@ impl Book {
     }
 
     /// The broker returned event `id`: every job still waiting for it fails.
+    /// An archive message carries the id of its first event but is never
+    /// `mandatory`, so it is never what came back: a job holding only the
+    /// copies of other calls' events (`packer.rs`) does not fail with it.
     pub(super) fn returned(&mut self, id: &str, reply: &str) {
         let mut found = false;
         for (job, state) in &mut self.jobs {
-            if state.items.iter().any(|item| item.id == id) {
+            if state
+                .items
+                .iter()
+                .any(|item| item.copies == 0 && item.id == id)
+            {
                 found = true;
                 self.touched.push(*job);
                 state.fail(Outcome::Unroutable {
@@ -410,6 +417,32 @@ mod tests {
             }
             other => panic!("b1 must fail as unroutable: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_return_fails_the_events_job_not_a_job_of_archive_copies_sharing_its_id() {
+        let mut book = Book::default();
+        let mut event = job(&mut book, &["e1"]);
+        // The packer's message holding e1's copy carries e1's id.
+        let (copies, mut packed) = Job::new(vec![Arc::new(Item {
+            copies: 3,
+            id: "e1".to_owned(),
+            exchange: "".into(),
+            routing_key: "archive".into(),
+            body: b"{}".to_vec(),
+            properties: BasicProperties::default().with_message_id("e1".into()),
+        })]);
+        book.add(copies);
+        let keys = send_all(&mut book);
+        book.resolve((keys[0], Ok(Confirmation::Ack(Some(returned("e1"))))));
+        book.resolve((keys[1], Ok(Confirmation::Ack(None))));
+        book.answer_finished();
+        assert!(matches!(
+            event.try_recv(),
+            Ok(Outcome::Unroutable { id, .. }) if id == "e1"
+        ));
+        assert!(matches!(packed.answer.try_recv(), Ok(Outcome::Confirmed)));
+        assert_eq!(book.copies, (3, 0, 2));
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub enum PublishError {
     },
     /// The broker confirmed none of the call's events for the publish
     /// timeout (overloaded, stalled or blocked): the call's oldest
-    /// unconfirmed event, and those after it, may or may not be stored.
+    /// unconfirmed event, and those after it, may or may not be stored. With
+    /// the archive on, also when the broker did not confirm the archive
+    /// message holding the call's copies (then `id` is the call's first
+    /// event, which may be stored): publishing the call again is safe.
     #[error(
         "event {id}: not confirmed within {timeout:?} of the broker's last progress; it may or may not have been stored"
     )]

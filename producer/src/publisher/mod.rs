@@ -69,8 +69,9 @@ const PREPARE_IN_TWO_FROM: usize = 2048;
 pub struct Publisher {
     inner: Arc<Inner>,
     /// Packs the archive copies of small calls together (`packer.rs`);
-    /// started by the first publish when the archive is on.
-    packer: std::sync::OnceLock<Packer>,
+    /// started by the first publish when the archive is on, again if its
+    /// task is gone (its runtime shut down).
+    packer: std::sync::Mutex<Option<Packer>>,
 }
 
 /// What a [`Publisher`] holds, shared with the tasks it starts.
@@ -101,7 +102,7 @@ impl Publisher {
     pub fn new(config: &Config) -> Self {
         Self {
             inner: Arc::new(Inner::new(config)),
-            packer: std::sync::OnceLock::new(),
+            packer: std::sync::Mutex::new(None),
         }
     }
 
@@ -156,19 +157,31 @@ impl Publisher {
     /// # Errors
     /// See [`PublishError`].
     pub async fn publish_many(&self, events: &[Event]) -> Result<(), PublishError> {
-        self.inner.publish_many(events, self.packer()).await
+        let packer = self.packer();
+        self.inner.publish_many(events, packer.as_ref()).await
     }
 
     /// The packer, when the archive is on.
-    fn packer(&self) -> Option<&Packer> {
+    fn packer(&self) -> Option<Packer> {
         let (_, stream) = self.inner.archive.as_ref()?;
-        Some(self.packer.get_or_init(|| {
-            let inner = self.inner.clone();
-            Packer::start(stream.clone(), move |items| {
+        let mut packer = self
+            .packer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(running) = packer.as_ref().filter(|p| p.is_running()) {
+            return Some(running.clone());
+        }
+        let inner = self.inner.clone();
+        let started = Packer::start(
+            stream.clone(),
+            self.inner.copy_counters.clone(),
+            move |items| {
                 let inner = inner.clone();
                 async move { inner.send(items).await }
-            })
-        }))
+            },
+        );
+        *packer = Some(started.clone());
+        Some(started)
     }
 
     /// Why the broker blocks this publisher's connection, if it does (see
@@ -273,7 +286,8 @@ impl Inner {
         };
         match copied.await {
             Ok(Ok(())) => Ok(()),
-            // The call's events are confirmed, its copies are not.
+            // The call's events are confirmed, its copies are not: the
+            // call's own first event is named, not another call's.
             Ok(Err(PublishError::Timeout { timeout, .. })) => Err(PublishError::Timeout {
                 id: events.first().map(|e| e.id.clone()).unwrap_or_default(),
                 timeout,

@@ -16,12 +16,14 @@
 //! Each call hears the outcome of the message holding its copies, and
 //! returns only after it, as a call whose copies travel with its events does.
 //! When a message fails (no confirm within the publish timeout, the broker
-//! blocking), the calls still waiting fail with it rather than wait another
-//! timeout behind it.
+//! blocking or away), the calls still waiting fail with it rather than wait
+//! another timeout behind it, and their copies, never sent, are counted
+//! lost. The copies of a call that is no longer waiting when its turn comes
+//! (it failed, or was dropped) are not sent: its events may not have been.
 
 use super::copies::{COPIES_PER_MESSAGE, COPY_MESSAGE_BYTES, pack};
 use super::error::PublishError;
-use super::lane::Item;
+use super::lane::{Counters, Item};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::types::ShortString;
@@ -46,9 +48,9 @@ struct Request {
     done: oneshot::Sender<Result<(), PublishError>>,
 }
 
-/// The handle on the packer's task; the task ends once this is dropped and
-/// its messages are settled.
-#[derive(Debug)]
+/// The handle on the packer's task; the task ends once every clone is
+/// dropped and its messages are settled.
+#[derive(Debug, Clone)]
 pub(super) struct Packer {
     requests: mpsc::UnboundedSender<Request>,
 }
@@ -65,15 +67,21 @@ fn bytes(items: &[Arc<Item>]) -> usize {
 
 impl Packer {
     /// Starts the task, which publishes each message with `send` (the
-    /// publisher's own send: the lane, reconnects, the publish timeout).
-    pub(super) fn start<S, F>(stream: ShortString, send: S) -> Self
+    /// publisher's own send: the lane, reconnects, the publish timeout) and
+    /// counts the copies it drops in `counters`.
+    pub(super) fn start<S, F>(stream: ShortString, counters: Counters, send: S) -> Self
     where
         S: Fn(Vec<Arc<Item>>) -> F + Send + 'static,
         F: Future<Output = Result<(), PublishError>> + Send + 'static,
     {
         let (requests, queue) = mpsc::unbounded_channel();
-        tokio::spawn(run(stream, send, queue));
+        tokio::spawn(run(stream, counters, send, queue));
         Self { requests }
+    }
+
+    /// Whether its task still takes copies (it ends only with its runtime).
+    pub(super) fn is_running(&self) -> bool {
+        !self.requests.is_closed()
     }
 
     /// Hands over the copies of `items` (prepared at `at`); the answer comes
@@ -93,8 +101,12 @@ impl Packer {
     }
 }
 
-async fn run<S, F>(stream: ShortString, send: S, mut queue: mpsc::UnboundedReceiver<Request>)
-where
+async fn run<S, F>(
+    stream: ShortString,
+    counters: Counters,
+    send: S,
+    mut queue: mpsc::UnboundedReceiver<Request>,
+) where
     S: Fn(Vec<Arc<Item>>) -> F,
     F: Future<Output = Result<(), PublishError>>,
 {
@@ -104,6 +116,9 @@ where
     loop {
         while in_flight.len() < IN_FLIGHT && !waiting.is_empty() {
             let batch = take(&mut waiting);
+            if batch.is_empty() {
+                continue;
+            }
             let at = batch.iter().map(|r| r.at).min().unwrap_or_else(now);
             let items: Vec<Arc<Item>> = batch.iter().flat_map(|r| r.items.clone()).collect();
             let message = Arc::new(pack(&items, &stream, at));
@@ -115,10 +130,16 @@ where
         }
         tokio::select! {
             Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                if let Err(e) = &result {
-                    // The broker made no progress for a timeout, or blocks
-                    // publishing: the calls waiting behind would fail the
-                    // same way, a timeout later.
+                if let Err(e) = &result
+                    && fails_those_behind(e)
+                {
+                    // The broker made no progress for a timeout, blocks
+                    // publishing or is away: the calls waiting behind would
+                    // fail the same way, a timeout later.
+                    let lost: usize = waiting.iter().map(|r| r.items.len()).sum();
+                    if let Some(c) = counters.get() {
+                        c.lost.inc_by(lost as u64);
+                    }
                     for request in waiting.drain(..) {
                         let _ = request.done.send(Err(e.clone()));
                     }
@@ -140,15 +161,35 @@ where
     }
 }
 
+/// Whether a message's failure is the broker's state, which the messages
+/// after it would meet too (not a refusal of this message: a copy refused is
+/// counted lost, never an error).
+fn fails_those_behind(e: &PublishError) -> bool {
+    matches!(
+        e,
+        PublishError::Timeout { .. }
+            | PublishError::Blocked { .. }
+            | PublishError::Unavailable(_)
+            | PublishError::Channel(_)
+            | PublishError::Topology(_)
+    )
+}
+
 fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-/// The oldest waiting requests whose copies fit one message (at least one).
+/// The oldest waiting requests whose copies fit one message (at least one,
+/// unless none is waiting any more). A request whose call no longer waits is
+/// dropped: the call failed or was dropped, maybe before its events went.
 fn take(waiting: &mut VecDeque<Request>) -> Vec<Request> {
     let mut batch = Vec::new();
     let (mut events, mut bytes) = (0, 0);
     while let Some(next) = waiting.front() {
+        if next.done.is_closed() {
+            waiting.pop_front();
+            continue;
+        }
         let fits = events + next.items.len() <= COPIES_PER_MESSAGE
             && bytes + next.bytes <= COPY_MESSAGE_BYTES;
         if !batch.is_empty() && !fits {
@@ -185,16 +226,24 @@ mod tests {
 
     fn packer() -> (Packer, Sent) {
         let sent: Sent = Arc::default();
-        let log = sent.clone();
-        let packer = Packer::start("archive".into(), move |mut items: Vec<Arc<Item>>| {
-            assert_eq!(items.len(), 1, "one message per send");
-            let (answer, answered) = oneshot::channel();
-            log.lock()
-                .expect("log")
-                .push((items.remove(0), Some(answer)));
-            async move { answered.await.expect("answered") }
-        });
+        let packer = packer_counting(Counters::default(), sent.clone());
         (packer, sent)
+    }
+
+    fn packer_counting(counters: Counters, sent: Sent) -> Packer {
+        let log = sent;
+        Packer::start(
+            "archive".into(),
+            counters,
+            move |mut items: Vec<Arc<Item>>| {
+                assert_eq!(items.len(), 1, "one message per send");
+                let (answer, answered) = oneshot::channel();
+                log.lock()
+                    .expect("log")
+                    .push((items.remove(0), Some(answer)));
+                async move { answered.await.expect("answered") }
+            },
+        )
     }
 
     /// `IN_FLIGHT` calls of one event, each sent before the next comes:
@@ -306,10 +355,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_message_fails_its_calls_and_those_waiting_behind_it() {
-        let (packer, sent) = packer();
+        let counters = Counters::default();
+        let lost = prometheus::IntCounter::new("lost", "lost").expect("counter");
+        let _ = counters.set(super::super::lane::CopyCounters {
+            written: prometheus::IntCounter::new("written", "written").expect("counter"),
+            lost: lost.clone(),
+            bytes: prometheus::IntCounter::new("bytes", "bytes").expect("counter"),
+        });
+        let sent: Sent = Arc::default();
+        let packer = packer_counting(counters, sent.clone());
         let at = now();
         let busy = fill(&packer, at).await;
-        let waiting = packer.copy(&[item("b", 1)], at);
+        let waiting = packer.copy(&[item("b", 1), item("b2", 1)], at);
         settle().await;
         let timeout = PublishError::Timeout {
             id: "a0".into(),
@@ -326,8 +383,9 @@ mod tests {
                 "failed with the message"
             );
         }
-        // Nothing was sent for the failed waiting call.
+        // Nothing was sent for the failed waiting call: its copies are lost.
         assert_eq!(copies(&sent), vec![1; IN_FLIGHT]);
+        assert_eq!(lost.get(), 2);
         // The packer goes on: a later call's copies go in a new message.
         answer(&sent, 1, Ok(()));
         settle().await;
@@ -336,6 +394,33 @@ mod tests {
         assert_eq!(copies(&sent).len(), IN_FLIGHT + 1);
         answer(&sent, IN_FLIGHT, Ok(()));
         assert!(later.await.expect("answer").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_copies_of_a_call_no_longer_waiting_are_not_sent() {
+        let (packer, sent) = packer();
+        let at = now();
+        let _busy = fill(&packer, at).await;
+        let gone = packer.copy(&[item("gone", 1)], at);
+        let kept = packer.copy(&[item("kept", 1)], at);
+        settle().await;
+        // The call failed (say its event was refused) before its turn.
+        drop(gone);
+        answer(&sent, 0, Ok(()));
+        settle().await;
+        let last = sent.lock().expect("log").last().map(|(m, _)| m.clone());
+        let last = last.expect("a message");
+        assert_eq!((last.id.as_str(), last.copies), ("kept", 1));
+        answer(&sent, IN_FLIGHT, Ok(()));
+        assert!(kept.await.expect("answer").is_ok());
+        // A refusal of a message is not the broker's state: those waiting
+        // behind it are not failed for it.
+        assert!(!fails_those_behind(&PublishError::Nacked {
+            id: "x".into()
+        }));
+        assert!(fails_those_behind(&PublishError::Blocked {
+            reason: "low on memory".into()
+        }));
     }
 
     #[tokio::test(start_paused = true)]
