@@ -225,17 +225,19 @@ async fn run(
                 while let Some(done) = ready(&mut in_flight).await {
                     broken |= book.resolve(done);
                 }
-                if broken {
-                    book.lose_all();
-                    return;
-                }
                 // Counted before the answers: a caller that reads the
-                // counters once answered finds its copies in them.
+                // counters once answered finds its copies in them. And
+                // before a broken channel's end: copies confirmed in this
+                // round are stored.
                 if let Some(c) = counters.get() {
                     let (written, lost, bytes) = std::mem::take(&mut book.copies);
                     c.written.inc_by(written);
                     c.lost.inc_by(lost);
                     c.bytes.inc_by(bytes);
+                }
+                if broken {
+                    book.lose_all();
+                    return;
                 }
                 book.answer_finished();
                 book.report_progress(tokio::time::Instant::now());
