@@ -82,10 +82,11 @@ pub(super) fn pack(run: &[Arc<Item>], stream: &ShortString, now: time::OffsetDat
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn item(id: &str, size: usize) -> Arc<Item> {
+    /// An event item of `size` bytes (also for the packer's tests).
+    pub(crate) fn item(id: &str, size: usize) -> Arc<Item> {
         Arc::new(Item {
             id: id.to_owned(),
             exchange: "e".into(),

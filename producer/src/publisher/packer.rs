@@ -204,21 +204,10 @@ fn take(waiting: &mut VecDeque<Request>) -> Vec<Request> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::copies::tests::item;
     use super::*;
-    use lapin::BasicProperties;
     use std::sync::Mutex;
     use std::time::Duration;
-
-    fn item(id: &str, size: usize) -> Arc<Item> {
-        Arc::new(Item {
-            id: id.to_owned(),
-            exchange: "e".into(),
-            routing_key: "t".into(),
-            body: vec![b'x'; size],
-            properties: BasicProperties::default(),
-            copies: 0,
-        })
-    }
 
     /// A send the test settles by hand: each message sent, and the way to
     /// answer it.
