@@ -16,6 +16,14 @@ pub(crate) struct DispatcherChild {
 }
 
 impl DispatcherChild {
+    /// A child with no metrics listener (the raw pipeline's).
+    pub(crate) fn of(child: Child) -> Self {
+        Self {
+            child,
+            metrics: String::new(),
+        }
+    }
+
     pub(crate) fn stats(&self) -> (Option<f64>, Option<f64>) {
         let pid = self.child.id();
         let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))

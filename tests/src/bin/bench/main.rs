@@ -11,6 +11,7 @@ mod api_writes;
 mod cli;
 mod history;
 mod hookpost;
+mod pipeline;
 mod raw;
 mod report;
 mod scale;
@@ -91,7 +92,7 @@ struct Args {
     /// raw-broker); the targets table takes the median of the rounds' ratios.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// Only these scenarios (comma-separated: raw-variants, queue-args, queue-args-each, raw-backlog, concurrent-publish, raw-broker, raw-http, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants, api-writes).
+    /// Only these scenarios (comma-separated: raw-variants, queue-args, queue-args-each, raw-backlog, concurrent-publish, raw-broker, raw-http, raw-pipeline, publisher, cli, batch1, batch, log-cost, archive-cost, log-read, fanout, latency, memory, noisy, backlog, scale, tenants, api-writes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -104,6 +105,9 @@ struct Args {
     /// Internal: run a dispatcher on this config (the child process).
     #[arg(long, hide = true)]
     dispatcher_child: Option<PathBuf>,
+    /// Internal: run the raw pipeline's consumer on QUEUE, posting to URL.
+    #[arg(long, hide = true, num_args = 2, value_names = ["QUEUE", "URL"])]
+    pipeline_child: Option<Vec<String>>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,6 +115,13 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     if let Some(config) = args.dispatcher_child {
         return runtime.block_on(dispatcher_child(config));
+    }
+    if let Some(mut words) = args.pipeline_child {
+        let (url, queue) = (words.pop(), words.pop());
+        let (Some(queue), Some(url)) = (queue, url) else {
+            anyhow::bail!("--pipeline-child needs QUEUE and URL");
+        };
+        return runtime.block_on(pipeline::pipeline_child(queue, url));
     }
     let deadline = std::time::Duration::from_secs(args.deadline_minutes * 60);
     runtime.block_on(async {
@@ -245,6 +256,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
             hookpost("hookpost batch 1, 1 endpoint", args.events, args.size, 1, 1)
         })
         .await?;
+    }
+    // Not in the default run: batch 1 beside the raw pipeline (the same
+    // client libraries, none of hookpost's work) and beside itself without
+    // the attempt log and the archive, each against a ceiling measured just
+    // before it, round by round (BENCHMARKS.md, session 30).
+    if args.only.iter().any(|o| o == "raw-pipeline") {
+        let bare = "[log]\nenabled = false\n[archive]\nenabled = false\n";
+        for round in 1..=args.rounds.max(1) {
+            for which in 0..3 {
+                let mut ceiling = raw_broker_best(args.events, args.size).await?;
+                ceiling.scenario = format!(
+                    "raw broker, the ceiling of the next row: {}",
+                    ceiling.scenario
+                );
+                rows.push(progress_of(ceiling.clone()));
+                let mut row = match which {
+                    0 => pipeline::raw_pipeline(args.events, args.size).await?,
+                    1 => {
+                        let name = "hookpost batch 1, attempt log and archive off";
+                        crate::hookpost::hookpost_with(name, args.events, args.size, 1, 1, bare)
+                            .await?
+                    }
+                    _ => {
+                        hookpost("hookpost batch 1, 1 endpoint", args.events, args.size, 1, 1)
+                            .await?
+                    }
+                };
+                row.scenario = format!("{} (round {round})", row.scenario);
+                row.ratio_to_raw_broker = Some(row.events_per_s / ceiling.events_per_s);
+                rows.push(progress_of(row));
+            }
+        }
     }
     if wanted(&args, "batch") {
         let name = format!("hookpost batch {}, 1 endpoint", args.batch_size);

@@ -1,0 +1,179 @@
+//! The raw pipeline: batch 1 with hookpost's client libraries and nothing
+//! of hookpost. A child process (this binary with `--pipeline-child QUEUE
+//! URL`) consumes a quorum queue with lapin (prefetch 1,000), POSTs each
+//! message's body on its own to the counting receiver with hyper's HTTP/1.1
+//! connection API (16 requests at a time on kept-alive connections, as the
+//! bench's endpoint allows), and acks in ranges as the dispatcher does
+//! ([`dispatcher::delivery::acks::AckTracker`]); no envelope parsing,
+//! signing, metrics, attempt log or archive. The raw publisher feeds it.
+//! Against the same ceiling as hookpost's batch 1 it shows how much of the
+//! gap to the raw broker is one HTTP request per event on this machine,
+//! and how much is hookpost's own work (BENCHMARKS.md, session 30).
+
+use crate::hookpost::DispatcherChild;
+use crate::raw::{FASTEST, raw_publish};
+use crate::report::*;
+use crate::sink::*;
+use bytes::Bytes;
+use dispatcher::delivery::acks::{AckTracker, FLUSH_EVERY};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tests::{Scope, amqp_url};
+
+/// Requests at a time (the bench endpoint's `max_in_flight`).
+const IN_FLIGHT: usize = 16;
+
+/// Publishes `n` events with the raw publisher into a queue the child
+/// consumes, and waits until the receiver counted them all.
+pub(crate) async fn raw_pipeline(n: usize, size: usize) -> anyhow::Result<Row> {
+    let scope = Scope::new().await;
+    let (url, sink) = sink().await?;
+    let exchange = format!("{}.raw", scope.prefix);
+    let queue = scope
+        .quorum_queue_with_args_behind(&exchange, FieldTable::default())
+        .await;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--pipeline-child")
+        .arg(&queue)
+        .arg(&url)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let child = DispatcherChild::of(child);
+    // Publishing starts once the child consumes, as hookpost's rounds start
+    // once the dispatcher is ready.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = common::amqp::queue_counts(&scope.connection, &queue).await?;
+        if matches!(counts, Some((_, consumers)) if consumers > 0) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the pipeline child never consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker_quiet().await;
+    let mark = CpuMark::now();
+    let started = Instant::now();
+    let publishing = tokio::spawn(async move { raw_publish(&exchange, n, size, FASTEST).await });
+    sink.wait_for(n as u64, Duration::from_secs(600)).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    publishing.await??;
+    let (rss, cpu) = child.stats();
+    child.stop();
+    Ok(mark.filled(Row {
+        scenario: "raw pipeline, batch 1 (lapin → hyper, no hookpost)".into(),
+        events: n,
+        deliveries: n,
+        seconds,
+        events_per_s: n as f64 / seconds,
+        dispatcher_peak_rss_mib: rss,
+        dispatcher_cpu_s: cpu,
+        ..Row::default()
+    }))
+}
+
+/// The child: consumes `queue` and POSTs each message to `url` until
+/// terminated. Any failure ends the process with an error, so the scenario
+/// fails (it waits for a count that never comes) rather than measuring
+/// something else.
+pub(crate) async fn pipeline_child(queue: String, url: String) -> anyhow::Result<()> {
+    let uri: hyper::Uri = url.parse()?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| anyhow::anyhow!("{url}: no host"))?
+        .to_string();
+    let path = uri.path().to_owned();
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let acks = Arc::new(AckTracker::default());
+    let flusher = acks.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(FLUSH_EVERY).await;
+            if let Err(e) = flusher.flush().await {
+                fail(&format!("ack: {e}"));
+            }
+        }
+    });
+    let pool: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>> = Arc::default();
+    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        acks.register([&delivery]).await;
+        let permit = permits.clone().acquire_owned().await?;
+        let (acks, pool, authority, path) =
+            (acks.clone(), pool.clone(), authority.clone(), path.clone());
+        tokio::spawn(async move {
+            let body = Bytes::copy_from_slice(&delivery.data);
+            if let Err(e) = post(&pool, &authority, &path, body).await {
+                fail(&format!("request: {e}"));
+            }
+            if let Err(e) = acks.settle(&delivery).await {
+                fail(&format!("ack: {e}"));
+            }
+            drop(permit);
+        });
+    }
+    Ok(())
+}
+
+/// One POST on a pooled connection (a new one when none is idle); the
+/// answer is read to its end and the connection put back.
+async fn post(
+    pool: &Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    authority: &str,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<()> {
+    let idle = pool.lock().expect("pool").pop();
+    let mut sender = match idle {
+        Some(sender) => sender,
+        None => {
+            let stream = tokio::net::TcpStream::connect(authority).await?;
+            stream.set_nodelay(true)?;
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            sender
+        }
+    };
+    sender.ready().await?;
+    let request = hyper::Request::post(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))?;
+    let response = sender.send_request(request).await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "answered {}",
+        response.status()
+    );
+    response.into_body().collect().await?;
+    pool.lock().expect("pool").push(sender);
+    Ok(())
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("pipeline child: {why}");
+    std::process::exit(1);
+}
