@@ -258,13 +258,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
     }
     // Not in the default run: batch 1 beside the raw pipeline (the same
-    // client libraries, none of hookpost's work) and beside itself without
+    // client libraries, none of hookpost's work; fed by the raw publisher,
+    // then by hookpost's) and beside itself without
     // the attempt log and the archive, each against a ceiling measured just
     // before it, round by round (BENCHMARKS.md, session 30).
     if args.only.iter().any(|o| o == "raw-pipeline") {
         let bare = "[log]\nenabled = false\n[archive]\nenabled = false\n";
         for round in 1..=args.rounds.max(1) {
-            for which in 0..3 {
+            for which in 0..4 {
                 let mut ceiling = raw_broker_best(args.events, args.size).await?;
                 ceiling.scenario = format!(
                     "raw broker, the ceiling of the next row: {}",
@@ -272,8 +273,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 );
                 rows.push(progress_of(ceiling.clone()));
                 let mut row = match which {
-                    0 => pipeline::raw_pipeline(args.events, args.size).await?,
+                    0 => {
+                        pipeline::raw_pipeline(args.events, args.size, pipeline::Feed::Raw).await?
+                    }
                     1 => {
+                        pipeline::raw_pipeline(args.events, args.size, pipeline::Feed::Hookpost)
+                            .await?
+                    }
+                    2 => {
                         let name = "hookpost batch 1, attempt log and archive off";
                         crate::hookpost::hookpost_with(name, args.events, args.size, 1, 1, bare)
                             .await?

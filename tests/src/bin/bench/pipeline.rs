@@ -5,7 +5,8 @@
 //! connection API (16 requests at a time on kept-alive connections, as the
 //! bench's endpoint allows), and acks in ranges as the dispatcher does
 //! ([`dispatcher::delivery::acks::AckTracker`]); no envelope parsing,
-//! signing, metrics, attempt log or archive. The raw publisher feeds it.
+//! signing, metrics, attempt log or archive. The raw publisher feeds it,
+//! or hookpost's ([`Feed`]).
 //! Against the same ceiling as hookpost's batch 1 it shows how much of the
 //! gap to the raw broker is one HTTP request per event on this machine,
 //! and how much is hookpost's own work (BENCHMARKS.md, session 30).
@@ -15,6 +16,8 @@ use crate::raw::{FASTEST, raw_publish};
 use crate::report::*;
 use crate::sink::*;
 use bytes::Bytes;
+use common::Event;
+use common::topology::Topology;
 use dispatcher::delivery::acks::{AckTracker, FLUSH_EVERY};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
@@ -23,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
+use producer::Publisher;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,15 +35,42 @@ use tests::{Scope, amqp_url};
 /// Requests at a time (the bench endpoint's `max_in_flight`).
 const IN_FLIGHT: usize = 16;
 
-/// Publishes `n` events with the raw publisher into a queue the child
-/// consumes, and waits until the receiver counted them all.
-pub(crate) async fn raw_pipeline(n: usize, size: usize) -> anyhow::Result<Row> {
+/// Who publishes into the raw pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Feed {
+    /// The raw publisher (the ceiling's fastest method on one channel).
+    Raw,
+    /// hookpost's `Publisher::publish_many`, the archive off, into an
+    /// endpoint queue declared as the dispatcher declares it: what
+    /// hookpost's publishing costs the pipeline.
+    Hookpost,
+}
+
+/// Publishes `n` events (by `feed`) into a queue the child consumes, and
+/// waits until the receiver counted them all.
+pub(crate) async fn raw_pipeline(n: usize, size: usize, feed: Feed) -> anyhow::Result<Row> {
     let scope = Scope::new().await;
     let (url, sink) = sink().await?;
     let exchange = format!("{}.raw", scope.prefix);
-    let queue = scope
-        .quorum_queue_with_args_behind(&exchange, FieldTable::default())
-        .await;
+    let (queue, publisher) = match feed {
+        Feed::Raw => {
+            let queue = scope
+                .quorum_queue_with_args_behind(&exchange, FieldTable::default())
+                .await;
+            (queue, None)
+        }
+        Feed::Hookpost => {
+            let config = scope.config("[archive]\nenabled = false\n");
+            let publisher = Publisher::connect(&config).await?;
+            let topology = Topology::new(&config.amqp);
+            let ch = scope.connection.create_channel().await?;
+            topology
+                .declare_endpoint(&ch, "bench", &["#".to_owned()])
+                .await?;
+            scope.track_endpoint(&config, "bench");
+            (topology.endpoint_queue("bench"), Some(publisher))
+        }
+    };
     let child = Command::new(std::env::current_exe()?)
         .arg("--pipeline-child")
         .arg(&queue)
@@ -61,17 +92,35 @@ pub(crate) async fn raw_pipeline(n: usize, size: usize) -> anyhow::Result<Row> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Made before the clock starts, as hookpost's rows make theirs.
+    let events: Vec<Event> = match feed {
+        Feed::Raw => Vec::new(),
+        Feed::Hookpost => (0..n).map(|_| event(size)).collect(),
+    };
     broker_quiet().await;
     let mark = CpuMark::now();
     let started = Instant::now();
-    let publishing = tokio::spawn(async move { raw_publish(&exchange, n, size, FASTEST).await });
+    let publishing = tokio::spawn(async move {
+        match &publisher {
+            None => raw_publish(&exchange, n, size, FASTEST).await.map(drop),
+            Some(publisher) => {
+                let sent = publisher.publish_many(&events).await.map_err(Into::into);
+                publisher.close().await;
+                sent
+            }
+        }
+    });
     sink.wait_for(n as u64, Duration::from_secs(600)).await?;
     let seconds = started.elapsed().as_secs_f64();
     publishing.await??;
     let (rss, cpu) = child.stats();
     child.stop();
     Ok(mark.filled(Row {
-        scenario: "raw pipeline, batch 1 (lapin → hyper, no hookpost)".into(),
+        scenario: match feed {
+            Feed::Raw => "raw pipeline, batch 1 (lapin → hyper, no hookpost)",
+            Feed::Hookpost => "raw pipeline fed by hookpost's publisher (archive off)",
+        }
+        .into(),
         events: n,
         deliveries: n,
         seconds,
