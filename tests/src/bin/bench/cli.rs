@@ -183,20 +183,16 @@ pub(crate) async fn cli(n: usize, size: usize, batch: u32) -> anyhow::Result<Row
         .zip(children_before)
         .map(|(after, before)| after - before);
     let _ = std::fs::remove_file(&data);
-    let (rss, cpu) = dispatcher.stats();
+    let stats = dispatcher.stats();
     dispatcher.stop();
     received?;
     anyhow::ensure!(status.success(), "hookpost-producer publish: {status}");
-    let mut row = mark.filled(Row {
-        scenario: format!("hookpost-producer publish --count {n} → dispatcher, batch {batch}"),
-        events: n,
-        deliveries: n,
+    let mut row = mark.filled(Row::delivered(
+        format!("hookpost-producer publish --count {n} → dispatcher, batch {batch}"),
+        n,
         seconds,
-        events_per_s: n as f64 / seconds,
-        dispatcher_peak_rss_mib: rss,
-        dispatcher_cpu_s: cpu,
-        ..Row::default()
-    });
+        stats,
+    ));
     // Its bench CPU is the receiver's plus the CLI process's.
     row.bench_cpu_s = row.bench_cpu_s.zip(cli_cpu).map(|(a, b)| a + b);
     Ok(row)

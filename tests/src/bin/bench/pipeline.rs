@@ -12,7 +12,7 @@
 //! and how much is hookpost's own work (BENCHMARKS.md, session 30).
 
 use crate::hookpost::DispatcherChild;
-use crate::raw::{FASTEST, raw_publish};
+use crate::raw::{FASTEST, consume_with_prefetch, raw_publish};
 use crate::report::*;
 use crate::sink::*;
 use bytes::Bytes;
@@ -23,7 +23,6 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use producer::Publisher;
@@ -113,22 +112,13 @@ pub(crate) async fn raw_pipeline(n: usize, size: usize, feed: Feed) -> anyhow::R
     sink.wait_for(n as u64, Duration::from_secs(600)).await?;
     let seconds = started.elapsed().as_secs_f64();
     publishing.await??;
-    let (rss, cpu) = child.stats();
+    let stats = child.stats();
     child.stop();
-    Ok(mark.filled(Row {
-        scenario: match feed {
-            Feed::Raw => "raw pipeline, batch 1 (lapin → hyper, no hookpost)",
-            Feed::Hookpost => "raw pipeline fed by hookpost's publisher (archive off)",
-        }
-        .into(),
-        events: n,
-        deliveries: n,
-        seconds,
-        events_per_s: n as f64 / seconds,
-        dispatcher_peak_rss_mib: rss,
-        dispatcher_cpu_s: cpu,
-        ..Row::default()
-    }))
+    let name = match feed {
+        Feed::Raw => "raw pipeline, batch 1 (lapin → hyper, no hookpost)",
+        Feed::Hookpost => "raw pipeline fed by hookpost's publisher (archive off)",
+    };
+    Ok(mark.filled(Row::delivered(name.into(), n, seconds, stats)))
 }
 
 /// The child: consumes `queue` and POSTs each message to `url` until
@@ -143,16 +133,7 @@ pub(crate) async fn pipeline_child(queue: String, url: String) -> anyhow::Result
         .to_string();
     let path = uri.path().to_owned();
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = consume_with_prefetch(&conn, &queue).await?;
     let acks = Arc::new(AckTracker::default());
     let flusher = acks.clone();
     tokio::spawn(async move {

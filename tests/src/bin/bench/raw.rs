@@ -293,16 +293,7 @@ async fn raw_broker_into(
         .quorum_queue_with_args_behind(&exchange, queue_args(&exchange, endpoint_args))
         .await;
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-    let consume = conn.create_channel().await?;
-    consume.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut consumer = consume
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = consume_with_prefetch(&conn, &queue).await?;
     broker_quiet().await;
     let mark = CpuMark::now();
     let started = Instant::now();
@@ -355,6 +346,24 @@ async fn raw_broker_into(
         events_per_s: n as f64 / seconds,
         ..Row::default()
     }))
+}
+
+/// A consumer of `queue` on a channel of its own, manual acks, prefetch
+/// 1,000 (the bench's dispatchers' too).
+pub(crate) async fn consume_with_prefetch(
+    conn: &Connection,
+    queue: &str,
+) -> anyhow::Result<lapin::Consumer> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    Ok(ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
 }
 
 /// N POSTs from one reqwest client, 64 at a time: the HTTP ceiling.

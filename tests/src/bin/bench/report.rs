@@ -31,6 +31,28 @@ pub(crate) struct Row {
     pub(crate) notes: Option<String>,
 }
 
+impl Row {
+    /// A throughput row: `n` events delivered once each in `seconds`, with
+    /// the peak RSS and CPU of the process that delivered them.
+    pub(crate) fn delivered(
+        scenario: String,
+        n: usize,
+        seconds: f64,
+        (rss, cpu): (Option<f64>, Option<f64>),
+    ) -> Self {
+        Self {
+            scenario,
+            events: n,
+            deliveries: n,
+            seconds,
+            events_per_s: n as f64 / seconds,
+            dispatcher_peak_rss_mib: rss,
+            dispatcher_cpu_s: cpu,
+            ..Self::default()
+        }
+    }
+}
+
 pub(crate) fn progress(row: &Row) {
     eprintln!(
         "  {}: {:.0} events/s, p99 {:?} ms, RSS {:?} MiB ({:.1} s)",

@@ -66,25 +66,18 @@ pub(crate) async fn noisy_neighbour(
         publisher.publish_many(&healthy).await?;
         sink.wait_for(n as u64, Duration::from_secs(600)).await?;
         let seconds = started.elapsed().as_secs_f64();
-        let (rss, cpu) = dispatcher.stats();
+        let stats = dispatcher.stats();
         dispatcher.stop();
         publisher.close().await;
-        let row = Row {
-            scenario: if with_neighbour {
-                "noisy neighbour: healthy endpoint, neighbour hanging (1 channel, best of 2)"
-                    .to_owned()
-            } else {
-                "noisy neighbour: healthy endpoint, neighbour idle (1 channel, best of 2)"
-                    .to_owned()
-            },
-            events: n,
-            deliveries: n,
+        let neighbour = if with_neighbour { "hanging" } else { "idle" };
+        let row = Row::delivered(
+            format!(
+                "noisy neighbour: healthy endpoint, neighbour {neighbour} (1 channel, best of 2)"
+            ),
+            n,
             seconds,
-            events_per_s: n as f64 / seconds,
-            dispatcher_peak_rss_mib: rss,
-            dispatcher_cpu_s: cpu,
-            ..Row::default()
-        };
+            stats,
+        );
         let slot = usize::from(with_neighbour);
         if rows.len() <= slot {
             rows.push(row);
@@ -140,19 +133,13 @@ pub(crate) async fn backlog(
         let dispatcher = start_dispatcher(&scope, &endpoints, "backlog", "").await?;
         sink.wait_for(n as u64, Duration::from_secs(900)).await?;
         let seconds = started.elapsed().as_secs_f64();
-        let (rss, cpu) = dispatcher.stats();
+        let stats = dispatcher.stats();
         dispatcher.stop();
+        let scenario = match rate_limit {
+            None => format!("backlog drain: {n} queued, batch {batch}"),
+            Some(l) => format!("backlog drain: {n} queued, batch {batch}, rate limit {l} events/s"),
+        };
         rows.push(Row {
-            scenario: match rate_limit {
-                None => format!("backlog drain: {n} queued, batch {batch}"),
-                Some(l) => format!("backlog drain: {n} queued, batch {batch}, rate limit {l} events/s"),
-            },
-            events: n,
-            deliveries: n,
-            seconds,
-            events_per_s: n as f64 / seconds,
-            dispatcher_peak_rss_mib: rss,
-            dispatcher_cpu_s: cpu,
             notes: Some(format!(
                 "queued by one publish_many in {queued_s:.1} s ({:.0} events/s){}",
                 n as f64 / queued_s,
@@ -164,7 +151,7 @@ pub(crate) async fn backlog(
                     )
                 })
             )),
-            ..Row::default()
+            ..Row::delivered(scenario, n, seconds, stats)
         });
     }
     Ok(rows)
