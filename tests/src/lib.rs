@@ -315,7 +315,15 @@ impl Scope {
     /// # Panics
     /// After 30 s.
     pub async fn wait_consumers(&self, endpoint: &str, consumers: u32) {
-        let queue = format!("{}.ep.{endpoint}", self.prefix);
+        self.wait_queue_consumers(&format!("{}.ep.{endpoint}", self.prefix), consumers)
+            .await;
+    }
+
+    /// Waits until `queue` exists with at least `consumers` consumers.
+    ///
+    /// # Panics
+    /// After 30 s.
+    pub async fn wait_queue_consumers(&self, queue: &str, consumers: u32) {
         eventually(
             Duration::from_secs(30),
             &format!("{consumers} consumers on {queue}"),
@@ -324,7 +332,7 @@ impl Scope {
                 let ch = self.connection.create_channel().await.ok()?;
                 let q = ch
                     .queue_declare(
-                        queue.as_str().into(),
+                        queue.into(),
                         QueueDeclareOptions {
                             passive: true,
                             ..Default::default()

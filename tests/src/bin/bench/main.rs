@@ -171,9 +171,7 @@ where
     let mut ratios = Vec::new();
     for round in 1..=args.rounds.max(1) {
         let ceiling = if wanted(args, "raw-broker") {
-            let mut c = raw_broker_best(args.events, args.size).await?;
-            c.scenario = format!("raw broker, the ceiling of the next row: {}", c.scenario);
-            Some(progress_of(c))
+            Some(ceiling_of_next_row(args).await?)
         } else {
             None
         };
@@ -191,6 +189,14 @@ where
         rows.push(row);
     }
     Ok(ratios)
+}
+
+/// The ceiling (the fastest of [`CEILING_CANDIDATES`]) measured for the row
+/// that follows it, named so, its progress line printed.
+async fn ceiling_of_next_row(args: &Args) -> anyhow::Result<Row> {
+    let mut c = raw_broker_best(args.events, args.size).await?;
+    c.scenario = format!("raw broker, the ceiling of the next row: {}", c.scenario);
+    Ok(progress_of(c))
 }
 
 fn wanted(args: &Args, name: &str) -> bool {
@@ -266,12 +272,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let bare = "[log]\nenabled = false\n[archive]\nenabled = false\n";
         for round in 1..=args.rounds.max(1) {
             for which in 0..4 {
-                let mut ceiling = raw_broker_best(args.events, args.size).await?;
-                ceiling.scenario = format!(
-                    "raw broker, the ceiling of the next row: {}",
-                    ceiling.scenario
-                );
-                rows.push(progress_of(ceiling.clone()));
+                let ceiling = ceiling_of_next_row(&args).await?;
+                let ceiling_rate = ceiling.events_per_s;
+                rows.push(ceiling);
                 let mut row = match which {
                     0 => {
                         pipeline::raw_pipeline(args.events, args.size, pipeline::Feed::Raw).await?
@@ -291,7 +294,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                 };
                 row.scenario = format!("{} (round {round})", row.scenario);
-                row.ratio_to_raw_broker = Some(row.events_per_s / ceiling.events_per_s);
+                row.ratio_to_raw_broker = Some(row.events_per_s / ceiling_rate);
                 rows.push(progress_of(row));
             }
         }

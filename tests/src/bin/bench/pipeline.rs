@@ -79,18 +79,7 @@ pub(crate) async fn raw_pipeline(n: usize, size: usize, feed: Feed) -> anyhow::R
     let child = DispatcherChild::of(child);
     // Publishing starts once the child consumes, as hookpost's rounds start
     // once the dispatcher is ready.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let counts = common::amqp::queue_counts(&scope.connection, &queue).await?;
-        if matches!(counts, Some((_, consumers)) if consumers > 0) {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the pipeline child never consumed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    scope.wait_queue_consumers(&queue, 1).await;
     // Made before the clock starts, as hookpost's rows make theirs.
     let events: Vec<Event> = match feed {
         Feed::Raw => Vec::new(),
