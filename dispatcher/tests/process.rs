@@ -19,8 +19,18 @@ struct Dispatcher {
 
 impl Dispatcher {
     fn start(config: &std::path::Path, log: PathBuf) -> Self {
+        Self::start_with(config, log, None)
+    }
+
+    /// Started with `TOKIO_WORKER_THREADS` set to `threads`, or unset.
+    fn start_with(config: &std::path::Path, log: PathBuf, threads: Option<&str>) -> Self {
         let stderr = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_hookpost-dispatcher"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hookpost-dispatcher"));
+        match threads {
+            Some(value) => command.env("TOKIO_WORKER_THREADS", value),
+            None => command.env_remove("TOKIO_WORKER_THREADS"),
+        };
+        let child = command
             .arg("--config")
             .arg(config)
             .env_remove("HOOKPOST_CONFIG")
@@ -168,6 +178,56 @@ async fn sigterm_drains_and_exits_zero() {
 
     let _second = Dispatcher::start(&config, log);
     receiver.wait_ids(&ids, WAIT).await;
+    let _ = std::fs::remove_file(&config);
+}
+
+/// The runtime's worker threads: one per core but one (and at least one)
+/// unless `TOKIO_WORKER_THREADS` says otherwise, logged at start; delivery
+/// works with either; a bad value stops the start with an error naming the
+/// variable.
+#[tokio::test]
+async fn worker_threads_follow_the_cores_or_the_variable() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let config = write_config(&scope, "threads", &endpoint("ep", &receiver.url, ""));
+    let log = std::env::temp_dir().join(format!("{}-threads.log", scope.prefix));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut delivered = Vec::new();
+    for (var, threads) in [(None, cores.saturating_sub(1).max(1)), (Some("3"), 3)] {
+        let mut dispatcher = Dispatcher::start_with(&config, log.clone(), var);
+        let line = format!("Runtime started. threads={threads} cores={cores}");
+        eventually(WAIT, "the runtime's line", || async {
+            dispatcher.log().contains(&line).then_some(())
+        })
+        .await;
+        scope.wait_consumers("ep", 1).await;
+        delivered.extend(publish(&config, 3).await);
+        receiver.wait_ids(&delivered, WAIT).await;
+        dispatcher.signal("TERM");
+        let status = dispatcher.wait_exit(WAIT).await;
+        let log = dispatcher.log();
+        assert!(
+            status.success(),
+            "{var:?}: exit status {status:?}; log:\n{log}"
+        );
+        let loud: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .collect();
+        assert!(loud.is_empty(), "{var:?}: {}", loud.join("\n"));
+    }
+    for bad in ["0", "many"] {
+        let mut dispatcher = Dispatcher::start_with(&config, log.clone(), Some(bad));
+        let status = dispatcher.wait_exit(WAIT).await;
+        let log = dispatcher.log();
+        assert_eq!(status.code(), Some(1), "{bad}: {log}");
+        assert!(
+            log.contains(&format!(
+                "error: TOKIO_WORKER_THREADS must be a whole number from 1, not \"{bad}\""
+            )),
+            "{bad}: {log}"
+        );
+    }
     let _ = std::fs::remove_file(&config);
 }
 

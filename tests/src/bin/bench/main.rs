@@ -112,10 +112,12 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Runtime::new()?;
     if let Some(config) = args.dispatcher_child {
+        // The runtime the dispatcher's binary starts.
+        let runtime = common::cli::runtime(common::cli::Workers::SpareOneCore)?;
         return runtime.block_on(dispatcher_child(config));
     }
+    let runtime = tokio::runtime::Runtime::new()?;
     if let Some(mut words) = args.pipeline_child {
         let (url, queue) = (words.pop(), words.pop());
         let (Some(queue), Some(url)) = (queue, url) else {
