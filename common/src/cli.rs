@@ -38,51 +38,35 @@ pub struct RequiredConfigArg {
     pub config: PathBuf,
 }
 
-/// How many worker threads a binary's runtime runs, unless
-/// [`WORKER_THREADS_VAR`] says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workers {
-    /// One per core (tokio's default): the producer and the admin tool.
-    PerCore,
-    /// One per core but one, and at least one: the dispatcher. Its broker
-    /// connection's reads and writes run on a thread of lapin's own, outside
-    /// the runtime and busy for every delivery; with a worker per core
-    /// besides, its busy threads outnumber the cores, and the hand-offs
-    /// between them cost context switches (BENCHMARKS.md, session 31).
-    SpareOneCore,
-}
-
-/// The variable that sets a binary's worker threads (tokio's own name).
+/// The variable that sets a binary's runtime worker threads (tokio's own
+/// name); without it, one per core.
 pub const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
 
-/// The worker threads for `workers` on `cores` cores, or the count `var`
+/// The worker threads on `cores` cores (one per core), or the count `var`
 /// (the value of [`WORKER_THREADS_VAR`], when set) asks for.
 ///
 /// # Errors
 /// `var` is not a whole number from 1.
-pub fn worker_threads(workers: Workers, cores: usize, var: Option<&str>) -> anyhow::Result<usize> {
-    if let Some(value) = var {
-        return match value.trim().parse::<usize>() {
+pub fn worker_threads(cores: usize, var: Option<&str>) -> anyhow::Result<usize> {
+    match var {
+        None => Ok(cores.max(1)),
+        Some(value) => match value.trim().parse::<usize>() {
             Ok(n) if n >= 1 => Ok(n),
             _ => anyhow::bail!("{WORKER_THREADS_VAR} must be a whole number from 1, not {value:?}"),
-        };
+        },
     }
-    let cores = cores.max(1);
-    Ok(match workers {
-        Workers::PerCore => cores,
-        Workers::SpareOneCore => (cores - 1).max(1),
-    })
 }
 
-/// A multi-threaded runtime with [`worker_threads`] workers on the cores
-/// this process may use (its CPU affinity and cgroup quota counted).
+/// A multi-threaded runtime with [`worker_threads`] workers, counting the
+/// cores this process may use (its CPU affinity and cgroup quota); the count
+/// is logged.
 ///
 /// # Errors
 /// A bad [`WORKER_THREADS_VAR`], or the runtime cannot start.
-pub fn runtime(workers: Workers) -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let var = std::env::var(WORKER_THREADS_VAR).ok();
-    let threads = worker_threads(workers, cores, var.as_deref())?;
+    let threads = worker_threads(cores, var.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -93,15 +77,14 @@ pub fn runtime(workers: Workers) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// A binary's `main`: logging at `default_level` (`RUST_LOG` overrides),
-/// a multi-threaded runtime of `workers` ([`runtime`]), `run` on it, and the
-/// exit code: 0, or 1 after `error: …` with the whole cause chain on
-/// standard error.
-pub fn main<F>(default_level: &str, workers: Workers, run: F) -> ExitCode
+/// a multi-threaded runtime ([`runtime`]), `run` on it, and the exit code:
+/// 0, or 1 after `error: …` with the whole cause chain on standard error.
+pub fn main<F>(default_level: &str, run: F) -> ExitCode
 where
     F: Future<Output = anyhow::Result<()>>,
 {
     crate::logging::init(default_level);
-    let result = runtime(workers).and_then(|rt| rt.block_on(run));
+    let result = runtime().and_then(|rt| rt.block_on(run));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -142,33 +125,23 @@ pub async fn stop_requested() {
 
 #[cfg(test)]
 mod tests {
-    use super::{Workers, worker_threads};
+    use super::worker_threads;
 
     #[test]
-    fn the_dispatcher_leaves_a_core_for_the_broker_connection() {
-        let spare = |cores| worker_threads(Workers::SpareOneCore, cores, None).unwrap();
-        assert_eq!(spare(1), 1);
-        assert_eq!(spare(2), 1);
-        assert_eq!(spare(4), 3);
-        assert_eq!(spare(16), 15);
-        let per_core = |cores| worker_threads(Workers::PerCore, cores, None).unwrap();
-        assert_eq!(per_core(1), 1);
-        assert_eq!(per_core(2), 2);
-        assert_eq!(per_core(16), 16);
+    fn one_worker_per_core_unless_the_variable_says() {
+        assert_eq!(worker_threads(1, None).unwrap(), 1);
+        assert_eq!(worker_threads(2, None).unwrap(), 2);
+        assert_eq!(worker_threads(16, None).unwrap(), 16);
         // No count of cores to be had counts as one.
-        assert_eq!(spare(0), 1);
-        assert_eq!(per_core(0), 1);
+        assert_eq!(worker_threads(0, None).unwrap(), 1);
+        assert_eq!(worker_threads(2, Some("1")).unwrap(), 1);
+        assert_eq!(worker_threads(8, Some(" 3 ")).unwrap(), 3);
     }
 
     #[test]
-    fn the_variable_sets_the_count_or_is_refused() {
-        assert_eq!(
-            worker_threads(Workers::SpareOneCore, 2, Some("2")).unwrap(),
-            2
-        );
-        assert_eq!(worker_threads(Workers::PerCore, 8, Some(" 1 ")).unwrap(), 1);
+    fn a_bad_count_is_refused_naming_the_variable() {
         for bad in ["0", "-1", "two", "", "1.5"] {
-            let e = worker_threads(Workers::SpareOneCore, 4, Some(bad)).unwrap_err();
+            let e = worker_threads(4, Some(bad)).unwrap_err();
             assert!(
                 e.to_string()
                     .contains("TOKIO_WORKER_THREADS must be a whole number from 1"),

@@ -6,5 +6,5 @@ use dispatcher::admin::cli::{Cli, run};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    common::cli::main("warn", common::cli::Workers::PerCore, run(cli))
+    common::cli::main("warn", run(cli))
 }

@@ -28,11 +28,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let cli = Cli::parse();
-    common::cli::main(
-        "info",
-        common::cli::Workers::SpareOneCore,
-        run(cli.config.config),
-    )
+    common::cli::main("info", run(cli.config.config))
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {

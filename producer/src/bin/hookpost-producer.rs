@@ -59,7 +59,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    common::cli::main("info", common::cli::Workers::PerCore, run(cli))
+    common::cli::main("info", run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

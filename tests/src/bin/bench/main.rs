@@ -114,7 +114,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(config) = args.dispatcher_child {
         // The runtime the dispatcher's binary starts.
-        let runtime = common::cli::runtime(common::cli::Workers::SpareOneCore)?;
+        let runtime = common::cli::runtime()?;
         return runtime.block_on(dispatcher_child(config));
     }
     let runtime = tokio::runtime::Runtime::new()?;
