@@ -65,7 +65,11 @@ pub fn worker_threads(cores: usize, var: Option<&str>) -> anyhow::Result<usize> 
 /// A bad [`WORKER_THREADS_VAR`], or the runtime cannot start.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let var = std::env::var(WORKER_THREADS_VAR).ok();
+    let var = match std::env::var(WORKER_THREADS_VAR) {
+        Ok(value) => Some(value),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(value)) => Some(value.to_string_lossy().into_owned()),
+    };
     let threads = worker_threads(cores, var.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
