@@ -50,21 +50,26 @@ pub const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
 pub fn worker_threads(cores: usize, var: Option<&str>) -> anyhow::Result<usize> {
     match var {
         None => Ok(cores.max(1)),
-        Some(value) => match value.trim().parse::<usize>() {
+        Some(value) => match value.parse::<usize>() {
             Ok(n) if n >= 1 => Ok(n),
             _ => anyhow::bail!("{WORKER_THREADS_VAR} must be a whole number from 1, not {value:?}"),
         },
     }
 }
 
-/// A multi-threaded runtime with [`worker_threads`] workers, counting the
-/// cores this process may use (its CPU affinity and cgroup quota); the count
-/// is logged.
+/// The cores this process may use (its CPU affinity and cgroup quota
+/// counted), at least one.
+#[must_use]
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// A multi-threaded runtime with [`worker_threads`] workers on [`cores`].
 ///
 /// # Errors
 /// A bad [`WORKER_THREADS_VAR`], or the runtime cannot start.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let cores = cores();
     let var = match std::env::var(WORKER_THREADS_VAR) {
         Ok(value) => Some(value),
         Err(std::env::VarError::NotPresent) => None,
@@ -76,7 +81,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    tracing::info!(threads, cores, "Runtime started.");
+    tracing::debug!(threads, cores, "Runtime started.");
     Ok(runtime)
 }
 
@@ -139,12 +144,12 @@ mod tests {
         // No count of cores to be had counts as one.
         assert_eq!(worker_threads(0, None).unwrap(), 1);
         assert_eq!(worker_threads(2, Some("1")).unwrap(), 1);
-        assert_eq!(worker_threads(8, Some(" 3 ")).unwrap(), 3);
+        assert_eq!(worker_threads(8, Some("3")).unwrap(), 3);
     }
 
     #[test]
     fn a_bad_count_is_refused_naming_the_variable() {
-        for bad in ["0", "-1", "two", "", "1.5"] {
+        for bad in ["0", "-1", "two", "", "1.5", " 3 "] {
             let e = worker_threads(4, Some(bad)).unwrap_err();
             assert!(
                 e.to_string()

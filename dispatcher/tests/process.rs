@@ -23,7 +23,11 @@ impl Dispatcher {
     }
 
     /// Started with `TOKIO_WORKER_THREADS` set to `threads`, or unset.
-    fn start_with(config: &std::path::Path, log: PathBuf, threads: Option<&str>) -> Self {
+    fn start_with(
+        config: &std::path::Path,
+        log: PathBuf,
+        threads: Option<&std::ffi::OsStr>,
+    ) -> Self {
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_hookpost-dispatcher"));
         match threads {
@@ -193,7 +197,8 @@ async fn worker_threads_follow_the_cores_or_the_variable() {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let mut delivered = Vec::new();
     for (var, threads) in [(None, cores), (Some("1"), 1), (Some("3"), 3)] {
-        let mut dispatcher = Dispatcher::start_with(&config, log.clone(), var);
+        let mut dispatcher =
+            Dispatcher::start_with(&config, log.clone(), var.map(std::ffi::OsStr::new));
         let line = format!("Runtime started. threads={threads} cores={cores}");
         eventually(WAIT, "the runtime's line", || async {
             dispatcher.log().contains(&line).then_some(())
@@ -215,17 +220,18 @@ async fn worker_threads_follow_the_cores_or_the_variable() {
             .collect();
         assert!(loud.is_empty(), "{var:?}: {}", loud.join("\n"));
     }
-    for bad in ["0", "many"] {
-        let mut dispatcher = Dispatcher::start_with(&config, log.clone(), Some(bad));
+    // Zero, not a number, and bytes that are not UTF-8.
+    for bad in [&b"0"[..], b"many", b"\xff"] {
+        let value = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bad);
+        let mut dispatcher = Dispatcher::start_with(&config, log.clone(), Some(value));
         let status = dispatcher.wait_exit(WAIT).await;
         let log = dispatcher.log();
-        assert_eq!(status.code(), Some(1), "{bad}: {log}");
+        assert_eq!(status.code(), Some(1), "{value:?}: {log}");
         assert!(
-            log.contains(&format!(
-                "error: TOKIO_WORKER_THREADS must be a whole number from 1, not \"{bad}\""
-            )),
-            "{bad}: {log}"
+            log.contains("error: TOKIO_WORKER_THREADS must be a whole number from 1, not"),
+            "{value:?}: {log}"
         );
+        assert!(!log.contains("panicked"), "{value:?}: {log}");
     }
     let _ = std::fs::remove_file(&config);
 }

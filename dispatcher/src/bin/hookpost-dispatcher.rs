@@ -32,6 +32,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
+    // How many worker threads run (TOKIO_WORKER_THREADS, or one per core).
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(threads, cores = common::cli::cores(), "Runtime started.");
     let config = Config::load(&path)?;
     dispatcher::validate(&config)?;
     let listener = common::cli::bind(config.metrics_listen, "metrics.listen").await?;
