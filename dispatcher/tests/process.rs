@@ -194,7 +194,7 @@ async fn worker_threads_follow_the_cores_or_the_variable() {
     let receiver = Receiver::start().await;
     let config = write_config(&scope, "threads", &endpoint("ep", &receiver.url, ""));
     let log = std::env::temp_dir().join(format!("{}-threads.log", scope.prefix));
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let cores = common::cli::cores();
     let mut delivered = Vec::new();
     for (var, threads) in [(None, cores), (Some("1"), 1), (Some("3"), 3)] {
         let mut dispatcher =
