@@ -1,7 +1,9 @@
 //! Log setup shared by the binaries: `tracing` to standard error, filtered by
 //! `HOOKPOST_LOG` (for example `info`, `debug`, `dispatcher=debug`).
 
-/// Installs the subscriber; `default` is the filter when `HOOKPOST_LOG` is unset.
+/// Installs the subscriber; `default` is the filter when `HOOKPOST_LOG` is
+/// unset. Does nothing when the process has one already (tests call it once
+/// per test).
 pub fn init(default: &str) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
@@ -14,7 +16,7 @@ pub fn init(default: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(ExpectedAnswers)
         .with_filter(filter);
-    tracing_subscriber::registry().with(layer).init();
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 /// Hides lapin's own ERROR line for a channel the broker closed with

@@ -32,6 +32,17 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| common::config::raw::DEFAULT_AMQP_URL.to_owned())
 }
 
+/// Shows the logs of the hookpost code a test runs in-process (dispatcher,
+/// publisher, API) on standard error when `HOOKPOST_LOG` is set (for
+/// example `HOOKPOST_LOG=info cargo test -p tests --test cluster -- --nocapture`),
+/// filtered as the binaries filter it; does nothing otherwise, or when a
+/// subscriber is already installed.
+pub fn log_if_asked() {
+    if std::env::var_os("HOOKPOST_LOG").is_some() {
+        common::logging::init("off");
+    }
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout`
 /// with `what` (end-to-end tests wait for outcomes, never for fixed times).
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
