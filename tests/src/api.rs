@@ -44,7 +44,11 @@ impl Api {
         ));
         Self {
             root,
-            http: reqwest::Client::new(),
+            // A call left unanswered fails the test instead of hanging it.
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .expect("client"),
             stop,
         }
     }
@@ -53,7 +57,8 @@ impl Api {
     /// (`Null` when the body is not JSON).
     ///
     /// # Panics
-    /// When the request cannot be sent (the API is not listening).
+    /// When the request cannot be sent (the API is not listening) or has no
+    /// answer within 60 s.
     pub async fn call(
         &self,
         token: &str,

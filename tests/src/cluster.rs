@@ -69,6 +69,10 @@ use std::time::{Duration, Instant};
 /// Longest wait for a node to boot or rejoin.
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Longest a RabbitMQ CLI command may run ([`Cluster::cli`]); a graceful
+/// `stop` of a node takes well under it.
+pub const CLI_LIMIT: Duration = Duration::from_secs(120);
+
 /// Number of nodes.
 pub const NODES: usize = 3;
 
@@ -364,9 +368,17 @@ impl Cluster {
     }
 
     /// `ip netns exec <node i's namespace> setpriv <as rabbitmq> program`,
-    /// with the cluster's home (cookie) and env file.
-    fn in_namespace(&self, i: usize, program: &Path) -> Command {
-        let mut c = Command::new("ip");
+    /// with the cluster's home (cookie) and env file; killed after `limit`
+    /// when one is given (coreutils' `timeout`).
+    fn in_namespace(&self, i: usize, program: &Path, limit: Option<Duration>) -> Command {
+        let mut c = match limit {
+            Some(limit) => {
+                let mut c = Command::new("timeout");
+                c.args(["--kill-after=5", &limit.as_secs().to_string(), "ip"]);
+                c
+            }
+            None => Command::new("ip"),
+        };
         c.args(["netns", "exec", &self.namespace(i)])
             .args([
                 "setpriv",
@@ -392,7 +404,7 @@ impl Cluster {
     fn launch(&self, i: usize) {
         let dir = self.node_dir(i);
         let status = self
-            .in_namespace(i, &self.server)
+            .in_namespace(i, &self.server, None)
             .arg("-detached")
             .env("RABBITMQ_USE_LONGNAME", "true")
             .env("RABBITMQ_NODENAME", self.node(i))
@@ -471,15 +483,22 @@ impl Cluster {
     /// Runs RabbitMQ CLI tool `tool` (`rabbitmq-queues`,
     /// `rabbitmq-diagnostics`, ...) like [`Cluster::rabbitmqctl`]; e.g.
     /// `cli(1, "rabbitmq-queues", &["quorum_status", "q", "--formatter", "json"])`.
+    /// A run longer than [`CLI_LIMIT`] is killed and fails (exit status
+    /// 124): the tools wait without limit for some answers, and a test
+    /// that polls retries instead of hanging.
     ///
     /// # Panics
     /// When the tool cannot be run at all.
     pub fn cli(&self, i: usize, tool: &str, args: &[&str]) -> Output {
-        self.in_namespace(i, &Path::new("/usr/lib/rabbitmq/bin").join(tool))
-            .args(["-q", "--longnames", "-n", &self.node(i)])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run {tool}: {e}"))
+        self.in_namespace(
+            i,
+            &Path::new("/usr/lib/rabbitmq/bin").join(tool),
+            Some(CLI_LIMIT),
+        )
+        .args(["-q", "--longnames", "-n", &self.node(i)])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"))
     }
 
     /// Like [`Cluster::rabbitmqctl`], panicking with its output when it

@@ -7,6 +7,11 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// Longest [`Running::stop`] waits: the dispatcher's own bounds (the
+/// workers' grace of an endpoint timeout plus 30 s, then 5 s each for the
+/// attempt log, the notices and the connection) with room to spare.
+pub const STOP_LIMIT: Duration = Duration::from_secs(120);
+
 /// A dispatcher running in this process.
 #[derive(Debug)]
 pub struct Running {
@@ -48,9 +53,13 @@ impl Running {
         }
     }
 
-    /// Waits until `/readyz` answers 200.
+    /// Waits until `/readyz` answers 200 (each probe bounded: one left
+    /// unanswered is tried again).
     pub async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
         crate::eventually(Duration::from_secs(45), "dispatcher ready", || async {
             let r = client
                 .get(format!("{}/readyz", self.metrics))
@@ -93,8 +102,16 @@ impl Running {
     }
 
     /// Stops it and returns what `run` returned.
+    ///
+    /// # Panics
+    /// When it has not stopped within [`STOP_LIMIT`] (its shutdown waits
+    /// for the broker and its endpoints a bounded time: a test fails
+    /// rather than hangs when that bound breaks).
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.task.await.expect("dispatcher task")
+        tokio::time::timeout(STOP_LIMIT, self.task)
+            .await
+            .unwrap_or_else(|_| panic!("the dispatcher did not stop within {STOP_LIMIT:?}"))
+            .expect("dispatcher task")
     }
 }

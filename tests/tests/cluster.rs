@@ -12,6 +12,16 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::time::{Duration, Instant};
 use tests::cluster::{Cluster, START_TIMEOUT};
 
+/// Writes a line to standard error at once, past the test harness's
+/// capture: these tests take minutes, and their progress shows in a CI
+/// log even when one of them never ends.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 const QUEUE: &str = "hpt-cluster-smoke";
 
 /// Longest a single AMQP attempt against a node may take (a cut or dead
@@ -97,7 +107,7 @@ async fn cluster_forms_survives_kill_and_partition() {
         return;
     };
     let urls = cluster.urls();
-    eprintln!("timing: cluster start {:?}", began.elapsed());
+    say!("timing: cluster start {:?}", began.elapsed());
 
     // 1. A quorum queue declared through node 1 has three members; a message
     //    published through node 1 is taken through node 3.
@@ -157,7 +167,7 @@ async fn cluster_forms_survives_kill_and_partition() {
         .expect("a message via node 3");
     assert_eq!(got.delivery.data, b"via-node-1");
     let _ = conn3.close(200, "bye".into()).await;
-    eprintln!("scenario 1: queue members {members:?}, leader {leader}");
+    say!("scenario 1: queue members {members:?}, leader {leader}");
     replicas_follow_the_config(&cluster).await;
 
     // 2. kill -9 the leader: the queue is served through another node; the
@@ -169,18 +179,18 @@ async fn cluster_forms_survives_kill_and_partition() {
     let killed = blocking(|| cluster.kill9(victim));
     let gone = killed.elapsed();
     serves_within(&urls[survivor - 1], "after-kill", Duration::from_secs(60)).await;
-    eprintln!(
+    say!(
         "timing: kill -9 of leader node {victim}: VM gone after {gone:?}, queue served via node \
          {survivor} {:?} after the signal",
         killed.elapsed()
     );
     let restarted = blocking(|| cluster.start_node(victim));
     let rejoined = blocking(|| cluster.wait_running(3, START_TIMEOUT));
-    eprintln!("timing: node {victim} restarted in {restarted:?}, 3 running {rejoined:?} later");
+    say!("timing: node {victim} restarted in {restarted:?}, 3 running {rejoined:?} later");
     let (new_leader, members) = blocking(|| cluster.quorum_leader_and_members(victim, QUEUE));
     assert_eq!(members.len(), 3, "members after rejoin: {members:?}");
     serves_within(&urls[victim - 1], "via-restarted", Duration::from_secs(30)).await;
-    eprintln!("scenario 2: leader now {new_leader}");
+    say!("scenario 2: leader now {new_leader}");
 
     // A graceful restart of node 3 (one step of a rolling restart): the queue
     // is served through node 1 while node 3 is down.
@@ -188,7 +198,7 @@ async fn cluster_forms_survives_kill_and_partition() {
     serves_within(&urls[0], "node-3-down", Duration::from_secs(30)).await;
     let started = blocking(|| cluster.start_node(3));
     let rejoined = blocking(|| cluster.wait_running(3, START_TIMEOUT));
-    eprintln!(
+    say!(
         "timing: graceful restart of node 3: stop {stopped:?}, start {started:?}, 3 running \
          {rejoined:?} later"
     );
@@ -215,7 +225,7 @@ async fn cluster_forms_survives_kill_and_partition() {
     );
     let majority = blocking(|| cluster.wait_running(2, Duration::from_secs(30)));
     let served = serves_within(&urls[0], "during-cut", Duration::from_secs(30)).await;
-    eprintln!(
+    say!(
         "timing: cut node 2: paused after {paused:?} (AMQP refused: {}), majority of 2 seen \
          {majority:?} later, queue served via node 1 {served:?} later",
         refused.err().unwrap_or_default()
@@ -224,11 +234,11 @@ async fn cluster_forms_survives_kill_and_partition() {
     blocking(|| cluster.heal(2));
     let all = blocking(|| cluster.wait_running(3, START_TIMEOUT));
     serves_within(&urls[1], "after-heal", Duration::from_secs(30)).await;
-    eprintln!(
+    say!(
         "timing: heal node 2: 3 running after {all:?}, node 2 serves AMQP after {:?}",
         healed_at.elapsed()
     );
-    eprintln!("timing: whole test {:?}", began.elapsed());
+    say!("timing: whole test {:?}", began.elapsed());
 }
 
 /// `amqp.quorum_replicas = 2` and `registry.control_replicas = 2` on three
@@ -264,7 +274,7 @@ async fn replicas_follow_the_config(cluster: &Cluster) {
         let members = blocking(|| cluster.members(1, &queue));
         assert_eq!(members.len(), 2, "members of {queue}: {members:?}");
     }
-    eprintln!("replicas: quorum_replicas = 2 and control_replicas = 2 gave 2 members");
+    say!("replicas: quorum_replicas = 2 and control_replicas = 2 gave 2 members");
 }
 
 /// `unplug` (node 3 loses its link: the other nodes and this process alike)
@@ -288,14 +298,14 @@ async fn unplugged_node_pauses_and_returns() {
             std::thread::sleep(Duration::from_millis(200));
         }
     });
-    eprintln!("timing: unplugged node 3 paused after {:?}", at.elapsed());
+    say!("timing: unplugged node 3 paused after {:?}", at.elapsed());
     let unreachable = publish_and_get(&cluster.url(3), "unplugged").await;
     assert!(unreachable.is_err(), "{unreachable:?}");
     blocking(|| cluster.wait_running(2, Duration::from_secs(30)));
     let at = Instant::now();
     blocking(|| cluster.plug(3));
     let all = blocking(|| cluster.wait_running(3, START_TIMEOUT));
-    eprintln!(
+    say!(
         "timing: plugged node 3 back: 3 running after {all:?} ({:?})",
         at.elapsed()
     );
@@ -413,7 +423,7 @@ impl Flow {
                             "publishing did not recover within 90 s: {e}"
                         );
                         if publish_retries % 10 == 1 {
-                            eprintln!("chunk {n}: publish retried after: {e}");
+                            say!("chunk {n}: publish retried after: {e}");
                         }
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     }
@@ -449,6 +459,7 @@ impl Flow {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let delivered = began.elapsed();
+        say!("flow: published and delivered after {delivered:.1?}; stopping the dispatchers");
         let duplicates = self.receivers.each_ref().map(|rx| {
             let mut count: HashMap<String, usize> = HashMap::new();
             for id in rx.delivered_ids() {
@@ -462,6 +473,7 @@ impl Flow {
         let _ = self.a.stop().await;
         let _ = self.b.stop().await;
         self.publisher.close().await;
+        say!("flow: dispatchers and publisher stopped");
         Outcome {
             publish_retries,
             first_retry_chunk,
@@ -485,7 +497,21 @@ async fn dead_ids(url: &str, endpoint: &str) -> std::collections::BTreeSet<Strin
 
 /// Ids of the dead letters of `endpoint` in `queue`, read through `url`
 /// (taken and put back: the connection closes without acking).
+///
+/// # Panics
+/// When the broker does not let it read them all within 60 s.
 async fn dead_ids_in(url: &str, queue: &str, endpoint: &str) -> std::collections::BTreeSet<String> {
+    let limit = Duration::from_secs(60);
+    tokio::time::timeout(limit, read_dead_ids(url, queue, endpoint))
+        .await
+        .unwrap_or_else(|_| panic!("reading {queue} through {url} took over {limit:?}"))
+}
+
+async fn read_dead_ids(
+    url: &str,
+    queue: &str,
+    endpoint: &str,
+) -> std::collections::BTreeSet<String> {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("connect");
@@ -528,11 +554,11 @@ async fn killing_the_node_of_the_publisher_and_a_dispatcher_loses_nothing() {
         .run(&events, Duration::ZERO, |n| {
             if n == 25 {
                 blocking(|| cluster.kill9(1));
-                eprintln!("chunk {n}: node 1 killed");
+                say!("chunk {n}: node 1 killed");
             }
         })
         .await;
-    eprintln!("timing: scenario a (kill -9 of node 1 at chunk 25 of 50): {outcome}");
+    say!("timing: scenario a (kill -9 of node 1 at chunk 25 of 50): {outcome}");
     assert_eq!(outcome.lost, [0, 0], "events lost");
 }
 
@@ -565,9 +591,7 @@ async fn a_rolling_restart_under_load_loses_nothing() {
     };
     let outcome = flow.run(&events, Duration::from_millis(1200), |_| {}).await;
     let took = restarts.await.expect("restarts");
-    eprintln!(
-        "timing: scenario b (rolling restart, (node, restart, rejoined) {took:?}): {outcome}"
-    );
+    say!("timing: scenario b (rolling restart, (node, restart, rejoined) {took:?}): {outcome}");
     assert_eq!(took.len(), 3);
     assert_eq!(outcome.lost, [0, 0], "events lost");
 }
@@ -610,6 +634,7 @@ fn longest_pause(received: &[tests::receiver::Received], from: Instant) -> Durat
 /// all start on node 1 and must move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_and_admin_work_during_an_outage_lose_nothing() {
+    tests::log_if_asked();
     let Some(cluster) = blocking(|| Cluster::start("cut")) else {
         return;
     };
@@ -623,12 +648,12 @@ async fn a_partition_and_admin_work_during_an_outage_lose_nothing() {
             if n == 5 {
                 blocking(|| cluster.cut(1));
                 cut_at = Some(Instant::now());
-                eprintln!("chunk {n}: node 1 cut off");
+                say!("chunk {n}: node 1 cut off");
             }
             if healed_at.is_none() && cut_at.is_some_and(|t: Instant| t.elapsed() > CUT_FOR) {
                 blocking(|| cluster.heal(1));
                 healed_at = Some(Instant::now());
-                eprintln!("chunk {n}: node 1 healed");
+                say!("chunk {n}: node 1 healed");
             }
         })
         .await;
@@ -662,7 +687,7 @@ async fn a_partition_and_admin_work_during_an_outage_lose_nothing() {
         .received
         .each_ref()
         .map(|got| longest_pause(got, cut_at));
-    eprintln!(
+    say!(
         "timing: scenario c (node 1 cut off at chunk 5 for {:.1?}; {} events published during the majority's watch, not delivered before the heal: {late:?}; longest pause in deliveries after the cut {pauses:.1?}): {outcome}",
         healed_at - cut_at,
         majority.len()
@@ -685,9 +710,11 @@ async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
     let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let failing = Receiver::with(Arc::new(|_, _| Reply::Status(500, vec![]))).await;
     let (before, after) = (Receiver::start().await, Receiver::start().await);
-    eprintln!(
-        "DEBUG failing {} before {} after {}",
-        failing.url, before.url, after.url
+    say!(
+        "scenario d: receivers failing {}, before {}, after {}",
+        failing.url,
+        before.url,
+        after.url
     );
     let text = format!(
         "[amqp]\nurls = [{}]\nprefix = \"hpt-admin\"\nmax_reconnect_delay_ms = 500\npublish_timeout_ms = 20000\n[http]\nallowed_networks = [\"127.0.0.0/8\"]\n[defaults]\nretry_delay_ms = 100\nmax_retry_delay_ms = 200\nmax_retries = 1\n[api]\ntokens = [\"{TOKEN}\"]\n[registry]\nsecrets_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n{}",
@@ -721,6 +748,7 @@ async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
     assert!(first.iter().all(|id| dead.contains(id)));
 
     let killed = blocking(|| cluster.kill9(1));
+    say!("scenario d: node 1 killed");
     // The endpoint changes over the API: its first tries may answer 503
     // while it moves to another node.
     let changed = tests::eventually(WAIT, "the API's change with node 1 down", || async {
@@ -737,6 +765,7 @@ async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
     .await;
     assert_eq!(changed["version"], 2, "{changed}");
     let api_took = killed.elapsed();
+    say!("scenario d: the API changed the endpoint after {api_took:.1?}");
     // Events published from now on go to the new URL once the dispatcher
     // applied the change; probe until one arrives, then 200 more.
     tests::eventually(WAIT, "the change in effect", || async {
@@ -752,6 +781,7 @@ async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
     let second = tests::fixtures::publish(&publisher, "order.updated", 200).await;
     after.wait_ids(&second, WAIT).await;
     let change_took = killed.elapsed();
+    say!("scenario d: 200 events at the new URL after {change_took:.1?}");
 
     failing.set(Arc::new(|_, _| Reply::Status(200, vec![])));
     let replay_began = Instant::now();
@@ -778,6 +808,7 @@ async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
         "{}",
         String::from_utf8_lossy(&out)
     );
+    say!("scenario d: replay published");
     failing.wait_ids(&first, WAIT).await;
     let replay_took = replay_began.elapsed();
     assert!(
@@ -786,12 +817,15 @@ async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
             .is_empty(),
         "the replayed dead letters left the queue"
     );
-    eprintln!(
+    say!(
         "timing: scenario d (node 1 killed): API change answered {api_took:.1?} after the kill, in effect and 200 events delivered to the new URL {change_took:.1?} after it; replay of 200 dead letters delivered in {replay_took:.1?}"
     );
     blocking(|| cluster.start_node(1));
     blocking(|| cluster.wait_running(3, START_TIMEOUT));
+    say!("scenario d: node 1 back");
     dispatcher.wait_ready().await;
     let _ = dispatcher.stop().await;
+    say!("scenario d: dispatcher stopped");
     publisher.close().await;
+    say!("scenario d: done");
 }
