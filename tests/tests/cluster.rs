@@ -28,6 +28,19 @@ const QUEUE: &str = "hpt-cluster-smoke";
 /// node must fail the attempt, not hang it).
 const ATTEMPT: Duration = Duration::from_secs(5);
 
+/// Awaits `step`, panicking with `what` when it takes over `limit`: a
+/// step the code under test should end by itself (its own timeouts) fails
+/// the test instead of hanging it.
+async fn within<T>(limit: Duration, what: &str, step: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, step)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not end within {limit:?}"))
+}
+
+/// Longest one publishing call may take here: the publisher gives up
+/// `publish_timeout_ms` (20 s) after the broker's last progress.
+const PUBLISH_LIMIT: Duration = Duration::from_secs(120);
+
 /// Runs blocking harness code (it shells out) without stalling the runtime.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -374,9 +387,13 @@ async fn start_flow(cluster: &Cluster) -> Flow {
     let on_first = config([1, 2, 3]);
     let a = tests::dispatcher_harness::Running::start(on_first.clone()).await;
     let b = tests::dispatcher_harness::Running::start(config([2, 3, 1])).await;
-    let publisher = producer::Publisher::connect(&on_first)
-        .await
-        .expect("publisher");
+    let publisher = within(
+        PUBLISH_LIMIT,
+        "the publisher's connect",
+        producer::Publisher::connect(&on_first),
+    )
+    .await
+    .expect("publisher");
     for q in ["hpt-cluster.ep.one", "hpt-cluster.ep.two"] {
         let (_, members) = blocking(|| cluster.quorum_leader_and_members(2, q));
         assert_eq!(
@@ -413,7 +430,13 @@ impl Flow {
             before(n);
             let retry_until = Instant::now() + Duration::from_secs(90);
             loop {
-                match self.publisher.publish_many(chunk).await {
+                match within(
+                    PUBLISH_LIMIT,
+                    "publish_many",
+                    self.publisher.publish_many(chunk),
+                )
+                .await
+                {
                     Ok(()) => break,
                     Err(e) => {
                         first_retry_chunk.get_or_insert(n);
@@ -725,9 +748,13 @@ async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
     let dispatcher = tests::dispatcher_harness::Running::start(config.clone()).await;
     dispatcher.wait_ready().await;
     let api = tests::api::Api::start(&config).await;
-    let publisher = producer::Publisher::connect(&config)
-        .await
-        .expect("publisher");
+    let publisher = within(
+        PUBLISH_LIMIT,
+        "the publisher's connect",
+        producer::Publisher::connect(&config),
+    )
+    .await
+    .expect("publisher");
     let (status, body) = api
         .call(
             TOKEN,
@@ -737,7 +764,12 @@ async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let first = tests::fixtures::publish(&publisher, "order.created", 200).await;
+    let first = within(
+        PUBLISH_LIMIT,
+        "a publish",
+        tests::fixtures::publish(&publisher, "order.created", 200),
+    )
+    .await;
     before.wait_ids(&first, WAIT).await;
     let dead_queue = "hpt-admin.dead";
     let dead = tests::eventually(WAIT, "200 dead letters of endpoint one", || async {
@@ -769,7 +801,12 @@ async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
     // Events published from now on go to the new URL once the dispatcher
     // applied the change; probe until one arrives, then 200 more.
     tests::eventually(WAIT, "the change in effect", || async {
-        let probe = tests::fixtures::publish(&publisher, "order.probe", 1).await;
+        let probe = within(
+            PUBLISH_LIMIT,
+            "a publish",
+            tests::fixtures::publish(&publisher, "order.probe", 1),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         after
             .ids()
@@ -778,16 +815,25 @@ async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
             .then_some(())
     })
     .await;
-    let second = tests::fixtures::publish(&publisher, "order.updated", 200).await;
+    let second = within(
+        PUBLISH_LIMIT,
+        "a publish",
+        tests::fixtures::publish(&publisher, "order.updated", 200),
+    )
+    .await;
     after.wait_ids(&second, WAIT).await;
     let change_took = killed.elapsed();
     say!("scenario d: 200 events at the new URL after {change_took:.1?}");
 
     failing.set(Arc::new(|_, _| Reply::Status(200, vec![])));
     let replay_began = Instant::now();
-    let admin = dispatcher::admin::Admin::connect(config.clone())
-        .await
-        .expect("hookpost-admin connects to a live node");
+    let admin = within(
+        WAIT,
+        "hookpost-admin's connect",
+        dispatcher::admin::Admin::connect(config.clone()),
+    )
+    .await
+    .expect("hookpost-admin connects to a live node");
     let mut out = Vec::new();
     let report = admin
         .apply(
@@ -801,7 +847,7 @@ async fn admin_work_while_node_1_is_down(cluster: &Cluster) {
         )
         .await
         .expect("replay");
-    admin.close().await;
+    within(WAIT, "hookpost-admin's close", admin.close()).await;
     assert_eq!(
         (report.done, report.failed),
         (200, 0),
