@@ -81,19 +81,43 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    tracing::debug!(threads, cores, "Runtime started.");
     Ok(runtime)
 }
 
 /// A binary's `main`: logging at `default_level` (`RUST_LOG` overrides),
-/// a multi-threaded runtime ([`runtime`]), `run` on it, and the exit code:
-/// 0, or 1 after `error: …` with the whole cause chain on standard error.
+/// a multi-threaded runtime ([`runtime`]; its worker count logged at
+/// debug), `run` on it, and the exit code: 0, or 1 after `error: …` with
+/// the whole cause chain on standard error.
 pub fn main<F>(default_level: &str, run: F) -> ExitCode
 where
     F: Future<Output = anyhow::Result<()>>,
 {
+    main_with(default_level, tracing::Level::DEBUG, run)
+}
+
+/// [`main`], logging the runtime's worker count at INFO: the dispatcher's
+/// (`Runtime started. threads=N cores=M`; its throughput depends on it).
+pub fn main_announcing_threads<F>(default_level: &str, run: F) -> ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    main_with(default_level, tracing::Level::INFO, run)
+}
+
+fn main_with<F>(default_level: &str, threads_at: tracing::Level, run: F) -> ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
     crate::logging::init(default_level);
-    let result = runtime().and_then(|rt| rt.block_on(run));
+    let result = runtime().and_then(|rt| {
+        let (threads, cores) = (rt.metrics().num_workers(), cores());
+        if threads_at == tracing::Level::INFO {
+            tracing::info!(threads, cores, "Runtime started.");
+        } else {
+            tracing::debug!(threads, cores, "Runtime started.");
+        }
+        rt.block_on(run)
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -19,7 +19,7 @@ struct Dispatcher {
 
 impl Dispatcher {
     fn start(config: &std::path::Path, log: PathBuf) -> Self {
-        Self::start_with(config, log, None)
+        Self::start_with(config, log, None, "info")
     }
 
     /// Started with `TOKIO_WORKER_THREADS` set to `threads`, or unset.
@@ -27,6 +27,7 @@ impl Dispatcher {
         config: &std::path::Path,
         log: PathBuf,
         threads: Option<&std::ffi::OsStr>,
+        level: &str,
     ) -> Self {
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_hookpost-dispatcher"));
@@ -38,7 +39,7 @@ impl Dispatcher {
             .arg("--config")
             .arg(config)
             .env_remove("HOOKPOST_CONFIG")
-            .env("HOOKPOST_LOG", "info")
+            .env("HOOKPOST_LOG", level)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -196,9 +197,14 @@ async fn worker_threads_follow_the_cores_or_the_variable() {
     let log = std::env::temp_dir().join(format!("{}-threads.log", scope.prefix));
     let cores = common::cli::cores();
     let mut delivered = Vec::new();
-    for (var, threads) in [(None, cores), (Some("1"), 1), (Some("3"), 3)] {
+    // The last start logs at debug: the line still comes once.
+    for (var, threads, level) in [
+        (None, cores, "info"),
+        (Some("1"), 1, "info"),
+        (Some("3"), 3, "debug"),
+    ] {
         let mut dispatcher =
-            Dispatcher::start_with(&config, log.clone(), var.map(std::ffi::OsStr::new));
+            Dispatcher::start_with(&config, log.clone(), var.map(std::ffi::OsStr::new), level);
         let line = format!("Runtime started. threads={threads} cores={cores}");
         eventually(WAIT, "the runtime's line", || async {
             dispatcher.log().contains(&line).then_some(())
@@ -219,11 +225,12 @@ async fn worker_threads_follow_the_cores_or_the_variable() {
             .filter(|l| l.contains("ERROR") || l.contains("WARN"))
             .collect();
         assert!(loud.is_empty(), "{var:?}: {}", loud.join("\n"));
+        assert_eq!(log.matches("Runtime started.").count(), 1, "{var:?}: {log}");
     }
     // Zero, not a number, and bytes that are not UTF-8.
     for bad in [&b"0"[..], b"many", b"\xff"] {
         let value = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bad);
-        let mut dispatcher = Dispatcher::start_with(&config, log.clone(), Some(value));
+        let mut dispatcher = Dispatcher::start_with(&config, log.clone(), Some(value), "info");
         let status = dispatcher.wait_exit(WAIT).await;
         let log = dispatcher.log();
         assert_eq!(status.code(), Some(1), "{value:?}: {log}");

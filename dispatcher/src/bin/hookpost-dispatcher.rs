@@ -28,13 +28,10 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let cli = Cli::parse();
-    common::cli::main("info", run(cli.config.config))
+    common::cli::main_announcing_threads("info", run(cli.config.config))
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
-    // How many worker threads run (TOKIO_WORKER_THREADS, or one per core).
-    let threads = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(threads, cores = common::cli::cores(), "Runtime started.");
     let config = Config::load(&path)?;
     dispatcher::validate(&config)?;
     let listener = common::cli::bind(config.metrics_listen, "metrics.listen").await?;
