@@ -12,14 +12,33 @@ use tests::{Scope, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Longest one `hookpost-admin` command may run here.
+const ADMIN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `hookpost-admin --config <config> args…` and returns its output;
+/// killed after [`ADMIN_LIMIT`] (the test fails rather than hangs).
 fn admin(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hookpost-admin"))
+    let child = Command::new(env!("CARGO_BIN_EXE_hookpost-admin"))
         .arg("--config")
         .arg(config)
         .args(args)
         .env_remove("HOOKPOST_CONFIG")
-        .output()
-        .expect("run hookpost-admin")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hookpost-admin");
+    let pid = child.id().to_string();
+    let (done, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match output.recv_timeout(ADMIN_LIMIT) {
+        Ok(output) => output.expect("hookpost-admin's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("hookpost-admin {args:?} did not end within {ADMIN_LIMIT:?}");
+        }
+    }
 }
 
 fn ok(output: &Output) -> String {
@@ -786,7 +805,17 @@ async fn log_shows_each_attempt_and_follows_new_ones() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let status = child.wait().expect("wait");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("log --follow did not exit within {WAIT:?} of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(status.success(), "{status:?}");
     publisher.close().await;
     f.dispatcher.stop().await.expect("stop");

@@ -73,7 +73,11 @@ impl Browser {
         let mut browser = Self {
             driver,
             base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder().no_proxy().build()?,
+            // A driver that stops answering fails the test, not hangs it.
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .build()?,
             _profile: tempfile_dir::TempDir(profile.clone()),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -22,6 +22,8 @@ pub struct Running {
     /// Sends it a new config.
     pub reload: mpsc::Sender<Config>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// For its metrics server: each request bounded.
+    http: reqwest::Client,
 }
 
 impl Running {
@@ -50,18 +52,19 @@ impl Running {
             shutdown,
             reload,
             task,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
         }
     }
 
     /// Waits until `/readyz` answers 200 (each probe bounded: one left
     /// unanswered is tried again).
     pub async fn wait_ready(&self) {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("client");
         crate::eventually(Duration::from_secs(45), "dispatcher ready", || async {
-            let r = client
+            let r = self
+                .http
                 .get(format!("{}/readyz", self.metrics))
                 .send()
                 .await
@@ -73,7 +76,9 @@ impl Running {
 
     /// `/readyz` status now.
     pub async fn ready_status(&self) -> u16 {
-        reqwest::get(format!("{}/readyz", self.metrics))
+        self.http
+            .get(format!("{}/readyz", self.metrics))
+            .send()
             .await
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
@@ -81,7 +86,9 @@ impl Running {
 
     /// The `/metrics` text.
     pub async fn metrics_text(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.metrics))
+        self.http
+            .get(format!("{}/metrics", self.metrics))
+            .send()
             .await
             .expect("metrics")
             .text()

@@ -45,6 +45,8 @@ pub fn log_if_asked() {
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout`
 /// with `what` (end-to-end tests wait for outcomes, never for fixed times).
+/// A check that does not return (a request nobody answers) is cut off 5 s
+/// after the deadline: the test fails instead of hanging.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -52,8 +54,13 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(value) = check().await {
-            return value;
+        let cut_off = deadline + Duration::from_secs(5);
+        match tokio::time::timeout_at(cut_off, check()).await {
+            Ok(Some(value)) => return value,
+            Ok(None) => {}
+            Err(_) => {
+                panic!("timed out after {timeout:?} waiting for {what} (a check did not return)")
+            }
         }
         assert!(
             tokio::time::Instant::now() < deadline,
