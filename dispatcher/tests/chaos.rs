@@ -3,9 +3,9 @@
 //! started, and receivers fail, hang, reset and crawl. At the end every
 //! confirmed event is delivered or dead-lettered with a reason: none is lost.
 //!
-//! This is the only test in its binary, so its broker-wide faults
-//! (`rabbitmqctl close_all_connections`, `stop_app`) disturb no other test
-//! (cargo runs test binaries one after another).
+//! Its broker-wide faults (`rabbitmqctl close_all_connections`, `stop_app`)
+//! hit a throw-away RabbitMQ node of its own (`tests::node`), never the
+//! broker other tests share.
 //!
 //! CI runs a short variant. The full run:
 //!   HOOKPOST_CHAOS_EVENTS=5000 HOOKPOST_CHAOS_ROUNDS=3 cargo test --release -p dispatcher --test chaos -- --nocapture
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tests::Scope;
+use tests::node::{Node, free_port};
 use tests::receiver::{Receiver, Reply};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -47,16 +48,6 @@ fn dispatcher(config: &Path, log: &Path) -> Child {
         .expect("spawn dispatcher")
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("rabbitmqctl");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
-
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -66,7 +57,13 @@ fn kill(child: &mut Child) {
 async fn nothing_is_lost_under_faults() {
     let events_total = env_usize("HOOKPOST_CHAOS_EVENTS", 1200);
     let rounds = env_usize("HOOKPOST_CHAOS_ROUNDS", 1);
-    let scope = Scope::new().await;
+    let name = format!("hpt-chaos-{}", std::process::id());
+    let port = free_port();
+    let node = tokio::task::spawn_blocking(move || Node::start(&name, port))
+        .await
+        .expect("join");
+    let Some(node) = node else { return };
+    let scope = Scope::at(&node.amqp_url()).await;
     let started = Instant::now();
 
     // steady: answers slowly (5-25 ms). flaky: 500s for its first 4 s of
@@ -156,15 +153,15 @@ async fn nothing_is_lost_under_faults() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         dispatchers[0] = dispatcher(&config, &log);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        rabbitmqctl(&["close_all_connections", "hookpost chaos test"]);
+        node.ctl(&["close_all_connections", "hookpost chaos test"]);
         tokio::time::sleep(Duration::from_secs(2)).await;
         kill(&mut dispatchers[1]);
         dispatchers[1] = dispatcher(&config, &log);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        rabbitmqctl(&["stop_app"]);
+        node.ctl(&["stop_app"]);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        rabbitmqctl(&["start_app"]);
-        rabbitmqctl(&["await_startup"]);
+        node.ctl(&["start_app"]);
+        node.ctl(&["await_startup", "--timeout", "60"]);
         tokio::time::sleep(Duration::from_secs(2)).await;
         kill(&mut dispatchers[0]);
         kill(&mut dispatchers[1]);
@@ -175,7 +172,7 @@ async fn nothing_is_lost_under_faults() {
     assert!(publishing_done.load(Ordering::SeqCst));
 
     // The scope's own connection died with the broker app: open a new one.
-    let checker = Scope::new().await;
+    let checker = Scope::at(&node.amqp_url()).await;
     let dead_queue = format!("{}.dead", scope.prefix);
     let receivers = [("steady", &steady), ("flaky", &flaky), ("rough", &rough)];
     let mut dead_letters: HashMap<String, HashSet<String>> = HashMap::new();

@@ -82,30 +82,41 @@ pub struct Scope {
     pub connection: Connection,
     /// A channel on it.
     pub channel: Channel,
+    /// The broker's AMQP URL.
+    url: String,
     queues: Mutex<Vec<String>>,
     exchanges: Mutex<Vec<String>>,
     files: Mutex<Vec<std::path::PathBuf>>,
 }
 
 impl Scope {
-    /// Connects and picks a fresh prefix.
+    /// Connects to the tests' broker ([`amqp_url`]) and picks a fresh prefix.
     ///
     /// # Panics
     /// When the broker is unreachable: start it (README, "Troubleshooting").
     pub async fn new() -> Self {
+        Self::at(&amqp_url()).await
+    }
+
+    /// [`Scope::new`] on the broker at `url` (a throw-away node's).
+    ///
+    /// # Panics
+    /// When the broker is unreachable.
+    pub async fn at(url: &str) -> Self {
         let prefix = format!(
             "hpt-{}-{}",
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..10]
         );
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        let connection = Connection::connect(url, ConnectionProperties::default())
             .await
-            .unwrap_or_else(|e| panic!("RabbitMQ at {} is unreachable ({e}); start it with `rabbitmq-server -detached`", amqp_url()));
+            .unwrap_or_else(|e| panic!("RabbitMQ at {url} is unreachable ({e}); start it with `rabbitmq-server -detached`"));
         let channel = connection.create_channel().await.expect("channel");
         Self {
             prefix,
             connection,
             channel,
+            url: url.to_owned(),
             queues: Mutex::new(Vec::new()),
             exchanges: Mutex::new(Vec::new()),
             files: Mutex::new(Vec::new()),
@@ -115,7 +126,7 @@ impl Scope {
     /// A config for this scope: `toml` plus `[amqp] url` and `prefix`.
     /// `toml` must not have an `[amqp]` table of its own (use `amqp_extra`).
     pub fn config(&self, toml: &str) -> Config {
-        self.config_with(toml, "", &amqp_url())
+        self.config_with(toml, "", &self.url)
     }
 
     /// Like [`Scope::config`], with extra `[amqp]` keys and another broker URL.
@@ -137,8 +148,7 @@ impl Scope {
         let path = std::env::temp_dir().join(format!("{}-{name}.toml", self.prefix));
         let text = format!(
             "[amqp]\nurl = \"{}\"\nprefix = \"{}\"\n{amqp_extra}\n{toml}",
-            amqp_url(),
-            self.prefix
+            self.url, self.prefix
         );
         std::fs::write(&path, &text).expect("write config");
         let config = Config::from_toml_str(&text, &path, &[]).expect("test config is valid");
@@ -404,7 +414,10 @@ impl Drop for Scope {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        // Drop cannot await: clean up from a thread with its own runtime.
+        let url = self.url.clone();
+        // Drop cannot await: clean up from a thread with its own runtime,
+        // for at most a minute (a broker that stopped answering does not
+        // hang the test).
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -412,9 +425,8 @@ impl Drop for Scope {
             else {
                 return;
             };
-            rt.block_on(async {
-                let Ok(conn) =
-                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+            let cleanup = async {
+                let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await
                 else {
                     return;
                 };
@@ -436,6 +448,9 @@ impl Drop for Scope {
                     }
                 }
                 let _ = conn.close(200, "test done".into()).await;
+            };
+            rt.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(60), cleanup).await;
             });
         });
         let _ = cleanup.join();

@@ -153,7 +153,10 @@ impl Node {
     /// # Panics
     /// When rabbitmqctl cannot be run at all.
     pub fn rabbitmqctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("rabbitmqctl");
+        // Killed after two minutes: a node that stopped answering fails
+        // the test instead of hanging it.
+        let mut cmd = Command::new("timeout");
+        cmd.args(["--kill-after=5", "120", "rabbitmqctl"]);
         if !self.as_rabbitmq {
             cmd.env("HOME", &self.dir);
         }
