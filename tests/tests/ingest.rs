@@ -322,9 +322,13 @@ async fn serve_refuses_to_run_without_tokens() {
         metrics: metrics_listener,
         api: None,
     };
-    let err = producer::serve(config, listeners, CancellationToken::new())
-        .await
-        .expect_err("no tokens");
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        producer::serve(config, listeners, CancellationToken::new()),
+    )
+    .await
+    .expect("serve refuses the config at once")
+    .expect_err("no tokens");
     assert!(err.to_string().contains("ingest.tokens"), "{err}");
 }
 

@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 use tests::Scope;
 use tokio_util::sync::CancellationToken;
 
@@ -146,7 +147,10 @@ async fn every_operation_answers_as_documented() {
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = CancellationToken::new();
     tokio::spawn(producer::api::serve(config.clone(), listener, stop.clone()));
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
     let call = |method: &str, path: &str, body: Option<Value>, token: Option<&str>| {
         let mut req = http.request(method.parse().expect("method"), format!("{base}{path}"));
         if let Some(t) = token {

@@ -17,6 +17,9 @@ use tests::{Scope, eventually};
 /// The first run builds the release binaries.
 const BUILD_WAIT: Duration = Duration::from_secs(30 * 60);
 const WAIT: Duration = Duration::from_secs(60);
+/// Longest one of the README's commands may run: it may build the release
+/// binaries (`cargo run --release`), as the dispatcher's start may.
+const COMMAND_LIMIT: Duration = BUILD_WAIT;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -259,14 +262,21 @@ async fn the_readme_quick_start_delivers_to_the_example_receiver() {
             background.push(spawned);
             continue;
         }
-        let out = tokio::process::Command::new("bash")
-            .arg("-c")
-            .arg(command)
-            .current_dir(root())
-            .env("HOOKPOST_AMQP_PREFIX", &scope.prefix)
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("cannot run `{command}`: {e}"));
+        // A command that does not end (a hung install or build) is killed
+        // and fails the test.
+        let out = tokio::time::timeout(
+            COMMAND_LIMIT,
+            tokio::process::Command::new("bash")
+                .arg("-c")
+                .arg(command)
+                .current_dir(root())
+                .env("HOOKPOST_AMQP_PREFIX", &scope.prefix)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("`{command}` did not end within {COMMAND_LIMIT:?}"))
+        .unwrap_or_else(|e| panic!("cannot run `{command}`: {e}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "`{command}` failed:\n{stderr}");
         assert!(
