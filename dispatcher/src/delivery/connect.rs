@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls_platform_verifier::BuilderVerifierExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -304,25 +304,68 @@ fn tls_builder()
     .with_safe_default_protocol_versions()
 }
 
-/// Connects to the first of `addrs` that answers, giving each an equal
-/// share of [`CONNECT_TIMEOUT`] (so an address that drops packets, a broken
-/// IPv6 record say, leaves time for the next).
+/// How long a connection attempt runs alone before the next address is
+/// tried beside it (RFC 8305, "Happy Eyeballs", recommends 250 ms).
+pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Connects to whichever of `addrs` answers first, within
+/// [`CONNECT_TIMEOUT`] in all. The addresses are tried in the resolver's
+/// order with the families alternating ([`interleaved`]); each attempt runs
+/// alone for [`ATTEMPT_DELAY`], or until it fails, before the next starts
+/// beside it. So an address that drops packets (a broken IPv6 record, say)
+/// delays a new connection by a quarter of a second, not by its timeout.
 async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, ConnectError> {
-    let share = CONNECT_TIMEOUT / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+    if addrs.is_empty() {
+        return Err(ConnectError::Failed("no address to connect to".into()));
+    }
+    let deadline = tokio::time::sleep(CONNECT_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut waiting = interleaved(addrs).into_iter();
+    let mut attempts = FuturesUnordered::new();
     let mut refused = None;
-    for addr in addrs {
-        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) => refused = Some(e.to_string()),
-            Err(_) => {}
+    attempts.extend(waiting.next().map(TcpStream::connect));
+    loop {
+        let more = waiting.len() > 0;
+        tokio::select! {
+            done = attempts.next(), if !attempts.is_empty() => match done {
+                Some(Ok(stream)) => return Ok(stream),
+                // A refusal starts the next attempt at once.
+                Some(Err(e)) => {
+                    refused = Some(e.to_string());
+                    attempts.extend(waiting.next().map(TcpStream::connect));
+                }
+                None => {}
+            },
+            () = tokio::time::sleep(ATTEMPT_DELAY), if more => {
+                attempts.extend(waiting.next().map(TcpStream::connect));
+            }
+            () = &mut deadline => break,
+        }
+        if attempts.is_empty() && waiting.len() == 0 {
+            break;
         }
     }
     // Only when every address stayed silent is it a timeout.
     Err(match refused {
         Some(e) => ConnectError::Failed(e),
-        None if addrs.is_empty() => ConnectError::Failed("no address to connect to".into()),
         None => ConnectError::TimedOut,
     })
+}
+
+/// `addrs` in the resolver's order, but alternating between IPv6 and IPv4
+/// from the family of the first (RFC 8305, section 4).
+fn interleaved(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let first_v6 = addrs.first().is_some_and(SocketAddr::is_ipv6);
+    let (mut first, mut second): (VecDeque<SocketAddr>, VecDeque<SocketAddr>) =
+        addrs.iter().copied().partition(|a| a.is_ipv6() == first_v6);
+    let mut out = Vec::with_capacity(addrs.len());
+    while !first.is_empty() || !second.is_empty() {
+        out.extend(first.pop_front());
+        out.extend(second.pop_front());
+    }
+    out
 }
 
 /// HTTP/1.1 on `io`; the connection is driven by a task of its own, which
@@ -393,10 +436,14 @@ mod tests {
         }
     }
 
-    /// A listener whose accept queue is full drops new connections' SYNs:
-    /// connecting to it gets no answer at all.
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_that_gets_no_answer_times_out() {
+    /// A loopback listener whose accept queue is full: it drops new
+    /// connections' SYNs, so connecting to it gets no answer at all. Keep
+    /// what it returns alive while it should stay silent.
+    fn silent_listener() -> (
+        SocketAddr,
+        tokio::net::TcpListener,
+        Vec<std::net::TcpStream>,
+    ) {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = socket.local_addr().unwrap();
@@ -408,12 +455,67 @@ mod tests {
             filled.push(s);
             assert!(filled.len() < 64, "the accept queue never filled up");
         }
+        (addr, listener, filled)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_gets_no_answer_times_out() {
+        let (addr, _listener, _filled) = silent_listener();
         let url = format!("http://{addr}/").parse().unwrap();
+        let began = Instant::now();
         match open().checkout(&url).await {
             Err(ConnectError::TimedOut) => {}
             other => panic!("must time out: {other:?}"),
         }
-        drop(listener);
+        assert!(began.elapsed() >= CONNECT_TIMEOUT, "{:?}", began.elapsed());
+    }
+
+    /// An address that drops packets holds a new connection up for
+    /// [`ATTEMPT_DELAY`] only: the next address is tried beside it.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_address_delays_the_next_by_the_attempt_delay_only() {
+        let (silent, _listener, _filled) = silent_listener();
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good_addr = good.local_addr().unwrap();
+        let began = Instant::now();
+        let stream = connect_any(&[silent, good_addr]).await.expect("connects");
+        let took = began.elapsed();
+        assert_eq!(stream.peer_addr().unwrap(), good_addr);
+        assert!(
+            (ATTEMPT_DELAY..ATTEMPT_DELAY * 2).contains(&took),
+            "took {took:?}"
+        );
+    }
+
+    /// A refused address gives way to the next at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_address_gives_way_at_once() {
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good_addr = good.local_addr().unwrap();
+        let began = Instant::now();
+        let stream = connect_any(&[refused, good_addr]).await.expect("connects");
+        assert_eq!(stream.peer_addr().unwrap(), good_addr);
+        assert!(began.elapsed() < ATTEMPT_DELAY, "{:?}", began.elapsed());
+        // Every address refused: the refusal is the error, not a timeout.
+        match connect_any(&[refused, refused]).await {
+            Err(ConnectError::Failed(e)) => assert!(e.contains("refused"), "{e}"),
+            other => panic!("must fail: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_families_alternate_starting_with_the_first_address_s_family() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let (v6a, v6b, v4a, v4b) = (a("[::1]:1"), a("[::2]:1"), a("10.0.0.1:1"), a("10.0.0.2:1"));
+        assert_eq!(interleaved(&[v6a, v6b, v4a, v4b]), [v6a, v4a, v6b, v4b]);
+        assert_eq!(interleaved(&[v4a, v6a, v6b]), [v4a, v6a, v6b]);
+        assert_eq!(interleaved(&[v4a, v4b, v6a]), [v4a, v6a, v4b]);
+        assert_eq!(interleaved(&[v4a]), [v4a]);
+        assert!(interleaved(&[]).is_empty());
     }
 
     #[tokio::test]
