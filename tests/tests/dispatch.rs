@@ -577,6 +577,50 @@ async fn reload_adds_and_removes_endpoints() {
     dispatcher.stop().await.expect("clean stop");
 }
 
+/// A reload that changes `[http]` restarts the workers with it: narrowing
+/// `http.allowed_networks` stops deliveries to a host name that now
+/// resolves only to refused addresses (before, the running workers kept
+/// the old address policy until the next reconnect).
+#[tokio::test]
+async fn a_reload_that_narrows_allowed_networks_applies_to_running_workers() {
+    let scope = Scope::new().await;
+    let receiver = Receiver::start().await;
+    let url = receiver.url.replace("127.0.0.1", "localhost");
+    let toml = |allowed: &str| {
+        format!(
+            "[http]\nallowed_networks = [{allowed}]\n[defaults]\nretry_delay_ms = 100\nmax_retry_delay_ms = 200\nmax_retries = 1\ntimeout_ms = 2000\n{}",
+            endpoint("ep", &url, &["#"], "")
+        )
+    };
+    let config = scope.config(&toml("\"127.0.0.0/8\", \"::1/128\""));
+    let dispatcher = Running::start(config.clone()).await;
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let first = publish(&publisher, "a.b", 1).await;
+    receiver.wait_ids(&first, WAIT).await;
+
+    dispatcher
+        .reload
+        .send(scope.config(&toml("")))
+        .await
+        .expect("reload");
+    let dead_queue = format!("{}.dead", scope.prefix);
+    let refused = eventually(WAIT, "an event refused under the new policy", || async {
+        let probe = publish(&publisher, "a.c", 1).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        scope.drain(&dead_queue).await.into_iter().find_map(|msg| {
+            let error = header_str(&msg, "hookpost-last-error")?;
+            let id = msg.delivery.properties.message_id().as_ref()?.to_string();
+            (probe.contains(&id) && error.contains("refused addresses")).then_some(id)
+        })
+    })
+    .await;
+    assert!(
+        !receiver.ids().contains(&refused),
+        "the refused event was not delivered"
+    );
+    dispatcher.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn restart_on_a_new_config_removes_stale_bindings() {
     let scope = Scope::new().await;

@@ -150,7 +150,7 @@ pub struct AmqpConfig {
 }
 
 /// Checked `[http]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// Private networks endpoints may use.
     pub allowed_networks: Vec<IpNet>,

@@ -285,6 +285,18 @@ pub(super) fn check_reload(old: &Config, new: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a reload changes what every worker of a connection shares
+/// (`[http]`: the address policy, the body cap, the `Retry-After` cap; the
+/// consumers' prefetch, channel counts and message cap of `[amqp]`): the
+/// workers then restart with it, as after a lost connection.
+pub(super) fn shared_settings_changed(old: &Config, new: &Config) -> bool {
+    old.http != new.http
+        || old.amqp.prefetch != new.amqp.prefetch
+        || old.amqp.consume_channels != new.amqp.consume_channels
+        || old.amqp.publish_channels != new.amqp.publish_channels
+        || old.amqp.max_message_bytes != new.amqp.max_message_bytes
+}
+
 /// A paused endpoint resumes when its URL changes (or it is removed).
 pub(super) fn forget_changed_pauses(
     paused: &std::sync::Mutex<HashMap<String, url::Url>>,
@@ -294,4 +306,38 @@ pub(super) fn forget_changed_pauses(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     paused.retain(|id, url| new.endpoint(id).is_some_and(|e| e.url == *url));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        Config::from_toml_str(extra, "t.toml".as_ref(), &[]).expect("config")
+    }
+
+    #[test]
+    fn http_and_the_consumers_amqp_settings_restart_the_workers() {
+        let base = config("");
+        assert!(!shared_settings_changed(&base, &config("")));
+        for changed in [
+            "[http]\nallowed_networks = [\"10.0.0.0/8\"]\n",
+            "[http]\nmax_response_body_bytes = 1024\n",
+            "[amqp]\nprefetch = 7\n",
+            "[amqp]\nconsume_channels = 3\n",
+            "[amqp]\npublish_channels = 3\n",
+            "[amqp]\nmax_message_bytes = 100000\n",
+        ] {
+            assert!(
+                shared_settings_changed(&base, &config(changed)),
+                "{changed}"
+            );
+        }
+        // Endpoints and defaults apply without it (workers of changed
+        // endpoints restart on their own).
+        assert!(!shared_settings_changed(
+            &base,
+            &config("[defaults]\nmax_retries = 2\n")
+        ));
+    }
 }

@@ -24,7 +24,7 @@ mod endpoints;
 mod workers;
 
 pub(crate) use endpoints::{Warned, declare, effective_config};
-use endpoints::{check_reload, forget_changed_pauses};
+use endpoints::{check_reload, forget_changed_pauses, shared_settings_changed};
 use workers::{Workers, spawn_poller};
 
 /// Runs the dispatcher until `shutdown` fires: stops consuming, lets
@@ -201,8 +201,13 @@ pub async fn run(
                 Some(new) = reloads.recv() => match check_reload(&config, &new) {
                     Ok(()) => {
                         forget_changed_pauses(&paused, &new);
+                        let restart = shared_settings_changed(&config, &new);
                         config = new;
                         tracing::info!(endpoints = config.endpoints.len(), "Config reloaded.");
+                        if restart {
+                            tracing::info!("[http] or the consumers' [amqp] settings changed; restarting the workers with them.");
+                            break Some(());
+                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "Applying the new config failed; keeping the old one.");
