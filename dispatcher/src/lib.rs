@@ -25,11 +25,24 @@ use common::Config;
 
 /// Checks what the dispatcher needs beyond [`Config`]'s own validation:
 /// endpoints given as literal IP addresses must be globally reachable or
-/// allowed by `http.allowed_networks` ([`common::addresses`]).
+/// allowed by `http.allowed_networks` ([`common::addresses`]), and the
+/// certificates of `http.ca_file` must be usable trust anchors.
 ///
 /// # Errors
-/// A message naming the file and the endpoint's key.
+/// A message naming the file and the key.
 pub fn validate(config: &Config) -> anyhow::Result<()> {
+    if let Some(file) = &config.http.ca_file
+        && let Err(e) = delivery::connect::Connector::trusting(
+            common::addresses::AddressGuard::default(),
+            &config.http.extra_roots,
+        )
+    {
+        anyhow::bail!(
+            "{}: key `http.ca_file`: {} cannot be trusted: {e}",
+            config.origin.display(),
+            file.display()
+        );
+    }
     for (i, ep) in config.endpoints.iter().enumerate() {
         if let Err(why) = config.check_address(&ep.url) {
             anyhow::bail!(
@@ -83,5 +96,24 @@ mod tests {
         load("\"127.0.0.0/8\"", "http://127.0.0.1:9/hook").unwrap();
         load("\"127.0.0.0/8\"", "http://[::ffff:127.0.0.1]:9/hook").unwrap();
         load("\"::1/128\"", "http://[::1]:9/hook").unwrap();
+    }
+
+    #[test]
+    fn a_ca_file_certificate_that_cannot_be_a_trust_anchor_is_refused() {
+        let file = std::env::temp_dir().join(format!("hookpost-bad-ca-{}.pem", std::process::id()));
+        std::fs::write(
+            &file,
+            "-----BEGIN CERTIFICATE-----\nAQIDBA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let text = format!("[http]\nca_file = \"{}\"\n", file.display());
+        let config = Config::from_toml_str(&text, Path::new("/etc/hookpost.toml"), &[]).unwrap();
+        let _ = std::fs::remove_file(&file);
+        let e = validate(&config).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/etc/hookpost.toml: key `http.ca_file`: ")
+                && e.contains("cannot be trusted"),
+            "{e}"
+        );
     }
 }

@@ -166,6 +166,11 @@ pub struct HttpSection {
     /// Longest `Retry-After` honoured; longer ones are cut to this.
     #[serde(default = "defaults::default_max_retry_after_ms")]
     pub max_retry_after_ms: NonZeroU64,
+    /// A PEM file of certificate authorities trusted for `https://`
+    /// endpoints beside the operating system's (a private CA's); relative
+    /// to the config file's folder. Unset: the system's only.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// `[defaults]`: delivery settings every endpoint inherits unless it sets its own.

@@ -158,6 +158,10 @@ pub struct HttpConfig {
     pub max_response_body_bytes: usize,
     /// Cap on `Retry-After`.
     pub max_retry_after: Duration,
+    /// `http.ca_file`, resolved against the config file's folder.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The certificates of `ca_file`, DER-encoded.
+    pub extra_roots: Vec<Vec<u8>>,
 }
 
 /// Checked `[ingest]`.

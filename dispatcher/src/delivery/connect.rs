@@ -106,9 +106,34 @@ impl Connector {
     /// # Errors
     /// When the TLS configuration cannot be built (no usable root store).
     pub fn new(guard: AddressGuard) -> Result<Self, rustls::Error> {
-        let tls = tls_builder()?
-            .with_platform_verifier()?
-            .with_no_client_auth();
+        Self::trusting(guard, &[])
+    }
+
+    /// [`Connector::new`], trusting the certificates `extra_roots` (DER,
+    /// `http.ca_file`'s) beside the platform's roots.
+    ///
+    /// # Errors
+    /// When the TLS configuration cannot be built: no usable root store, or
+    /// a certificate of `extra_roots` that is not a usable trust anchor.
+    pub fn trusting(guard: AddressGuard, extra_roots: &[Vec<u8>]) -> Result<Self, rustls::Error> {
+        let builder = tls_builder()?;
+        let tls = if extra_roots.is_empty() {
+            builder.with_platform_verifier()?
+        } else {
+            let roots = extra_roots
+                .iter()
+                .map(|der| rustls::pki_types::CertificateDer::from(der.clone()));
+            let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(
+                roots,
+                builder.crypto_provider().clone(),
+            )?;
+            // rustls's way to install a verifier of one's own; this one is
+            // the platform's, as `with_platform_verifier` installs it.
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+        }
+        .with_no_client_auth();
         Ok(Self::with_tls(guard, tls))
     }
 

@@ -39,7 +39,7 @@ impl Sender {
     /// When the TLS configuration cannot be built.
     pub fn new(http: &HttpConfig, keep_body: usize) -> Result<Self, rustls::Error> {
         let guard = AddressGuard::new(http.allowed_networks.clone());
-        let connector = Arc::new(Connector::new(guard.clone())?);
+        let connector = Arc::new(Connector::trusting(guard.clone(), &http.extra_roots)?);
         Connector::sweep_idle(&connector);
         Ok(Self {
             connector,
@@ -576,6 +576,41 @@ mod tests {
             *hellos.lock().unwrap(),
             vec![(Some("localhost".to_owned()), Some(b"http/1.1".to_vec()))]
         );
+    }
+
+    /// `http.ca_file`: a certificate it holds is trusted beside the
+    /// platform's roots, through the sender the dispatcher builds.
+    #[tokio::test]
+    async fn a_certificate_of_the_ca_file_is_trusted() {
+        use base64::Engine as _;
+        let (port, cert, seen, _) = tls_server().await;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        let lines: Vec<&str> = encoded
+            .as_bytes()
+            .chunks(64)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        );
+        let file = std::env::temp_dir().join(format!("hookpost-ca-{port}.pem"));
+        std::fs::write(&file, pem).unwrap();
+        let config = Config::from_toml_str(
+            &format!(
+                "[http]\nallowed_networks = [\"127.0.0.0/8\"]\nca_file = \"{}\"\n",
+                file.display()
+            ),
+            "t.toml".as_ref(),
+            &[],
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(&file);
+        crate::validate(&config).expect("a usable trust anchor");
+        let sender = Sender::new(&config.http, 0).expect("sender");
+        let endpoint = endpoint(&format!("https://localhost:{port}/ca"), "");
+        ok(&sender.send(&endpoint, &prepared()).await.0);
+        assert_eq!(seen.heads.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
