@@ -31,17 +31,21 @@ use common::Config;
 /// # Errors
 /// A message naming the file and the key.
 pub fn validate(config: &Config) -> anyhow::Result<()> {
-    if let Some(file) = &config.http.ca_file
-        && let Err(e) = delivery::connect::Connector::trusting(
+    if let Some(file) = &config.http.ca_file {
+        let origin = config.origin.display();
+        let roots = config
+            .http
+            .read_ca_file()
+            .map_err(|e| anyhow::anyhow!("{origin}: key `http.ca_file`: {e}"))?;
+        if let Err(e) = delivery::connect::Connector::trusting(
             common::addresses::AddressGuard::default(),
-            &config.http.extra_roots,
-        )
-    {
-        anyhow::bail!(
-            "{}: key `http.ca_file`: {} cannot be trusted: {e}",
-            config.origin.display(),
-            file.display()
-        );
+            &roots,
+        ) {
+            anyhow::bail!(
+                "{origin}: key `http.ca_file`: {} cannot be trusted: {e}",
+                file.display()
+            );
+        }
     }
     for (i, ep) in config.endpoints.iter().enumerate() {
         if let Err(why) = config.check_address(&ep.url) {
@@ -108,11 +112,17 @@ mod tests {
         .unwrap();
         let text = format!("[http]\nca_file = \"{}\"\n", file.display());
         let config = Config::from_toml_str(&text, Path::new("/etc/hookpost.toml"), &[]).unwrap();
-        let _ = std::fs::remove_file(&file);
         let e = validate(&config).unwrap_err().to_string();
         assert!(
             e.starts_with("/etc/hookpost.toml: key `http.ca_file`: ")
                 && e.contains("cannot be trusted"),
+            "{e}"
+        );
+        // A file gone by the time the dispatcher starts or reloads.
+        let _ = std::fs::remove_file(&file);
+        let e = validate(&config).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/etc/hookpost.toml: key `http.ca_file`: cannot read"),
             "{e}"
         );
     }

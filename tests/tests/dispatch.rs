@@ -577,10 +577,10 @@ async fn reload_adds_and_removes_endpoints() {
     dispatcher.stop().await.expect("clean stop");
 }
 
-/// A reload that changes `[http]` restarts the workers with it: narrowing
-/// `http.allowed_networks` stops deliveries to a host name that now
-/// resolves only to refused addresses (before, the running workers kept
-/// the old address policy until the next reconnect).
+/// A reload that changes `[http]` applies to the running workers' next
+/// requests: narrowing `http.allowed_networks` stops deliveries to a host
+/// name that now resolves only to refused addresses (before, the running
+/// workers kept the old address policy until the next reconnect).
 #[tokio::test]
 async fn a_reload_that_narrows_allowed_networks_applies_to_running_workers() {
     let scope = Scope::new().await;
@@ -604,13 +604,17 @@ async fn a_reload_that_narrows_allowed_networks_applies_to_running_workers() {
         .await
         .expect("reload");
     let dead_queue = format!("{}.dead", scope.prefix);
+    // Every probe so far: one dead-lettered after its round still counts.
+    let probes = std::sync::Mutex::new(Vec::new());
     let refused = eventually(WAIT, "an event refused under the new policy", || async {
         let probe = publish(&publisher, "a.c", 1).await;
+        probes.lock().unwrap().extend(probe);
         tokio::time::sleep(Duration::from_millis(500)).await;
         scope.drain(&dead_queue).await.into_iter().find_map(|msg| {
             let error = header_str(&msg, "hookpost-last-error")?;
             let id = msg.delivery.properties.message_id().as_ref()?.to_string();
-            (probe.contains(&id) && error.contains("refused addresses")).then_some(id)
+            (probes.lock().unwrap().contains(&id) && error.contains("refused addresses"))
+                .then_some(id)
         })
     })
     .await;

@@ -93,12 +93,6 @@ impl Config {
                 .parent()
                 .map_or_else(|| f.clone(), |folder| folder.join(f))
         });
-        let extra_roots = match &ca_file {
-            Some(path) => {
-                read_ca_file(path).map_err(|message| invalid("http.ca_file".into(), message))?
-            }
-            None => Vec::new(),
-        };
         for (section, tokens) in [("ingest", &raw.ingest.tokens), ("api", &raw.api.tokens)] {
             for (i, token) in tokens.iter().enumerate() {
                 if token.trim().len() < 16
@@ -258,7 +252,6 @@ impl Config {
                 max_response_body_bytes: raw.http.max_response_body_bytes.get(),
                 max_retry_after: Duration::from_millis(raw.http.max_retry_after_ms.get()),
                 ca_file,
-                extra_roots,
             },
             ingest: IngestConfig {
                 listen: raw.ingest.listen,
@@ -386,37 +379,6 @@ fn limits(
         idle_timeout: at_most_hold(&format!("{section}.idle_timeout_ms"), idle_timeout_ms)?,
         max_connections: max_connections.get(),
     })
-}
-
-/// Largest `http.ca_file` read (a bundle of a few hundred certificates).
-pub(super) const MAX_CA_FILE_BYTES: u64 = 1 << 20;
-
-/// The DER of every certificate in the PEM file `path`: at least one, the
-/// file at most [`MAX_CA_FILE_BYTES`]. Whether each is a usable trust
-/// anchor is checked when the dispatcher builds its TLS configuration.
-fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    use std::io::Read;
-    let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let mut text = Vec::new();
-    file.take(MAX_CA_FILE_BYTES + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| format!("cannot read {shown}: {e}"))?;
-    if text.len() as u64 > MAX_CA_FILE_BYTES {
-        return Err(format!("{shown} is over {MAX_CA_FILE_BYTES} bytes"));
-    }
-    let certs = CertificateDer::pem_slice_iter(&text)
-        .map(|c| c.map(|c| c.as_ref().to_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{shown} is not valid PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{shown} holds no certificate (-----BEGIN CERTIFICATE----- blocks)"
-        ));
-    }
-    Ok(certs)
 }
 
 #[cfg(test)]

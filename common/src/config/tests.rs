@@ -247,7 +247,7 @@ proptest! {
 mod endpoints;
 
 #[test]
-fn ca_file_is_read_relative_to_the_config_and_checked() {
+fn ca_file_is_resolved_relative_to_the_config_and_read_on_demand() {
     use base64::Engine as _;
     let dir = std::env::temp_dir().join(format!("hookpost-ca-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -261,37 +261,34 @@ fn ca_file_is_read_relative_to_the_config_and_checked() {
     std::fs::write(dir.join("none.pem"), "no certificate here\n").unwrap();
     std::fs::write(
         dir.join("big.pem"),
-        vec![b'#'; usize::try_from(check::MAX_CA_FILE_BYTES).unwrap() + 1],
+        vec![b'#'; usize::try_from(types::MAX_CA_FILE_BYTES).unwrap() + 1],
     )
     .unwrap();
     let origin = dir.join("hookpost.toml");
     let load = |file: &str| {
         Config::from_toml_str(&format!("[http]\nca_file = \"{file}\"\n"), &origin, &[])
-    };
-    let config = load("two.pem").expect("a bundle of two");
-    assert_eq!(config.http.ca_file.as_deref(), Some(&*dir.join("two.pem")));
-    assert_eq!(config.http.extra_roots, vec![vec![1u8, 2, 3, 4, 5, 6]; 2]);
-    let absolute = dir.join("two.pem");
-    assert_eq!(
-        load(&absolute.display().to_string())
-            .expect("absolute")
+            .expect("the file is not read at load")
             .http
-            .extra_roots
-            .len(),
-        2
-    );
+    };
+    let http = load("two.pem");
+    assert_eq!(http.ca_file.as_deref(), Some(&*dir.join("two.pem")));
+    assert_eq!(http.read_ca_file(), Ok(vec![vec![1u8, 2, 3, 4, 5, 6]; 2]));
+    let absolute = dir.join("two.pem").display().to_string();
+    assert_eq!(load(&absolute).read_ca_file().map(|c| c.len()), Ok(2));
     for (file, says) in [
         ("missing.pem", "cannot read"),
         ("none.pem", "holds no certificate"),
         ("big.pem", "is over 1048576 bytes"),
     ] {
-        let e = load(file).unwrap_err().to_string();
-        assert!(
-            e.contains("http.ca_file") && e.contains(says),
-            "{file}: {e}"
-        );
+        let e = load(file).read_ca_file().unwrap_err();
+        assert!(e.contains(file) && e.contains(says), "{file}: {e}");
     }
-    let defaults = super::Config::from_toml_str("", &origin, &[]).expect("defaults");
-    assert!(defaults.http.ca_file.is_none() && defaults.http.extra_roots.is_empty());
+    let defaults = Config::from_toml_str("", &origin, &[])
+        .expect("defaults")
+        .http;
+    assert_eq!(
+        (defaults.ca_file.clone(), defaults.read_ca_file()),
+        (None, Ok(vec![]))
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

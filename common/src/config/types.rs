@@ -158,11 +158,50 @@ pub struct HttpConfig {
     pub max_response_body_bytes: usize,
     /// Cap on `Retry-After`.
     pub max_retry_after: Duration,
-    /// `http.ca_file`, resolved against the config file's folder.
+    /// `http.ca_file`, resolved against the config file's folder (read by
+    /// the dispatcher only: [`HttpConfig::read_ca_file`]).
     pub ca_file: Option<std::path::PathBuf>,
-    /// The certificates of `ca_file`, DER-encoded.
-    pub extra_roots: Vec<Vec<u8>>,
 }
+
+impl HttpConfig {
+    /// The DER of every certificate in `ca_file` (none when unset): at
+    /// least one, the file at most [`MAX_CA_FILE_BYTES`]. Whether each is a
+    /// usable trust anchor is for the TLS configuration to say.
+    ///
+    /// # Errors
+    /// The file cannot be read, is too large, is not PEM or holds no
+    /// certificate; the message names the file.
+    pub fn read_ca_file(&self) -> Result<Vec<Vec<u8>>, String> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        use std::io::Read;
+        let Some(path) = &self.ca_file else {
+            return Ok(Vec::new());
+        };
+        let shown = path.display();
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        let mut text = Vec::new();
+        file.take(MAX_CA_FILE_BYTES + 1)
+            .read_to_end(&mut text)
+            .map_err(|e| format!("cannot read {shown}: {e}"))?;
+        if text.len() as u64 > MAX_CA_FILE_BYTES {
+            return Err(format!("{shown} is over {MAX_CA_FILE_BYTES} bytes"));
+        }
+        let certs = CertificateDer::pem_slice_iter(&text)
+            .map(|c| c.map(|c| c.as_ref().to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{shown} is not valid PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{shown} holds no certificate (-----BEGIN CERTIFICATE----- blocks)"
+            ));
+        }
+        Ok(certs)
+    }
+}
+
+/// Largest `http.ca_file` read (a bundle of a few hundred certificates).
+pub const MAX_CA_FILE_BYTES: u64 = 1 << 20;
 
 /// Checked `[ingest]`.
 #[derive(Debug, Clone)]

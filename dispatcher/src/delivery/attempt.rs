@@ -163,7 +163,8 @@ pub(super) async fn process(
     let gauge = shared.metrics.in_flight.with_label_values(&[id]);
     gauge.inc();
     let (started, started_at) = (std::time::Instant::now(), time::OffsetDateTime::now_utc());
-    let (response, body) = shared.sender.send(endpoint, &prepared).await;
+    let http = shared.http.current();
+    let (response, body) = http.sender.send(endpoint, &prepared).await;
     let took = started.elapsed();
     gauge.dec();
     shared
@@ -189,7 +190,7 @@ pub(super) async fn process(
         add: &endpoint.retry_add,
         remove: &endpoint.retry_remove,
     };
-    let verdict = classify(&response, shared.max_retry_after, &overrides);
+    let verdict = classify(&response, http.max_retry_after, &overrides);
     // A failure to deliver hookpost's own events never produces another.
     let tells = !valid
         .iter()

@@ -36,10 +36,14 @@ impl Sender {
     /// its body (for the attempt log; 0: none).
     ///
     /// # Errors
-    /// When the TLS configuration cannot be built.
-    pub fn new(http: &HttpConfig, keep_body: usize) -> Result<Self, rustls::Error> {
+    /// When `http.ca_file` cannot be read or the TLS configuration cannot
+    /// be built.
+    pub fn new(http: &HttpConfig, keep_body: usize) -> anyhow::Result<Self> {
         let guard = AddressGuard::new(http.allowed_networks.clone());
-        let connector = Arc::new(Connector::trusting(guard.clone(), &http.extra_roots)?);
+        let roots = http
+            .read_ca_file()
+            .map_err(|e| anyhow::anyhow!("http.ca_file: {e}"))?;
+        let connector = Arc::new(Connector::trusting(guard.clone(), &roots)?);
         Connector::sweep_idle(&connector);
         Ok(Self {
             connector,
@@ -605,9 +609,9 @@ mod tests {
             &[],
         )
         .unwrap();
-        let _ = std::fs::remove_file(&file);
         crate::validate(&config).expect("a usable trust anchor");
         let sender = Sender::new(&config.http, 0).expect("sender");
+        let _ = std::fs::remove_file(&file);
         let endpoint = endpoint(&format!("https://localhost:{port}/ca"), "");
         ok(&sender.send(&endpoint, &prepared()).await.0);
         assert_eq!(seen.heads.lock().unwrap().len(), 1);

@@ -31,12 +31,11 @@ use tokio_util::task::TaskTracker;
 pub struct Shared {
     /// Names.
     pub topology: Topology,
-    /// The HTTP client.
-    pub sender: Sender,
+    /// The HTTP client and its settings (`[http]`), replaced in place when
+    /// a reload changes them.
+    pub http: HttpClient,
     /// Metrics.
     pub metrics: DispatcherMetrics,
-    /// Cap on `Retry-After`.
-    pub max_retry_after: Duration,
     /// Prefetch per consumer (raised to the batch size if smaller).
     pub prefetch: u16,
     /// Largest message delivered; larger ones are dead-lettered.
@@ -56,6 +55,68 @@ pub struct Shared {
     pub log: crate::delivery::log::AttemptLog,
     /// Where operational events go.
     pub notices: crate::delivery::notices::Notices,
+}
+
+/// The HTTP client of `[http]`'s settings: what each attempt sends with.
+#[derive(Debug)]
+pub struct Http {
+    /// The client (address policy, trusted roots, body cap).
+    pub sender: Sender,
+    /// Cap on `Retry-After`.
+    pub max_retry_after: Duration,
+}
+
+/// The current [`Http`], shared by every worker; a reload that changes
+/// `[http]` replaces it, and the next attempt of every worker uses the new
+/// one (attempts under way finish with the one they began with).
+#[derive(Debug, Clone)]
+pub struct HttpClient(Arc<std::sync::RwLock<Arc<Http>>>);
+
+impl HttpClient {
+    /// A client for `http`'s settings, keeping `keep_body` bytes of each
+    /// answer's body.
+    ///
+    /// # Errors
+    /// As [`Sender::new`].
+    pub fn new(http: &common::config::HttpConfig, keep_body: usize) -> anyhow::Result<Self> {
+        Ok(Self(Arc::new(std::sync::RwLock::new(Arc::new(Http::new(
+            http, keep_body,
+        )?)))))
+    }
+
+    /// The client now.
+    pub fn current(&self) -> Arc<Http> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the client with one for `http`'s settings.
+    ///
+    /// # Errors
+    /// As [`Sender::new`] (the old client stays).
+    pub fn replace(
+        &self,
+        http: &common::config::HttpConfig,
+        keep_body: usize,
+    ) -> anyhow::Result<()> {
+        let new = Arc::new(Http::new(http, keep_body)?);
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+        Ok(())
+    }
+}
+
+impl Http {
+    fn new(http: &common::config::HttpConfig, keep_body: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            sender: Sender::new(http, keep_body)?,
+            max_retry_after: http.max_retry_after,
+        })
+    }
 }
 
 impl Shared {

@@ -271,6 +271,12 @@ pub(super) fn check_reload(old: &Config, new: &Config) -> anyhow::Result<()> {
         "amqp.url(s), amqp.prefix and amqp.queue_type cannot change on reload; restart instead"
     );
     anyhow::ensure!(
+        old.amqp.delivery_limit == new.amqp.delivery_limit
+            && old.amqp.unrouted_max_length == new.amqp.unrouted_max_length
+            && old.amqp.quorum_replicas == new.amqp.quorum_replicas,
+        "amqp.delivery_limit, amqp.unrouted_max_length and amqp.quorum_replicas are arguments of queues that exist; they cannot change on reload (nor on restart without recreating the queues)"
+    );
+    anyhow::ensure!(
         old.log == new.log,
         "[log] cannot change on reload; restart instead"
     );
@@ -285,16 +291,39 @@ pub(super) fn check_reload(old: &Config, new: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether a reload changes what every worker of a connection shares
-/// (`[http]`: the address policy, the body cap, the `Retry-After` cap; the
-/// consumers' prefetch, channel counts and message cap of `[amqp]`): the
-/// workers then restart with it, as after a lost connection.
-pub(super) fn shared_settings_changed(old: &Config, new: &Config) -> bool {
-    old.http != new.http
-        || old.amqp.prefetch != new.amqp.prefetch
-        || old.amqp.consume_channels != new.amqp.consume_channels
-        || old.amqp.publish_channels != new.amqp.publish_channels
-        || old.amqp.max_message_bytes != new.amqp.max_message_bytes
+/// The keys a reload changed that the running dispatcher reads only at
+/// start (its connection, its consumers, the metrics listener): they apply
+/// at the next restart. (`[http]` is applied at once; endpoints, defaults
+/// and the registry's key with the endpoints.)
+pub(super) fn restart_only_settings(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.amqp, &new.amqp);
+    [
+        ("amqp.prefetch", a.prefetch != b.prefetch),
+        (
+            "amqp.consume_channels",
+            a.consume_channels != b.consume_channels,
+        ),
+        (
+            "amqp.publish_channels",
+            a.publish_channels != b.publish_channels,
+        ),
+        (
+            "amqp.max_message_bytes",
+            a.max_message_bytes != b.max_message_bytes,
+        ),
+        (
+            "amqp.max_reconnect_delay_ms",
+            a.max_reconnect_delay != b.max_reconnect_delay,
+        ),
+        (
+            "amqp.publish_timeout_ms",
+            a.publish_timeout != b.publish_timeout,
+        ),
+        ("metrics.listen", old.metrics_listen != new.metrics_listen),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 /// A paused endpoint resumes when its URL changes (or it is removed).
@@ -317,27 +346,35 @@ mod tests {
     }
 
     #[test]
-    fn http_and_the_consumers_amqp_settings_restart_the_workers() {
+    fn the_keys_read_only_at_start_are_named_and_queue_arguments_refused() {
         let base = config("");
-        assert!(!shared_settings_changed(&base, &config("")));
+        assert!(restart_only_settings(&base, &config("")).is_empty());
+        assert_eq!(
+            restart_only_settings(
+                &base,
+                &config("[amqp]\nprefetch = 7\nconsume_channels = 3\n")
+            ),
+            ["amqp.prefetch", "amqp.consume_channels"]
+        );
+        // [http] and [defaults] apply at once: not named.
+        assert!(
+            restart_only_settings(
+                &base,
+                &config("[http]\nmax_response_body_bytes = 1024\n[defaults]\nmax_retries = 2\n")
+            )
+            .is_empty()
+        );
         for changed in [
-            "[http]\nallowed_networks = [\"10.0.0.0/8\"]\n",
-            "[http]\nmax_response_body_bytes = 1024\n",
-            "[amqp]\nprefetch = 7\n",
-            "[amqp]\nconsume_channels = 3\n",
-            "[amqp]\npublish_channels = 3\n",
-            "[amqp]\nmax_message_bytes = 100000\n",
+            "[amqp]\ndelivery_limit = 7\n",
+            "[amqp]\nunrouted_max_length = 7\n",
+            "[amqp]\nquorum_replicas = 1\n",
         ] {
-            assert!(
-                shared_settings_changed(&base, &config(changed)),
-                "{changed}"
-            );
+            let e = check_reload(&base, &config(changed))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cannot change on reload"), "{changed}: {e}");
         }
-        // Endpoints and defaults apply without it (workers of changed
-        // endpoints restart on their own).
-        assert!(!shared_settings_changed(
-            &base,
-            &config("[defaults]\nmax_retries = 2\n")
-        ));
+        check_reload(&base, &config("[http]\nmax_response_body_bytes = 1024\n"))
+            .expect("[http] reloads");
     }
 }

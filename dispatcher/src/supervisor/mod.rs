@@ -5,7 +5,7 @@
 //! and serves `/metrics`, `/healthz` and `/readyz`.
 
 use crate::delivery::transform as sandbox;
-use crate::delivery::{self, send, worker};
+use crate::delivery::{self, worker};
 use crate::validate;
 use common::Config;
 use common::amqp::{AmqpClient, AmqpError};
@@ -24,7 +24,7 @@ mod endpoints;
 mod workers;
 
 pub(crate) use endpoints::{Warned, declare, effective_config};
-use endpoints::{check_reload, forget_changed_pauses, shared_settings_changed};
+use endpoints::{check_reload, forget_changed_pauses, restart_only_settings};
 use workers::{Workers, spawn_poller};
 
 /// Runs the dispatcher until `shutdown` fires: stops consuming, lets
@@ -131,9 +131,8 @@ pub async fn run(
         // count: at 10,000 endpoints a copy each cost megabytes.
         let shared = Arc::new(worker::Shared {
             topology: Topology::for_config(&config),
-            sender: send::Sender::new(&config.http, log.keep_body())?,
+            http: worker::HttpClient::new(&config.http, log.keep_body())?,
             metrics: metrics.clone(),
-            max_retry_after: config.http.max_retry_after,
             prefetch: config.amqp.prefetch,
             max_message_bytes: config.amqp.max_message_bytes,
             paused: Arc::clone(&paused),
@@ -201,13 +200,22 @@ pub async fn run(
                 Some(new) = reloads.recv() => match check_reload(&config, &new) {
                     Ok(()) => {
                         forget_changed_pauses(&paused, &new);
-                        let restart = shared_settings_changed(&config, &new);
+                        // The same ca_file may hold new certificates: read again.
+                        if config.http != new.http || new.http.ca_file.is_some() {
+                            match shared.http.replace(&new.http, log.keep_body()) {
+                                Ok(()) => tracing::info!("[http] changed; the next requests use it."),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "Applying the new [http] failed; keeping the old config.");
+                                    continue;
+                                }
+                            }
+                        }
+                        let later = restart_only_settings(&config, &new);
+                        if !later.is_empty() {
+                            tracing::warn!(keys = %later.join(", "), "These settings changed; they apply at the next restart.");
+                        }
                         config = new;
                         tracing::info!(endpoints = config.endpoints.len(), "Config reloaded.");
-                        if restart {
-                            tracing::info!("[http] or the consumers' [amqp] settings changed; restarting the workers with them.");
-                            break Some(());
-                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "Applying the new config failed; keeping the old one.");
