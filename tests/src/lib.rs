@@ -45,16 +45,18 @@ pub fn log_if_asked() {
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout`
 /// with `what` (end-to-end tests wait for outcomes, never for fixed times).
-/// A check that does not return (a request nobody answers) is cut off 5 s
-/// after the deadline: the test fails instead of hanging.
+/// A check that does not return (a request nobody answers) is cut off a
+/// minute past the deadline plus `timeout` again (room for checks that
+/// wait on their own): the test fails instead of hanging. Blocking code
+/// inside a check cannot be cut off.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
+    let cut_off = deadline + timeout + Duration::from_secs(60);
     loop {
-        let cut_off = deadline + Duration::from_secs(5);
         match tokio::time::timeout_at(cut_off, check()).await {
             Ok(Some(value)) => return value,
             Ok(None) => {}
