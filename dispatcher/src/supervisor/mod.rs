@@ -201,9 +201,11 @@ pub async fn run(
                     Ok(()) => {
                         forget_changed_pauses(&paused, &new);
                         // The same ca_file may hold new certificates: read again.
-                        if config.http != new.http || new.http.ca_file.is_some() {
+                        let changed = config.http != new.http;
+                        if changed || new.http.ca_file.is_some() {
                             match shared.http.replace(&new.http, log.keep_body()) {
-                                Ok(()) => tracing::info!("[http] changed; the next requests use it."),
+                                Ok(()) if changed => tracing::info!("[http] changed; the next requests use it."),
+                                Ok(()) => tracing::info!("http.ca_file read again; the next requests use it."),
                                 Err(e) => {
                                     tracing::error!(error = %e, "Applying the new [http] failed; keeping the old config.");
                                     continue;
