@@ -30,8 +30,18 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn dispatcher(config: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hookpost-dispatcher"))
+/// A dispatcher process, SIGKILLed when dropped (a panicking test leaves
+/// none behind).
+struct Dispatcher(Child);
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        kill(&mut self.0);
+    }
+}
+
+fn dispatcher(config: &Path, log: &Path) -> Dispatcher {
+    let child = Command::new(env!("CARGO_BIN_EXE_hookpost-dispatcher"))
         .arg("--config")
         .arg(config)
         .env_remove("HOOKPOST_CONFIG")
@@ -45,7 +55,8 @@ fn dispatcher(config: &Path, log: &Path) -> Child {
                 .expect("log"),
         )
         .spawn()
-        .expect("spawn dispatcher")
+        .expect("spawn dispatcher");
+    Dispatcher(child)
 }
 
 fn kill(child: &mut Child) {
@@ -149,13 +160,13 @@ async fn nothing_is_lost_under_faults() {
     // Faults, in turn, while publishing goes on.
     for round in 0..rounds {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        kill(&mut dispatchers[0]);
+        kill(&mut dispatchers[0].0);
         tokio::time::sleep(Duration::from_millis(500)).await;
         dispatchers[0] = dispatcher(&config, &log);
         tokio::time::sleep(Duration::from_secs(2)).await;
         node.ctl(&["close_all_connections", "hookpost chaos test"]);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        kill(&mut dispatchers[1]);
+        kill(&mut dispatchers[1].0);
         dispatchers[1] = dispatcher(&config, &log);
         tokio::time::sleep(Duration::from_secs(2)).await;
         node.ctl(&["stop_app"]);
@@ -163,8 +174,8 @@ async fn nothing_is_lost_under_faults() {
         node.ctl(&["start_app"]);
         node.ctl(&["await_startup", "--timeout", "60"]);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        kill(&mut dispatchers[0]);
-        kill(&mut dispatchers[1]);
+        kill(&mut dispatchers[0].0);
+        kill(&mut dispatchers[1].0);
         dispatchers = [dispatcher(&config, &log), dispatcher(&config, &log)];
         eprintln!("chaos round {} done at {:?}", round + 1, started.elapsed());
     }
@@ -221,7 +232,7 @@ async fn nothing_is_lost_under_faults() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for child in &mut dispatchers {
-        kill(child);
+        kill(&mut child.0);
     }
 
     println!(
