@@ -72,6 +72,17 @@ where
     }
 }
 
+/// Longest one request of a [`Scope`] to the broker may take.
+const BROKER_STEP: Duration = Duration::from_secs(30);
+
+/// Awaits a [`Scope`]'s request to the broker, panicking with `what` after
+/// [`BROKER_STEP`] (a broker that stopped answering fails the test).
+async fn bounded<T>(what: &str, step: impl Future<Output = T>) -> T {
+    tokio::time::timeout(BROKER_STEP, step)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer from the broker within {BROKER_STEP:?}"))
+}
+
 /// One test's corner of the broker: a unique prefix, a channel, and cleanup
 /// of every exchange and queue under the prefix when dropped (even on panic).
 #[derive(Debug)]
@@ -110,10 +121,19 @@ impl Scope {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..10]
         );
-        let connection = Connection::connect(url, ConnectionProperties::default())
+        let connection = bounded(
+            "connecting",
+            Connection::connect(url, ConnectionProperties::default()),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ at {url} is unreachable ({e}); start it with `rabbitmq-server -detached`"
+            )
+        });
+        let channel = bounded("opening a channel", connection.create_channel())
             .await
-            .unwrap_or_else(|e| panic!("RabbitMQ at {url} is unreachable ({e}); start it with `rabbitmq-server -detached`"));
-        let channel = connection.create_channel().await.expect("channel");
+            .expect("channel");
         Self {
             prefix,
             connection,
@@ -227,28 +247,32 @@ impl Scope {
     /// `exchange` with `key`, and returns its name.
     pub async fn observe(&self, exchange: &str, key: &str) -> String {
         let name = format!("{}.observe.{}", self.prefix, uuid::Uuid::new_v4().simple());
-        self.channel
-            .queue_declare(
+        bounded(
+            "declaring an observer queue",
+            self.channel.queue_declare(
                 name.as_str().into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..Default::default()
                 },
                 FieldTable::default(),
-            )
-            .await
-            .expect("declare observer queue");
+            ),
+        )
+        .await
+        .expect("declare observer queue");
         self.queues.lock().expect("lock").push(name.clone());
-        self.channel
-            .queue_bind(
+        bounded(
+            "binding an observer queue",
+            self.channel.queue_bind(
                 name.as_str().into(),
                 exchange.into(),
                 key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
-            )
-            .await
-            .expect("bind observer queue");
+            ),
+        )
+        .await
+        .expect("bind observer queue");
         name
     }
 
@@ -262,8 +286,9 @@ impl Scope {
     /// [`Scope::quorum_queue_behind`], the queue declared with `extra`
     /// arguments as well.
     pub async fn quorum_queue_with_args_behind(&self, exchange: &str, extra: FieldTable) -> String {
-        self.channel
-            .exchange_declare(
+        bounded(
+            "declaring an exchange",
+            self.channel.exchange_declare(
                 exchange.into(),
                 lapin::ExchangeKind::Topic,
                 lapin::options::ExchangeDeclareOptions {
@@ -271,9 +296,10 @@ impl Scope {
                     ..Default::default()
                 },
                 FieldTable::default(),
-            )
-            .await
-            .expect("declare exchange");
+            ),
+        )
+        .await
+        .expect("declare exchange");
         self.exchanges
             .lock()
             .expect("lock")
@@ -284,39 +310,45 @@ impl Scope {
             "x-queue-type".into(),
             lapin::types::AMQPValue::LongString("quorum".into()),
         );
-        self.channel
-            .queue_declare(
+        bounded(
+            "declaring a queue",
+            self.channel.queue_declare(
                 queue.as_str().into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..Default::default()
                 },
                 args,
-            )
-            .await
-            .expect("declare queue");
+            ),
+        )
+        .await
+        .expect("declare queue");
         self.queues.lock().expect("lock").push(queue.clone());
-        self.channel
-            .queue_bind(
+        bounded(
+            "binding a queue",
+            self.channel.queue_bind(
                 queue.as_str().into(),
                 exchange.into(),
                 "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
-            )
-            .await
-            .expect("bind");
+            ),
+        )
+        .await
+        .expect("bind");
         queue
     }
 
     /// Takes every message now in `queue` (acking them), oldest first.
     pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
         let mut out = Vec::new();
-        while let Some(msg) = self
-            .channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("basic_get")
+        while let Some(msg) = bounded(
+            "basic_get",
+            self.channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .expect("basic_get")
         {
             out.push(msg);
         }
@@ -379,18 +411,20 @@ impl Scope {
 
     /// Messages ready in `queue` (passive declare).
     pub async fn depth(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
+        bounded(
+            "a passive declare",
+            self.channel.queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
                 },
                 FieldTable::default(),
-            )
-            .await
-            .map(|q| q.message_count())
-            .unwrap_or(0)
+            ),
+        )
+        .await
+        .map(|q| q.message_count())
+        .unwrap_or(0)
     }
 }
 
