@@ -137,7 +137,7 @@ async fn memory_alarm_fails_publishes_fast_and_they_resume_after_it() {
             .expect("spawn serve"),
         log,
     };
-    let http = reqwest::Client::new();
+    let http = tests::http_client();
     let ingest = format!("http://127.0.0.1:{ingest_port}/v1/events");
     let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
     let ready = format!("http://127.0.0.1:{metrics_port}/readyz");

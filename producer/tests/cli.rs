@@ -249,7 +249,7 @@ async fn serve_runs_the_management_api_when_api_tokens_are_set() {
             .spawn()
             .expect("serve starts"),
     ));
-    let http = reqwest::Client::new();
+    let http = tests::http_client();
     let url = format!("http://127.0.0.1:{api}/v1/endpoints");
     let listed = tests::eventually(
         std::time::Duration::from_secs(30),

@@ -103,7 +103,7 @@ async fn every_publishing_path_reaches_only_the_named_tenant_and_environment() {
         },
         stop.clone(),
     ));
-    let client = reqwest::Client::new();
+    let client = tests::http_client();
     let answer: serde_json::Value = eventually(WAIT, "the ingest accepts the event", || {
         let request = client
             .post(format!("{base}/v1/events"))

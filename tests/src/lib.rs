@@ -72,6 +72,20 @@ where
     }
 }
 
+/// An HTTP client for tests: a request left unanswered for a minute fails
+/// (a server under test that hangs fails the test instead of hanging it).
+///
+/// # Panics
+/// When the client cannot be built.
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("client")
+}
+
+/// [`http_client`]'s builder, for tests that set more (redirects).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().timeout(Duration::from_secs(60))
+}
+
 /// Longest one request of a [`Scope`] to the broker may take.
 const BROKER_STEP: Duration = Duration::from_secs(30);
 

@@ -78,7 +78,7 @@ async fn status_with_session(b: &Browser, root: &str, path: &str) -> u16 {
         .cookie("hookpost_session")
         .await
         .expect("the session cookie");
-    reqwest::Client::new()
+    tests::http_client()
         .get(format!("{root}{path}"))
         .header("cookie", format!("hookpost_session={cookie}"))
         .send()
@@ -497,7 +497,7 @@ async fn console_answers_carry_strict_headers_and_sign_in_is_rate_limited() {
     let scope = Scope::new().await;
     let config = config(&scope);
     let api = Api::start(&config).await;
-    let http = reqwest::Client::builder()
+    let http = tests::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
@@ -711,7 +711,7 @@ async fn behind_https_the_session_cookie_is_host_prefixed() {
         "{FAST}[api]\ntokens = [\"{OPERATOR}\"]\npublic_origin = \"https://hooks.example.com\"\n[registry]\nsecrets_key = \"{KEY}\"\n"
     ));
     let api = Api::start(&config).await;
-    let http = reqwest::Client::builder()
+    let http = tests::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");

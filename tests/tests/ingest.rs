@@ -39,7 +39,7 @@ async fn start(scope: &Scope, url: &str, extra_ingest: &str) -> Server {
         shutdown,
         task,
     };
-    let client = reqwest::Client::new();
+    let client = tests::http_client();
     eventually(Duration::from_secs(10), "ingest ready", || async {
         let r = client
             .get(format!("{}/readyz", server.metrics))
@@ -57,7 +57,7 @@ async fn post(
     token: Option<&str>,
     body: impl Into<reqwest::Body>,
 ) -> (u16, serde_json::Value) {
-    let mut req = reqwest::Client::new()
+    let mut req = tests::http_client()
         .post(format!("{}/v1/events", server.base))
         .header("content-type", "application/json")
         .body(body);
@@ -116,7 +116,9 @@ async fn accepted_events_are_in_the_broker() {
         .expect("batch event stored");
     assert_eq!(second.timestamp.unix_timestamp(), 1_767_323_045);
 
-    let text = reqwest::get(format!("{}/metrics", server.metrics))
+    let text = tests::http_client()
+        .get(format!("{}/metrics", server.metrics))
+        .send()
         .await
         .expect("metrics")
         .text()
@@ -232,7 +234,7 @@ async fn bad_requests_get_the_promised_status() {
     let (status, _) = post(&server, Some(TOKEN), big).await;
     assert_eq!(status, 413);
 
-    let client = reqwest::Client::new();
+    let client = tests::http_client();
     let r = client
         .post(format!("{}/v1/events", server.base))
         .bearer_auth(TOKEN)
@@ -276,7 +278,7 @@ async fn broker_down_is_503_and_readiness_follows() {
     proxy.down();
     let (status, body) = post(&server, Some(TOKEN), r#"{"type":"during"}"#).await;
     assert_eq!(status, 503, "{body}");
-    let client = reqwest::Client::new();
+    let client = tests::http_client();
     let ready = client
         .get(format!("{}/readyz", server.metrics))
         .send()
@@ -354,7 +356,9 @@ async fn serve_runs_the_api_on_its_listener_and_stops_it_with_the_ingest() {
     let (listeners, api) = three_listeners().await;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(producer::serve(config, listeners, shutdown.clone()));
-    let r = reqwest::get(format!("http://{api}/v1/endpoints"))
+    let r = tests::http_client()
+        .get(format!("http://{api}/v1/endpoints"))
+        .send()
         .await
         .expect("the API answers");
     assert_eq!(r.status(), 401);

@@ -115,7 +115,7 @@ async fn exposition_is_valid_and_covers_the_dashboard_and_alerts() {
         api: None,
     };
     let server = tokio::spawn(producer::serve(config.clone(), listeners, stop.clone()));
-    let client = reqwest::Client::new();
+    let client = tests::http_client();
     eventually(WAIT, "an accepted ingest request", || async {
         let r = client
             .post(format!("http://{ingest}/v1/events"))

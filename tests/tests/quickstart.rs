@@ -220,7 +220,7 @@ async fn the_readme_quick_start_delivers_to_the_example_receiver() {
 
     // The run command, in the background, until it is ready.
     let mut dispatcher = Spawned::start(&run, &scope.prefix, logs.join("dispatcher.log"));
-    let client = reqwest::Client::new();
+    let client = tests::http_client();
     eventually(
         BUILD_WAIT,
         "the dispatcher of the run command ready",

@@ -218,7 +218,7 @@ async fn bad_input_and_bad_tokens_are_refused_with_the_field_named() {
     );
     scope.track_endpoint(&config, "valid");
     let api = Api::start(&config).await;
-    let http = reqwest::Client::new();
+    let http = tests::http_client();
 
     // Auth: none, wrong, and an ingest token.
     for token in [None, Some("wrong-token-0123456789"), Some(INGEST_TOKEN)] {

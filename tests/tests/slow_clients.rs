@@ -93,7 +93,7 @@ async fn start(scope: &Scope, limits: &str, body: &str) -> Servers {
         api: Some(api),
     };
     tokio::spawn(producer::serve(config, listeners, servers.shutdown.clone()));
-    let client = reqwest::Client::new();
+    let client = tests::http_client();
     let ready = format!("http://{}/readyz", servers.metrics);
     eventually(Duration::from_secs(10), "ingest ready", || async {
         let r = client.get(&ready).send().await.ok()?;
@@ -226,7 +226,7 @@ async fn a_flood_of_slow_clients_does_not_keep_a_real_client_out() {
         flood.push(send_partial(servers.ingest, PARTIAL).await);
     }
     let started = Instant::now();
-    let response = reqwest::Client::new()
+    let response = tests::http_client()
         .post(format!("http://{}/v1/events", servers.ingest))
         .bearer_auth(INGEST_TOKEN)
         .header("content-type", "application/json")
