@@ -440,3 +440,64 @@ async fn retention_removes_old_segments() {
         "at least the first 64 KiB segment went: first offset {moved}"
     );
 }
+
+/// A read of the log whose broker stops answering before the read caught
+/// up ends with an error (`hookpost-admin log` and the API's attempt
+/// queries read this way) instead of waiting for good.
+#[tokio::test]
+async fn a_read_from_a_stalled_broker_fails_instead_of_hanging() {
+    use lapin::options::BasicPublishOptions;
+    let scope = Scope::new().await;
+    let config = scope.config("");
+    let topology = common::topology::Topology::for_config(&config);
+    common::history::ensure(&scope.connection, &topology, &config.log)
+        .await
+        .expect("log stream");
+    // More messages than the read's prefetch (1,000): some are still at
+    // the broker when the proxy stalls.
+    for i in 0..3_000 {
+        scope
+            .channel
+            .basic_publish(
+                "".into(),
+                topology.log().as_str().into(),
+                BasicPublishOptions::default(),
+                format!("{i}").as_bytes(),
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+    }
+    let proxy = tests::proxy::Proxy::start(tests::proxy::broker_addr(&tests::amqp_url())).await;
+    let conn = lapin::Connection::connect(
+        &proxy.amqp_url(&tests::amqp_url()),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("connect through the proxy");
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let mut cursor = common::history::Cursor::open(&conn, &topology.log(), since, None, "test")
+        .await
+        .expect("open")
+        .stalling_after(Duration::from_secs(1));
+    proxy.stall();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut read = 0usize;
+        loop {
+            match cursor.next().await {
+                Ok(Some(common::history::Step::Message(_))) => read += 1,
+                other => return (read, other.map(|s| s.is_some())),
+            }
+        }
+    })
+    .await
+    .expect("the read ended on its own");
+    let (read, ended) = outcome;
+    let error = ended.expect_err("a stalled broker is an error").to_string();
+    assert!(
+        error.contains("no message from the broker") || error.contains("took no ack"),
+        "{error}"
+    );
+    assert!(read < 3_000, "read {read} before the stall");
+    proxy.resume();
+}

@@ -20,6 +20,13 @@ use time::OffsetDateTime;
 /// broker seeks by chunk.
 pub const ATTACH_MARGIN: Duration = Duration::from_secs(60);
 
+/// Longest a read waits for the broker before it has caught up: to open
+/// (attach, append its marker) and, after that, for each next message. A
+/// broker that stops answering ends the read with an error instead of
+/// holding it (and `hookpost-admin log`) for good. Past the marker, a live
+/// tail waits as long as it is asked to.
+pub const STALL: Duration = Duration::from_secs(30);
+
 /// What the next step of a read is.
 #[derive(Debug)]
 pub enum Step {
@@ -41,6 +48,8 @@ pub struct Cursor {
     stop_after: Option<u64>,
     caught_up: bool,
     unacked: u32,
+    /// [`STALL`], or less in tests.
+    stall: Duration,
 }
 
 impl Cursor {
@@ -52,6 +61,26 @@ impl Cursor {
     /// The stream does not exist (`missing` says what creates it), or a
     /// broker error.
     pub async fn open(
+        conn: &Connection,
+        stream: &str,
+        since: OffsetDateTime,
+        until: Option<OffsetDateTime>,
+        missing: &str,
+    ) -> anyhow::Result<Self> {
+        tokio::time::timeout(
+            STALL,
+            Self::open_unbounded(conn, stream, since, until, missing),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "reading {stream}: the broker did not answer within {}s",
+                STALL.as_secs()
+            ))
+        })
+    }
+
+    async fn open_unbounded(
         conn: &Connection,
         stream: &str,
         since: OffsetDateTime,
@@ -88,7 +117,16 @@ impl Cursor {
                 .and_then(|u| u64::try_from(u.unix_timestamp()).ok()),
             caught_up: false,
             unacked: 0,
+            stall: STALL,
         })
+    }
+
+    /// The same read, waiting at most `stall` for each message before it
+    /// has caught up (tests of a stalled broker).
+    #[must_use]
+    pub fn stalling_after(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// The next step; `None` when a message appended well after `until`
@@ -98,13 +136,34 @@ impl Cursor {
     /// A broker error, or the consumer was cancelled (the stream deleted).
     pub async fn next(&mut self) -> anyhow::Result<Option<Step>> {
         loop {
-            let Some(delivery) = self.consumer.next().await else {
+            let next = if self.caught_up {
+                self.consumer.next().await
+            } else {
+                tokio::time::timeout(self.stall, self.consumer.next())
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "reading {}: no message from the broker for {}s before the read caught up",
+                            self.stream,
+                            self.stall.as_secs_f32()
+                        )
+                    })?
+            };
+            let Some(delivery) = next else {
                 anyhow::bail!("the consumer of {} was cancelled", self.stream);
             };
             let delivery = delivery?;
             self.unacked += 1;
             if self.unacked >= 200 {
-                delivery.ack(BasicAckOptions { multiple: true }).await?;
+                tokio::time::timeout(self.stall, delivery.ack(BasicAckOptions { multiple: true }))
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "reading {}: the broker took no ack for {}s",
+                            self.stream,
+                            self.stall.as_secs_f32()
+                        )
+                    })??;
                 self.unacked = 0;
             }
             let headers = delivery.properties.headers().clone().unwrap_or_default();

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 mod cursor;
 mod read;
-pub use cursor::{ATTACH_MARGIN, Cursor, Step};
+pub use cursor::{ATTACH_MARGIN, Cursor, STALL, Step};
 pub use read::{Follow, Query, Scanned, read};
 
 /// The `content-encoding` of a log or archive message whose body is
