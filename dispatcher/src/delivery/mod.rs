@@ -30,6 +30,7 @@ pub mod request;
 // Send it, to permitted addresses only.
 pub mod connect;
 pub mod guard;
+pub mod http_client;
 pub mod send;
 
 // Classify the result, count it in the circuit breaker.

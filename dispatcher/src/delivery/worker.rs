@@ -13,7 +13,6 @@ use crate::delivery::channels::{Channels, Lease};
 use crate::delivery::failures::FailureLines;
 use crate::delivery::limit::Limiter;
 use crate::delivery::route::Router;
-use crate::delivery::send::Sender;
 use common::config::Endpoint;
 use common::metrics::DispatcherMetrics;
 use common::topology::Topology;
@@ -33,7 +32,7 @@ pub struct Shared {
     pub topology: Topology,
     /// The HTTP client and its settings (`[http]`), replaced in place when
     /// a reload changes them.
-    pub http: HttpClient,
+    pub http: crate::delivery::http_client::HttpClient,
     /// Metrics.
     pub metrics: DispatcherMetrics,
     /// Prefetch per consumer (raised to the batch size if smaller).
@@ -55,68 +54,6 @@ pub struct Shared {
     pub log: crate::delivery::log::AttemptLog,
     /// Where operational events go.
     pub notices: crate::delivery::notices::Notices,
-}
-
-/// The HTTP client of `[http]`'s settings: what each attempt sends with.
-#[derive(Debug)]
-pub struct Http {
-    /// The client (address policy, trusted roots, body cap).
-    pub sender: Sender,
-    /// Cap on `Retry-After`.
-    pub max_retry_after: Duration,
-}
-
-/// The current [`Http`], shared by every worker; a reload that changes
-/// `[http]` replaces it, and the next attempt of every worker uses the new
-/// one (attempts under way finish with the one they began with).
-#[derive(Debug, Clone)]
-pub struct HttpClient(Arc<std::sync::RwLock<Arc<Http>>>);
-
-impl HttpClient {
-    /// A client for `http`'s settings, keeping `keep_body` bytes of each
-    /// answer's body.
-    ///
-    /// # Errors
-    /// As [`Sender::new`].
-    pub fn new(http: &common::config::HttpConfig, keep_body: usize) -> anyhow::Result<Self> {
-        Ok(Self(Arc::new(std::sync::RwLock::new(Arc::new(Http::new(
-            http, keep_body,
-        )?)))))
-    }
-
-    /// The client now.
-    pub fn current(&self) -> Arc<Http> {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Replaces the client with one for `http`'s settings.
-    ///
-    /// # Errors
-    /// As [`Sender::new`] (the old client stays).
-    pub fn replace(
-        &self,
-        http: &common::config::HttpConfig,
-        keep_body: usize,
-    ) -> anyhow::Result<()> {
-        let new = Arc::new(Http::new(http, keep_body)?);
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
-        Ok(())
-    }
-}
-
-impl Http {
-    fn new(http: &common::config::HttpConfig, keep_body: usize) -> anyhow::Result<Self> {
-        Ok(Self {
-            sender: Sender::new(http, keep_body)?,
-            max_retry_after: http.max_retry_after,
-        })
-    }
 }
 
 impl Shared {

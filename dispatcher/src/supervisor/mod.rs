@@ -131,7 +131,7 @@ pub async fn run(
         // count: at 10,000 endpoints a copy each cost megabytes.
         let shared = Arc::new(worker::Shared {
             topology: Topology::for_config(&config),
-            http: worker::HttpClient::new(&config.http, log.keep_body())?,
+            http: delivery::http_client::HttpClient::new(&config.http, log.keep_body())?,
             metrics: metrics.clone(),
             prefetch: config.amqp.prefetch,
             max_message_bytes: config.amqp.max_message_bytes,
