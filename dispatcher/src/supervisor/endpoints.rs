@@ -272,9 +272,8 @@ pub(super) fn check_reload(old: &Config, new: &Config) -> anyhow::Result<()> {
     );
     anyhow::ensure!(
         old.amqp.delivery_limit == new.amqp.delivery_limit
-            && old.amqp.unrouted_max_length == new.amqp.unrouted_max_length
-            && old.amqp.quorum_replicas == new.amqp.quorum_replicas,
-        "amqp.delivery_limit, amqp.unrouted_max_length and amqp.quorum_replicas are arguments of queues that exist; they cannot change on reload (nor on restart without recreating the queues)"
+            && old.amqp.unrouted_max_length == new.amqp.unrouted_max_length,
+        "amqp.delivery_limit and amqp.unrouted_max_length are arguments of queues that exist; they cannot change on reload"
     );
     anyhow::ensure!(
         old.log == new.log,
@@ -318,6 +317,10 @@ pub(super) fn restart_only_settings(old: &Config, new: &Config) -> Vec<&'static 
         (
             "amqp.publish_timeout_ms",
             a.publish_timeout != b.publish_timeout,
+        ),
+        (
+            "amqp.quorum_replicas",
+            a.quorum_replicas != b.quorum_replicas,
         ),
         ("metrics.listen", old.metrics_listen != new.metrics_listen),
     ]
@@ -364,10 +367,13 @@ mod tests {
             )
             .is_empty()
         );
+        assert_eq!(
+            restart_only_settings(&base, &config("[amqp]\nquorum_replicas = 1\n")),
+            ["amqp.quorum_replicas"]
+        );
         for changed in [
             "[amqp]\ndelivery_limit = 7\n",
             "[amqp]\nunrouted_max_length = 7\n",
-            "[amqp]\nquorum_replicas = 1\n",
         ] {
             let e = check_reload(&base, &config(changed))
                 .unwrap_err()
