@@ -378,9 +378,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if wanted(&args, "noisy") {
         let both = stress::noisy_neighbour(args.events / 2, args.size, args.noisy_backlog).await?;
-        if let [alone, beside] = both.as_slice() {
-            targets.noisy = Some(beside.events_per_s / alone.events_per_s);
-        }
+        targets.noisy = both.last().and_then(|r| r.ratio_to_raw_broker);
         for row in both {
             rows.push(progress_of(row));
         }
