@@ -95,8 +95,9 @@ pub(crate) const METHODS: &[Method] = &[
 ];
 
 /// The fastest of [`METHODS`] in the session BENCHMARKS.md records first
-/// (one channel, concurrent sends); it serves the publisher-alone
-/// comparison, which publishes on one channel too.
+/// (one channel, concurrent sends); it feeds the raw pipeline. The
+/// publisher-alone comparison takes the fastest of [`CEILING_CANDIDATES`]
+/// instead (since session 33: four channels had become the faster).
 pub(crate) const FASTEST: Method = METHODS[1];
 
 /// The methods the raw broker ceiling is measured with; the fastest in the
