@@ -323,6 +323,55 @@ impl Event {
             out
         })
     }
+
+    /// At least as many bytes as [`Event::to_vec`] writes, read from the
+    /// lengths of the envelope's strings rather than their bytes: each is
+    /// counted as if every byte needed a six-byte escape (`\u001f`). A
+    /// publisher checks a long call's sizes with it before sending anything,
+    /// without serializing every event twice; an event whose bound exceeds a
+    /// limit is serialized to know for sure.
+    pub fn max_json_len(&self) -> usize {
+        // The field names, quotes, colons, commas and braces (71 bytes with
+        // every field) and the RFC 3339 timestamp (at most 40), with room.
+        const ENVELOPE: usize = 160;
+        [
+            Some(&self.id),
+            Some(&self.event_type),
+            self.source.as_ref(),
+            self.tenant.as_ref(),
+            self.environment.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| max_string_len(s))
+        .sum::<usize>()
+            + ENVELOPE
+            + max_value_len(&self.data)
+    }
+}
+
+/// At least a JSON string's serialized length: quotes and six bytes a byte.
+fn max_string_len(s: &str) -> usize {
+    2 + 6 * s.len()
+}
+
+/// At least `value`'s serialized length (compact, as `serde_json` writes it):
+/// numbers at most 32 bytes (`ryu` and `itoa` write at most 24).
+fn max_value_len(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 32,
+        Value::String(s) => max_string_len(s),
+        // Brackets, and a comma after each element (one too many).
+        Value::Array(items) => 2 + items.iter().map(|v| max_value_len(v) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| max_string_len(k) + 1 + max_value_len(v) + 1)
+                .sum::<usize>()
+        }
+    }
 }
 
 // An unscoped event's routing key is its type: a valid type is a valid key.
@@ -369,6 +418,28 @@ mod tests {
             let e = Event::new(ok, serde_json::json!({})).expect("valid");
             assert_eq!(e.validate_publishable(), Ok(()), "{ok}");
         }
+    }
+
+    #[test]
+    fn the_size_bound_holds_at_its_edges() {
+        // Every byte escaped to six, the widest numbers, the longest
+        // timestamp, every optional field.
+        let control = "\u{1}".repeat(1000);
+        let data = serde_json::json!({
+            control.clone(): [control.clone(), f64::MIN, i64::MIN, u64::MAX, null, false, {}, []],
+        });
+        let mut event = Event::new("a.b", data)
+            .expect("valid")
+            .with_source(control.clone());
+        event.id = control.clone();
+        event.tenant = Some(control.clone());
+        event.environment = Some(control);
+        event.timestamp = time::macros::datetime!(9999-12-31 23:59:59.999_999_999 -23:59);
+        let exact = event.to_vec().len();
+        let bound = event.max_json_len();
+        assert!(bound >= exact, "{bound} < {exact}");
+        // Close: the bound serves as a size check, not only a safe guess.
+        assert!(bound < exact + 400, "{bound} against {exact}");
     }
 
     #[test]
@@ -524,6 +595,20 @@ mod tests {
             }
             let bytes = event.to_vec();
             prop_assert_eq!(Event::head_from_slice(&bytes).unwrap(), Event { data: serde_json::Value::Null, ..event });
+        }
+
+        #[test]
+        fn the_size_bound_is_never_below_the_size(data in json_value(), id in "\\PC{1,255}", source in proptest::option::of("[\\x00-\\x1f\"\\\\a-z]{0,40}"), scoped in any::<bool>()) {
+            let mut event = Event::new("a.b", data).unwrap();
+            event.id = id;
+            if let Some(source) = source {
+                event = event.with_source(source);
+            }
+            if scoped {
+                event.tenant = Some("acme".to_owned());
+                event.environment = Some("prd".to_owned());
+            }
+            prop_assert!(event.max_json_len() >= event.to_vec().len());
         }
 
         #[test]
