@@ -27,6 +27,36 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// The event archive of `config`'s prefix from `since` to its end: for each
+/// stream message, the ids of the events whose copies it holds. Each read
+/// is bounded (30 s).
+///
+/// # Panics
+/// When the broker cannot be reached or the archive read fails.
+pub async fn archived(config: &Config, since: time::OffsetDateTime) -> Vec<Vec<String>> {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let topology = Topology::new(&config.amqp);
+    let mut cursor =
+        common::history::Cursor::open(&conn, &topology.archive(), since, None, "the archive")
+            .await
+            .expect("read the archive");
+    let mut messages = Vec::new();
+    while let Some(common::history::Step::Message(delivery)) =
+        tokio::time::timeout(Duration::from_secs(30), cursor.next())
+            .await
+            .expect("the read ends")
+            .expect("read")
+    {
+        let copies = common::archive::Archived::read(&delivery.properties, &delivery.data);
+        messages.push(copies.into_iter().map(|a| a.event.id).collect());
+    }
+    cursor.close().await;
+    let _ = conn.close(200, "done".into()).await;
+    messages
+}
+
 /// The broker tests use.
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| common::config::raw::DEFAULT_AMQP_URL.to_owned())

@@ -172,7 +172,6 @@ async fn a_replay_sends_the_windows_matching_events_to_a_new_endpoint_at_its_rat
 async fn concurrent_single_event_calls_share_archive_messages_and_every_copy_is_kept() {
     let scope = Scope::new().await;
     let config = scope.config(FAST);
-    let topology = common::topology::Topology::new(&config.amqp);
     let (_registry, m) = metrics();
     let publisher = std::sync::Arc::new(
         producer::Publisher::connect(&config)
@@ -206,26 +205,13 @@ async fn concurrent_single_event_calls_share_archive_messages_and_every_copy_is_
 
     // Every event's copy is in the archive once, and the calls that waited
     // behind others shared messages.
-    let conn = lapin::Connection::connect(&tests::amqp_url(), Default::default())
-        .await
-        .expect("connect");
-    let mut cursor =
-        common::history::Cursor::open(&conn, &topology.archive(), since, None, "the archive")
-            .await
-            .expect("read the archive");
-    let (mut messages, mut archived) = (0, Vec::new());
-    while let Some(common::history::Step::Message(delivery)) =
-        tokio::time::timeout(WAIT, cursor.next())
-            .await
-            .expect("the read ends")
-            .expect("read")
-    {
-        let copies = common::archive::Archived::read(&delivery.properties, &delivery.data);
-        assert!(!copies.is_empty(), "an archive message without copies");
-        messages += 1;
-        archived.extend(copies.into_iter().map(|a| a.event.id));
-    }
-    cursor.close().await;
+    let read = tests::archived(&config, since).await;
+    assert!(
+        read.iter().all(|copies| !copies.is_empty()),
+        "an archive message without copies"
+    );
+    let messages = read.len();
+    let archived: Vec<String> = read.into_iter().flatten().collect();
     let mut unique = archived.clone();
     unique.sort();
     unique.dedup();
@@ -239,7 +225,6 @@ async fn concurrent_single_event_calls_share_archive_messages_and_every_copy_is_
         "{messages} archive messages for {CALLS} concurrent calls: not packed"
     );
     publisher.close().await;
-    let _ = conn.close(200, "done".into()).await;
 }
 
 #[tokio::test]

@@ -96,6 +96,52 @@ async fn publish_many_confirms_a_thousand() {
     assert_eq!(ids, want);
 }
 
+/// A long call goes out part by part over every lane (channel) of the
+/// publisher, and a single publish on the next lane after: each event
+/// stored once, with one archive copy each.
+#[tokio::test]
+async fn a_long_publish_many_spreads_over_every_lane_and_stores_each_event_once() {
+    use producer::publisher::{LANES, PART};
+    let scope = Scope::new().await;
+    let config = scope.config("");
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    assert_eq!(publisher.channels_open(), 1, "connect opens the first lane");
+    let since = time::OffsetDateTime::now_utc();
+    let all = scope
+        .observe(&format!("{}.events", scope.prefix), "#")
+        .await;
+    let n = PART * LANES * 2 + 7;
+    let events: Vec<Event> = (0..n)
+        .map(|i| Event::new("bulk.item", serde_json::json!({ "i": i })).expect("valid"))
+        .collect();
+    publisher
+        .publish_many(&events)
+        .await
+        .expect("all confirmed");
+    assert_eq!(publisher.channels_open(), LANES, "every lane took parts");
+    let single = Event::new("bulk.single", serde_json::Value::Null).expect("valid");
+    publisher.publish(&single).await.expect("confirmed");
+    assert_eq!(scope.depth(&all).await as usize, n + 1);
+    let mut ids = message_ids(&scope.take(&all, n + 1).await);
+    ids.sort();
+    let mut want: Vec<String> = events
+        .iter()
+        .chain([&single])
+        .map(|e| e.id.clone())
+        .collect();
+    want.sort();
+    assert_eq!(ids, want, "each event stored once");
+    // Every event's copy is in the archive, once.
+    let mut copies: Vec<String> = tests::archived(&config, since)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    copies.sort();
+    assert_eq!(copies, want, "each event archived once");
+    publisher.close().await;
+}
+
 /// A long call checks and serializes every event before it sends any: an
 /// invalid or oversized event anywhere publishes nothing.
 #[tokio::test]

@@ -26,19 +26,38 @@ impl Publisher {
 }
 
 impl super::Inner {
-    /// The publishing lane, opening its channel (and declaring the
-    /// exchanges) if needed.
+    /// The first lane, opening its channel (and declaring the exchanges) if
+    /// needed: what [`super::Publisher::connect`] and readiness wait for.
     pub(super) async fn lane(&self, deadline: Instant) -> Result<Arc<Lane>, PublishError> {
-        let mut slot = self.lane.lock().await;
+        self.lane_at(0, deadline).await
+    }
+
+    /// Lane `at` (below [`super::LANES`]), opening its channel if needed. The first
+    /// lane opened on a connection declares the exchanges and makes sure of
+    /// the archive; a lane opened beside another that is open (so on the
+    /// same connection) only opens its channel and takes the other's word
+    /// for the archive: declaring again would, say, bind again a queue an
+    /// operator unbound since.
+    pub(super) async fn lane_at(
+        &self,
+        at: usize,
+        deadline: Instant,
+    ) -> Result<Arc<Lane>, PublishError> {
+        let mut lanes = self.lanes.lock().await;
         if self.closed.is_cancelled() {
             return Err(PublishError::Unavailable(AmqpError::Shutdown));
         }
-        if let Some(lane) = slot.as_ref()
+        if let Some(lane) = lanes[at].as_ref()
             && lane.is_open()
         {
             return Ok(lane.clone());
         }
-        *slot = None;
+        lanes[at] = None;
+        let sibling = lanes
+            .iter()
+            .flatten()
+            .find(|lane| lane.is_open())
+            .map(|lane| lane.archive());
         loop {
             let connection = self.client.connection(Some(deadline), &self.closed).await?;
             let opened = async {
@@ -49,8 +68,14 @@ impl super::Inner {
                     .confirm_select(ConfirmSelectOptions::default())
                     .await
                     .map_err(PublishError::Channel)?;
-                self.topology.declare_base(&connection, &channel).await?;
-                Ok::<_, PublishError>((channel, self.ensure_archive(&connection).await))
+                let archive = match sibling {
+                    Some(archive) => archive,
+                    None => {
+                        self.topology.declare_base(&connection, &channel).await?;
+                        self.ensure_archive(&connection).await
+                    }
+                };
+                Ok::<_, PublishError>((channel, archive))
             };
             match tokio::time::timeout_at(deadline, opened).await {
                 Ok(Ok((channel, archive))) => {
@@ -65,7 +90,7 @@ impl super::Inner {
                         archive,
                         self.copy_counters.clone(),
                     ));
-                    *slot = Some(lane.clone());
+                    lanes[at] = Some(lane.clone());
                     return Ok(lane);
                 }
                 Ok(Err(e)) if !e.is_retryable() => return Err(e),
@@ -110,22 +135,35 @@ impl super::Inner {
         }
     }
 
+    /// Closes `suspect` and forgets it: its slot opens a new channel next.
     pub(super) async fn replace_lane(&self, suspect: &Arc<Lane>) {
-        let mut slot = self.lane.lock().await;
-        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, suspect)) {
-            *slot = None;
-            suspect.close();
+        let mut lanes = self.lanes.lock().await;
+        for slot in lanes.iter_mut() {
+            if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, suspect)) {
+                *slot = None;
+                suspect.close();
+            }
         }
     }
 
+    /// Forgets `broken` if its channel is gone.
     pub(super) async fn forget_lane(&self, broken: &Arc<Lane>) {
-        let mut slot = self.lane.lock().await;
-        if slot
-            .as_ref()
-            .is_some_and(|l| Arc::ptr_eq(l, broken) && !l.is_open())
-        {
-            *slot = None;
+        let mut lanes = self.lanes.lock().await;
+        for slot in lanes.iter_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|l| Arc::ptr_eq(l, broken) && !l.is_open())
+            {
+                *slot = None;
+            }
         }
+    }
+
+    /// Lanes with an open channel now.
+    pub(super) fn open_lanes(&self) -> usize {
+        self.lanes.try_lock().map_or(0, |lanes| {
+            lanes.iter().flatten().filter(|l| l.is_open()).count()
+        })
     }
 
     /// See [`Publisher::keep_connected`].

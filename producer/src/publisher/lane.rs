@@ -148,6 +148,11 @@ impl Lane {
         });
     }
 
+    /// Whether the archive was there when the lane opened.
+    pub(super) fn archive(&self) -> bool {
+        self.archive
+    }
+
     /// Whether its channel is open and its task still takes jobs.
     pub(super) fn is_open(&self) -> bool {
         self.channel.status().connected() && !self.jobs.is_closed()

@@ -2,9 +2,13 @@
 //! broker has confirmed them.
 //!
 //! Every publish is `mandatory` and persistent, on a channel in confirm mode.
-//! One task per channel (`lane.rs`) publishes for every caller: publishes and
-//! confirms are in flight at once (up to [`WINDOW`] unconfirmed), across
-//! concurrent callers too. A nack or a returned message is an error for the
+//! A publisher spreads its calls over [`LANES`] channels on its one
+//! connection, each call on the next in turn, and a long `publish_many` part
+//! by part ([`PART`] events each) over all of them. One task per channel
+//! (`lane.rs`) publishes for every caller: publishes and confirms are in
+//! flight at once (up to [`WINDOW`] unconfirmed per channel), across
+//! concurrent callers too. So the events of one call may reach the broker
+//! out of their order (hookpost never promised an order). A nack or a returned message is an error for the
 //! event (and the call that published it), never a success. When the connection drops,
 //! the unconfirmed events are published again on a new connection; so an
 //! event may reach the broker twice (at-least-once), and none is reported
@@ -45,6 +49,8 @@ use common::topology::Topology;
 use copies::with_copies;
 pub use copies::{COPIES_PER_MESSAGE, COPY_MESSAGE_BYTES};
 pub use error::PublishError;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use lane::{CopyCounters, Item, Lane, Outcome, Ticket};
 use lapin::Channel;
 use lapin::types::ShortString;
@@ -56,15 +62,23 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use watchdog::Watchdog;
 
-/// Most publishes awaiting their confirm at once, across all callers.
+/// Most publishes awaiting their confirm at once on one lane, across all callers.
 pub const WINDOW: usize = 1000;
 
-/// Events from which a call is serialized on two threads (below, a thread
-/// costs more than it saves).
-const PREPARE_IN_TWO_FROM: usize = 2048;
+/// Lanes (channels) a publisher spreads its calls over, each call (or part
+/// of a long call) on the next in turn: one channel is one process in the
+/// broker, and four publish 5 to 13% faster than one on the project's
+/// 2-core machine (BENCHMARKS.md, session 33).
+pub const LANES: usize = 4;
+
+/// Events per part of a longer call: each part is serialized and handed to
+/// the lane while the broker takes the parts before it (a multiple of
+/// [`COPIES_PER_MESSAGE`], so the archive messages stay full).
+pub const PART: usize = 2 * COPIES_PER_MESSAGE;
 
 /// A connection to the broker for publishing events. Cheap to share behind an
-/// `Arc`; concurrent publishes share one channel and are in flight together.
+/// `Arc`; concurrent publishes share its [`LANES`] channels and are in flight
+/// together.
 #[derive(Debug)]
 pub struct Publisher {
     inner: Arc<Inner>,
@@ -80,7 +94,11 @@ struct Inner {
     client: AmqpClient,
     topology: Topology,
     timeout: Duration,
-    lane: Mutex<Option<Arc<Lane>>>,
+    /// The lanes ([`LANES`]), each a channel of its own on the one
+    /// connection, opened when first used; a call (or a long call's part)
+    /// takes the next in turn.
+    lanes: Mutex<Vec<Option<Arc<Lane>>>>,
+    next_lane: std::sync::atomic::AtomicUsize,
     /// The current channel, readable without waiting for `channel`'s lock.
     current: std::sync::Mutex<Option<Channel>>,
     metrics: std::sync::OnceLock<ProducerMetrics>,
@@ -184,6 +202,12 @@ impl Publisher {
         Some(started)
     }
 
+    /// How many of its channels (at most [`LANES`]) are open now: they open
+    /// as calls need them, and again after a reconnect.
+    pub fn channels_open(&self) -> usize {
+        self.inner.open_lanes()
+    }
+
     /// Why the broker blocks this publisher's connection, if it does (see
     /// [`PublishError::Blocked`]).
     pub fn blocked(&self) -> Option<String> {
@@ -211,7 +235,8 @@ impl Inner {
                 config.amqp.max_reconnect_delay,
             ),
             timeout: config.amqp.publish_timeout,
-            lane: Mutex::new(None),
+            lanes: Mutex::new(vec![None; LANES]),
+            next_lane: std::sync::atomic::AtomicUsize::new(0),
             current: std::sync::Mutex::new(None),
             metrics: std::sync::OnceLock::new(),
             closed: CancellationToken::new(),
@@ -267,13 +292,18 @@ impl Inner {
         if let Some(reason) = self.client.blocked() {
             return Err(PublishError::Blocked { reason });
         }
+        // Nothing is sent unless every event may be.
+        self.check(events)?;
+        let now = time::OffsetDateTime::now_utc();
+        if events.len() > PART {
+            return self.send_in_parts(events, now).await;
+        }
         // A call of fewer events than one archive message holds has its
         // copies packed with other calls' (`packer.rs`).
         let packer = packer.filter(|_| !events.is_empty() && events.len() < COPIES_PER_MESSAGE);
-        let mut items = self.prepare(events, packer.is_none())?;
+        let mut items = self.prepare(events, packer.is_none(), now)?;
         let mut copied = None;
         if let (Some(packer), Some((_, stream))) = (packer, &self.archive) {
-            let now = time::OffsetDateTime::now_utc();
             if packer::takes(&items) {
                 copied = Some(packer.copy(&items, now));
             } else {
@@ -298,14 +328,52 @@ impl Inner {
         }
     }
 
+    /// A long call (checked), part by part: each part of [`PART`] events is
+    /// serialized, with its archive copies, while the broker takes the parts
+    /// before it, instead of every event before the first is sent (100,000
+    /// events kept the broker waiting a tenth of a second). Each part is a
+    /// job of its own on the lane, with its own watchdog (a part waiting its
+    /// turn hears of the channel's progress); the first part to fail, in
+    /// order, fails the call, and what is not yet sent of the rest never is.
+    async fn send_in_parts(
+        &self,
+        events: &[Event],
+        now: time::OffsetDateTime,
+    ) -> Result<(), PublishError> {
+        let mut parts = events.chunks(PART);
+        let mut sending = FuturesOrdered::new();
+        loop {
+            let Some(part) = parts.next() else {
+                match sending.next().await {
+                    Some(sent) => sent?,
+                    None => return Ok(()),
+                }
+                continue;
+            };
+            sending.push_back(self.send(self.prepare(part, true, now)?));
+            // Polled once without waiting: the new part's send hands its job
+            // to the lane, and a part already answered is taken (a failure
+            // ends the call now). Then the lane's task may run before the
+            // next part is serialized.
+            while let Some(Some(sent)) = sending.next().now_or_never() {
+                sent?;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Publishes `pending` on the lane (again on a new channel when one is
     /// lost) until the broker confirmed every item, or the call fails.
     async fn send(&self, mut pending: Vec<Arc<Item>>) -> Result<(), PublishError> {
         // One deadline for the call, moved by each confirm, carried across
         // reconnects (a lost channel is not progress).
         let mut watchdog = Watchdog::start(self.timeout);
+        let slot = self
+            .next_lane
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % LANES;
         while !pending.is_empty() {
-            let lane = self.lane(watchdog.deadline()).await?;
+            let lane = self.lane_at(slot, watchdog.deadline()).await?;
             let ticket = lane.submit(pending.clone());
             // Bounded, and cut short when the broker blocks the connection
             // (memory or disk alarm): it then stops reading our frames.
@@ -385,7 +453,7 @@ impl Inner {
         // A channel setup under way finishes first (no new one starts after
         // the cancel): a channel opened while the connection closes makes
         // lapin log an error.
-        let _setup = tokio::time::timeout(common::amqp::CLOSE_TIMEOUT, self.lane.lock()).await;
+        let _setup = tokio::time::timeout(common::amqp::CLOSE_TIMEOUT, self.lanes.lock()).await;
         self.client.close().await;
     }
 }
