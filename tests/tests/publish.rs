@@ -529,6 +529,64 @@ async fn a_nack_fails_only_the_refused_events() {
     publisher.close().await;
 }
 
+/// A nacked lane is replaced; readiness then follows a lane still open.
+/// Calls take the lanes in turn (the archive is off, so no copies take
+/// turns too): the last lane opened is the one readiness follows, and the
+/// unroutable events go only to it until one is refused (the unrouted queue
+/// is full). The next call, on an open lane, makes the publisher ready again
+/// (it stayed unready for good before: readiness followed the closed lane).
+#[tokio::test]
+async fn after_a_nack_readiness_follows_a_lane_still_open() {
+    use producer::publisher::LANES;
+    let scope = Scope::new().await;
+    let config = scope.config_with(
+        "[archive]\nenabled = false\n",
+        "unrouted_max_length = 3",
+        &amqp_url(),
+    );
+    let publisher = Publisher::connect(&config).await.expect("connect");
+    let _routed = scope
+        .observe(&format!("{}.events", scope.prefix), "routed.*")
+        .await;
+    let routed = || Event::new("routed.item", serde_json::Value::Null).expect("valid");
+    // Every lane opened in order: the last is the one readiness follows.
+    for _ in 0..LANES {
+        publisher.publish(&routed()).await.expect("routed");
+    }
+    assert_eq!(publisher.channels_open(), LANES);
+    let mut nacked = false;
+    for round in 0..40 {
+        // The calls before the last lane's turn go to the other lanes.
+        for _ in 0..LANES - 1 {
+            publisher.publish(&routed()).await.expect("routed");
+        }
+        let lost =
+            Event::new("nobody.listens", serde_json::json!({ "round": round })).expect("valid");
+        match publisher.publish(&lost).await {
+            Ok(()) => {}
+            Err(PublishError::Nacked { .. }) => {
+                nacked = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(nacked, "the unrouted queue refused an event");
+    // The refused lane's channel closes in the background.
+    tests::eventually(
+        Duration::from_secs(10),
+        "the nacked lane closed",
+        || async { (!publisher.is_ready()).then_some(()) },
+    )
+    .await;
+    publisher
+        .publish(&routed())
+        .await
+        .expect("routed, on an open lane");
+    assert!(publisher.is_ready(), "readiness follows an open lane");
+    publisher.close().await;
+}
+
 /// A closed publisher stays closed: a later publish fails at once and opens
 /// no new connection.
 #[tokio::test]

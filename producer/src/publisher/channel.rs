@@ -50,6 +50,15 @@ impl super::Inner {
         if let Some(lane) = lanes[at].as_ref()
             && lane.is_open()
         {
+            // Readiness follows an open lane: the one it followed may have
+            // been replaced since (after a nack) without a new one opening.
+            let mut current = self
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !current.as_ref().is_some_and(|c| c.status().connected()) {
+                *current = Some(lane.channel().clone());
+            }
             return Ok(lane.clone());
         }
         lanes[at] = None;

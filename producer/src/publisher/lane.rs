@@ -148,6 +148,11 @@ impl Lane {
         });
     }
 
+    /// Its channel.
+    pub(super) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
     /// Whether the archive was there when the lane opened.
     pub(super) fn archive(&self) -> bool {
         self.archive
