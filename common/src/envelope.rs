@@ -350,18 +350,33 @@ impl Event {
     }
 }
 
+/// Counts the bytes written to it.
+struct Count(usize);
+
+impl std::fmt::Write for Count {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
+}
+
 /// At least a JSON string's serialized length: quotes and six bytes a byte.
 fn max_string_len(s: &str) -> usize {
     2 + 6 * s.len()
 }
 
-/// At least `value`'s serialized length (compact, as `serde_json` writes it):
-/// numbers at most 32 bytes (`ryu` and `itoa` write at most 24).
+/// At least `value`'s serialized length (compact, as `serde_json` writes it).
 fn max_value_len(value: &serde_json::Value) -> usize {
     use serde_json::Value;
     match value {
         Value::Null | Value::Bool(_) => 5,
-        Value::Number(_) => 32,
+        // Written as `serde_json` writes it, counted without allocating (a
+        // number may be arbitrarily long if `arbitrary_precision` is ever on).
+        Value::Number(n) => {
+            let mut count = Count(0);
+            let _ = std::fmt::Write::write_fmt(&mut count, format_args!("{n}"));
+            count.0
+        }
         Value::String(s) => max_string_len(s),
         // Brackets, and a comma after each element (one too many).
         Value::Array(items) => 2 + items.iter().map(|v| max_value_len(v) + 1).sum::<usize>(),
