@@ -32,12 +32,12 @@ impl super::Inner {
         self.lane_at(0, deadline).await
     }
 
-    /// Lane `at` (below [`super::LANES`]), opening its channel if needed. The first
-    /// lane opened on a connection declares the exchanges and makes sure of
-    /// the archive; a lane opened beside another that is open (so on the
-    /// same connection) only opens its channel and takes the other's word
-    /// for the archive: declaring again would, say, bind again a queue an
-    /// operator unbound since.
+    /// Lane `at` (below [`super::LANES`]), opening its channel if needed.
+    /// The first lane opened on a connection declares the exchanges and
+    /// makes sure of the archive; a lane opened beside another open on the same
+    /// connection only opens its channel (and checks the archive only if the
+    /// other did not find it): declaring again would, say, bind again a
+    /// queue an operator unbound since.
     pub(super) async fn lane_at(
         &self,
         at: usize,
@@ -62,13 +62,17 @@ impl super::Inner {
             return Ok(lane.clone());
         }
         lanes[at] = None;
-        let sibling = lanes
-            .iter()
-            .flatten()
-            .find(|lane| lane.is_open())
-            .map(|lane| lane.archive());
         loop {
             let connection = self.client.connection(Some(deadline), &self.closed).await?;
+            // An open lane on this very connection: the exchanges were
+            // declared on it (a lane on a connection since replaced does
+            // not count). Its archive check is taken only when it found the
+            // archive; otherwise this lane checks again.
+            let sibling = lanes
+                .iter()
+                .flatten()
+                .find(|lane| lane.is_open() && lane.is_on(&connection))
+                .map(|lane| lane.archive());
             let opened = async {
                 let channel = common::amqp::open_channel(&connection)
                     .await
@@ -77,12 +81,12 @@ impl super::Inner {
                     .confirm_select(ConfirmSelectOptions::default())
                     .await
                     .map_err(PublishError::Channel)?;
+                if sibling.is_none() {
+                    self.topology.declare_base(&connection, &channel).await?;
+                }
                 let archive = match sibling {
-                    Some(archive) => archive,
-                    None => {
-                        self.topology.declare_base(&connection, &channel).await?;
-                        self.ensure_archive(&connection).await
-                    }
+                    Some(true) => true,
+                    _ => self.ensure_archive(&connection).await,
                 };
                 Ok::<_, PublishError>((channel, archive))
             };
@@ -94,6 +98,7 @@ impl super::Inner {
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel.clone());
                     let lane = Arc::new(Lane::start(
                         channel,
+                        &connection,
                         WINDOW,
                         self.timeout,
                         archive,
@@ -153,6 +158,18 @@ impl super::Inner {
                 suspect.close();
             }
         }
+        // Readiness follows another open lane, if it followed this one.
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current
+            .as_ref()
+            .is_some_and(|c| c.id() == suspect.channel().id())
+            && let Some(open) = lanes.iter().flatten().find(|l| l.is_open())
+        {
+            *current = Some(open.channel().clone());
+        }
     }
 
     /// Forgets `broken` if its channel is gone.
@@ -169,10 +186,9 @@ impl super::Inner {
     }
 
     /// Lanes with an open channel now.
-    pub(super) fn open_lanes(&self) -> usize {
-        self.lanes.try_lock().map_or(0, |lanes| {
-            lanes.iter().flatten().filter(|l| l.is_open()).count()
-        })
+    pub(super) async fn open_lanes(&self) -> usize {
+        let lanes = self.lanes.lock().await;
+        lanes.iter().flatten().filter(|l| l.is_open()).count()
     }
 
     /// See [`Publisher::keep_connected`].

@@ -99,6 +99,8 @@ pub(super) struct Ticket {
 #[derive(Debug)]
 pub(super) struct Lane {
     channel: Channel,
+    /// The connection its channel is on (not kept alive by it).
+    connection: std::sync::Weak<lapin::Connection>,
     jobs: mpsc::UnboundedSender<Job>,
     /// Whether the archive was there when the lane opened: if not, copies
     /// are counted lost and not sent.
@@ -114,6 +116,7 @@ impl Lane {
     /// Starts the task publishing on `channel` (in confirm mode).
     pub(super) fn start(
         channel: Channel,
+        connection: &Arc<lapin::Connection>,
         window: usize,
         timeout: std::time::Duration,
         archive: bool,
@@ -129,10 +132,16 @@ impl Lane {
         tokio::spawn(run(channel.clone(), window, book, queue, counters.clone()));
         Self {
             channel,
+            connection: Arc::downgrade(connection),
             jobs,
             archive,
             counters,
         }
+    }
+
+    /// Whether its channel is on `connection`.
+    pub(super) fn is_on(&self, connection: &Arc<lapin::Connection>) -> bool {
+        std::ptr::eq(self.connection.as_ptr(), Arc::as_ptr(connection))
     }
 
     /// Closes its channel (best effort, in the background): events of other
