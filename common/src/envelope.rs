@@ -51,6 +51,15 @@ pub enum EnvelopeError {
     Reserved(String),
 }
 
+/// Whether RFC 3339 can write `at`: a year of four digits and an offset
+/// of whole minutes, at most 23:59 (what the `time` crate refuses to format).
+fn rfc3339_writes(at: OffsetDateTime) -> bool {
+    let offset = at.offset();
+    (0..10_000).contains(&at.year())
+        && offset.whole_hours().unsigned_abs() <= 23
+        && offset.seconds_past_minute() == 0
+}
+
 /// A validated event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -282,6 +291,11 @@ impl Event {
         {
             return Err(EnvelopeError::Source);
         }
+        // The field is public: a caller may set a date-time the envelope's
+        // RFC 3339 form cannot carry (it would serialize to nothing).
+        if !rfc3339_writes(self.timestamp) {
+            return Err(EnvelopeError::Timestamp(self.timestamp.to_string()));
+        }
         for (field, value) in [("tenant", &self.tenant), ("environment", &self.environment)] {
             if let Some(v) = value
                 && !crate::routing::is_valid_scope(v)
@@ -487,6 +501,35 @@ mod tests {
         assert_eq!(event.data["n"], 1);
         let second = Event::new("order.created", serde_json::Value::Null).unwrap();
         assert!(second.id > event.id, "ids are time-ordered");
+    }
+
+    #[test]
+    fn a_timestamp_rfc_3339_cannot_write_is_refused_not_published_empty() {
+        // The field is public: a caller may set a date-time the envelope's
+        // RFC 3339 form cannot carry (serializing it fails).
+        for at in [
+            time::macros::datetime!(-0001-06-01 12:00 UTC),
+            time::macros::datetime!(2026-06-01 12:00 +01:00:30),
+        ] {
+            let mut event = Event::new("a.b", serde_json::json!(1)).expect("valid");
+            event.timestamp = at;
+            assert!(serde_json::to_vec(&event).is_err(), "{at}");
+            let refused = event.validate_publishable();
+            assert!(
+                matches!(refused, Err(EnvelopeError::Timestamp(_))),
+                "{at}: {refused:?}"
+            );
+        }
+        // The edges RFC 3339 can write stay valid.
+        for at in [
+            time::macros::datetime!(0000-01-01 00:00 -23:59),
+            time::macros::datetime!(9999-12-31 23:59:59.999_999_999 +23:59),
+        ] {
+            let mut event = Event::new("a.b", serde_json::json!(1)).expect("valid");
+            event.timestamp = at;
+            assert_eq!(event.validate_publishable(), Ok(()), "{at}");
+            assert!(!event.to_vec().is_empty(), "{at}");
+        }
     }
 
     #[test]
