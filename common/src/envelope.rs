@@ -325,8 +325,9 @@ impl Event {
         }
         SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
-            // Serializing a struct of strings and a `Value` cannot fail.
-            let out = match serde_json::to_writer(&mut *buf, self) {
+            // Written as `serde_json` writes it, faster (`json.rs`). Fails
+            // only for a timestamp `validate` refuses.
+            let out = match crate::json::write_event(self, buf) {
                 Ok(()) => buf.as_slice().to_vec(),
                 Err(_) => Vec::new(),
             };
@@ -667,6 +668,33 @@ mod tests {
                 event.environment = Some("prd".to_owned());
             }
             prop_assert!(event.max_json_len() >= event.to_vec().len());
+        }
+
+        #[test]
+        fn the_envelope_is_written_as_serde_json_writes_it(
+            data in json_value(),
+            id in "\\PC{1,40}|[\\x00-\\x1f\"\\\\a-z\u{e9}]{0,40}",
+            source in proptest::option::of("[\\x00-\\x1f\"\\\\a-z\u{e9}]{0,40}"),
+            tenant in proptest::option::of("[a-z0-9_-]{1,20}"),
+            environment in proptest::option::of("[a-z0-9_-]{1,20}"),
+            seconds in 0_i64..253_402_300_799,
+            nanos in 0_u32..1_000_000_000,
+            offset in -86_340_i32..=86_340,
+        ) {
+            let mut event = Event::new("a.b", data).unwrap();
+            event.id = id;
+            event.source = source;
+            event.tenant = tenant;
+            event.environment = environment;
+            let offset = time::UtcOffset::from_whole_seconds(offset / 60 * 60).unwrap();
+            event.timestamp = (OffsetDateTime::from_unix_timestamp(seconds).unwrap()
+                + time::Duration::nanoseconds(i64::from(nanos)))
+            .to_offset(offset);
+            prop_assume!((0..10_000).contains(&event.timestamp.year()));
+            prop_assert_eq!(
+                String::from_utf8(event.to_vec()).unwrap(),
+                serde_json::to_string(&event).unwrap()
+            );
         }
 
         #[test]

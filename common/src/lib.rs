@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod envelope;
 pub mod history;
 mod idle;
+mod json;
 pub mod logging;
 pub mod metrics;
 pub mod names;
