@@ -21,15 +21,18 @@ pub(super) struct Book {
     /// Archive copies (events) settled since the last count: written, lost,
     /// bytes written.
     pub(super) copies: (u64, u64, u64),
-    /// Least time between two progress reports to the jobs waiting their
-    /// turn (see [`Book::report_progress`]); zero reports every round.
-    waiting_report_every: Duration,
+    /// Least time between two progress reports to a job, or to the jobs
+    /// waiting their turn (see [`Book::report_progress`]); zero reports
+    /// every round.
+    report_every: Duration,
     /// When the jobs waiting their turn were last told of progress.
     waiting_reported: Option<Instant>,
     /// Jobs whose state changed since the last round (an event settled,
     /// the job failed or was added empty): only these can be answered,
     /// forgotten or have progressed, so a round visits these, not every
     /// job (thousands of single-event calls may wait behind the window).
+    /// Each job once (see [`JobState::touched`]); the buffer is kept from
+    /// round to round.
     touched: Vec<u64>,
 }
 
@@ -41,21 +44,35 @@ struct JobState {
     oldest_unconfirmed: usize,
     /// One of its events was confirmed since the last progress report.
     progressed: bool,
+    /// When its caller was last woken with its progress.
+    told: Option<Instant>,
     /// Published, confirm not yet in.
     in_flight: usize,
     /// Answered with a failure; its events not yet published never will be.
     failed: bool,
+    /// In [`Book::touched`] already this round: a round settles hundreds of
+    /// one job's events, and each would otherwise add it again.
+    touched: bool,
     answer: Option<oneshot::Sender<Outcome>>,
     progress: watch::Sender<usize>,
 }
 
 impl Book {
-    /// A book that tells a job waiting its turn of the channel's progress at
-    /// most once per `waiting_report_every`.
-    pub(super) fn new(waiting_report_every: Duration) -> Self {
+    /// A book that tells a job of its progress, and the jobs waiting their
+    /// turn of the channel's, at most once per `report_every`.
+    pub(super) fn new(report_every: Duration) -> Self {
         Self {
-            waiting_report_every,
+            report_every,
             ..Self::default()
+        }
+    }
+
+    /// Marks `job` as changed this round (once).
+    fn touch(&mut self, job: u64) {
+        if let Some(state) = self.jobs.get_mut(&job)
+            && !std::mem::replace(&mut state.touched, true)
+        {
+            self.touched.push(job);
         }
     }
 
@@ -71,15 +88,17 @@ impl Book {
                 confirmed_count: 0,
                 oldest_unconfirmed: 0,
                 progressed: false,
+                told: None,
                 in_flight: 0,
                 items: job.items,
                 failed: false,
+                touched: false,
                 answer: Some(job.answer),
                 progress: job.progress,
             },
         );
         if n == 0 {
-            self.touched.push(id);
+            self.touch(id);
             self.answer_finished();
         }
     }
@@ -95,7 +114,9 @@ impl Book {
             if job.answer.as_ref().is_some_and(oneshot::Sender::is_closed) {
                 job.answer = None;
                 job.failed = true;
-                self.touched.push(key.0);
+                if !std::mem::replace(&mut job.touched, true) {
+                    self.touched.push(key.0);
+                }
             }
             if !job.failed {
                 job.in_flight += 1;
@@ -138,7 +159,9 @@ impl Book {
         let Some(state) = self.jobs.get_mut(&job) else {
             return;
         };
-        self.touched.push(job);
+        if !std::mem::replace(&mut state.touched, true) {
+            self.touched.push(job);
+        }
         state.in_flight -= 1;
         let item = &state.items[i];
         let copies = item.copies as u64;
@@ -177,7 +200,9 @@ impl Book {
                 .any(|item| item.copies == 0 && item.id == id)
             {
                 found = true;
-                self.touched.push(*job);
+                if !std::mem::replace(&mut state.touched, true) {
+                    self.touched.push(*job);
+                }
                 state.fail(Outcome::Unroutable {
                     id: id.to_owned(),
                     reply: reply.to_owned(),
@@ -216,25 +241,41 @@ impl Book {
     /// Tells each waiting job that the broker made progress for it, after a
     /// round of confirms (`now`): one of its events was confirmed, or none
     /// of its events is in flight (they wait their turn, and the confirms
-    /// just in make room for them). The jobs waiting their turn hear of it
-    /// at most once per `waiting_report_every`: with thousands of callers
-    /// queued behind the window, telling each of them on every round would
-    /// wake every caller's task hundreds of times a second for nothing, and
-    /// visiting them all would cost the round as much.
+    /// just in make room for them). A job hears of its own progress at most
+    /// once per `report_every`, and the jobs waiting their turn all together
+    /// as often: a round settles a few events of a part of 512, and waking
+    /// the caller for each round cost the publisher a tenth of its CPU
+    /// (BENCHMARKS.md, session 34); with thousands of callers queued behind
+    /// the window, telling each of them on every round would wake every
+    /// caller's task hundreds of times a second for nothing, and visiting
+    /// them all would cost the round as much. The value (the oldest
+    /// unconfirmed event) is kept current in between, without waking the
+    /// caller: a call that times out names the right event.
     pub(super) fn report_progress(&mut self, now: Instant) {
-        for job in std::mem::take(&mut self.touched) {
-            if let Some(state) = self.jobs.get_mut(&job)
-                && state.progressed
-            {
+        let every = self.report_every;
+        let is_due =
+            |at: Option<Instant>| at.is_none_or(|at| now.saturating_duration_since(at) >= every);
+        for job in self.touched.drain(..) {
+            let Some(state) = self.jobs.get_mut(&job) else {
+                continue;
+            };
+            state.touched = false;
+            if state.progressed {
                 state.progressed = false;
                 if state.answer.is_some() {
-                    state.progress.send_replace(state.oldest_unconfirmed);
+                    let due = is_due(state.told);
+                    if due {
+                        state.told = Some(now);
+                    }
+                    let oldest = state.oldest_unconfirmed;
+                    state.progress.send_if_modified(|at| {
+                        *at = oldest;
+                        due
+                    });
                 }
             }
         }
-        let due = self
-            .waiting_reported
-            .is_none_or(|at| now.saturating_duration_since(at) >= self.waiting_report_every);
+        let due = is_due(self.waiting_reported);
         if due {
             self.waiting_reported = Some(now);
             for state in self.jobs.values_mut() {
@@ -381,6 +422,34 @@ mod tests {
         assert!(matches!(waited.try_recv(), Ok(Outcome::Confirmed)));
         assert!(book.jobs.is_empty(), "the abandoned job is forgotten");
         assert!(book.touched.is_empty());
+    }
+
+    #[test]
+    fn a_round_lists_a_job_once_however_many_of_its_events_settle() {
+        let mut book = Book::default();
+        let ids: Vec<String> = (0..100).map(|i| format!("e{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut answered = job(&mut book, &ids[..]);
+        let mut waiting = job(&mut book, &["x"]);
+        let keys = send_all(&mut book);
+        for key in &keys[..50] {
+            assert!(!book.resolve((*key, Ok(Confirmation::Ack(None)))));
+        }
+        assert_eq!(book.touched, [0]);
+        book.answer_finished();
+        book.report_progress(Instant::now());
+        assert!(book.touched.is_empty());
+        assert!(answered.try_recv().is_err(), "half confirmed");
+        // The next round lists it again, and the other job once.
+        for key in &keys[50..] {
+            assert!(!book.resolve((*key, Ok(Confirmation::Ack(None)))));
+        }
+        assert_eq!(book.touched, [0, 1]);
+        book.answer_finished();
+        book.report_progress(Instant::now());
+        assert!(matches!(answered.try_recv(), Ok(Outcome::Confirmed)));
+        assert!(matches!(waiting.try_recv(), Ok(Outcome::Confirmed)));
+        assert!(book.jobs.is_empty() && book.touched.is_empty());
     }
 
     #[test]
@@ -534,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn jobs_waiting_their_turn_hear_of_progress_at_most_once_per_interval() {
+    fn jobs_hear_of_progress_at_most_once_per_interval() {
         let every = Duration::from_millis(100);
         let mut book = Book::new(every);
         let mut ahead = ticket(&mut book, &["a1", "a2", "a3", "a4"]);
@@ -548,11 +617,16 @@ mod tests {
             book.settle(sent, true);
             book.answer_finished();
             book.report_progress(start + Duration::from_millis(at));
-            // The job whose event was confirmed hears of it every round
-            // (the last one answers it).
+            // The job whose event was confirmed hears of it on the first
+            // round, not within the interval after (the last round answers
+            // it), and its value is current every round.
             if round < 3 {
-                assert!(ahead.progress.has_changed().expect("open"), "round {round}");
-                ahead.progress.mark_unchanged();
+                assert_eq!(
+                    ahead.progress.has_changed().expect("open"),
+                    round == 0,
+                    "round {round}"
+                );
+                assert_eq!(*ahead.progress.borrow_and_update(), round + 1);
             }
             // The ones waiting: on the first round, not on the next two
             // (within the interval), again once it has passed.
@@ -571,6 +645,26 @@ mod tests {
             }
         }
         assert!(matches!(ahead.answer.try_recv(), Ok(Outcome::Confirmed)));
+    }
+
+    #[test]
+    fn a_job_in_flight_is_told_again_once_the_interval_has_passed() {
+        let every = Duration::from_millis(100);
+        let mut book = Book::new(every);
+        let mut t = ticket(&mut book, &["a", "b", "c", "d"]);
+        let keys = send_all(&mut book);
+        let start = Instant::now();
+        for (key, at, told) in [
+            (keys[0], 0, true),
+            (keys[1], 50, false),
+            (keys[2], 150, true),
+        ] {
+            assert!(!book.resolve((key, Ok(Confirmation::Ack(None)))));
+            book.answer_finished();
+            book.report_progress(start + Duration::from_millis(at));
+            assert_eq!(t.progress.has_changed().expect("open"), told, "at {at} ms");
+            assert_eq!(*t.progress.borrow_and_update(), key.1 + 1, "at {at} ms");
+        }
     }
 
     #[test]

@@ -85,13 +85,14 @@ pub(super) struct Ticket {
     /// The job's one answer. Fails when the lane closed without answering:
     /// nothing of the job is confirmed then.
     pub(super) answer: oneshot::Receiver<Outcome>,
-    /// Changes (even to the same value) each time the broker made progress
-    /// for the job: one of its events confirmed or, while none of them is in
+    /// Changes (even to the same value) when the broker made progress for
+    /// the job: one of its events confirmed or, while none of them is in
     /// flight yet (they wait their turn behind other jobs), any confirm on
-    /// the channel, told at most four times per publish timeout (so a call
-    /// waiting its turn fails between three quarters of a timeout and one
-    /// timeout after the channel's last confirm). The value is the index of
-    /// the job's oldest unconfirmed event.
+    /// the channel; told at most four times per publish timeout (so a call
+    /// fails between three quarters of a timeout and one timeout after its
+    /// last confirm, or the channel's while it waits its turn). The value
+    /// is the index of the job's oldest unconfirmed event, kept current
+    /// between the times it is told.
     pub(super) progress: watch::Receiver<usize>,
 }
 
@@ -125,9 +126,10 @@ impl Lane {
         // Unbounded: each waiting caller has at most one job queued, and each
         // job is bounded by the caller's own limits (ingest body size, --count).
         let (jobs, queue) = mpsc::unbounded_channel();
-        // A caller waiting its turn hears of the channel's progress four
-        // times per timeout at least, so its watchdog never fires while the
-        // broker confirms anything.
+        // A caller hears of its progress (or, waiting its turn, of the
+        // channel's) four times per timeout at most, and at least while the
+        // broker confirms: its watchdog never fires while the broker
+        // confirms anything.
         let book = Book::new(timeout / 4);
         tokio::spawn(run(channel.clone(), window, book, queue, counters.clone()));
         Self {
