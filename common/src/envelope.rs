@@ -314,6 +314,16 @@ impl Event {
         Ok(())
     }
 
+    /// Appends the envelope as JSON (what [`Event::to_vec`] returns) to `out`.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::Timestamp`] for a timestamp RFC 3339 cannot write
+    /// (which [`Event::validate`] refuses); `out` may then hold part of it.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+        crate::json::write_event(self, out)
+            .map_err(|_| EnvelopeError::Timestamp(self.timestamp.to_string()))
+    }
+
     /// The envelope as JSON bytes, the AMQP body and the single-delivery HTTP body.
     pub fn to_vec(&self) -> Vec<u8> {
         // Written into a buffer kept per thread, then copied once at its
@@ -327,7 +337,7 @@ impl Event {
             buf.clear();
             // Written as `serde_json` writes it, faster (`json.rs`). Fails
             // only for a timestamp `validate` refuses.
-            let out = match crate::json::write_event(self, buf) {
+            let out = match self.write_json(buf) {
                 Ok(()) => buf.as_slice().to_vec(),
                 Err(_) => Vec::new(),
             };

@@ -329,7 +329,7 @@ mod tests {
             id: id.to_owned(),
             exchange: "x".into(),
             routing_key: "t".into(),
-            body: Vec::new(),
+            body: bytes::Bytes::new(),
             properties: BasicProperties::default().with_message_id(id.into()),
         })
     }
@@ -373,7 +373,7 @@ mod tests {
                 id: id.to_owned(),
                 exchange: "".into(),
                 routing_key: "archive".into(),
-                body: b"{}".to_vec(),
+                body: bytes::Bytes::from_static(b"{}"),
                 properties: BasicProperties::default().with_message_id(id.into()),
             })
         };
@@ -498,7 +498,7 @@ mod tests {
             id: "e1".to_owned(),
             exchange: "".into(),
             routing_key: "archive".into(),
-            body: b"{}".to_vec(),
+            body: bytes::Bytes::from_static(b"{}"),
             properties: BasicProperties::default().with_message_id("e1".into()),
         })]);
         book.add(copies);

@@ -76,7 +76,7 @@ pub(super) fn pack(run: &[Arc<Item>], stream: &ShortString, now: time::OffsetDat
         exchange: ShortString::from(""),
         routing_key: stream.clone(),
         properties: common::archive::copy_properties(&properties, now),
-        body,
+        body: body.into(),
         copies: run.len(),
     }
 }
@@ -91,7 +91,7 @@ pub(crate) mod tests {
             id: id.to_owned(),
             exchange: "e".into(),
             routing_key: "t".into(),
-            body: vec![b'x'; size],
+            body: vec![b'x'; size].into(),
             properties: BasicProperties::default(),
             copies: 0,
         })

@@ -43,7 +43,9 @@ pub(super) struct Item {
     /// tenant or environment (`common::routing`).
     pub(super) exchange: ShortString,
     pub(super) routing_key: ShortString,
-    pub(super) body: Vec<u8>,
+    /// A slice of the buffer its call's events were serialized into
+    /// together (`prepare.rs`).
+    pub(super) body: bytes::Bytes,
     pub(super) properties: BasicProperties,
     /// For an archive message (`common::archive`), not an event: how many
     /// events' copies it holds (0 for an event). Sent without `mandatory`;
