@@ -375,14 +375,13 @@ impl Event {
     }
 }
 
-/// Counts the bytes written to it.
-struct Count(usize);
+/// The most bytes `serde_json` writes a finite `f64` in (its float
+/// formatter's buffer).
+const MAX_FLOAT_LEN: usize = 24;
 
-impl std::fmt::Write for Count {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0 += s.len();
-        Ok(())
-    }
+/// Decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// At least a JSON string's serialized length: quotes and six bytes a byte.
@@ -395,13 +394,14 @@ fn max_value_len(value: &serde_json::Value) -> usize {
     use serde_json::Value;
     match value {
         Value::Null | Value::Bool(_) => 5,
-        // Written as `serde_json` writes it, counted without allocating (a
-        // number may be arbitrarily long if `arbitrary_precision` is ever on).
-        Value::Number(n) => {
-            let mut count = Count(0);
-            let _ = std::fmt::Write::write_fmt(&mut count, format_args!("{n}"));
-            count.0
-        }
+        // An integer's digits (and sign); a float at its longest
+        // (`serde_json` writes it in 24 bytes at most). Not formatted: that
+        // was most of this check's cost.
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => digits(u),
+            (None, Some(i)) => 1 + digits(i.unsigned_abs()),
+            (None, None) => MAX_FLOAT_LEN,
+        },
         Value::String(s) => max_string_len(s),
         // Brackets, and a comma after each element (one too many).
         Value::Array(items) => 2 + items.iter().map(|v| max_value_len(v) + 1).sum::<usize>(),
