@@ -21,9 +21,9 @@ pub(super) struct Book {
     /// Archive copies (events) settled since the last count: written, lost,
     /// bytes written.
     pub(super) copies: (u64, u64, u64),
-    /// Least time between two progress reports to a job, or to the jobs
-    /// waiting their turn (see [`Book::report_progress`]); zero reports
-    /// every round.
+    /// Least time between two progress reports to the jobs waiting their
+    /// turn, and four times that of a job's own (see
+    /// [`Book::report_progress`]); zero reports every round.
     report_every: Duration,
     /// When the jobs waiting their turn were last told of progress.
     waiting_reported: Option<Instant>,
@@ -58,8 +58,9 @@ struct JobState {
 }
 
 impl Book {
-    /// A book that tells a job of its progress, and the jobs waiting their
-    /// turn of the channel's, at most once per `report_every`.
+    /// A book that tells the jobs waiting their turn of the channel's
+    /// progress at most once per `report_every`, and a job of its own four
+    /// times as often at most.
     pub(super) fn new(report_every: Duration) -> Self {
         Self {
             report_every,
@@ -242,8 +243,11 @@ impl Book {
     /// round of confirms (`now`): one of its events was confirmed, or none
     /// of its events is in flight (they wait their turn, and the confirms
     /// just in make room for them). A job hears of its own progress at most
-    /// once per `report_every`, and the jobs waiting their turn all together
-    /// as often: a round settles a few events of a part of 512, and waking
+    /// once per quarter of `report_every` (so a call fails between 15/16 of
+    /// its timeout and its timeout after its last confirm: a broker pausing
+    /// a few hundred milliseconds trips no 500 ms timeout), and the jobs
+    /// waiting their turn all together once per `report_every`: a round
+    /// settles a few events of a part of 512, and waking
     /// the caller for each round cost the publisher a tenth of its CPU
     /// (BENCHMARKS.md, session 34); with thousands of callers queued behind
     /// the window, telling each of them on every round would wake every
@@ -252,9 +256,10 @@ impl Book {
     /// unconfirmed event) is kept current in between, without waking the
     /// caller: a call that times out names the right event.
     pub(super) fn report_progress(&mut self, now: Instant) {
-        let every = self.report_every;
-        let is_due =
-            |at: Option<Instant>| at.is_none_or(|at| now.saturating_duration_since(at) >= every);
+        let is_due = |at: Option<Instant>, every: Duration| {
+            at.is_none_or(|at| now.saturating_duration_since(at) >= every)
+        };
+        let own_every = self.report_every / 4;
         for job in self.touched.drain(..) {
             let Some(state) = self.jobs.get_mut(&job) else {
                 continue;
@@ -263,7 +268,7 @@ impl Book {
             if state.progressed {
                 state.progressed = false;
                 if state.answer.is_some() {
-                    let due = is_due(state.told);
+                    let due = is_due(state.told, own_every);
                     if due {
                         state.told = Some(now);
                     }
@@ -275,7 +280,7 @@ impl Book {
                 }
             }
         }
-        let due = is_due(self.waiting_reported);
+        let due = is_due(self.waiting_reported, self.report_every);
         if due {
             self.waiting_reported = Some(now);
             for state in self.jobs.values_mut() {
@@ -654,10 +659,11 @@ mod tests {
         let mut t = ticket(&mut book, &["a", "b", "c", "d"]);
         let keys = send_all(&mut book);
         let start = Instant::now();
+        // A job's own progress: at most once per quarter interval (25 ms).
         for (key, at, told) in [
             (keys[0], 0, true),
-            (keys[1], 50, false),
-            (keys[2], 150, true),
+            (keys[1], 20, false),
+            (keys[2], 40, true),
         ] {
             assert!(!book.resolve((key, Ok(Confirmation::Ack(None)))));
             book.answer_finished();

@@ -25,9 +25,9 @@
 //! one of its events (or since the call started). So a `publish_many` of
 //! 100,000 events the broker confirms steadily succeeds however long it
 //! takes, and a broker that stops confirming, or stays away, fails it
-//! between three quarters of a timeout and one timeout after its last
-//! confirm (the lane tells a call of its progress four times per timeout
-//! at most: `book.rs`).
+//! between 15/16 of a timeout and one timeout after its last confirm (the
+//! lane tells a call of its progress sixteen times per timeout at most:
+//! `book.rs`).
 //!
 //! While the broker blocks the connection (`connection.blocked`: a memory or
 //! disk alarm), publishing fails at once with [`PublishError::Blocked`]

@@ -3,12 +3,12 @@
 //!
 //! The deadline starts at the call's start plus the timeout and moves to
 //! "now plus the timeout" each time the lane reports progress (an event of
-//! the call confirmed, told four times per timeout at most, see
+//! the call confirmed, told sixteen times per timeout at most, see
 //! [`super::lane::Ticket::progress`]). So a long `publish_many` that the
 //! broker confirms steadily never times out, while a broker that stops
 //! confirming, or stays away while the publisher reconnects (a lost channel
-//! is not progress), fails the call between three quarters of a timeout and
-//! one timeout after its last confirm.
+//! is not progress), fails the call between 15/16 of a timeout and one
+//! timeout after its last confirm.
 
 use std::future::Future;
 use std::time::Duration;
