@@ -90,10 +90,10 @@ pub(super) struct Ticket {
     /// Changes (even to the same value) when the broker made progress for
     /// the job: one of its events confirmed or, while none of them is in
     /// flight yet (they wait their turn behind other jobs), any confirm on
-    /// the channel; told at most sixteen times per publish timeout (so a
-    /// call fails between 15/16 of a timeout and one timeout after its last
-    /// confirm), or four times while it waits its turn (so it fails between
-    /// three quarters of a timeout and one after the channel's). The value
+    /// the channel; told at most sixteen times per publish timeout, or four
+    /// times while it waits its turn (the watchdog gives each report a
+    /// timeout and a quarter, so the call fails between one and one and a
+    /// quarter timeouts after its last confirm, or the channel's). The value
     /// is the index of the job's oldest unconfirmed event, kept current
     /// between the times it is told.
     pub(super) progress: watch::Receiver<usize>,
@@ -133,7 +133,7 @@ impl Lane {
         // (waiting its turn, of the channel's, four times), and at least
         // while the broker confirms: its watchdog never fires while the
         // broker confirms anything.
-        let book = Book::new(timeout / 4);
+        let book = Book::new(timeout / super::watchdog::REPORTS_PER_TIMEOUT);
         tokio::spawn(run(channel.clone(), window, book, queue, counters.clone()));
         Self {
             channel,

@@ -25,9 +25,10 @@
 //! one of its events (or since the call started). So a `publish_many` of
 //! 100,000 events the broker confirms steadily succeeds however long it
 //! takes, and a broker that stops confirming, or stays away, fails it
-//! between 15/16 of a timeout and one timeout after its last confirm (the
-//! lane tells a call of its progress sixteen times per timeout at most:
-//! `book.rs`).
+//! between one and one and a quarter timeouts after its last confirm,
+//! never sooner (the lane tells a call of its progress sixteen times per
+//! timeout at most, `book.rs`, and each report moves the deadline a timeout
+//! and a quarter ahead, `watchdog.rs`).
 //!
 //! While the broker blocks the connection (`connection.blocked`: a memory or
 //! disk alarm), publishing fails at once with [`PublishError::Blocked`]

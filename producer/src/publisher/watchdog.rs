@@ -2,18 +2,27 @@
 //! last made progress for the call, not after the call started.
 //!
 //! The deadline starts at the call's start plus the timeout and moves to
-//! "now plus the timeout" each time the lane reports progress (an event of
-//! the call confirmed, told sixteen times per timeout at most, see
-//! [`super::lane::Ticket::progress`]). So a long `publish_many` that the
-//! broker confirms steadily never times out, while a broker that stops
+//! "now plus a timeout and a quarter" each time the lane reports progress
+//! (an event of the call confirmed, told sixteen times per timeout at most,
+//! or four times while the call waits its turn, see
+//! [`super::lane::Ticket::progress`]: a report comes up to a quarter
+//! timeout after the confirm it tells of). So a long `publish_many` that
+//! the broker confirms steadily never times out, while a broker that stops
 //! confirming, or stays away while the publisher reconnects (a lost channel
-//! is not progress), fails the call between 15/16 of a timeout and one
-//! timeout after its last confirm.
+//! is not progress), fails the call between one and one and a quarter
+//! timeouts after its last confirm, never sooner.
 
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// How many times per timeout at most the lane tells a call waiting its
+/// turn of progress (a call in flight hears of its own four times as
+/// often; `book.rs`). A report moves the deadline one timeout and one such
+/// interval ahead, so a call never fails sooner than one timeout after its
+/// last confirm, and at most a quarter timeout later.
+pub(super) const REPORTS_PER_TIMEOUT: u32 = 4;
 
 /// The deadline of one publish call.
 #[derive(Debug)]
@@ -41,8 +50,10 @@ impl Watchdog {
         Instant::now() >= self.deadline
     }
 
-    /// Waits for `answer`, moving the deadline `timeout` past each report on
-    /// `progress`; `None` when the deadline passes first. A closed `progress`
+    /// Waits for `answer`, moving the deadline a timeout and a report
+    /// interval past each report on `progress` (the report may come up to an
+    /// interval after the confirm it tells of); `None` when the deadline
+    /// passes first. A closed `progress`
     /// (the lane let go of the job) only stops the moves.
     pub(super) async fn wait<T>(
         &mut self,
@@ -58,7 +69,10 @@ impl Watchdog {
                 biased;
                 done = &mut answer => return Some(done),
                 changed = progress.changed(), if open => match changed {
-                    Ok(()) => self.deadline = Instant::now() + self.timeout,
+                    Ok(()) => {
+                        self.deadline =
+                            Instant::now() + self.timeout + self.timeout / REPORTS_PER_TIMEOUT;
+                    }
                     Err(_) => open = false,
                 },
                 () = tokio::time::sleep_until(self.deadline) => return None,
@@ -103,7 +117,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn no_progress_for_the_timeout_fails_one_timeout_after_the_last_report() {
+    async fn no_progress_fails_a_timeout_and_a_quarter_after_the_last_report() {
         let started = Instant::now();
         let mut watchdog = Watchdog::start(TIMEOUT);
         let (answer, answered) = oneshot::channel::<()>();
@@ -118,7 +132,7 @@ mod tests {
             drop((answer, progress));
         });
         assert!(watchdog.wait(answered, &mut progressed).await.is_none());
-        assert_eq!(started.elapsed(), 5 * TIMEOUT + TIMEOUT);
+        assert_eq!(started.elapsed(), 5 * TIMEOUT + TIMEOUT + TIMEOUT / 4);
         assert_eq!(*progressed.borrow(), 10);
         assert!(watchdog.expired());
     }
@@ -142,12 +156,13 @@ mod tests {
         let (answer, mut progress) = steady(TIMEOUT / 2, 3);
         let done = watchdog.wait(answer, &mut progress).await;
         assert!(matches!(done, Some(Ok(()))), "answered");
-        assert_eq!(watchdog.deadline(), started + 3 * TIMEOUT / 2 + TIMEOUT);
+        let deadline = started + 3 * TIMEOUT / 2 + TIMEOUT + TIMEOUT / 4;
+        assert_eq!(watchdog.deadline(), deadline);
         tokio::time::sleep(TIMEOUT / 4).await;
         let (_answer, answered) = oneshot::channel::<()>();
         let (_progress, mut progressed) = watch::channel(0);
         assert!(watchdog.wait(answered, &mut progressed).await.is_none());
-        assert_eq!(started.elapsed(), 3 * TIMEOUT / 2 + TIMEOUT);
+        assert_eq!(Instant::now(), deadline);
     }
 
     #[tokio::test(start_paused = true)]
