@@ -499,9 +499,12 @@ async fn a_returned_event_fails_only_its_own_publish() {
 
 /// The unrouted queue holds 3 events and refuses more (`reject-publish`; a
 /// quorum queue applies its limit a little late, so the test publishes in
-/// rounds until the broker refuses some). Of events published at once, those
-/// the broker stored are confirmed and each refused one fails as nacked,
-/// naming itself.
+/// rounds until the broker refuses some). Of events published at once, each
+/// confirmed one was stored and each refused one fails as nacked, naming
+/// itself. A nacked event may still be stored: the nack replaces its lane,
+/// and an event of another call in flight there is published again on a
+/// new lane; if the broker had stored it before, the second copy is the
+/// one refused (at-least-once, as the README says; seen in CI, session 34).
 #[tokio::test]
 async fn a_nack_fails_only_the_refused_events() {
     let scope = Scope::new().await;
@@ -548,10 +551,20 @@ async fn a_nack_fails_only_the_refused_events() {
         })
         .collect();
     stored.sort();
-    confirmed.sort();
-    assert_eq!(
-        stored, confirmed,
-        "confirmed means stored, nacked means not"
+    stored.dedup();
+    for id in &confirmed {
+        assert!(stored.contains(id), "{id} was confirmed, so stored");
+    }
+    for id in &stored {
+        assert!(
+            confirmed.contains(id) || nacked.contains(id),
+            "{id} was stored though its call neither confirmed nor failed it"
+        );
+    }
+    // Most refused events were never stored: the limit held.
+    assert!(
+        nacked.iter().any(|id| !stored.contains(id)),
+        "some nacked event was not stored"
     );
     publisher.close().await;
 }
