@@ -243,9 +243,9 @@ impl Book {
     /// round of confirms (`now`): one of its events was confirmed, or none
     /// of its events is in flight (they wait their turn, and the confirms
     /// just in make room for them). A job hears of its own progress at most
-    /// once per quarter of `report_every` (so a call fails between 15/16 of
-    /// its timeout and its timeout after its last confirm: a broker pausing
-    /// a few hundred milliseconds trips no 500 ms timeout), and the jobs
+    /// once per quarter of `report_every` (the watchdog gives each report a
+    /// timeout and a quarter, so a call never fails sooner than a timeout
+    /// after its last confirm), and the jobs
     /// waiting their turn all together once per `report_every`: a round
     /// settles a few events of a part of 512, and waking
     /// the caller for each round cost the publisher a tenth of its CPU
