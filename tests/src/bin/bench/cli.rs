@@ -205,13 +205,7 @@ async fn hookpost_round(
 
 /// The median of `v` (0 when empty).
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
+    crate::targets::median(v).unwrap_or(0.0)
 }
 
 /// `hookpost-producer publish --count n` (a process of its own, the release
