@@ -22,10 +22,7 @@ impl Inner {
             // was checked, and the tenant and environment become the routing key.
             event
                 .validate_publishable()
-                .map_err(|source| PublishError::Invalid {
-                    id: event.id.chars().take(255).collect(),
-                    source,
-                })?;
+                .map_err(|source| invalid(event, source))?;
             if event.max_json_len() > self.max_bytes {
                 self.fits(event, event.to_vec().len())?;
             }
@@ -50,10 +47,7 @@ impl Inner {
         for event in events {
             event
                 .write_json(&mut buffer)
-                .map_err(|source| PublishError::Invalid {
-                    id: event.id.chars().take(255).collect(),
-                    source,
-                })?;
+                .map_err(|source| invalid(event, source))?;
             let start = ends.last().copied().unwrap_or(0);
             // Checked before (`check`): kept for a caller that skipped it.
             self.fits(event, buffer.len() - start)?;
@@ -112,6 +106,14 @@ impl Inner {
             });
         }
         Ok(())
+    }
+}
+
+/// `event` refused for `source`, named by its id (at most 255 characters).
+fn invalid(event: &Event, source: common::envelope::EnvelopeError) -> PublishError {
+    PublishError::Invalid {
+        id: event.id.chars().take(255).collect(),
+        source,
     }
 }
 
